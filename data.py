@@ -1,0 +1,207 @@
+"""
+From a data source to DataLoaders: load, clean (with a printed report), split, tokenise, batch.
+
+Used by train.py, predict.py, bench/ and the notebook, so the data is handled in one place.
+
+    table = load_table("mrjunos/depression-reddit-cleaned")  # or a local .csv/.tsv/.json/.jsonl/.parquet
+    df, label_names, report = clean(table)
+    train_ds, val_ds = split(df, val_size=0.16, seed=42)
+    train_ds = tokenize(train_ds, tokenizer, max_length=256)
+    loader = train_loader(train_ds, tokenizer, batch_size=32, seed=42)
+"""
+
+import hashlib
+import os
+import random
+from pathlib import Path
+
+import pandas as pd
+import torch
+from datasets import ClassLabel, Dataset, disable_progress_bars, load_dataset
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding
+from transformers.trainer_pt_utils import get_length_grouped_indices
+
+# The Hub id of the data set. Machines without the Hub point DEPRESSION_DATA at a local copy.
+HUB_DATASET = "mrjunos/depression-reddit-cleaned"
+DEFAULT_DATA = os.environ.get("DEPRESSION_DATA", HUB_DATASET)
+TEXT_COLUMNS = ("text", "clean_text")
+LABEL_COLUMNS = ("label", "is_depression", "is_depressive")
+LABEL_NAMES = ["not depressive", "depressive"]  # names of labels 0 and 1 when the data holds 0/1
+VAL_SIZE = 0.16  # the original write-up's share of validation data
+disable_progress_bars()  # in-memory steps here take about a second; their bars would only be noise
+LOCAL_READERS = {
+    ".csv": pd.read_csv,
+    ".tsv": lambda p: pd.read_csv(p, sep="\t"),
+    ".json": lambda p: pd.read_json(p, lines=Path(p).read_text()[:1] != "["),
+    ".jsonl": lambda p: pd.read_json(p, lines=True),
+    ".parquet": pd.read_parquet,
+}
+
+
+class DataError(ValueError):
+    """Bad input data; the message says what is wrong and how to fix it (the CLIs print it as one line)."""
+
+
+def load_table(source=DEFAULT_DATA):
+    """A local file (by its suffix) or a Hugging Face Hub data set id -> pandas DataFrame."""
+    path = Path(source)
+    suffix = path.suffix.lower()
+    if suffix in LOCAL_READERS or path.exists():
+        if not path.is_file():
+            raise DataError(f"data file {source} not found; pass --data with the path of a "
+                            f".csv/.tsv/.json/.jsonl/.parquet file or a Hub data set id")
+        if suffix not in LOCAL_READERS:
+            raise DataError(f"cannot read {source}: use a {'/'.join(LOCAL_READERS)} file")
+        try:
+            return LOCAL_READERS[suffix](path)
+        except Exception as e:  # pandas raises many kinds; all mean "unreadable"
+            raise DataError(f"cannot read {source} as {suffix[1:]} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                            f"check the file's format") from None
+    try:
+        return load_dataset(source, split="train").to_pandas()
+    except Exception as e:
+        raise DataError(f"cannot load data set '{source}' from the Hugging Face Hub ({type(e).__name__}); "
+                        f"offline, pass --data with a local file or set DEPRESSION_DATA to one") from None
+
+
+def find_column(df, given, candidates, kind):
+    """The column named `given`, else the first of `candidates` present."""
+    if given:
+        if given not in df.columns:
+            raise DataError(f"no {kind} column '{given}' in the data (columns: {', '.join(map(str, df.columns))})")
+        return given
+    for name in candidates:
+        if name in df.columns:
+            return name
+    raise DataError(f"no {kind} column found (looked for {', '.join(candidates)}; columns: "
+                    f"{', '.join(map(str, df.columns))}); name it with --{kind}-column")
+
+
+def clean(df, text_column=None, label_column=None):
+    """Drop empty texts, keep each exact duplicate text once, drop texts seen with both labels, map labels to 0/1.
+
+    Returns (DataFrame with columns text and label, label names, report dict).
+    """
+    text_col = find_column(df, text_column, TEXT_COLUMNS, "text")
+    label_col = find_column(df, label_column, LABEL_COLUMNS, "label")
+    out = pd.DataFrame({"text": df[text_col], "label": df[label_col]})
+    report = {"rows": len(out)}
+    out["text"] = out["text"].astype("string").str.strip()
+    empty = out["text"].isna() | (out["text"] == "") | out["label"].isna()
+    out = out[~empty]
+    report["empty_dropped"] = int(empty.sum())
+    labels_per_text = out.groupby("text")["label"].transform("nunique")
+    conflicting = labels_per_text > 1
+    report["conflicting_dropped"] = int(conflicting.sum())
+    out = out[~conflicting]
+    duplicated = out["text"].duplicated()
+    report["duplicates_dropped"] = int(duplicated.sum())
+    out = out[~duplicated].reset_index(drop=True)
+    out["label"], label_names = encode_labels(out["label"])
+    report["kept"] = len(out)
+    report["per_label"] = {name: int((out["label"] == i).sum()) for i, name in enumerate(label_names)}
+    out["text"] = out["text"].astype(str)
+    return out, label_names, report
+
+
+def encode_labels(labels):
+    """0/1 (or False/True) -> themselves with LABEL_NAMES; any other two values -> 0/1 in sorted order, named by value."""
+    values = sorted(labels.unique(), key=str)
+    if len(values) != 2:
+        raise DataError(f"labels must have exactly two classes, found {len(values)}: "
+                        f"{', '.join(map(str, values[:10]))}; pick another --label-column")
+    if set(map(str, values)) <= {"0", "1", "0.0", "1.0", "False", "True"}:
+        return labels.map(lambda v: int(float(v))).astype(int), list(LABEL_NAMES)
+    return labels.map({v: i for i, v in enumerate(values)}).astype(int), [str(v) for v in values]
+
+
+def format_report(report):
+    per_label = ", ".join(f"{n}: {c}" for n, c in report["per_label"].items())
+    return (f"data: {report['rows']} rows, dropped {report['empty_dropped']} empty, "
+            f"{report['duplicates_dropped']} duplicate texts, {report['conflicting_dropped']} with conflicting labels "
+            f"-> {report['kept']} kept ({per_label})")
+
+
+def fingerprint(df):
+    """sha256 of the cleaned texts and labels: two runs with the same fingerprint saw the same data."""
+    h = hashlib.sha256()
+    for text, label in zip(df["text"], df["label"]):
+        h.update(f"{label}\t{text}\n".encode())
+    return h.hexdigest()
+
+
+def split(df, val_size=VAL_SIZE, seed=42):
+    """Stratified, seeded train/validation split (datasets.Dataset each). Texts are unique after clean()."""
+    counts = df["label"].value_counts()
+    n_val = round(len(df) * val_size)
+    if n_val < 2 or len(df) - n_val < 2 or counts.min() < 2:
+        raise DataError(f"{len(df)} rows ({counts.min()} in the smallest class) are too few to split "
+                        f"{val_size:.0%} off for validation; use more data")
+    ds = Dataset.from_pandas(df[["text", "label"]], preserve_index=False)
+    ds = ds.cast_column("label", ClassLabel(num_classes=2))
+    parts = ds.train_test_split(test_size=val_size, stratify_by_column="label", seed=seed)
+    return parts["train"], parts["test"]
+
+
+def load_splits(source=DEFAULT_DATA, text_column=None, label_column=None, val_size=VAL_SIZE, seed=42):
+    """load_table + clean + split, printing the cleaning report. Returns (train, val, label_names, info)."""
+    df, label_names, report = clean(load_table(source), text_column, label_column)
+    print(format_report(report))
+    train_ds, val_ds = split(df, val_size, seed)
+    info = {"data": str(source), "data_fingerprint": fingerprint(df), "cleaning": report,
+            "val_fingerprint": fingerprint(val_ds.to_pandas()), "train_size": len(train_ds), "val_size": len(val_ds)}
+    return train_ds, val_ds, label_names, info
+
+
+def tokenize(ds, tokenizer, max_length):
+    """Token ids for every text, truncated to max_length and not padded (batches pad later); text column dropped."""
+    def encode(batch):
+        return tokenizer(batch["text"], truncation=True, max_length=max_length)
+    return ds.map(encode, batched=True, remove_columns=["text"], desc="tokenising")
+
+
+class LengthGroupedBatches:
+    """Batches of texts of similar length, in a new random order every epoch (a DataLoader batch_sampler).
+
+    transformers' get_length_grouped_indices groups by length within random mega-batches of 50 batches;
+    we cut that into batches and shuffle the batches, so long and short batches alternate through an epoch.
+    """
+
+    def __init__(self, lengths, batch_size, seed):
+        self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
+
+    def __iter__(self):
+        seed = self.seed + self.epoch
+        self.epoch += 1
+        order = get_length_grouped_indices(self.lengths, self.batch_size, generator=torch.Generator().manual_seed(seed))
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        random.Random(seed).shuffle(batches)
+        return iter(batches)
+
+    def __len__(self):
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+
+def sorted_batches(lengths, batch_size):
+    """Indices sorted by length, cut into batches: the least padding, for evaluation and prediction."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def train_loader(ds, tokenizer, batch_size, seed, group_by_length=True):
+    """Shuffled, dynamically padded training batches; grouped by length unless group_by_length is False."""
+    collate = DataCollatorWithPadding(tokenizer)
+    if not group_by_length:
+        return DataLoader(ds, batch_size=batch_size, shuffle=True, collate_fn=collate)
+    return DataLoader(ds, batch_sampler=LengthGroupedBatches(ds_lengths(ds), batch_size, seed), collate_fn=collate)
+
+
+def eval_loader(ds, tokenizer, batch_size):
+    """Dynamically padded batches sorted by length (order differs from ds; labels travel with their texts)."""
+    return DataLoader(ds, batch_sampler=sorted_batches(ds_lengths(ds), batch_size),
+                      collate_fn=DataCollatorWithPadding(tokenizer))
+
+
+def ds_lengths(ds):
+    return [len(ids) for ids in ds["input_ids"]]

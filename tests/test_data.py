@@ -1,0 +1,129 @@
+import pandas as pd
+import pytest
+import torch
+
+import data
+import model as M
+from conftest import REAL_DATA, make_posts
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return M.load_tokenizer(M.OFFLINE_MINILM)
+
+
+def test_columns_found_by_their_kaggle_names():
+    df = pd.DataFrame({"clean_text": ["a", "b"], "is_depression": [1, 0], "other": [5, 6]})
+    assert data.find_column(df, None, data.TEXT_COLUMNS, "text") == "clean_text"
+    assert data.find_column(df, None, data.LABEL_COLUMNS, "label") == "is_depression"
+    assert data.find_column(df, "other", data.LABEL_COLUMNS, "label") == "other"
+    with pytest.raises(data.DataError, match="--text-column"):
+        data.find_column(df.drop(columns="clean_text"), None, data.TEXT_COLUMNS, "text")
+    with pytest.raises(data.DataError, match="no label column 'nope'"):
+        data.find_column(df, "nope", data.LABEL_COLUMNS, "label")
+
+
+def test_clean_drops_empty_duplicate_and_conflicting_texts():
+    df = pd.DataFrame({
+        "text": ["same post", "same post", "both labels", "both labels", "", None, "  ", "fine", " same post "],
+        "label": [1, 1, 1, 0, 0, 1, 1, 0, 1]})
+    out, names, report = data.clean(df)
+    assert sorted(out["text"]) == ["fine", "same post"]
+    assert report == {"rows": 9, "empty_dropped": 3, "conflicting_dropped": 2, "duplicates_dropped": 2, "kept": 2,
+                      "per_label": {"not depressive": 1, "depressive": 1}}
+    assert names == data.LABEL_NAMES
+    assert "2 duplicate texts" in data.format_report(report)
+
+
+def test_two_other_label_values_are_mapped_and_named():
+    df = pd.DataFrame({"text": ["a", "b", "c"], "label": ["yes", "no", "yes"]})
+    out, names, _ = data.clean(df)
+    assert names == ["no", "yes"]
+    assert out.set_index("text")["label"].to_dict() == {"a": 1, "b": 0, "c": 1}
+
+
+def test_labels_that_are_not_two_classes_are_refused():
+    with pytest.raises(data.DataError, match="exactly two classes, found 3"):
+        data.clean(pd.DataFrame({"text": ["a", "b", "c"], "label": [0, 1, 2]}))
+    with pytest.raises(data.DataError, match="found 1"):
+        data.clean(pd.DataFrame({"text": ["a", "b"], "label": [1, 1]}))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".json", ".jsonl", ".parquet"])
+def test_local_files_of_each_format_load(tmp_path, suffix):
+    df = make_posts(3)
+    path = tmp_path / f"posts{suffix}"
+    {".csv": lambda: df.to_csv(path, index=False), ".tsv": lambda: df.to_csv(path, sep="\t", index=False),
+     ".json": lambda: df.to_json(path, orient="records"), ".jsonl": lambda: df.to_json(path, orient="records", lines=True),
+     ".parquet": lambda: df.to_parquet(path)}[suffix]()
+    pd.testing.assert_frame_equal(data.load_table(str(path)), df)
+
+
+def test_missing_or_unreadable_files_are_data_errors(tmp_path):
+    with pytest.raises(data.DataError, match="not found"):
+        data.load_table(str(tmp_path / "missing.csv"))
+    bad = tmp_path / "bad.parquet"
+    bad.write_text("not parquet")
+    with pytest.raises(data.DataError, match="cannot read"):
+        data.load_table(str(bad))
+
+
+def test_split_is_stratified_seeded_and_disjoint():
+    df, _, _ = data.clean(make_posts(50))
+    train, val = data.split(df, 0.2, seed=1)
+    assert len(val) == 20 and len(train) == 80
+    assert sum(val["label"]) == 10  # stratified: half of each class
+    assert not set(train["text"]) & set(val["text"])
+    again_train, again_val = data.split(df, 0.2, seed=1)
+    assert again_val["text"] == val["text"] and again_train["text"] == train["text"]
+    assert data.split(df, 0.2, seed=2)[1]["text"] != val["text"]
+
+
+def test_too_few_rows_to_split_is_a_data_error():
+    df, _, _ = data.clean(make_posts(2))
+    with pytest.raises(data.DataError, match="too few"):
+        data.split(df, 0.16)
+
+
+@pytest.mark.skipif(not REAL_DATA.exists(), reason="needs ../shared/data")
+def test_real_data_is_cleaned_and_split_without_leaks():
+    train, val, names, info = data.load_splits(str(REAL_DATA))
+    assert info["cleaning"]["duplicates_dropped"] == 81 and info["cleaning"]["kept"] == 7650
+    assert names == ["not depressive", "depressive"]
+    assert len(val) == round(7650 * 0.16) and len(train) + len(val) == 7650
+    assert not set(train["text"]) & set(val["text"])
+    assert data.load_splits(str(REAL_DATA))[3]["val_fingerprint"] == info["val_fingerprint"]
+
+
+def test_batches_are_padded_to_their_own_longest_text(tokenizer):
+    texts = ["short", "a somewhat longer post with more words in it", "mid length post here"] * 4
+    ds = data.Dataset.from_dict({"text": texts, "label": [0, 1, 0] * 4})
+    tokens = data.tokenize(ds, tokenizer, max_length=8)
+    assert max(len(ids) for ids in tokens["input_ids"]) == 8  # truncated
+    for batch in data.eval_loader(tokens, tokenizer, batch_size=4):
+        lengths = batch["attention_mask"].sum(1)
+        assert batch["input_ids"].shape[1] == int(lengths.max())
+        assert lengths.tolist() == sorted(lengths.tolist())  # evaluation: sorted by length
+
+
+def test_length_grouping_cuts_padding_and_reshuffles_every_epoch(tokenizer):
+    df = make_posts(200)
+    df["text"] = [t + " word" * (i * 7 % 60) for i, t in enumerate(df["text"])]  # lengths from 5 to 70 tokens
+    ds = data.tokenize(data.Dataset.from_pandas(df), tokenizer, max_length=128)
+
+    def padding_share(loader):
+        real = padded = 0
+        for batch in loader:
+            real += int(batch["attention_mask"].sum())
+            padded += batch["input_ids"].numel()
+        return 1 - real / padded
+
+    grouped = data.train_loader(ds, tokenizer, batch_size=16, seed=0)
+    plain = data.train_loader(ds, tokenizer, batch_size=16, seed=0, group_by_length=False)
+    assert padding_share(grouped) < 0.5 * padding_share(plain)
+    epoch1, epoch2 = list(grouped.batch_sampler), list(grouped.batch_sampler)
+    assert sorted(i for b in epoch1 for i in b) == list(range(len(ds)))  # every post once
+    assert epoch1 != epoch2
+    first_lengths = [max(len(ds[i]["input_ids"]) for i in b) for b in epoch1]
+    assert first_lengths != sorted(first_lengths, reverse=True)  # batches shuffled, not longest first
+    assert isinstance(next(iter(grouped))["labels"], torch.Tensor)

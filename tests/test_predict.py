@@ -1,0 +1,121 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+import model as M
+import predict
+import train
+from conftest import assert_clean_failure, run_cli
+
+TEXTS = ["i feel hopeless and empty every single day", "our team won the cup today",
+         "short", "made pancakes for the whole family and it was a lovely morning together"]
+
+
+@pytest.fixture(scope="module")
+def trained(posts_csv, tmp_path_factory):
+    """An adapter on the real MiniLM trained in this process, kept in memory, and the folder it was saved to."""
+    out = tmp_path_factory.mktemp("adapters")
+    args = train.parse_args(["--data", posts_csv, "--output-dir", str(out), "--epochs", "1", "--batch-size", "16",
+                             "--max-length", "32"])
+    model, _ = train.run(args)
+    tokenizer = M.load_tokenizer(M.OFFLINE_MINILM)
+    return model, tokenizer, out / "depression-pfeiffer"
+
+
+def predict_json(folder, *args, stdin=None):
+    proc = run_cli("predict.py", "--adapter", folder, "--json", *args, stdin=stdin)
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_saved_adapter_predicts_like_the_model_in_memory(trained):
+    model, tokenizer, folder = trained
+    expected = predict.predict_proba(model, tokenizer, TEXTS, max_length=32)
+    rows = predict_json(folder, *TEXTS)  # a new process: fresh base model + load_adapter
+    got = torch.tensor([[r["probabilities"]["not depressive"], r["probabilities"]["depressive"]] for r in rows])
+    assert [r["text"] for r in rows] == TEXTS
+    assert torch.allclose(got, expected, atol=1e-5), (got, expected)
+    assert (expected[:, 1] - expected[0, 1]).abs().max() > 1e-3  # the texts really get different answers
+
+
+def test_predict_proba_keeps_input_order_whatever_the_batching(trained):
+    model, tokenizer, _ = trained
+    one_by_one = torch.cat([predict.predict_proba(model, tokenizer, [t], 32) for t in TEXTS])
+    assert torch.allclose(predict.predict_proba(model, tokenizer, TEXTS, 32, batch_size=3), one_by_one, atol=1e-5)
+
+
+def test_json_fields_follow_the_pipeline_names(trained):
+    row = predict_json(trained[2], TEXTS[0])[0]
+    assert set(row) == {"text", "label", "score", "probabilities"}
+    assert row["label"] in ("depressive", "not depressive")
+    assert row["score"] == max(row["probabilities"].values())
+    assert abs(sum(row["probabilities"].values()) - 1) < 1e-5
+
+
+def test_plain_output_has_label_and_probability_per_text(trained):
+    proc = run_cli("predict.py", "--adapter", trained[2], *TEXTS[:2])
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2
+    for line, text in zip(lines, TEXTS[:2]):
+        label = "not depressive" if line.startswith("not depressive") else "depressive"
+        assert line.startswith(label) and text[:20] in line
+        assert 0.5 <= float(line[len(label):].split()[0]) <= 1
+    assert proc.stderr.count("overwrit") == 0 and "Traceback" not in proc.stderr
+
+
+def test_text_file_csv_file_and_stdin(trained, tmp_path):
+    folder = trained[2]
+    (tmp_path / "posts.txt").write_text(f"{TEXTS[0]}\n\n{TEXTS[1]}\n")
+    (tmp_path / "posts.csv").write_text(f"clean_text,other\n{TEXTS[2]},1\n{TEXTS[3]},2\n")
+    assert [r["text"] for r in predict_json(folder, "--file", tmp_path / "posts.txt")] == TEXTS[:2]
+    assert [r["text"] for r in predict_json(folder, "--file", tmp_path / "posts.csv")] == TEXTS[2:]
+    assert [r["text"] for r in predict_json(folder, "-", stdin="\n".join(TEXTS) + "\n")] == TEXTS
+
+
+def test_full_model_folder_predicts_too(tiny_bert, posts_csv, tmp_path):
+    run_cli("train.py", "--mode", "full", "--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path,
+            "--epochs", "1", "--batch-size", "8", "--max-length", "32")
+    rows = predict_json(tmp_path / "depression-full", *TEXTS)
+    assert len(rows) == 4 and all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in rows)
+
+
+def test_without_a_trained_adapter_it_says_how_to_train_one(tmp_path):
+    proc = run_cli(predict.__file__, "some text", cwd=tmp_path, check=False)  # default adapters/... is missing
+    assert_clean_failure(proc, "python train.py --mode adapter")
+
+
+@pytest.mark.parametrize("problem", ["missing folder", "incomplete folder", "not an adapter", "other base model",
+                                     "empty text", "no text", "damaged training.json"])
+def test_bad_input_gets_one_line_and_exit_2(problem, trained, tmp_path):
+    folder = tmp_path / "adapter"
+    shutil.copytree(trained[2], folder)
+    args, words = ["some text"], []
+    if problem == "missing folder":
+        folder, words = tmp_path / "typo", ["no trained adapter"]
+    elif problem == "incomplete folder":
+        (folder / "adapter.safetensors").unlink()
+        (folder / "model_head.safetensors").unlink()
+        words = ["incomplete"]
+    elif problem == "not an adapter":
+        folder = tmp_path / "random"
+        folder.mkdir()
+        (folder / "notes.txt").write_text("hello")
+        words = ["not a folder written by train.py"]
+    elif problem == "other base model":
+        args, words = ["--model", "bert-base-uncased", "some text"], ["was trained on", "not bert-base-uncased"]
+    elif problem == "empty text":
+        args, words = ["fine", "  "], ["text 2 is empty"]
+    elif problem == "no text":
+        args, words = [], ["no text to predict"]
+    elif problem == "damaged training.json":
+        (folder / "training.json").write_text("{not json")
+        words = ["damaged"]
+    before = {p.name: p.read_bytes() for p in trained[2].iterdir()}
+    proc = run_cli("predict.py", "--adapter", folder, *args, check=False, stdin="")
+    assert_clean_failure(proc, *words)
+    assert {p.name: p.read_bytes() for p in trained[2].iterdir()} == before
+
+
+def test_help_mentions_responsible_use():
+    assert "not a diagnostic instrument" in run_cli("predict.py", "--help").stdout

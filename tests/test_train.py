@@ -1,0 +1,132 @@
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import assert_clean_failure, make_posts, run_cli
+
+QUICK = ["--epochs", "2", "--batch-size", "8", "--max-length", "32"]
+
+
+def train(tiny_bert, data, out, *extra, check=True):
+    return run_cli("train.py", "--model", tiny_bert, "--data", data, "--output-dir", out, *QUICK, *extra, check=check)
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_bert, posts_csv, tmp_path_factory):
+    """One short run of each mode (and of Houlsby) on the tiny BERT, as a user starts them."""
+    out = tmp_path_factory.mktemp("runs")
+    procs = {mode: train(tiny_bert, posts_csv, out, "--mode", mode) for mode in ["adapter", "full"]}
+    procs["houlsby"] = train(tiny_bert, posts_csv, out, "--mode", "adapter", "--adapter-config", "houlsby")
+    return out, procs
+
+
+def test_adapter_run_writes_adapter_head_metrics_and_training_info(runs, tiny_bert):
+    out, procs = runs
+    folder = out / "depression-pfeiffer"
+    names = {p.name for p in folder.iterdir()}
+    assert {"adapter_config.json", "adapter.safetensors", "head_config.json", "model_head.safetensors",
+            "metrics.jsonl", "training.json"} <= names
+    assert not (out / "depression-pfeiffer.incomplete").exists()
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ["train_loss", "val_loss", "accuracy", "precision", "recall", "f1", "wall_seconds",
+                "examples_per_second"]:
+        assert all(key in r for r in rows)
+    info = json.loads((folder / "training.json").read_text())
+    assert info["mode"] == "adapter" and info["base_model"] == tiny_bert and info["adapter_config"] == "pfeiffer"
+    assert info["label_names"] == ["not depressive", "depressive"] and info["max_length"] == 32
+    assert info["train_size"] + info["val_size"] == 80 and info["seed"] == 42
+    assert info["best"]["accuracy"] == max(r["accuracy"] for r in rows)
+    assert {"torch", "transformers", "adapters"} <= set(info["versions"])
+    assert len(info["data_fingerprint"]) == 64
+
+
+def test_train_prints_parameters_progress_and_epoch_metrics(runs):
+    proc = runs[1]["adapter"]
+    assert "trainable (" in proc.stdout and "parameters:" in proc.stdout
+    assert "epoch 1/2" in proc.stderr  # the tqdm bar
+    epoch_lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 2 and all("accuracy" in line and "F1" in line for line in epoch_lines)
+    assert "saved to" in proc.stdout and "duplicate texts" in proc.stdout
+
+
+def test_full_run_saves_model_and_tokenizer(runs):
+    out, procs = runs
+    folder = out / "depression-full"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "training.json", "metrics.jsonl"} <= {
+        p.name for p in folder.iterdir()}
+    assert "(100.00%)" in procs["full"].stdout
+
+
+def test_every_mode_sees_the_same_split(runs):
+    out, _ = runs
+    infos = [json.loads((out / name / "training.json").read_text())
+             for name in ["depression-pfeiffer", "depression-houlsby", "depression-full"]]
+    assert len({(i["val_fingerprint"], i["data_fingerprint"], i["train_size"]) for i in infos}) == 1
+
+
+def test_houlsby_trains_more_weights_than_pfeiffer(runs):
+    out, _ = runs
+    pfeiffer, houlsby = (json.loads((out / n / "training.json").read_text())["parameters"]["trainable"]
+                         for n in ["depression-pfeiffer", "depression-houlsby"])
+    assert houlsby > pfeiffer
+
+
+def test_trained_adapter_is_not_overwritten_without_asking(runs, tiny_bert, posts_csv):
+    out, _ = runs
+    folder = out / "depression-pfeiffer"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    proc = train(tiny_bert, posts_csv, out, check=False)
+    assert_clean_failure(proc, "already holds a trained model", "--overwrite")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    train(tiny_bert, posts_csv, out, "--overwrite", "--epochs", "1", "--seed", "7")
+    assert json.loads((folder / "training.json").read_text())["seed"] == 7
+
+
+def write(tmp_path, df, name="posts.csv"):
+    df.to_csv(tmp_path / name, index=False)
+    return str(tmp_path / name)
+
+
+@pytest.mark.parametrize("problem", ["missing file", "unreadable file", "no text column", "three labels",
+                                     "too few rows", "unknown adapter config", "unknown mode", "bad epochs"])
+def test_bad_input_gets_one_line_and_exit_2(problem, tmp_path, tiny_bert, posts_csv):
+    posts = make_posts()
+    data, extra, words = posts_csv, [], []
+    if problem == "missing file":
+        data, words = str(tmp_path / "nope.csv"), ["not found"]
+    elif problem == "unreadable file":
+        (tmp_path / "bad.parquet").write_text("plain text")
+        data, words = str(tmp_path / "bad.parquet"), ["cannot read"]
+    elif problem == "no text column":
+        data, words = write(tmp_path, posts.rename(columns={"text": "body"})), ["no text column", "--text-column"]
+    elif problem == "three labels":
+        data, words = write(tmp_path, posts.assign(label=[0, 1, 2, 3] * 20)), ["exactly two classes"]
+    elif problem == "too few rows":
+        data, words = write(tmp_path, make_posts(2)), ["too few"]
+    elif problem == "unknown adapter config":
+        extra, words = ["--adapter-config", "bottleneck"], ["unknown adapter config"]
+    elif problem == "unknown mode":
+        extra, words = ["--mode", "partial"], ["invalid choice"]
+    elif problem == "bad epochs":
+        extra, words = ["--epochs", "0"], ["--epochs"]
+    proc = train(tiny_bert, data, tmp_path / "out", *extra, check=False)
+    assert_clean_failure(proc, *words)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.safetensors"))
+
+
+def test_offline_hub_data_set_fails_with_a_hint(tmp_path, tiny_bert):
+    proc = run_cli("train.py", "--model", tiny_bert, "--data", "someone/not-cached-here", "--output-dir", tmp_path,
+                   check=False)
+    assert_clean_failure(proc, "--data", "DEPRESSION_DATA")
+
+
+def test_help_explains_every_flag():
+    proc = run_cli("train.py", "--help")
+    for flag in ["--mode", "--adapter-config", "--reduction-factor", "--model", "--data", "--text-column",
+                 "--label-column", "--epochs", "--lr", "--batch-size", "--max-length", "--seed", "--name",
+                 "--output-dir", "--overwrite"]:
+        assert flag in proc.stdout
+    assert "Traceback" not in proc.stderr
