@@ -1,0 +1,311 @@
+"""
+Measure the write-up's claims side by side, on one machine, in one run, on the same data and split:
+
+1. training throughput (posts/s, real tokens/s) of full fine-tuning, Pfeiffer, Houlsby and Pfeiffer in the upper
+   half of the layers, each in this project's pipeline and in the write-up's (every post padded to 512, batch 2);
+2. peak memory of each training run (resident memory on CPU, peak allocated GPU memory on CUDA);
+3. size on disk of a saved Pfeiffer adapter with its head against the saved full model;
+4. inference throughput: predict.py's batched path against transformers.pipeline on the same weights;
+5. accuracy of the full-data training runs (their metrics.jsonl) beside a TF-IDF + logistic regression baseline.
+
+    python bench/run.py --quick   # a few minutes on a CPU
+    python bench/run.py           # the full run; writes bench/results/<machine>.{json,md,png}
+
+Each training measurement runs in a fresh process, so that its peak memory is its own.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import torch  # noqa: E402
+from transformers import AutoConfig, pipeline  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+import data  # noqa: E402
+import model as M  # noqa: E402
+import predict  # noqa: E402
+import train  # noqa: E402
+from writeup_pipeline import writeup_loader  # noqa: E402
+
+# name -> (mode, adapter config, leave_out given the number of layers)
+SETUPS = {
+    "full": ("full", None, None),
+    "pfeiffer": ("adapter", "pfeiffer", None),
+    "houlsby": ("adapter", "houlsby", None),
+    "pfeiffer-upper-half": ("adapter", "pfeiffer", lambda layers: list(range(layers // 2))),
+}
+RUNS = {"pfeiffer": "adapters/depression-pfeiffer", "houlsby": "adapters/depression-houlsby",
+        "pfeiffer-upper-half": "adapters/depression-pfeiffer-upper", "full": "models/depression-full"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="few steps and posts: a short run on a CPU")
+    p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
+    p.add_argument("--data", default=data.DEFAULT_DATA, help="data set, as for train.py")
+    p.add_argument("--steps", type=int, default=None, help="timed training steps per measurement (default: 20, quick 4)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="untimed steps first (default: 3, quick 1)")
+    p.add_argument("--predict-posts", type=int, default=None, help="posts for inference (default: 1000, quick 200)")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for the JSON, table and chart")
+    p.add_argument("--name", default=None, help="file name stem (default: the machine's name)")
+    p.add_argument("--measure", nargs=2, metavar=("SETUP", "PIPELINE"), help=argparse.SUPPRESS)  # worker mode
+    args = p.parse_args(argv)
+    args.steps = args.steps or (4 if args.quick else 20)
+    args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (1 if args.quick else 3)
+    args.predict_posts = args.predict_posts or (200 if args.quick else 1000)
+    return args
+
+
+def device_name():
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def machine_slug():
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu-{os.cpu_count()}cores"
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def load_data(args):
+    train_ds, val_ds, label_names, info = data.load_splits(args.data)
+    return train_ds, val_ds, label_names, info
+
+
+def peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+
+
+def measure_training(args, setup, pipeline_name):
+    """One training measurement (run in its own process): warm-up, then timed steps; returns its figures."""
+    mode, config, leave_out = SETUPS[setup]
+    train_ds, _, label_names, _ = load_data(args)
+    tokenizer = M.load_tokenizer(args.model)
+    layers = AutoConfig.from_pretrained(M.resolve_model_path(args.model)).num_hidden_layers
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = M.build_model(args.model, mode, label_names, config or "pfeiffer",
+                          leave_out=leave_out(layers) if leave_out else None).to(device)
+    model.train()
+    if pipeline_name == "ours":
+        batches = iter(data.train_loader(data.tokenize(train_ds, tokenizer, train.MAX_LENGTH), tokenizer,
+                                         train.BATCH_SIZE, seed=42))
+    else:
+        n = (args.steps + args.warmup_steps) * 2
+        batches = writeup_loader(list(train_ds["text"])[:n * 4], list(train_ds["label"])[:n * 4], tokenizer)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    half = train.mixed_precision("auto")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16 if half == "bf16" else torch.float16,
+                              enabled=half != "no")
+    scaler = torch.amp.GradScaler(enabled=half == "fp16")
+    base_memory = peak_memory_mb(device)
+    examples = tokens = 0
+    for step in range(args.warmup_steps + args.steps):
+        if step == args.warmup_steps:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start, examples, tokens = time.perf_counter(), 0, 0
+        batch = {k: v.to(device) for k, v in next(batches).items()}
+        with autocast:
+            loss = model(**batch).loss
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        examples += len(batch["labels"])
+        tokens += int(batch["attention_mask"].sum())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    params = M.count_parameters(model)
+    return {"setup": setup, "pipeline": pipeline_name, "steps": args.steps, "seconds": seconds,
+            "examples_per_second": examples / seconds, "tokens_per_second": tokens / seconds,
+            "peak_memory_mb": peak_memory_mb(device), "memory_before_training_mb": base_memory,
+            "trainable_percent": params["trainable_percent"], "mixed_precision": half}
+
+
+def run_measurement(args, setup, pipeline_name):
+    """measure_training in a fresh Python process (its own peak memory)."""
+    cmd = [sys.executable, __file__, "--measure", setup, pipeline_name, "--model", args.model, "--data", args.data,
+           "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"measurement {setup}/{pipeline_name} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def folder_mb(folder, pattern="*"):
+    return sum(f.stat().st_size for f in Path(folder).glob(pattern) if f.is_file()) / 2**20
+
+
+def measure_sizes(args, label_names):
+    """Saved Pfeiffer adapter + head against the saved full model (weights are the same size trained or not)."""
+    tokenizer = M.load_tokenizer(args.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter = M.build_model(args.model, "adapter", label_names, "pfeiffer")
+        M.save_trained(adapter, tokenizer, Path(tmp) / "adapter", "adapter")
+        full = M.build_model(args.model, "full", label_names)
+        M.save_trained(full, tokenizer, Path(tmp) / "full", "full")
+        adapter_mb, full_mb = folder_mb(Path(tmp) / "adapter"), folder_mb(Path(tmp) / "full")
+    return {"adapter_with_head_mb": adapter_mb, "full_model_mb": full_mb, "ratio": adapter_mb / full_mb}
+
+
+def measure_inference(args, val_ds, label_names):
+    """predict.py's path against transformers.pipeline, both on the same (untrained) full-mode weights."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    texts = list(val_ds["text"])[:args.predict_posts]  # real posts the models did not train on
+    model = M.build_model(args.model, "full", label_names).to(device).eval()
+    tokenizer = M.load_tokenizer(args.model)
+    results = {"posts": len(texts)}
+
+    start = time.perf_counter()
+    ours = predict.predict_proba(model, tokenizer, texts, train.MAX_LENGTH)
+    results["predict_py_posts_per_second"] = len(texts) / (time.perf_counter() - start)
+
+    classify = pipeline("text-classification", model=model, tokenizer=tokenizer, device=device, top_k=None)
+    start = time.perf_counter()
+    theirs = classify(texts, truncation=True, max_length=train.MAX_LENGTH)
+    results["pipeline_posts_per_second"] = len(texts) / (time.perf_counter() - start)
+    results["speedup"] = results["predict_py_posts_per_second"] / results["pipeline_posts_per_second"]
+    p1 = torch.tensor([next(s["score"] for s in row if s["label"] == label_names[1]) for row in theirs])
+    results["max_probability_difference"] = float((p1 - ours[:, 1]).abs().max())
+    return results
+
+
+def tfidf_baseline(train_ds, val_ds):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+    x_train, x_val = vectorizer.fit_transform(list(train_ds["text"])), vectorizer.transform(list(val_ds["text"]))
+    classifier = LogisticRegression(C=10, max_iter=2000).fit(x_train, list(train_ds["label"]))
+    pred = classifier.predict(x_val)
+    labels = list(val_ds["label"])
+    return {"accuracy": accuracy_score(labels, pred), "f1": f1_score(labels, pred)}
+
+
+def read_training_runs(val_fingerprint):
+    """Best epoch of each full-data run that train.py left on the same split, and its seconds per epoch."""
+    runs = {}
+    for setup, folder in RUNS.items():
+        info_file = ROOT / folder / M.TRAINING_INFO
+        if not info_file.is_file():
+            continue
+        info = json.loads(info_file.read_text())
+        if info.get("val_fingerprint") != val_fingerprint:
+            continue  # another split or a subset: not comparable
+        rows = [json.loads(line) for line in (ROOT / folder / "metrics.jsonl").read_text().splitlines()]
+        runs[setup] = {"accuracy": info["best"]["accuracy"], "f1": info["best"]["f1"], "device": info["device"],
+                       "seconds_per_epoch": sum(r["train_seconds"] for r in rows) / len(rows), "folder": folder}
+    return runs
+
+
+def ratios(training):
+    """Pairwise ratios, each inside this run."""
+    by = {(t["setup"], t["pipeline"]): t for t in training}
+    eps = lambda s, p="ours": by[(s, p)]["examples_per_second"]  # noqa: E731
+    out = {f"ours_vs_writeup_{s}": eps(s) / eps(s, "write-up") for s in SETUPS}
+    for s in ["pfeiffer", "houlsby", "pfeiffer-upper-half"]:
+        out[f"{s}_vs_full_speed"] = eps(s) / eps("full")
+        out[f"{s}_vs_full_peak_memory"] = by[(s, "ours")]["peak_memory_mb"] / by[("full", "ours")]["peak_memory_mb"]
+    return out
+
+
+def markdown(result):
+    lines = [f"Device: **{result['device']}** — `{result['command']}` — {result['date']}", "",
+             "| setup | pipeline | posts/s | tokens/s | peak memory (MB) | trainable % |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for t in result["training"]:
+        lines.append(f"| {t['setup']} | {t['pipeline']} | {t['examples_per_second']:.1f} | {t['tokens_per_second']:.0f} "
+                     f"| {t['peak_memory_mb']:.0f} | {t['trainable_percent']:.2f} |")
+    lines += ["", "| ratio (same run) | value |", "| --- | ---: |"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in result["ratios"].items()]
+    s, i = result["sizes"], result["inference"]
+    lines += ["", f"Size on disk: Pfeiffer adapter + head {s['adapter_with_head_mb']:.2f} MB, full model "
+              f"{s['full_model_mb']:.1f} MB ({100 * s['ratio']:.2f}%).",
+              f"Inference over {i['posts']} posts: predict.py {i['predict_py_posts_per_second']:.1f} posts/s, "
+              f"transformers.pipeline {i['pipeline_posts_per_second']:.1f} posts/s ({i['speedup']:.2f}x).", "",
+              "| model | validation accuracy | F1 | seconds per epoch |", "| --- | ---: | ---: | ---: |",
+              f"| TF-IDF + logistic regression | {100 * result['tfidf']['accuracy']:.2f}% | "
+              f"{100 * result['tfidf']['f1']:.2f}% | |"]
+    for setup, r in result["accuracy"].items():
+        lines.append(f"| {setup} ({r['folder']}, {r['device']}) | {100 * r['accuracy']:.2f}% | {100 * r['f1']:.2f}% "
+                     f"| {r['seconds_per_epoch']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(result, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    setups = list(SETUPS)
+    by = {(t["setup"], t["pipeline"]): t for t in result["training"]}
+    x = range(len(setups))
+    for offset, pipe in [(-0.2, "ours"), (0.2, "write-up")]:
+        axes[0].bar([i + offset for i in x], [by[(s, pipe)]["examples_per_second"] for s in setups], 0.4,
+                    label="this pipeline" if pipe == "ours" else "write-up pipeline (pad 512, batch 2)")
+    axes[0].set(title="training throughput", ylabel="posts / s", xticks=list(x), xticklabels=setups)
+    axes[0].legend(fontsize=8)
+    axes[1].bar(setups, [by[(s, "ours")]["peak_memory_mb"] for s in setups], color="tab:purple")
+    axes[1].set(title="peak memory while training", ylabel="MB")
+    names = ["TF-IDF"] + list(result["accuracy"])
+    accs = [result["tfidf"]["accuracy"]] + [r["accuracy"] for r in result["accuracy"].values()]
+    axes[2].bar(names, [100 * a for a in accs], color="tab:green")
+    axes[2].set(title="validation accuracy (full-data runs)", ylabel="%", ylim=(min(90, 100 * min(accs) - 1), 100))
+    for ax in axes:
+        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+    fig.suptitle(f"{result['device']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    hf_logging.set_verbosity_error()
+    if args.measure:
+        print(json.dumps(measure_training(args, *args.measure)))
+        return
+    train_ds, val_ds, label_names, info = load_data(args)
+    training = []
+    for setup in SETUPS:
+        for pipe in ["ours", "write-up"]:
+            t = run_measurement(args, setup, pipe)
+            print(f"{setup:<20} {pipe:<9} {t['examples_per_second']:7.1f} posts/s {t['tokens_per_second']:8.0f} tokens/s "
+                  f"peak {t['peak_memory_mb']:6.0f} MB", flush=True)
+            training.append(t)
+    result = {"device": device_name(), "command": "python bench/run.py" + (" --quick" if args.quick else ""),
+              "date": time.strftime("%Y-%m-%d"), "model": args.model, "quick": args.quick,
+              "data_fingerprint": info["data_fingerprint"], "val_fingerprint": info["val_fingerprint"],
+              "training": training, "ratios": ratios(training), "sizes": measure_sizes(args, label_names),
+              "inference": measure_inference(args, val_ds, label_names), "tfidf": tfidf_baseline(train_ds, val_ds),
+              "accuracy": read_training_runs(info["val_fingerprint"]), "versions": train.library_versions()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = args.name or machine_slug() + ("-quick" if args.quick else "")
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(markdown(result))
+    chart(result, out / f"{stem}.png")
+    print(markdown(result))
+    print(f"wrote {out / stem}.json, .md and .png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+import json
+
+from conftest import run_cli
+
+
+def test_quick_benchmark_writes_table_json_and_chart(tiny_bert, posts_csv, tmp_path):
+    proc = run_cli("bench/run.py", "--quick", "--model", tiny_bert, "--data", posts_csv, "--out", tmp_path,
+                   "--name", "tiny", "--steps", "2", "--predict-posts", "10")
+    result = json.loads((tmp_path / "tiny.json").read_text())
+    setups = {(t["setup"], t["pipeline"]) for t in result["training"]}
+    assert setups == {(s, p) for s in ["full", "pfeiffer", "houlsby", "pfeiffer-upper-half"]
+                      for p in ["ours", "write-up"]}
+    for t in result["training"]:
+        assert t["examples_per_second"] > 0 and t["tokens_per_second"] > 0 and t["peak_memory_mb"] > 0
+    assert {"ours_vs_writeup_full", "pfeiffer_vs_full_speed", "pfeiffer_vs_full_peak_memory"} <= set(result["ratios"])
+    assert 0 < result["sizes"]["ratio"] < 1
+    assert result["inference"]["posts"] == 10 and result["inference"]["max_probability_difference"] < 1e-4
+    assert 0 <= result["tfidf"]["accuracy"] <= 1
+    assert result["device"] and result["command"] == "python bench/run.py --quick"
+    table = (tmp_path / "tiny.md").read_text()
+    assert "| pfeiffer-upper-half | write-up |" in table and "TF-IDF" in table and result["device"] in table
+    assert (tmp_path / "tiny.png").read_bytes()[:4] == b"\x89PNG"
+    assert "wrote" in proc.stdout
