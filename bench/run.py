@@ -101,11 +101,11 @@ def measure_training(args, setup, pipeline_name):
                           leave_out=leave_out(layers) if leave_out else None).to(device)
     model.train()
     if pipeline_name == "ours":
-        batches = iter(data.train_loader(data.tokenize(train_ds, tokenizer, train.MAX_LENGTH), tokenizer,
-                                         train.BATCH_SIZE, seed=42))
+        loader = data.train_loader(data.tokenize(train_ds, tokenizer, train.MAX_LENGTH), tokenizer, train.BATCH_SIZE, 42)
     else:
-        n = (args.steps + args.warmup_steps) * 2
-        batches = writeup_loader(list(train_ds["text"])[:n * 4], list(train_ds["label"])[:n * 4], tokenizer)
+        n = (args.steps + args.warmup_steps) * 2 * 4  # enough posts for the steps, without tokenising them all
+        loader = writeup_loader(list(train_ds["text"])[:n], list(train_ds["label"])[:n], tokenizer)
+    batches = forever(loader)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     half = train.mixed_precision("auto")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16 if half == "bf16" else torch.float16,
@@ -137,6 +137,12 @@ def measure_training(args, setup, pipeline_name):
             "examples_per_second": examples / seconds, "tokens_per_second": tokens / seconds,
             "peak_memory_mb": peak_memory_mb(device), "memory_before_training_mb": base_memory,
             "trainable_percent": params["trainable_percent"], "mixed_precision": half}
+
+
+def forever(loader):
+    """Batches without end: small data sets run out of batches before the timed steps are done."""
+    while True:
+        yield from loader
 
 
 def run_measurement(args, setup, pipeline_name):

@@ -6,7 +6,7 @@ DataLoader: every step computes 1,024 token positions, whatever the posts' real 
 """
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 MAX_LENGTH = 512
 BATCH_SIZE = 2
@@ -14,6 +14,6 @@ BATCH_SIZE = 2
 
 def writeup_loader(texts, labels, tokenizer, seed=42):
     enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
-    ds = TensorDataset(enc["input_ids"], enc["attention_mask"], torch.tensor(list(labels)))
-    loader = DataLoader(ds, batch_size=BATCH_SIZE, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    return ({"input_ids": i, "attention_mask": m, "labels": y} for i, m, y in loader)
+    rows = [{"input_ids": i, "attention_mask": m, "labels": torch.tensor(y)}
+            for i, m, y in zip(enc["input_ids"], enc["attention_mask"], labels)]
+    return DataLoader(rows, batch_size=BATCH_SIZE, shuffle=True, generator=torch.Generator().manual_seed(seed))
