@@ -39,6 +39,7 @@ import predict  # noqa: E402
 import train  # noqa: E402
 from writeup_pipeline import writeup_loader  # noqa: E402
 
+SEED = 42
 # name -> (mode, adapter config, leave_out given the number of layers)
 SETUPS = {
     "full": ("full", None, None),
@@ -71,7 +72,10 @@ def parse_args(argv=None):
 def device_name():
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+              if line.startswith("model name")] if cpuinfo.exists() else []
+    return f"CPU {models[0] if models else platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def machine_slug():
@@ -80,14 +84,19 @@ def machine_slug():
 
 
 def load_data(args):
-    train_ds, val_ds, label_names, info = data.load_splits(args.data)
-    return train_ds, val_ds, label_names, info
+    return data.load_splits(args.data, seed=SEED)  # train.py's default split
 
 
 def peak_memory_mb(device):
+    """Peak allocated GPU memory on CUDA; else this process's peak resident memory (VmHWM: unlike ru_maxrss,
+    it does not carry over the parent's peak into a freshly started process)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+    status = Path("/proc/self/status")
+    if status.exists():
+        hwm = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
+        return int(hwm.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # macOS: bytes
 
 
 def measure_training(args, setup, pipeline_name):
@@ -206,16 +215,19 @@ def tfidf_baseline(train_ds, val_ds):
     return {"accuracy": accuracy_score(labels, pred), "f1": f1_score(labels, pred)}
 
 
-def read_training_runs(val_fingerprint):
-    """Best epoch of each full-data run that train.py left on the same split, and its seconds per epoch."""
+def read_training_runs(split_key):
+    """Best epoch of each full-data run that train.py left on the same split, and its seconds per epoch.
+
+    The split is a function of the cleaned data, the seed and the validation share, so runs that agree on
+    those were validated on the same posts."""
     runs = {}
     for setup, folder in RUNS.items():
         info_file = ROOT / folder / M.TRAINING_INFO
         if not info_file.is_file():
             continue
         info = json.loads(info_file.read_text())
-        if info.get("val_fingerprint") != val_fingerprint:
-            continue  # another split or a subset: not comparable
+        if (info.get("data_fingerprint"), info.get("seed"), info.get("val_size")) != split_key:
+            continue  # another data set, split or a subset: not comparable
         rows = [json.loads(line) for line in (ROOT / folder / "metrics.jsonl").read_text().splitlines()]
         runs[setup] = {"accuracy": info["best"]["accuracy"], "f1": info["best"]["f1"], "device": info["device"],
                        "seconds_per_epoch": sum(r["train_seconds"] for r in rows) / len(rows), "folder": folder}
@@ -302,7 +314,7 @@ def main(argv=None):
               "data_fingerprint": info["data_fingerprint"], "val_fingerprint": info["val_fingerprint"],
               "training": training, "ratios": ratios(training), "sizes": measure_sizes(args, label_names),
               "inference": measure_inference(args, val_ds, label_names), "tfidf": tfidf_baseline(train_ds, val_ds),
-              "accuracy": read_training_runs(info["val_fingerprint"]), "versions": train.library_versions()}
+              "accuracy": read_training_runs((info["data_fingerprint"], SEED, info["val_size"])), "versions": train.library_versions()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = args.name or machine_slug() + ("-quick" if args.quick else "")
