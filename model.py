@@ -73,18 +73,24 @@ def adapter_config(name, reduction_factor=None, leave_out=None):
 
 
 def build_model(model_name, mode, label_names, adapter_config_name="pfeiffer", reduction_factor=None,
-                leave_out=None, seed=42):
-    """A classifier over `label_names`: mode 'full' trains every weight, mode 'adapter' only adapter + head."""
+                leave_out=None, seed=42, attention_dropout=None):
+    """A classifier over `label_names`: mode 'full' trains every weight, mode 'adapter' only adapter + head.
+
+    attention_dropout replaces the checkpoint's dropout on the attention probabilities (BERT's
+    attention_probs_dropout_prob, 0.1); None keeps it. At 0, PyTorch's scaled-dot-product attention runs a fused
+    kernel instead of drawing a random mask over every (head, token, token) triple (train.py, --attention-dropout)."""
     path = resolve_model_path(model_name)
     id2label = dict(enumerate(label_names))
+    overrides = {} if attention_dropout is None else {"attention_probs_dropout_prob": attention_dropout}
     if mode == "full":
         torch.manual_seed(seed)  # the head is random at creation
         return AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(label_names), id2label=id2label, label2id={n: i for i, n in id2label.items()})
+            path, num_labels=len(label_names), id2label=id2label, label2id={n: i for i, n in id2label.items()},
+            **overrides)
     if mode != "adapter":
         raise ModelError(f"unknown mode '{mode}'; use full or adapter")
     config = adapter_config(adapter_config_name, reduction_factor, leave_out)
-    model = AutoAdapterModel.from_pretrained(path)
+    model = AutoAdapterModel.from_pretrained(path, **overrides)
     drop_pretraining_heads(model)
     torch.manual_seed(seed)  # adapter and head weights are random at creation
     model.add_adapter(ADAPTER_NAME, config=config)

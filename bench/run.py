@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
 from transformers import AutoConfig, pipeline  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
@@ -99,27 +100,43 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # macOS: bytes
 
 
-def measure_training(args, setup, pipeline_name):
-    """One training measurement (run in its own process): warm-up, then timed steps; returns its figures."""
+def current_memory_mb(device):
+    """Allocated GPU memory on CUDA; else this process's resident memory now (VmRSS)."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated() / 2**20
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return float("nan")
+    rss = next(line for line in status.read_text().splitlines() if line.startswith("VmRSS:"))
+    return int(rss.split()[1]) / 1024
+
+
+def prepare_training(args, setup, pipeline_name):
+    """Model, optimizer, accelerator and an endless batch stream for one setup in one pipeline."""
     mode, config, leave_out = SETUPS[setup]
     train_ds, _, label_names, _ = load_data(args)
     tokenizer = M.load_tokenizer(args.model)
     layers = AutoConfig.from_pretrained(M.resolve_model_path(args.model)).num_hidden_layers
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ours = pipeline_name == "ours"
+    # The write-up trained the checkpoint as it is (attention dropout 0.1) with a plain AdamW.
     model = M.build_model(args.model, mode, label_names, config or "pfeiffer",
-                          leave_out=leave_out(layers) if leave_out else None).to(device)
+                          leave_out=leave_out(layers) if leave_out else None,
+                          attention_dropout=train.ATTENTION_DROPOUT if ours else None)
     model.train()
-    if pipeline_name == "ours":
+    if ours:
         loader = data.train_loader(data.tokenize(train_ds, tokenizer, train.MAX_LENGTH), tokenizer, train.BATCH_SIZE, 42)
     else:
         n = (args.steps + args.warmup_steps) * 2 * 4  # enough posts for the steps, without tokenising them all
         loader = writeup_loader(list(train_ds["text"])[:n], list(train_ds["label"])[:n], tokenizer)
-    batches = forever(loader)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    half = train.mixed_precision("auto")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16 if half == "bf16" else torch.float16,
-                              enabled=half != "no")
-    scaler = torch.amp.GradScaler(enabled=half == "fp16")
+    accelerator = Accelerator(mixed_precision=train.mixed_precision("auto"))
+    model, optimizer = accelerator.prepare(model, train.build_optimizer(model, lr=1e-4, fused=ours))
+    return model, optimizer, accelerator, forever(loader)
+
+
+def measure_training(args, setup, pipeline_name):
+    """One training measurement (run in its own process): warm-up, then timed steps; returns its figures."""
+    model, optimizer, accelerator, batches = prepare_training(args, setup, pipeline_name)
+    device = accelerator.device
     base_memory = peak_memory_mb(device)
     examples = tokens = 0
     for step in range(args.warmup_steps + args.steps):
@@ -128,14 +145,7 @@ def measure_training(args, setup, pipeline_name):
                 torch.cuda.synchronize()
             start, examples, tokens = time.perf_counter(), 0, 0
         batch = {k: v.to(device) for k, v in next(batches).items()}
-        with autocast:
-            loss = model(**batch).loss
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        train.train_step(model, batch, optimizer, None, accelerator)  # the very step train.py runs
         examples += len(batch["labels"])
         tokens += int(batch["attention_mask"].sum())
     if device.type == "cuda":
@@ -145,7 +155,7 @@ def measure_training(args, setup, pipeline_name):
     return {"setup": setup, "pipeline": pipeline_name, "steps": args.steps, "seconds": seconds,
             "examples_per_second": examples / seconds, "tokens_per_second": tokens / seconds,
             "peak_memory_mb": peak_memory_mb(device), "memory_before_training_mb": base_memory,
-            "trainable_percent": params["trainable_percent"], "mixed_precision": half}
+            "trainable_percent": params["trainable_percent"], "mixed_precision": accelerator.mixed_precision}
 
 
 def forever(loader):

@@ -1,0 +1,98 @@
+"""
+Profile one training setup of the benchmark: where a step's time goes, and where the process's memory goes.
+
+    python bench/profile_step.py --setup pfeiffer          # -> bench/results/profile-<machine>-pfeiffer.txt
+    python bench/profile_step.py --setup full --steps 10
+
+It runs the very step train.py runs (train.train_step) on the benchmark's batches (bench/run.py), under
+torch.profiler, and writes:
+- seconds per step in forward, backward and optimizer (the record_function ranges of train_step);
+- the operators that take the most time (self CPU or CUDA time);
+- resident memory (peak allocated GPU memory on CUDA) after each stage: imports, data and model, the first step,
+  and the peak after all steps; on CUDA, also the operators that allocate the most.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import run  # noqa: E402  (bench/run.py: setups, batches, memory readings)
+
+STAGES = {}
+
+
+def note_memory(stage, device):
+    STAGES[stage] = (run.current_memory_mb(device), run.peak_memory_mb(device))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--setup", choices=list(run.SETUPS), default="pfeiffer", help="what to profile (default: pfeiffer)")
+    p.add_argument("--pipeline", choices=["ours", "write-up"], default="ours", help="whose input pipeline (default: ours)")
+    p.add_argument("--model", default=run.M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
+    p.add_argument("--data", default=run.data.DEFAULT_DATA, help="data set, as for train.py")
+    p.add_argument("--steps", type=int, default=8, help="profiled steps (default: 8)")
+    p.add_argument("--warmup-steps", type=int, default=2, help="unprofiled steps first (default: 2)")
+    p.add_argument("--rows", type=int, default=20, help="operators listed (default: 20)")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for the report")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    args = parse_args(argv)
+    run.hf_logging.set_verbosity_error()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    note_memory("imports (torch, transformers, adapters, datasets)", device)
+    model, optimizer, accelerator, batches = run.prepare_training(args, args.setup, args.pipeline)
+    note_memory("data tokenised, model built", device)
+    batches = [{k: v.to(device) for k, v in next(batches).items()} for _ in range(args.warmup_steps + args.steps)]
+    for i, batch in enumerate(batches[:args.warmup_steps]):
+        run.train.train_step(model, batch, optimizer, None, accelerator)
+        if i == 0:
+            note_memory("after the first step (gradients, optimizer state)", device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    start = time.perf_counter()
+    with profile(activities=activities, profile_memory=device.type == "cuda", record_shapes=False) as prof:
+        for batch in batches[args.warmup_steps:]:
+            run.train.train_step(model, batch, optimizer, None, accelerator)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    note_memory(f"after {args.warmup_steps + args.steps} steps", device)
+
+    events = prof.key_averages()
+    time_key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    ranges = {e.key: getattr(e, time_key) / 1e6 / args.steps for e in events if e.key in ("forward", "backward", "optimizer")}
+    examples = sum(len(b["labels"]) for b in batches[args.warmup_steps:])
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches[args.warmup_steps:])
+    lines = [f"# profile: {args.setup}, {args.pipeline} pipeline, {run.device_name()}",
+             f"# python bench/profile_step.py --setup {args.setup} --pipeline {args.pipeline} --steps {args.steps}",
+             "", f"{args.steps} steps, {examples} posts, {tokens} real tokens, {seconds:.2f} s under the profiler "
+             f"({examples / seconds:.1f} posts/s; the profiler itself costs a little)", "",
+             "seconds per step (train.train_step ranges):"]
+    lines += [f"  {k:<10} {ranges.get(k, 0):7.3f} s  ({100 * ranges.get(k, 0) / max(sum(ranges.values()), 1e-9):4.1f}%)"
+              for k in ("forward", "backward", "optimizer")]
+    lines += ["", "memory (MB)                                          current     peak"]
+    lines += [f"  {stage:<50} {now:7.0f}  {peak:7.0f}" for stage, (now, peak) in STAGES.items()]
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    lines += ["", f"operators by {sort}:", events.table(sort_by=sort, row_limit=args.rows, max_name_column_width=60)]
+    if device.type == "cuda":
+        lines += ["operators by GPU memory allocated:",
+                  events.table(sort_by="self_cuda_memory_usage", row_limit=args.rows, max_name_column_width=60)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"profile-{run.machine_slug()}-{args.setup}{'-writeup' if args.pipeline != 'ours' else ''}.txt"
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:20]))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
