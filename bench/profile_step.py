@@ -8,8 +8,8 @@ It runs the very step train.py runs (train.train_step) on the benchmark's batche
 torch.profiler, and writes:
 - seconds per step in forward, backward and optimizer (the record_function ranges of train_step);
 - the operators that take the most time (self CPU or CUDA time);
-- resident memory (peak allocated GPU memory on CUDA) after each stage: imports, data and model, the first step,
-  and the peak after all steps; on CUDA, also the operators that allocate the most.
+- resident memory (allocated GPU memory on CUDA) after each stage: imports, data and model, the first step,
+  and the peak after all steps; and the operators whose outputs hold the most memory.
 """
 
 import argparse
@@ -59,7 +59,7 @@ def main(argv=None):
             note_memory("after the first step (gradients, optimizer state)", device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     start = time.perf_counter()
-    with profile(activities=activities, profile_memory=device.type == "cuda", record_shapes=False) as prof:
+    with profile(activities=activities, profile_memory=True, record_shapes=False) as prof:
         for batch in batches[args.warmup_steps:]:
             run.train.train_step(model, batch, optimizer, None, accelerator)
         if device.type == "cuda":
@@ -83,9 +83,9 @@ def main(argv=None):
     lines += [f"  {stage:<50} {now:7.0f}  {peak:7.0f}" for stage, (now, peak) in STAGES.items()]
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     lines += ["", f"operators by {sort}:", events.table(sort_by=sort, row_limit=args.rows, max_name_column_width=60)]
-    if device.type == "cuda":
-        lines += ["operators by GPU memory allocated:",
-                  events.table(sort_by="self_cuda_memory_usage", row_limit=args.rows, max_name_column_width=60)]
+    memory_sort = "self_cuda_memory_usage" if device.type == "cuda" else "self_cpu_memory_usage"
+    lines += [f"operators by {memory_sort} (memory each allocates, summed over the profiled steps):",
+              events.table(sort_by=memory_sort, row_limit=args.rows, max_name_column_width=60)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"profile-{run.machine_slug()}-{args.setup}{'-writeup' if args.pipeline != 'ours' else ''}.txt"

@@ -111,25 +111,28 @@ def current_memory_mb(device):
     return int(rss.split()[1]) / 1024
 
 
-def prepare_training(args, setup, pipeline_name):
-    """Model, optimizer, accelerator and an endless batch stream for one setup in one pipeline."""
+def prepare_training(args, setup, pipeline_name, attention_dropout="default", fused=None, mixed_precision="auto"):
+    """Model, optimizer, accelerator and an endless batch stream for one setup in one pipeline.
+    The write-up trained the checkpoint as it is (attention dropout 0.1) with a plain AdamW; this pipeline uses
+    train.py's defaults. bench/levers.py overrides them one at a time."""
     mode, config, leave_out = SETUPS[setup]
     train_ds, _, label_names, _ = load_data(args)
     tokenizer = M.load_tokenizer(args.model)
     layers = AutoConfig.from_pretrained(M.resolve_model_path(args.model)).num_hidden_layers
     ours = pipeline_name == "ours"
-    # The write-up trained the checkpoint as it is (attention dropout 0.1) with a plain AdamW.
+    if attention_dropout == "default":
+        attention_dropout = train.ATTENTION_DROPOUT if ours else None
+    fused = ours if fused is None else fused
     model = M.build_model(args.model, mode, label_names, config or "pfeiffer",
-                          leave_out=leave_out(layers) if leave_out else None,
-                          attention_dropout=train.ATTENTION_DROPOUT if ours else None)
+                          leave_out=leave_out(layers) if leave_out else None, attention_dropout=attention_dropout)
     model.train()
     if ours:
         loader = data.train_loader(data.tokenize(train_ds, tokenizer, train.MAX_LENGTH), tokenizer, train.BATCH_SIZE, 42)
     else:
         n = (args.steps + args.warmup_steps) * 2 * 4  # enough posts for the steps, without tokenising them all
         loader = writeup_loader(list(train_ds["text"])[:n], list(train_ds["label"])[:n], tokenizer)
-    accelerator = Accelerator(mixed_precision=train.mixed_precision("auto"))
-    model, optimizer = accelerator.prepare(model, train.build_optimizer(model, lr=1e-4, fused=ours))
+    accelerator = Accelerator(mixed_precision=train.mixed_precision(mixed_precision))
+    model, optimizer = accelerator.prepare(model, train.build_optimizer(model, lr=1e-4, fused=fused))
     return model, optimizer, accelerator, forever(loader)
 
 
@@ -252,15 +255,18 @@ def ratios(training):
     for s in ["pfeiffer", "houlsby", "pfeiffer-upper-half"]:
         out[f"{s}_vs_full_speed"] = eps(s) / eps("full")
         out[f"{s}_vs_full_peak_memory"] = by[(s, "ours")]["peak_memory_mb"] / by[("full", "ours")]["peak_memory_mb"]
+        added = lambda s: by[(s, "ours")]["peak_memory_mb"] - by[(s, "ours")]["memory_before_training_mb"]  # noqa: E731
+        out[f"{s}_vs_full_memory_added_by_training"] = added(s) / added("full")  # beyond runtime, model and data
     return out
 
 
 def markdown(result):
     lines = [f"Device: **{result['device']}** — `{result['command']}` — {result['date']}", "",
-             "| setup | pipeline | posts/s | tokens/s | peak memory (MB) | trainable % |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+             "| setup | pipeline | posts/s | tokens/s | peak memory (MB) | before training (MB) | trainable % |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for t in result["training"]:
         lines.append(f"| {t['setup']} | {t['pipeline']} | {t['examples_per_second']:.1f} | {t['tokens_per_second']:.0f} "
-                     f"| {t['peak_memory_mb']:.0f} | {t['trainable_percent']:.2f} |")
+                     f"| {t['peak_memory_mb']:.0f} | {t['memory_before_training_mb']:.0f} | {t['trainable_percent']:.2f} |")
     lines += ["", "| ratio (same run) | value |", "| --- | ---: |"]
     lines += [f"| {k} | {v:.2f} |" for k, v in result["ratios"].items()]
     s, i = result["sizes"], result["inference"]
@@ -291,8 +297,12 @@ def chart(result, path):
                     label="this pipeline" if pipe == "ours" else "write-up pipeline (pad 512, batch 2)")
     axes[0].set(title="training throughput", ylabel="posts / s", xticks=list(x), xticklabels=setups)
     axes[0].legend(fontsize=8)
-    axes[1].bar(setups, [by[(s, "ours")]["peak_memory_mb"] for s in setups], color="tab:purple")
-    axes[1].set(title="peak memory while training", ylabel="MB")
+    before = [by[(s, "ours")]["memory_before_training_mb"] for s in setups]
+    axes[1].bar(setups, before, color="tab:gray", label="before training: runtime, model, data")
+    axes[1].bar(setups, [by[(s, "ours")]["peak_memory_mb"] - b for s, b in zip(setups, before)], bottom=before,
+                color="tab:purple", label="added by training: activations, gradients, optimizer")
+    axes[1].set(title="peak memory while training (this pipeline)", ylabel="MB")
+    axes[1].legend(fontsize=8)
     names = ["TF-IDF"] + list(result["accuracy"])
     accs = [result["tfidf"]["accuracy"]] + [r["accuracy"] for r in result["accuracy"].values()]
     axes[2].bar(names, [100 * a for a in accs], color="tab:green")

@@ -21,3 +21,26 @@ def test_quick_benchmark_writes_table_json_and_chart(tiny_bert, posts_csv, tmp_p
     assert "| pfeiffer-upper-half | write-up |" in table and "TF-IDF" in table and result["device"] in table
     assert (tmp_path / "tiny.png").read_bytes()[:4] == b"\x89PNG"
     assert "wrote" in proc.stdout
+
+
+def test_profile_reports_step_phases_memory_stages_and_operators(tiny_bert, posts_csv, tmp_path):
+    proc = run_cli("bench/profile_step.py", "--setup", "pfeiffer-upper-half", "--model", tiny_bert, "--data", posts_csv,
+                   "--steps", "2", "--warmup-steps", "1", "--out", tmp_path)
+    [report] = tmp_path.glob("profile-*-pfeiffer-upper-half.txt")
+    text = report.read_text()
+    phases = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line.strip().split(" ")[0] in ("forward", "backward", "optimizer") and line.strip().endswith("%)")}
+    assert set(phases) == {"forward", "backward", "optimizer"} and phases["forward"] > 0 and phases["backward"] > 0
+    assert "after the first step" in text and "after 3 steps" in text
+    assert "aten::" in text and "self_cpu_memory_usage" in text  # the operator tables
+    assert str(report) in proc.stdout
+
+
+def test_levers_table_compares_variants_on_the_same_batches(tiny_bert, posts_csv, tmp_path):
+    run_cli("bench/levers.py", "--setup", "full", "--variants", "before", "default", "no-dropout", "--model", tiny_bert,
+            "--data", posts_csv, "--steps", "2", "--warmup-steps", "1", "--out", tmp_path)
+    [report] = tmp_path.glob("levers-*-full.md")
+    rows = {line.split("|")[1].strip(): line for line in report.read_text().splitlines() if line.startswith("| ")}
+    assert {"before", "default", "no-dropout"} <= set(rows)
+    assert rows["before"].rstrip().endswith("| 1.00x |")  # every variant is compared with the first
+    assert "| 32 x 128 |" in report.read_text()  # the batch-shape table

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 import model as M
 
@@ -64,3 +65,12 @@ def test_seeded_adapters_start_identical(tiny_bert):
     a, b = (M.build_model(tiny_bert, "adapter", LABELS, seed=3) for _ in range(2))
     sa, sb = a.state_dict(), b.state_dict()
     assert all((sa[k] == sb[k]).all() for k in sa)
+
+
+def test_attention_dropout_override_reaches_every_attention_layer(tiny_bert):
+    kept = M.build_model(tiny_bert, "adapter", LABELS)  # None: the checkpoint's 0.1
+    off = M.build_model(tiny_bert, "full", LABELS, attention_dropout=0.0)
+    assert kept.config.attention_probs_dropout_prob == 0.1 and off.config.attention_probs_dropout_prob == 0.0
+    assert {m.dropout_prob for m in kept.modules() if hasattr(m, "dropout_prob")} == {0.1}
+    assert {m.dropout_prob for m in off.modules() if hasattr(m, "dropout_prob")} == {0.0}
+    assert any(m.p == 0.1 for m in off.modules() if isinstance(m, torch.nn.Dropout))  # hidden dropout untouched

@@ -37,6 +37,7 @@ def test_adapter_run_writes_adapter_head_metrics_and_training_info(runs, tiny_be
     info = json.loads((folder / "training.json").read_text())
     assert info["mode"] == "adapter" and info["base_model"] == tiny_bert and info["adapter_config"] == "pfeiffer"
     assert info["label_names"] == ["not depressive", "depressive"] and info["max_length"] == 32
+    assert info["attention_dropout"] == 0.0  # the default (train.ATTENTION_DROPOUT)
     assert info["train_size"] + info["val_size"] == 80 and info["seed"] == 42
     assert info["best"]["accuracy"] == max(r["accuracy"] for r in rows)
     assert {"torch", "transformers", "adapters"} <= set(info["versions"])
@@ -58,6 +59,7 @@ def test_full_run_saves_model_and_tokenizer(runs):
     assert {"config.json", "model.safetensors", "tokenizer.json", "training.json", "metrics.jsonl"} <= {
         p.name for p in folder.iterdir()}
     assert "(100.00%)" in procs["full"].stdout
+    assert json.loads((folder / "config.json").read_text())["attention_probs_dropout_prob"] == 0.0
 
 
 def test_every_mode_sees_the_same_split(runs):
@@ -91,7 +93,8 @@ def write(tmp_path, df, name="posts.csv"):
 
 
 @pytest.mark.parametrize("problem", ["missing file", "unreadable file", "no text column", "three labels",
-                                     "too few rows", "unknown adapter config", "unknown mode", "bad epochs"])
+                                     "too few rows", "unknown adapter config", "unknown mode", "bad epochs",
+                                     "bad attention dropout"])
 def test_bad_input_gets_one_line_and_exit_2(problem, tmp_path, tiny_bert, posts_csv):
     posts = make_posts()
     data, extra, words = posts_csv, [], []
@@ -112,6 +115,8 @@ def test_bad_input_gets_one_line_and_exit_2(problem, tmp_path, tiny_bert, posts_
         extra, words = ["--mode", "partial"], ["invalid choice"]
     elif problem == "bad epochs":
         extra, words = ["--epochs", "0"], ["--epochs"]
+    elif problem == "bad attention dropout":
+        extra, words = ["--attention-dropout", "1.5"], ["--attention-dropout"]
     proc = train(tiny_bert, data, tmp_path / "out", *extra, check=False)
     assert_clean_failure(proc, *words)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.safetensors"))
@@ -127,6 +132,6 @@ def test_help_explains_every_flag():
     proc = run_cli("train.py", "--help")
     for flag in ["--mode", "--adapter-config", "--reduction-factor", "--model", "--data", "--text-column",
                  "--label-column", "--epochs", "--lr", "--batch-size", "--max-length", "--seed", "--name",
-                 "--output-dir", "--overwrite"]:
+                 "--output-dir", "--overwrite", "--attention-dropout"]:
         assert flag in proc.stdout
     assert "Traceback" not in proc.stderr
