@@ -68,15 +68,9 @@ def measure_variant(args, variant):
                 module.dropout_prob = 0.0
     if variant == "compile":
         model = torch.compile(model)
-    batches = [next(batches) for _ in range(args.warmup_steps + args.steps)]
-    for batch in batches[:args.warmup_steps]:
-        run.train.train_step(model, batch, optimizer, None, accelerator)
-    start = time.perf_counter()
-    for batch in batches[args.warmup_steps:]:
-        run.train.train_step(model, batch, optimizer, None, accelerator)
-    seconds = time.perf_counter() - start
-    posts = sum(len(b["labels"]) for b in batches[args.warmup_steps:])
-    tokens = sum(int(b["attention_mask"].sum()) for b in batches[args.warmup_steps:])
+    batches = [next(batches) for _ in range(args.warmup_steps + args.steps)]  # the same batches for every variant
+    run.timed_steps(model, optimizer, accelerator, batches[:args.warmup_steps])
+    seconds, posts, tokens = run.timed_steps(model, optimizer, accelerator, batches[args.warmup_steps:])
     return {"variant": variant, "posts_per_second": posts / seconds, "tokens_per_second": tokens / seconds,
             "seconds_per_step": seconds / args.steps, "peak_memory_mb": run.peak_memory_mb(accelerator.device)}
 
@@ -91,12 +85,8 @@ def measure_shapes(args):
     for size, length in SHAPES:
         batch = {"input_ids": torch.randint(1000, vocab, (size, length)),
                  "attention_mask": torch.ones(size, length, dtype=torch.long), "labels": torch.randint(0, 2, (size,))}
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        run.train.train_step(model, batch, optimizer, None, accelerator)  # warm-up
-        start = time.perf_counter()
-        for _ in range(3):
-            run.train.train_step(model, batch, optimizer, None, accelerator)
-        seconds = (time.perf_counter() - start) / 3
+        run.timed_steps(model, optimizer, accelerator, [batch])  # warm-up
+        seconds = run.timed_steps(model, optimizer, accelerator, [batch] * 3)[0] / 3
         rows.append({"shape": f"{size} x {length}", "seconds_per_step": seconds, "tokens_per_second": size * length / seconds})
     return rows
 

@@ -14,7 +14,6 @@ torch.profiler, and writes:
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,26 +51,20 @@ def main(argv=None):
     note_memory("imports (torch, transformers, adapters, datasets)", device)
     model, optimizer, accelerator, batches = run.prepare_training(args, args.setup, args.pipeline)
     note_memory("data tokenised, model built", device)
-    batches = [{k: v.to(device) for k, v in next(batches).items()} for _ in range(args.warmup_steps + args.steps)]
-    for i, batch in enumerate(batches[:args.warmup_steps]):
-        run.train.train_step(model, batch, optimizer, None, accelerator)
-        if i == 0:
-            note_memory("after the first step (gradients, optimizer state)", device)
+    batches = [next(batches) for _ in range(args.warmup_steps + args.steps)]
+    warmup, profiled = batches[:args.warmup_steps], batches[args.warmup_steps:]
+    run.timed_steps(model, optimizer, accelerator, warmup[:1])
+    if warmup:
+        note_memory("after the first step (gradients, optimizer state)", device)
+    run.timed_steps(model, optimizer, accelerator, warmup[1:])
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    start = time.perf_counter()
     with profile(activities=activities, profile_memory=True, record_shapes=False) as prof:
-        for batch in batches[args.warmup_steps:]:
-            run.train.train_step(model, batch, optimizer, None, accelerator)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+        seconds, examples, tokens = run.timed_steps(model, optimizer, accelerator, profiled)
     note_memory(f"after {args.warmup_steps + args.steps} steps", device)
 
     events = prof.key_averages()
     time_key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     ranges = {e.key: getattr(e, time_key) / 1e6 / args.steps for e in events if e.key in ("forward", "backward", "optimizer")}
-    examples = sum(len(b["labels"]) for b in batches[args.warmup_steps:])
-    tokens = sum(int(b["attention_mask"].sum()) for b in batches[args.warmup_steps:])
     lines = [f"# profile: {args.setup}, {args.pipeline} pipeline, {run.device_name()}",
              f"# python bench/profile_step.py --setup {args.setup} --pipeline {args.pipeline} --steps {args.steps}",
              "", f"{args.steps} steps, {examples} posts, {tokens} real tokens, {seconds:.2f} s under the profiler "

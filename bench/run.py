@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import islice
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,27 +89,30 @@ def load_data(args):
     return data.load_splits(args.data, seed=SEED)  # train.py's default split
 
 
+def proc_status_mb(field):
+    """A memory field of /proc/self/status (VmHWM: peak resident, VmRSS: resident now) in MB; None off Linux."""
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return None
+    line = next(line for line in status.read_text().splitlines() if line.startswith(f"{field}:"))
+    return int(line.split()[1]) / 1024  # kB
+
+
 def peak_memory_mb(device):
     """Peak allocated GPU memory on CUDA; else this process's peak resident memory (VmHWM: unlike ru_maxrss,
     it does not carry over the parent's peak into a freshly started process)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    status = Path("/proc/self/status")
-    if status.exists():
-        hwm = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
-        return int(hwm.split()[1]) / 1024  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # macOS: bytes
+    peak = proc_status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # macOS: bytes
 
 
 def current_memory_mb(device):
     """Allocated GPU memory on CUDA; else this process's resident memory now (VmRSS)."""
     if device.type == "cuda":
         return torch.cuda.memory_allocated() / 2**20
-    status = Path("/proc/self/status")
-    if not status.exists():
-        return float("nan")
-    rss = next(line for line in status.read_text().splitlines() if line.startswith("VmRSS:"))
-    return int(rss.split()[1]) / 1024
+    now = proc_status_mb("VmRSS")
+    return now if now is not None else float("nan")
 
 
 def prepare_training(args, setup, pipeline_name, attention_dropout="default", fused=None, mixed_precision="auto"):
@@ -127,7 +131,7 @@ def prepare_training(args, setup, pipeline_name, attention_dropout="default", fu
                           leave_out=leave_out(layers) if leave_out else None, attention_dropout=attention_dropout)
     model.train()
     if ours:
-        loader = data.train_loader(data.tokenize(train_ds, tokenizer, train.MAX_LENGTH), tokenizer, train.BATCH_SIZE, 42)
+        loader = data.train_loader(data.tokenize(train_ds, tokenizer, train.MAX_LENGTH), tokenizer, train.BATCH_SIZE, SEED)
     else:
         n = (args.steps + args.warmup_steps) * 2 * 4  # enough posts for the steps, without tokenising them all
         loader = writeup_loader(list(train_ds["text"])[:n], list(train_ds["label"])[:n], tokenizer)
@@ -136,24 +140,29 @@ def prepare_training(args, setup, pipeline_name, attention_dropout="default", fu
     return model, optimizer, accelerator, forever(loader)
 
 
+def timed_steps(model, optimizer, accelerator, batches):
+    """train.train_step (the very step train.py runs) over `batches`; returns (seconds, posts, real tokens)."""
+    device = accelerator.device
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start, posts, tokens = time.perf_counter(), 0, 0
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        train.train_step(model, batch, optimizer, None, accelerator)
+        posts += len(batch["labels"])
+        tokens += int(batch["attention_mask"].sum())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, posts, tokens
+
+
 def measure_training(args, setup, pipeline_name):
     """One training measurement (run in its own process): warm-up, then timed steps; returns its figures."""
     model, optimizer, accelerator, batches = prepare_training(args, setup, pipeline_name)
     device = accelerator.device
     base_memory = peak_memory_mb(device)
-    examples = tokens = 0
-    for step in range(args.warmup_steps + args.steps):
-        if step == args.warmup_steps:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start, examples, tokens = time.perf_counter(), 0, 0
-        batch = {k: v.to(device) for k, v in next(batches).items()}
-        train.train_step(model, batch, optimizer, None, accelerator)  # the very step train.py runs
-        examples += len(batch["labels"])
-        tokens += int(batch["attention_mask"].sum())
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    timed_steps(model, optimizer, accelerator, islice(batches, args.warmup_steps))
+    seconds, examples, tokens = timed_steps(model, optimizer, accelerator, islice(batches, args.steps))
     params = M.count_parameters(model)
     return {"setup": setup, "pipeline": pipeline_name, "steps": args.steps, "seconds": seconds,
             "examples_per_second": examples / seconds, "tokens_per_second": tokens / seconds,
