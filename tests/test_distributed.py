@@ -1,0 +1,102 @@
+"""Several processes: torchrun and accelerate launch run train.py as one gloo group on this CPU-only machine.
+(data.LengthGroupedBatches' sharing of each epoch is proven in test_data.py.)"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import data
+from conftest import ROOT, make_posts, run_cli
+
+# Full fine-tuning of the tiny BERT learns the synthetic posts within 4 epochs, so accuracies can be compared.
+FULL = ["--mode", "full", "--lr", "3e-3", "--epochs", "4", "--max-length", "32"]
+
+
+def launch(launcher, processes, *args):
+    """train.py under a launcher, as a user types it, without extra environment variables."""
+    command = {"torchrun": ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)],
+               "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    return subprocess.run([sys.executable, *command[launcher], "train.py", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def posts_400(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "posts400.csv"
+    make_posts(200).to_csv(path, index=False)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def two_process_adapter(tiny_bert, posts_400, tmp_path_factory):
+    out = tmp_path_factory.mktemp("torchrun")
+    proc = launch("torchrun", 2, "--model", tiny_bert, "--data", posts_400, "--output-dir", out, "--epochs", "2",
+                  "--batch-size", "16", "--max-length", "32", "--lr", "1e-2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_torchrun_trains_as_one_group_and_writes_one_folder(two_process_adapter, posts_400):
+    out, proc = two_process_adapter
+    assert "2 process(es)" in proc.stdout and "global batch 32 = 2 x 16" in proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["depression-pfeiffer"]  # no .incomplete, .lock or .old
+    folder = out / "depression-pfeiffer"
+    info = json.loads((folder / "training.json").read_text())
+    assert info["num_processes"] == 2 and info["global_batch_size"] == 32 and info["batch_size"] == 16
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["val_examples"] == info["val_size"] == 64  # every validation post, once, over both processes
+        assert row["train_examples"] == info["train_size"] == 336  # every training post, once, over both processes
+
+
+def test_two_process_adapter_predicts_the_same_in_one_process(two_process_adapter, posts_400):
+    """predict.py (one process) on the validation split reproduces the accuracy the 2-process run measured."""
+    folder = two_process_adapter[0] / "depression-pfeiffer"
+    info = json.loads((folder / "training.json").read_text())
+    _, val, _, _ = data.load_splits(posts_400, seed=info["seed"])
+    texts, labels = val["text"], torch.tensor(val["label"])
+    proc = run_cli("predict.py", "--adapter", folder, "--json", "-", stdin="\n".join(texts) + "\n")
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["text"] for r in rows] == texts
+    predicted = torch.tensor([info["label_names"].index(r["label"]) for r in rows])
+    assert abs(float((predicted == labels).float().mean()) - info["best"]["accuracy"]) < 1e-6
+
+
+def test_one_and_two_processes_with_the_same_global_batch_agree(tiny_bert, posts_400, tmp_path):
+    """1 x 32 and 2 x 16: the same posts per step and the same learning rate, so the same best accuracy within
+    0.05. (Not the same losses: the batches differ, since each process takes its share of the length-grouped
+    order, and the random tiny BERT's loss curves are too steep for a tight tolerance.)"""
+    run_cli("train.py", "--model", tiny_bert, "--data", posts_400, "--output-dir", tmp_path / "one", *FULL,
+            "--batch-size", "32")
+    proc = launch("torchrun", 2, "--model", tiny_bert, "--data", posts_400, "--output-dir", tmp_path / "two",
+                  *FULL, "--batch-size", "16")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (json.loads((tmp_path / n / "depression-full" / "training.json").read_text())["best"]
+                for n in ["one", "two"])
+    assert one["accuracy"] > 0.9 and two["accuracy"] > 0.9  # both learned: the comparison means something
+    assert abs(one["accuracy"] - two["accuracy"]) <= 0.05
+
+
+def test_accelerate_launch_forms_a_gloo_group_on_cpu(tiny_bert, posts_csv, tmp_path):
+    proc = launch("accelerate", 2, "--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path,
+                  "--epochs", "1", "--batch-size", "8", "--max-length", "32")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout
+    info = json.loads((tmp_path / "depression-pfeiffer" / "training.json").read_text())
+    assert info["num_processes"] == 2 and info["best"]["val_examples"] == info["val_size"]
+
+
+def test_too_little_data_for_the_processes_stops_every_rank_with_one_line(tiny_bert, posts_csv, tmp_path):
+    proc = launch("torchrun", 2, "--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path,
+                  "--max-train-samples", "1", "--epochs", "1")
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and all("cannot give each of 2 processes a batch" in e for e in errors), proc.stderr[-3000:]
+    assert 'train.py", line' not in proc.stderr  # torchrun prints its own traceback, but none comes from train.py
+    assert not any(tmp_path.rglob("*.safetensors"))
