@@ -44,3 +44,19 @@ def test_levers_table_compares_variants_on_the_same_batches(tiny_bert, posts_csv
     assert {"before", "default", "no-dropout"} <= set(rows)
     assert rows["before"].rstrip().endswith("| 1.00x |")  # every variant is compared with the first
     assert "| 32 x 128 |" in report.read_text()  # the batch-shape table
+
+
+def test_scale_compares_process_counts_and_predict_sizes(tiny_bert, posts_csv, tmp_path):
+    proc = run_cli("bench/scale.py", "--quick", "--model", tiny_bert, "--data", posts_csv, "--train-posts", "40",
+                   "--global-batch", "8", "--predict-posts", "50", "300", "--out", tmp_path)
+    [result_file] = tmp_path.glob("scale-*-quick.json")
+    result = json.loads(result_file.read_text())
+    one, two = result["training"]
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert one["global_batch_size"] == two["global_batch_size"] == 8 and two["batch_size"] == 4
+    assert all(v > 0 for r in (one, two) for v in r["posts_per_second"])
+    assert [r["posts"] for r in result["predict"]] == [50, 300]
+    assert all(r["written"] == r["posts"] and r["peak_mb"] > 0 for r in result["predict"])
+    assert result["command"].endswith("--predict-posts 50 300 --out " + str(tmp_path))
+    assert result_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert "processes / 1 process" in result_file.with_suffix(".md").read_text() and "wrote" in proc.stdout
