@@ -19,8 +19,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 from datasets import ClassLabel, Dataset, disable_progress_bars, load_dataset
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
-from transformers import DataCollatorWithPadding
+from transformers import BatchEncoding, DataCollatorWithPadding
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 # The Hub id of the data set. Machines without the Hub point DEPRESSION_DATA at a local copy.
@@ -208,8 +209,7 @@ def sorted_batches(lengths, batch_size):
 def train_loader(ds, tokenizer, batch_size, seed, group_by_length=True, num_shards=1, shard=0):
     """Shuffled, dynamically padded training batches, grouped by length (unless group_by_length is False: plain
     shuffled batches of batch_size); with num_shards processes, process `shard`'s share of each epoch."""
-    lengths = ds_lengths(ds) if group_by_length else [1] * len(ds)  # all equal: the grouping is a plain shuffle
-    sampler = LengthGroupedBatches(lengths, batch_size, seed, num_shards, shard)
+    sampler = training_batches(ds_lengths(ds), batch_size, seed, group_by_length, num_shards, shard)
     return DataLoader(ds, batch_sampler=sampler, collate_fn=DataCollatorWithPadding(tokenizer))
 
 
@@ -218,6 +218,29 @@ def eval_loader(ds, tokenizer, batch_size, num_shards=1, shard=0):
     process `shard` of num_shards gets every num_shards-th batch."""
     batches = sorted_batches(ds_lengths(ds), batch_size)[shard::num_shards]
     return DataLoader(ds, batch_sampler=batches, collate_fn=DataCollatorWithPadding(tokenizer))
+
+
+def training_batches(lengths, batch_size, seed, group_by_length=True, num_shards=1, shard=0):
+    lengths = lengths if group_by_length else [1] * len(lengths)  # all equal: the grouping is a plain shuffle
+    return LengthGroupedBatches(lengths, batch_size, seed, num_shards, shard)
+
+
+def states_loader(states, labels, batch_size, seed=None, group_by_length=True, num_shards=1, shard=0, train=True):
+    """Batches of cached hidden states (one [tokens, hidden] tensor per post, real tokens only), padded per batch
+    and given as inputs_embeds with their attention mask: the same batches as train_loader (train=True) or
+    eval_loader (train=False) make from the token ids of the same posts."""
+    rows = [{"states": s, "labels": label} for s, label in zip(states, labels)]
+    lengths = [len(s) for s in states]
+    sampler = (training_batches(lengths, batch_size, seed, group_by_length, num_shards, shard) if train
+               else sorted_batches(lengths, batch_size)[shard::num_shards])
+    return DataLoader(rows, batch_sampler=sampler, collate_fn=pad_states)
+
+
+def pad_states(rows):
+    lengths = torch.tensor([len(r["states"]) for r in rows])
+    return BatchEncoding({"inputs_embeds": pad_sequence([r["states"] for r in rows], batch_first=True),
+                          "attention_mask": (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).long(),
+                          "labels": torch.tensor([r["labels"] for r in rows])})
 
 
 def ds_lengths(ds):

@@ -13,9 +13,11 @@ The classifier, built two ways on the same pretrained encoder, and loaded back a
            the feed-forward block). Any other config the adapters library knows works too (lora, ia3, ...).
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -117,6 +119,70 @@ def count_parameters(model):
 def format_parameters(counts):
     return (f"parameters: {counts['total']:,} total, {counts['trainable']:,} trainable "
             f"({counts['trainable_percent']:.2f}%)")
+
+
+# --- Frozen lower layers computed once (train.py --cache-frozen): the layers below the lowest adapter hold no
+# trainable weight, so with their dropout off their output is a pure function of the post.
+
+def frozen_lower_layers(model):
+    """(k, None): the embeddings and the lowest k >= 1 encoder layers hold no trainable weight and can be computed
+    once per post; (0, None) where layer 0 is trained; (0, reason) where it cannot be told safely: trained weights
+    outside the encoder layers (prompt tokens, invertible adapters) or shared by several layers (prefix tuning's
+    pool, which every layer references)."""
+    layers = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if not param.requires_grad or name.startswith("heads."):
+            continue
+        found = re.search(r"\.encoder\.layer\.(\d+)\.", f".{name}")
+        if not found:
+            return 0, f"a trained weight outside the encoder layers ({name})"
+        layers.setdefault(id(param), set()).add(int(found.group(1)))
+    if any(len(where) > 1 for where in layers.values()):
+        return 0, "a trained weight is shared by several layers (as prefix tuning's pool is)"
+    if not layers:
+        return 0, "no trained weight in the encoder layers"
+    return min(min(where) for where in layers.values()), None
+
+
+@contextlib.contextmanager
+def lower_layers_only(model, k):
+    """The model's encoder cut to its lowest k layers: base_model(...) then returns their output."""
+    encoder = model.base_model.encoder
+    layers = encoder.layer
+    encoder.layer = layers[:k]
+    try:
+        yield model.base_model
+    finally:
+        encoder.layer = layers
+
+
+class PassEmbeddings(torch.nn.Module):
+    """In place of the embeddings: the cached states arrive as inputs_embeds and go on unchanged."""
+
+    def forward(self, input_ids=None, position_ids=None, token_type_ids=None, inputs_embeds=None, **kwargs):
+        return inputs_embeds
+
+
+class PassLayer(torch.nn.Module):
+    """In place of a cached encoder layer: the hidden states go on unchanged."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return (hidden_states,)
+
+
+def skip_lower_layers(model, k):
+    """Make the embeddings and the lowest k layers pass states through: fed the output of layer k-1 as
+    inputs_embeds (with the attention mask), the model then computes what it computes from the token ids.
+    The adapters library's own forward path (its context, the layers above, the heads) stays as it is.
+    Returns a function that puts the skipped modules back."""
+    base = model.base_model
+    embeddings, layers = base.embeddings, base.encoder.layer
+    base.embeddings = PassEmbeddings()
+    base.encoder.layer = torch.nn.ModuleList([PassLayer() for _ in range(k)] + list(layers[k:]))
+
+    def restore():
+        base.embeddings, base.encoder.layer = embeddings, layers
+    return restore
 
 
 def save_trained(model, tokenizer, folder, mode):

@@ -36,7 +36,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from safetensors.torch import load_file, save_file
 from torch.profiler import record_function
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
+from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 from transformers.utils import logging as hf_logging
 
 import data
@@ -95,6 +95,10 @@ def build_parser():
                         "1.24x larger; at 64, about 10%% more memory)")
     p.add_argument("--no-group-by-length", dest="group_by_length", action="store_false",
                    help="plain shuffled batches instead of batches of similar length (more padding)")
+    p.add_argument("--no-cache-frozen", dest="cache_frozen", action="store_false",
+                   help="compute every layer every epoch; by default, when the lowest layers hold no trained weight "
+                        "(e.g. --leave-out 0 1 2), their output is computed once per post before the first epoch "
+                        "(those layers without dropout) and reused by every epoch and by validation")
     p.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
                    help="auto (default): bf16 on GPUs that have it, else fp16 on CUDA; none on CPU")
     p.add_argument("--seed", type=int, default=42, help="seed of the split, the new weights and the batches")
@@ -285,7 +289,7 @@ def library_versions():
 RESUME_KEYS = ["mode", "adapter_config", "reduction_factor", "leave_out", "model", "data", "text_column",
                "label_column", "val_size", "max_train_samples", "max_eval_samples", "epochs", "lr", "warmup_ratio",
                "weight_decay", "batch_size", "max_length", "attention_dropout", "group_by_length", "mixed_precision",
-               "seed", "patience"]
+               "seed", "patience", "cache_frozen"]
 
 
 def resume_config(args, num_processes):
@@ -402,6 +406,49 @@ def set_rng_states(states):
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def cache_lower_layers(model, ds, tokenizer, k, batch_size, accelerator):
+    """The output of the embeddings and the lowest k layers for every post of ds, computed once (no autograd,
+    those layers in eval mode: no dropout), real tokens only: a list of [tokens, hidden] tensors in ds order,
+    in fp32 on a CPU and in the training dtype on a GPU, kept on the training device."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+    pad, states = DataCollatorWithPadding(tokenizer), [None] * len(ds)
+    training = model.training
+    model.eval()
+    with torch.no_grad(), M.lower_layers_only(model, k) as lower, accelerator.autocast():
+        for batch in data.sorted_batches(data.ds_lengths(ds), batch_size):
+            inputs = pad([{key: ds[i][key] for key in ("input_ids", "attention_mask", "token_type_ids")
+                           if key in ds.column_names} for i in batch]).to(accelerator.device)
+            hidden = lower(**inputs).last_hidden_state.to(dtype)
+            for row, i in enumerate(batch):
+                states[i] = hidden[row, :int(inputs["attention_mask"][row].sum())].clone()
+    model.train(training)
+    return states
+
+
+def cache_frozen_layers(args, model, tokenizer, train_ds, val_ds, accelerator, shard):
+    """Where the lowest layers are frozen: (k, train loader, validation loader, seconds) over their cached output,
+    the model's lowest k layers switched to pass-through; else (0, None, None, 0.0), saying why if it is unsafe."""
+    if args.mode != "adapter" or not args.cache_frozen:
+        return 0, None, None, 0.0
+    k, unsafe = M.frozen_lower_layers(model)
+    if unsafe:
+        accelerator.print(f"frozen layers not cached: {unsafe}; every layer runs every epoch")
+    if not k:
+        return 0, None, None, 0.0
+    start = time.perf_counter()
+    model.to(accelerator.device)
+    train_states, val_states = (cache_lower_layers(model, ds, tokenizer, k, args.batch_size * 2, accelerator)
+                                for ds in (train_ds, val_ds))
+    seconds = time.perf_counter() - start
+    size = sum(s.numel() * s.element_size() for s in train_states + val_states) / 1e6
+    accelerator.print(f"cached layers 0-{k - 1} for {len(train_states) + len(val_states):,} posts: {size:,.0f} MB "
+                      f"in {seconds:.1f} s")
+    train_dl = data.states_loader(train_states, train_ds["label"], args.batch_size, args.seed, args.group_by_length,
+                                  **shard)
+    val_dl = data.states_loader(val_states, val_ds["label"], args.batch_size * 2, train=False, **shard)
+    return k, train_dl, val_dl, seconds
+
+
 def write_metrics(path, history):
     path.write_text("".join(json.dumps(row) + "\n" for row in history))
 
@@ -451,6 +498,10 @@ def train_and_save(args, accelerator):
     params = M.count_parameters(model)
     log(f"model: {args.model}, mode {args.mode}" + (f", adapter {args.adapter_config}" if args.mode == "adapter" else ""))
     log(M.format_parameters(params))
+    cached, cached_train_dl, cached_val_dl, cache_seconds = cache_frozen_layers(args, model, tokenizer, train_ds,
+                                                                                  val_ds, accelerator, shard)
+    if cached:
+        train_dl, val_dl, restore_layers = cached_train_dl, cached_val_dl, M.skip_lower_layers(model, cached)
     optimizer = build_optimizer(model, args.lr, args.weight_decay)
     steps = args.epochs * len(train_dl)  # this process's steps: the batches are already shared out
     scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * steps), steps)
@@ -476,11 +527,12 @@ def train_and_save(args, accelerator):
             break
         start = time.perf_counter()
         train_loss, examples, tokens = train_epoch(model, train_dl, optimizer, scheduler, accelerator, epoch, args.epochs)
-        train_seconds = time.perf_counter() - start
+        train_seconds = time.perf_counter() - start + cache_seconds  # the caching pass counts in the first epoch
         metrics = evaluate(model, val_dl, accelerator)
         row = {"epoch": epoch, "train_loss": train_loss, **metrics, "train_examples": examples,
-               "train_seconds": train_seconds, "examples_per_second": examples / train_seconds, "tokens_per_second": tokens / train_seconds,
-               "wall_seconds": time.perf_counter() - start}
+               "train_seconds": train_seconds, "examples_per_second": examples / train_seconds,
+               "tokens_per_second": tokens / train_seconds, "wall_seconds": time.perf_counter() - start + cache_seconds, "cache_seconds": cache_seconds}
+        cache_seconds = 0.0
         history.append(row)
         log(f"epoch {epoch}: train loss {train_loss:.4f}, val loss {metrics['val_loss']:.4f}, "
             f"accuracy {metrics['accuracy']:.4f}, precision {metrics['precision']:.4f}, "
@@ -494,6 +546,8 @@ def train_and_save(args, accelerator):
                  data_info["data_fingerprint"], "best": best, "since_best": since_best, "history": history}
         save_checkpoint(staging, accelerator, model, optimizer, scheduler, best_state, state)
 
+    if cached:
+        restore_layers()  # the whole model again, for saving and for callers that predict from token ids
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
         load_trainable(final, best_state, f"{staging}/checkpoint/best.safetensors")

