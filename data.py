@@ -8,6 +8,7 @@ Used by train.py, predict.py, bench/ and the notebook, so the data is handled in
     train_ds, val_ds = split(df, val_size=0.16, seed=42)
     train_ds = tokenize(train_ds, tokenizer, max_length=64)
     loader = train_loader(train_ds, tokenizer, batch_size=32, seed=42)  # num_shards/shard: one process's share
+    loader = states_loader(states, train_ds["label"], batch_size=32, seed=42)  # cached lower-layer outputs instead
 """
 
 import hashlib

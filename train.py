@@ -165,7 +165,10 @@ def lock_folder(folder):
         if path.exists() and os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
             break
         handle.close()  # the run before us removed the file after we opened it: lock the new one
-    handle.seek(0), handle.truncate(), handle.write(f"{os.getpid()}\n"), handle.flush()
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
     return handle
 
 

@@ -132,11 +132,12 @@ def chart(result, path):
                     xytext=(5, 5), fontsize=8)
     cached = [r for n, r in s.items() if n.startswith("upper") and "uncached" not in n or n == "pfeiffer"]
     cached.sort(key=lambda r: r["adapter_layers"])
-    ax.plot([r["summed_seconds"] for r in cached], [100 * r["best_accuracy"] for r in cached], "--", color="gray",
-            label="adapters in the top 1, 2, 3, 6 layers")
+    if len(cached) > 1:
+        ax.plot([r["summed_seconds"] for r in cached], [100 * r["best_accuracy"] for r in cached], "--", color="gray",
+                label="adapters in the top " + ", ".join(str(r["adapter_layers"]) for r in cached) + " layers")
+        ax.legend(fontsize=8)
     ax.set(xlabel=f"training seconds, {result['epochs']} epochs summed", ylabel="best validation accuracy (%)",
            title=result["device"])
-    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

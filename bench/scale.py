@@ -134,9 +134,12 @@ def chart(results, path):
     left.bar(names, [r["posts_per_second"][-1] for r in results["training"]], color=["tab:blue", "tab:orange"])
     left.set_ylabel("training posts/s (last epoch)")
     left.set_title("same global batch")
-    right.plot([r["posts"] for r in results["predict"]], [r["peak_mb"] for r in results["predict"]], "o-")
+    posts, peaks = [r["posts"] for r in results["predict"]], [r["peak_mb"] for r in results["predict"]]
+    right.plot(posts, peaks, "o-")
+    for x, y in zip(posts, peaks):
+        right.annotate(f"{y:.0f} MB", (x, y), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
     right.set_xscale("log")
-    right.set_ylim(bottom=0)
+    right.set_ylim(0, 1.3 * max(peaks))
     right.set_xlabel("posts given to predict.py --file")
     right.set_ylabel("peak resident MB")
     right.set_title("streaming prediction")
