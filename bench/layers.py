@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import data  # noqa: E402
 import model as M  # noqa: E402
-from run import device_name, machine_slug  # noqa: E402
+from run import device_name, machine_slug, write_results  # noqa: E402
 from scale import PEAK_WRAPPER  # noqa: E402
 
 # name -> (layers that hold adapters of 6, train.py flags)
@@ -156,15 +156,8 @@ def main(argv=None):
                       f"peak {r['peak_mb']:.0f} MB", flush=True)
                 result["runs"].append(r)
     result["summary"] = summary(result["runs"])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if args.quick else (f"-{args.train_posts}" if args.train_posts else "")
-    stem = out / f"layers-{machine_slug()}{suffix}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(report(result))
-    chart(result, stem.with_suffix(".png"))
-    print(report(result))
-    print(f"wrote {stem}.json, .md, .png")
+    write_results(Path(args.out) / f"layers-{machine_slug()}{suffix}", result, report(result), chart)
 
 
 if __name__ == "__main__":

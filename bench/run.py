@@ -85,6 +85,17 @@ def machine_slug():
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
+def write_results(stem, result, markdown_text, draw):
+    """<stem>.json, <stem>.md and <stem>.png (drawn by draw(result, path)) for one benchmark's result."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    Path(f"{stem}.md").write_text(markdown_text)
+    draw(result, Path(f"{stem}.png"))
+    print(markdown_text)
+    print(f"wrote {stem}.json, .md and .png")
+
+
 def load_data(args):
     return data.load_splits(args.data, seed=SEED)  # train.py's default split
 
@@ -344,14 +355,8 @@ def main(argv=None):
               "training": training, "ratios": ratios(training), "sizes": measure_sizes(args, label_names),
               "inference": measure_inference(args, val_ds, label_names), "tfidf": tfidf_baseline(train_ds, val_ds),
               "accuracy": read_training_runs((info["data_fingerprint"], SEED, info["val_size"])), "versions": train.library_versions()}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = args.name or machine_slug() + ("-quick" if args.quick else "")
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(markdown(result))
-    chart(result, out / f"{stem}.png")
-    print(markdown(result))
-    print(f"wrote {out / stem}.json, .md and .png")
+    write_results(Path(args.out) / stem, result, markdown(result), chart)
 
 
 if __name__ == "__main__":

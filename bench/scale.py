@@ -34,7 +34,7 @@ from transformers import BertConfig, BertModel  # noqa: E402
 
 import data  # noqa: E402
 import model as M  # noqa: E402
-from run import device_name, machine_slug  # noqa: E402
+from run import device_name, machine_slug, write_results  # noqa: E402
 
 # ru_maxrss of the wrapper's children: the one predict.py process it ran (kB on Linux).
 PEAK_WRAPPER = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
@@ -165,14 +165,8 @@ def main(argv=None):
         for posts in args.predict_posts:
             print(f"predict.py on {posts:,} posts...", flush=True)
             results["predict"].append(predict_memory(adapter, texts, posts, tmp))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"scale-{machine_slug()}{'-quick' if args.quick else ''}"
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(report(results))
-    chart(results, stem.with_suffix(".png"))
-    print(report(results))
-    print(f"wrote {stem}.json, .md, .png")
+    write_results(Path(args.out) / f"scale-{machine_slug()}{'-quick' if args.quick else ''}", results, report(results),
+                  chart)
 
 
 if __name__ == "__main__":
