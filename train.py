@@ -101,7 +101,11 @@ def build_parser():
                         "(those layers without dropout) and reused by every epoch and by validation")
     p.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
                    help="auto (default): bf16 on GPUs that have it, else fp16 on CUDA; none on CPU")
-    p.add_argument("--seed", type=int, default=42, help="seed of the split, the new weights and the batches")
+    p.add_argument("--seed", type=int, default=42, help="seed of the new weights, dropout and the batch order "
+                   "(default: 42)")
+    p.add_argument("--split-seed", type=int, default=42,
+                   help="seed of the train/validation split (default: 42); keep it fixed to compare methods or "
+                        "training seeds on the same validation posts")
     p.add_argument("--name", default=None,
                    help="folder name of the result (default: depression-<adapter config> or depression-full)")
     p.add_argument("--output-dir", default=None, help="where the folder goes (default: adapters/ or models/ for full)")
@@ -292,7 +296,7 @@ def library_versions():
 RESUME_KEYS = ["mode", "adapter_config", "reduction_factor", "leave_out", "model", "data", "text_column",
                "label_column", "val_size", "max_train_samples", "max_eval_samples", "epochs", "lr", "warmup_ratio",
                "weight_decay", "batch_size", "max_length", "attention_dropout", "group_by_length", "mixed_precision",
-               "seed", "patience", "cache_frozen"]
+               "seed", "split_seed", "patience", "cache_frozen"]
 
 
 def resume_config(args, num_processes):
@@ -483,7 +487,7 @@ def train_and_save(args, accelerator):
     set_seed(args.seed)
 
     train_ds, val_ds, label_names, data_info = data.load_splits(args.data, args.text_column, args.label_column,
-                                                                args.val_size, args.seed)
+                                                                args.val_size, args.split_seed)
     if args.max_train_samples:
         train_ds = train_ds.select(range(min(args.max_train_samples, len(train_ds))))
     if args.max_eval_samples:
@@ -493,7 +497,7 @@ def train_and_save(args, accelerator):
     shard = {"num_shards": processes, "shard": accelerator.process_index}
     train_dl = data.train_loader(train_ds, tokenizer, args.batch_size, args.seed, args.group_by_length, **shard)
     val_dl = data.eval_loader(val_ds, tokenizer, args.batch_size * 2, **shard)
-    log(f"split: {len(train_ds)} train / {len(val_ds)} validation posts (seed {args.seed}), "
+    log(f"split: {len(train_ds)} train / {len(val_ds)} validation posts (split seed {args.split_seed}), "
         f"max length {args.max_length}")
 
     model = M.build_model(args.model, args.mode, label_names, args.adapter_config, args.reduction_factor,
@@ -562,7 +566,7 @@ def train_and_save(args, accelerator):
                 "adapter_config": args.adapter_config if args.mode == "adapter" else None,
                 "reduction_factor": args.reduction_factor, "leave_out": args.leave_out,
                 "label_names": label_names, "max_length": args.max_length,
-                "attention_dropout": args.attention_dropout, "seed": args.seed,
+                "attention_dropout": args.attention_dropout, "seed": args.seed, "split_seed": args.split_seed,
                 "epochs": args.epochs, "epochs_run": len(history), "patience": args.patience, "lr": args.lr,
                 "batch_size": args.batch_size, "num_processes": processes,
                 "global_batch_size": args.batch_size * processes,

@@ -61,7 +61,7 @@ def test_two_process_adapter_predicts_the_same_in_one_process(two_process_adapte
     2-process run measured from its cached layer-0 states: the accuracy, and the mean cross-entropy within 1e-5."""
     folder = two_process_adapter[0] / "depression-pfeiffer"
     info = json.loads((folder / "training.json").read_text())
-    _, val, _, _ = data.load_splits(posts_400, seed=info["seed"])
+    _, val, _, _ = data.load_splits(posts_400, seed=info["split_seed"])
     texts, labels = val["text"], torch.tensor(val["label"])
     proc = run_cli("predict.py", "--adapter", folder, "--json", "-", stdin="\n".join(texts) + "\n")
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
