@@ -92,7 +92,7 @@ def planned_runs(args):
 
 
 def train_flags(args, name, seed, split_seed, folder):
-    layers = AutoConfig.from_pretrained(args.model).num_hidden_layers
+    layers = AutoConfig.from_pretrained(M.resolve_model_path(args.model)).num_hidden_layers
     flags = []
     for flag in SETUPS[name]:
         flags += [str(i) for i in range(layers // 2)] if flag == "{upper}" else [flag]
