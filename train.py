@@ -61,8 +61,9 @@ def build_parser():
                         "full: train every weight (default: adapter)")
     p.add_argument("--adapter-config", default="pfeiffer",
                    help="pfeiffer (= seq_bn: one adapter per layer, after the feed-forward block), houlsby "
-                        "(= double_seq_bn: two per layer) or any config of the adapters library, e.g. lora, ia3, "
-                        "prefix_tuning (default: pfeiffer)")
+                        "(= double_seq_bn: two per layer) or another config of the adapters library: "
+                        f"{', '.join(n for n in M.ADAPTER_CONFIGS if n not in ('pfeiffer', 'houlsby'))} "
+                        f"(refused: {', '.join(M.REFUSED_CONFIGS)}; see README) (default: pfeiffer)")
     p.add_argument("--reduction-factor", type=int, default=None,
                    help="hidden size / bottleneck size of each adapter (library default: 16 for pfeiffer, houlsby)")
     p.add_argument("--leave-out", type=int, nargs="+", default=None, metavar="LAYER",
@@ -468,7 +469,7 @@ def use_cpu_processes():
 
 def run(args):
     if args.mode == "adapter":
-        M.adapter_config(args.adapter_config, args.reduction_factor, args.leave_out)  # fail before any work
+        M.check_adapter_request(args.model, args.adapter_config, args.reduction_factor, args.leave_out)  # before any work
     accelerator = Accelerator(mixed_precision=mixed_precision(args.mixed_precision), cpu=use_cpu_processes())
     lock = on_main_process(accelerator, lock_folder, args.output)
     try:
