@@ -345,6 +345,21 @@ def load_trained(folder, model_name=None):
     return model.eval(), load_tokenizer(base), info
 
 
+# Configs whose trained weights are low-rank updates or scalings of existing weight matrices: merge_adapter() folds
+# them into those matrices, and the model then computes as fast as the bare base model (tests/test_methods.py:
+# same probabilities within 1e-4). mtl_lora and unipelt (gated) cannot be merged by the library.
+MERGEABLE_CONFIGS = ("lora", "ia3", "vera", "dora", "dvora")
+
+
+def merge_adapter(model, info):
+    """Fold an adapter of a MERGEABLE_CONFIGS kind into the base weights (for inference only: the merged model
+    can no longer take another adapter); returns whether it did."""
+    if info["mode"] != "adapter" or info.get("adapter_config") not in MERGEABLE_CONFIGS:
+        return False
+    model.merge_adapter(info.get("adapter_name", ADAPTER_NAME))
+    return True
+
+
 def load_base_model(name):
     """The pretrained encoder an adapter goes into, safetensors weights only."""
     try:

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from adapters import AdapterConfig
+from adapters.methods.lora import LoRALayer
 from safetensors import safe_open
 
 import data
@@ -74,6 +75,13 @@ def test_method_trains_saves_reloads_and_predicts(names, tiny_bert_128, posts_60
     loss = torch.nn.functional.nll_loss(probs.log(), torch.tensor(list(val["label"])))
     assert abs(float(loss) - info["best"]["val_loss"]) < 1e-5
     assert info["adapter_config"] == names[0] and info["parameters"]["trainable"] > 0
+    merged = [m for m in model.modules() if isinstance(m, LoRALayer) and m.merged]
+    assert bool(merged) == (names[0] in M.MERGEABLE_CONFIGS)  # predict.py merges LoRA-kind adapters by default
+    if merged:
+        apart, _, _ = predict.load(folder, merge=False)
+        assert not any(isinstance(m, LoRALayer) and m.merged for m in apart.modules())
+        unmerged = predict.predict_proba(apart, tokenizer, list(val["text"]), info["max_length"])
+        assert (unmerged - probs).abs().max() < 1e-4
 
 
 def train_one_epoch(name, model_path, posts, out):
