@@ -40,7 +40,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 import data  # noqa: E402
 import model as M  # noqa: E402
 import predict  # noqa: E402
-from run import device_name, machine_slug, write_results  # noqa: E402
+from harness import command_line, device_name, machine_slug, write_results  # noqa: E402
 
 # name -> train.py flags; "{upper}" becomes the lower half of the layers, left without adapters
 SETUPS = {
@@ -269,7 +269,7 @@ def main(argv=None):
     stem = Path(args.out) / f"compare-{machine_slug()}{'-quick' if args.quick else ''}"
     settings = {"model": args.model, "data": args.data, "epochs": args.epochs, "train_posts": args.train_posts,
                 "val_posts": args.eval_posts or len(validation_posts(args, 42)[0])}
-    command = " ".join(["python", "bench/compare.py", *(argv or sys.argv[1:])])
+    command = command_line("compare.py", argv)
     runs, commands = [], []
     if args.resume and stem.with_suffix(".json").exists():
         old = json.loads(stem.with_suffix(".json").read_text())

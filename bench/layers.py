@@ -32,8 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import data  # noqa: E402
 import model as M  # noqa: E402
-from run import device_name, machine_slug, write_results  # noqa: E402
-from scale import PEAK_WRAPPER  # noqa: E402
+from harness import PEAK_WRAPPER, command_line, device_name, machine_slug, write_results  # noqa: E402
 
 # name -> (layers that hold adapters of 6, train.py flags)
 RUNS = {
@@ -145,7 +144,7 @@ def chart(result, path):
 
 def main(argv=None):
     args = parse_args(argv)
-    result = {"device": device_name(), "command": " ".join(["python", "bench/layers.py", *(argv or sys.argv[1:])]),
+    result = {"device": device_name(), "command": command_line("layers.py", argv),
               "train_posts": args.train_posts, "epochs": args.epochs, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:

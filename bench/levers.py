@@ -21,15 +21,19 @@ It ends with tokens/s by batch shape in the default setting: the case for (or ag
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import run  # noqa: E402  (bench/run.py: setups, batches, memory readings)
+import harness as H  # noqa: E402  (setups, batches, the timed step, memory readings)
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+import data  # noqa: E402
+import model as M  # noqa: E402
+
+ROOT = H.ROOT
 
 VARIANTS = ["before", "no-attn-dropout", "default", "no-dropout", "compile", "one-thread"]
 SHAPES = [(32, 16), (64, 16), (32, 32), (32, 64), (16, 128), (32, 128)]
@@ -37,11 +41,11 @@ SHAPES = [(32, 16), (64, 16), (32, 32), (32, 64), (16, 128), (32, 128)]
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--setup", choices=list(run.SETUPS), default="pfeiffer", help="what to train (default: pfeiffer)")
+    p.add_argument("--setup", choices=list(H.SETUPS), default="pfeiffer", help="what to train (default: pfeiffer)")
     p.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS + ["bf16"],
                    help=f"what to try (default: {' '.join(VARIANTS)})")
-    p.add_argument("--model", default=run.M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
-    p.add_argument("--data", default=run.data.DEFAULT_DATA, help="data set, as for train.py")
+    p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
+    p.add_argument("--data", default=data.DEFAULT_DATA, help="data set, as for train.py")
     p.add_argument("--steps", type=int, default=12, help="timed steps per variant (default: 12)")
     p.add_argument("--warmup-steps", type=int, default=2,
                    help="untimed steps first (default: 2; give compile more, it compiles again for new shapes)")
@@ -59,7 +63,9 @@ def measure_variant(args, variant):
                  "no-attn-dropout": {"fused": False}, "bf16": {"mixed_precision": "bf16"}}.get(variant, {})
     if variant == "one-thread":
         torch.set_num_threads(1)
-    model, optimizer, accelerator, batches = run.prepare_training(args, args.setup, "ours", **overrides)
+    model, optimizer, accelerator, batches = H.prepare_training(args.model, args.data, args.setup, "ours",
+                                                                posts_needed=(args.warmup_steps + args.steps) * 32,
+                                                                **overrides)
     if variant == "no-dropout":
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
@@ -69,58 +75,53 @@ def measure_variant(args, variant):
     if variant == "compile":
         model = torch.compile(model)
     batches = [next(batches) for _ in range(args.warmup_steps + args.steps)]  # the same batches for every variant
-    run.timed_steps(model, optimizer, accelerator, batches[:args.warmup_steps])
-    seconds, posts, tokens = run.timed_steps(model, optimizer, accelerator, batches[args.warmup_steps:])
+    H.timed_steps(model, optimizer, accelerator, batches[:args.warmup_steps])
+    seconds, posts, tokens = H.timed_steps(model, optimizer, accelerator, batches[args.warmup_steps:])
     return {"variant": variant, "posts_per_second": posts / seconds, "tokens_per_second": tokens / seconds,
-            "seconds_per_step": seconds / args.steps, "peak_memory_mb": run.peak_memory_mb(accelerator.device)}
+            "seconds_per_step": seconds / args.steps, "peak_memory_mb": H.peak_memory_mb(accelerator.device)}
 
 
 def measure_shapes(args):
     """Tokens/s of the default step on full (unpadded) batches of a given shape."""
     import torch
 
-    model, optimizer, accelerator, batches = run.prepare_training(args, args.setup, "ours")
+    model, optimizer, accelerator, batches = H.prepare_training(args.model, args.data, args.setup, "ours")
     vocab = model.config.vocab_size
     rows = []
     for size, length in SHAPES:
         batch = {"input_ids": torch.randint(1000, vocab, (size, length)),
                  "attention_mask": torch.ones(size, length, dtype=torch.long), "labels": torch.randint(0, 2, (size,))}
-        run.timed_steps(model, optimizer, accelerator, [batch])  # warm-up
-        seconds = run.timed_steps(model, optimizer, accelerator, [batch] * 3)[0] / 3
+        H.timed_steps(model, optimizer, accelerator, [batch])  # warm-up
+        seconds = H.timed_steps(model, optimizer, accelerator, [batch] * 3)[0] / 3
         rows.append({"shape": f"{size} x {length}", "seconds_per_step": seconds, "tokens_per_second": size * length / seconds})
     return rows
 
 
 def worker(args, extra):
-    cmd = [sys.executable, __file__, "--setup", args.setup, "--model", args.model, "--data", args.data,
-           "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps), *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(extra)} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return H.worker([__file__, "--setup", args.setup, "--model", args.model, "--data", args.data,
+                     "--steps", args.steps, "--warmup-steps", args.warmup_steps, *extra])
 
 
 def main(argv=None):
     args = parse_args(argv)
-    run.hf_logging.set_verbosity_error()
+    hf_logging.set_verbosity_error()
     if args.variant:
         print(json.dumps(measure_variant(args, args.variant)))
         return
     if args.shape_worker:
         print(json.dumps(measure_shapes(args)))
         return
-    lines = [f"# levers: {args.setup}, {run.device_name()}",
-             f"`python bench/levers.py --setup {args.setup} --steps {args.steps} --warmup-steps {args.warmup_steps}`"
-             f" — {time.strftime('%Y-%m-%d')}; the same {args.steps} batches for every variant", "",
-             "| variant | posts/s | tokens/s | s/step | peak memory (MB) | vs before |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    results = []
-    for variant in args.variants:
-        r = worker(args, ["--variant", variant])
-        results.append(r)
-        base = results[0]["posts_per_second"]
+    results = {variant: worker(args, ["--variant", variant]) for variant in args.variants}
+    base_name = "before" if "before" in results else args.variants[0]
+    base = results[base_name]["posts_per_second"]
+    lines = [f"# levers: {args.setup}, {H.device_name()}",
+             f"`{H.command_line('levers.py', argv)}` — {time.strftime('%Y-%m-%d')}; the same {args.steps} batches "
+             f"for every variant", "",
+             f"| variant | posts/s | tokens/s | s/step | peak memory (MB) | vs {base_name} |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for variant, r in results.items():
         lines.append(f"| {variant} | {r['posts_per_second']:.1f} | {r['tokens_per_second']:.0f} | "
                      f"{r['seconds_per_step']:.3f} | {r['peak_memory_mb']:.0f} | {r['posts_per_second'] / base:.2f}x |")
-        print(lines[-1], flush=True)
     if args.shapes:
         lines += ["", "Tokens/s by batch shape (default setting, every token real):", "",
                   "| batch | s/step | tokens/s |", "| --- | ---: | ---: |"]
@@ -128,7 +129,7 @@ def main(argv=None):
                   for r in worker(args, ["--shape-worker"])]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"levers-{run.machine_slug()}-{args.setup}.md"
+    path = out / f"levers-{H.machine_slug()}-{args.setup}.md"
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {path}")

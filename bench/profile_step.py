@@ -16,24 +16,29 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import run  # noqa: E402  (bench/run.py: setups, batches, memory readings)
+import harness as H  # noqa: E402  (setups, batches, the timed step, memory readings)
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+import data  # noqa: E402
+import model as M  # noqa: E402
+
+ROOT = H.ROOT
 
 STAGES = {}
 
 
 def note_memory(stage, device):
-    STAGES[stage] = (run.current_memory_mb(device), run.peak_memory_mb(device))
+    STAGES[stage] = (H.current_memory_mb(device), H.peak_memory_mb(device))
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--setup", choices=list(run.SETUPS), default="pfeiffer", help="what to profile (default: pfeiffer)")
+    p.add_argument("--setup", choices=list(H.SETUPS), default="pfeiffer", help="what to profile (default: pfeiffer)")
     p.add_argument("--pipeline", choices=["ours", "write-up"], default="ours", help="whose input pipeline (default: ours)")
-    p.add_argument("--model", default=run.M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
-    p.add_argument("--data", default=run.data.DEFAULT_DATA, help="data set, as for train.py")
+    p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
+    p.add_argument("--data", default=data.DEFAULT_DATA, help="data set, as for train.py")
     p.add_argument("--steps", type=int, default=8, help="profiled steps (default: 8)")
     p.add_argument("--warmup-steps", type=int, default=2, help="unprofiled steps first (default: 2)")
     p.add_argument("--rows", type=int, default=20, help="operators listed (default: 20)")
@@ -46,27 +51,28 @@ def main(argv=None):
     from torch.profiler import ProfilerActivity, profile
 
     args = parse_args(argv)
-    run.hf_logging.set_verbosity_error()
+    hf_logging.set_verbosity_error()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     note_memory("imports (torch, transformers, adapters, datasets)", device)
-    model, optimizer, accelerator, batches = run.prepare_training(args, args.setup, args.pipeline)
+    model, optimizer, accelerator, batches = H.prepare_training(args.model, args.data, args.setup, args.pipeline,
+                                                                posts_needed=(args.warmup_steps + args.steps) * 32)
     note_memory("data tokenised, model built", device)
     batches = [next(batches) for _ in range(args.warmup_steps + args.steps)]
     warmup, profiled = batches[:args.warmup_steps], batches[args.warmup_steps:]
-    run.timed_steps(model, optimizer, accelerator, warmup[:1])
+    H.timed_steps(model, optimizer, accelerator, warmup[:1])
     if warmup:
         note_memory("after the first step (gradients, optimizer state)", device)
-    run.timed_steps(model, optimizer, accelerator, warmup[1:])
+    H.timed_steps(model, optimizer, accelerator, warmup[1:])
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities, profile_memory=True, record_shapes=False) as prof:
-        seconds, examples, tokens = run.timed_steps(model, optimizer, accelerator, profiled)
+        seconds, examples, tokens = H.timed_steps(model, optimizer, accelerator, profiled)
     note_memory(f"after {args.warmup_steps + args.steps} steps", device)
 
     events = prof.key_averages()
     time_key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     ranges = {e.key: getattr(e, time_key) / 1e6 / args.steps for e in events if e.key in ("forward", "backward", "optimizer")}
-    lines = [f"# profile: {args.setup}, {args.pipeline} pipeline, {run.device_name()}",
-             f"# python bench/profile_step.py --setup {args.setup} --pipeline {args.pipeline} --steps {args.steps}",
+    lines = [f"# profile: {args.setup}, {args.pipeline} pipeline, {H.device_name()}",
+             f"# {H.command_line('profile_step.py', argv)}",
              "", f"{args.steps} steps, {examples} posts, {tokens} real tokens, {seconds:.2f} s under the profiler "
              f"({examples / seconds:.1f} posts/s; the profiler itself costs a little)", "",
              "seconds per step (train.train_step ranges):"]
@@ -81,7 +87,7 @@ def main(argv=None):
               events.table(sort_by=memory_sort, row_limit=args.rows, max_name_column_width=60)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"profile-{run.machine_slug()}-{args.setup}{'-writeup' if args.pipeline != 'ours' else ''}.txt"
+    path = out / f"profile-{H.machine_slug()}-{args.setup}{'-writeup' if args.pipeline != 'ours' else ''}.txt"
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:20]))
     print(f"wrote {path}")

@@ -34,11 +34,7 @@ from transformers import BertConfig, BertModel  # noqa: E402
 
 import data  # noqa: E402
 import model as M  # noqa: E402
-from run import device_name, machine_slug, write_results  # noqa: E402
-
-# ru_maxrss of the wrapper's children: the one predict.py process it ran (kB on Linux).
-PEAK_WRAPPER = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
-                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")
+from harness import PEAK_WRAPPER, command_line, device_name, machine_slug, write_results  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -152,7 +148,7 @@ def main(argv=None):
     args = parse_args(argv)
     df, _, _ = data.clean(data.load_table(args.data))
     texts = df["text"].str.replace("\n", " ").str.slice(0, 300).tolist()
-    results = {"device": device_name(), "command": " ".join(["python", "bench/scale.py", *(argv or sys.argv[1:])]),
+    results = {"device": device_name(), "command": command_line("scale.py", argv),
                "training": [], "predict": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

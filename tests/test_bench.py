@@ -1,6 +1,7 @@
 import json
+import sys
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 
 def test_quick_benchmark_writes_table_json_and_chart(tiny_bert, posts_csv, tmp_path):
@@ -9,16 +10,27 @@ def test_quick_benchmark_writes_table_json_and_chart(tiny_bert, posts_csv, tmp_p
     result = json.loads((tmp_path / "tiny.json").read_text())
     setups = {(t["setup"], t["pipeline"]) for t in result["training"]}
     assert setups == {(s, p) for s in ["full", "pfeiffer", "houlsby", "pfeiffer-upper-half"]
-                      for p in ["ours", "write-up"]}
+                      for p in ["ours", "write-up"]} | {("full", "trainer"), ("pfeiffer", "trainer"),
+                                                       ("pfeiffer-upper-half-cached", "ours")}
     for t in result["training"]:
-        assert t["examples_per_second"] > 0 and t["tokens_per_second"] > 0 and t["peak_memory_mb"] > 0
-    assert {"ours_vs_writeup_full", "pfeiffer_vs_full_speed", "pfeiffer_vs_full_peak_memory"} <= set(result["ratios"])
+        assert t["examples_per_second"] > 0 and t["peak_memory_mb"] > 0 and t["steps"] == 2
+    trainers = {t["setup"]: t["trainer"] for t in result["training"] if t["pipeline"] == "trainer"}
+    assert trainers == {"full": "Trainer", "pfeiffer": "AdapterTrainer"}
+    assert {"ours_vs_writeup_full", "ours_vs_trainer_full", "ours_vs_trainer_pfeiffer", "pfeiffer_vs_full_speed",
+            "pfeiffer_vs_full_peak_memory", "pfeiffer-upper-half-cached_vs_full_speed",
+            "pfeiffer-upper-half-cached_vs_uncached_speed"} <= set(result["ratios"])
     assert 0 < result["sizes"]["ratio"] < 1
-    assert result["inference"]["posts"] == 10 and result["inference"]["max_probability_difference"] < 1e-4
+    inference = result["inference"]
+    assert inference["posts"] == 10 and inference["max_probability_difference"] < 1e-4
+    assert set(inference["posts_per_second"]) == {"predict.py full", "predict.py pfeiffer", "predict.py lora",
+                                                  "predict.py lora merged", "pipeline full, batch 1",
+                                                  "pipeline full, batch 64"}
     assert 0 <= result["tfidf"]["accuracy"] <= 1
-    assert result["device"] and result["command"] == "python bench/run.py --quick"
+    assert result["command"] == (f"python bench/run.py --quick --model {tiny_bert} --data {posts_csv} --out {tmp_path} "
+                                 "--name tiny --steps 2 --predict-posts 10")  # as run, every flag
     table = (tmp_path / "tiny.md").read_text()
-    assert "| pfeiffer-upper-half | write-up |" in table and "TF-IDF" in table and result["device"] in table
+    assert "| pfeiffer-upper-half | write-up |" in table and "| pfeiffer | trainer (AdapterTrainer) |" in table
+    assert "TF-IDF" in table and result["device"] in table and "| predict.py lora merged |" in table
     assert (tmp_path / "tiny.png").read_bytes()[:4] == b"\x89PNG"
     assert "wrote" in proc.stdout
 
@@ -42,7 +54,8 @@ def test_levers_table_compares_variants_on_the_same_batches(tiny_bert, posts_csv
     [report] = tmp_path.glob("levers-*-full.md")
     rows = {line.split("|")[1].strip(): line for line in report.read_text().splitlines() if line.startswith("| ")}
     assert {"before", "default", "no-dropout"} <= set(rows)
-    assert rows["before"].rstrip().endswith("| 1.00x |")  # every variant is compared with the first
+    assert rows["before"].rstrip().endswith("| 1.00x |")  # every variant is compared with "before"
+    assert "| vs before |" in report.read_text()
     assert "| 32 x 128 |" in report.read_text()  # the batch-shape table
 
 
@@ -87,3 +100,47 @@ def test_layers_bench_runs_train_py_per_setup_and_seed(posts_csv, tmp_path):
     assert summary["seeds"] == [1, 2] and summary["adapter_layers"] == 3 and summary["best_accuracy_sd"] >= 0
     assert "| upper-3 | 3 | 1, 2 |" in result_file.with_suffix(".md").read_text()
     assert result_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG" and "wrote" in proc.stdout
+
+
+def test_compare_pairs_every_setup_with_full_fine_tuning_post_by_post(tiny_bert, posts_csv, tmp_path):
+    """--quick on the tiny BERT: 3 training seeds of full and Pfeiffer on one split, one more split seed; the
+    results file has the issue's shape, and the re-predicted accuracy of every saved run equals its own."""
+    run_cli("bench/compare.py", "--quick", "--model", tiny_bert, "--data", posts_csv, "--setups", "full", "pfeiffer",
+            "--seeds", "1", "2", "3", "--split-seeds", "5", "--out", tmp_path)
+    [result_file] = tmp_path.glob("compare-*-quick.json")
+    result = json.loads(result_file.read_text())
+    assert result["complete"] and set(result["setups"]) == {"full", "pfeiffer"}
+    pfeiffer = result["setups"]["pfeiffer"]
+    assert pfeiffer["seeds"] == [1, 2, 3] and len(pfeiffer["accuracy"]) == len(pfeiffer["f1"]) == 3
+    assert all(s > 0 for s in pfeiffer["seconds_per_epoch"]) and pfeiffer["trainable"] > 0
+    paired = result["paired"]["pfeiffer"]
+    assert 0 <= paired["mcnemar_p"] <= 1 and len(paired["mcnemar_p_per_seed"]) == 3
+    lo, hi = paired["diff_ci95"]
+    assert lo <= paired["diff_mean"] <= hi
+    assert set(result["split_spread"]) == {"full", "pfeiffer"}
+    assert result["split_spread"]["full"]["split_seeds"] == [42, 5]
+    for run in result["runs"]:
+        assert abs(run["predicted_accuracy"] - run["best_accuracy"]) < 1e-6 and len(run["correct"]) == 13
+    assert "python train.py --mode adapter --adapter-config pfeiffer" in result["runs"][1]["command"]
+    table = result_file.with_suffix(".md").read_text()
+    assert "| pfeiffer | 1, 2, 3 |" in table and "Spread across split seeds" in table
+    assert result["commands"] == [f"python bench/compare.py --quick --model {tiny_bert} --data {posts_csv} --setups "
+                                  f"full pfeiffer --seeds 1 2 3 --split-seeds 5 --out {tmp_path}"]
+    assert result_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_mcnemar_and_bootstrap_on_known_cases():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import compare
+
+    assert compare.mcnemar_exact("1111100000", "1111100000") == (1.0, 0, 0)
+    p, only_first, only_second = compare.mcnemar_exact("0000011111", "1111111111")  # 5 discordant, all one way
+    assert (only_first, only_second) == (0, 5) and abs(p - 2 / 32) < 1e-12
+    p, _, _ = compare.mcnemar_exact("1" * 9 + "0" * 11, "0" * 9 + "1" * 11)  # 9 against 11: a fair coin could
+    assert p > 0.8
+    runs = [{"correct": "1100"}, {"correct": "1000"}]
+    diff, (lo, hi) = compare.bootstrap_diff(runs, runs)
+    assert diff == lo == hi == 0.0
+    diff, (lo, hi) = compare.bootstrap_diff([{"correct": "0" * 50 + "1" * 50}], [{"correct": "1" * 100}])
+    assert diff == 0.5 and 0.35 < lo < 0.5 < hi <= 0.65
+    assert compare.majority([{"correct": "110"}, {"correct": "101"}, {"correct": "000"}]) == "100"

@@ -1,0 +1,183 @@
+"""
+What the benchmarks share (run.py, levers.py, profile_step.py, scale.py, layers.py, compare.py), taking plain
+values: the setups, a training step's batches in each pipeline, the timed step, memory readings, the device's
+name, the fresh-process worker and the way results are written.
+
+    model, optimizer, accelerator, batches = prepare_training(model_name, data_source, "pfeiffer", "ours")
+    seconds, posts, tokens = timed_steps(model, optimizer, accelerator, itertools.islice(batches, 20))
+"""
+
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import torch  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+from transformers import AutoConfig  # noqa: E402
+
+import data  # noqa: E402
+import model as M  # noqa: E402
+import train  # noqa: E402
+from writeup_pipeline import writeup_loader  # noqa: E402
+
+SEED = 42
+# name -> (mode, adapter config, adapters only in the upper half of the layers, lower half computed once)
+SETUPS = {
+    "full": ("full", None, False, False),
+    "pfeiffer": ("adapter", "pfeiffer", False, False),
+    "houlsby": ("adapter", "houlsby", False, False),
+    "pfeiffer-upper-half": ("adapter", "pfeiffer", True, False),
+    "pfeiffer-upper-half-cached": ("adapter", "pfeiffer", True, True),
+}
+CACHED_POSTS = 1024  # a cached setup's batches come from the first N training posts (their states, computed once)
+# ru_maxrss of the wrapper's children: the one process it ran (kB on Linux).
+PEAK_WRAPPER = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
+                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")
+
+
+def device_name():
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    models = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    marks = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return (f"CPU {models[0] if models else platform.machine()}, {torch.get_num_threads()} threads"
+            + (f" ({' '.join(marks)})" if marks else ""))
+
+
+def machine_slug():
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu-{os.cpu_count()}cores"
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def command_line(script, argv=None):
+    """The command as it was run: `python bench/<script> <its arguments>`."""
+    return shlex.join(["python", f"bench/{script}", *(sys.argv[1:] if argv is None else argv)])
+
+
+def write_results(stem, result, markdown_text, draw):
+    """<stem>.json, <stem>.md and <stem>.png (drawn by draw(result, path)) for one benchmark's result."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    Path(f"{stem}.md").write_text(markdown_text)
+    draw(result, Path(f"{stem}.png"))
+    print(markdown_text)
+    print(f"wrote {stem}.json, .md and .png")
+
+
+def worker(cmd):
+    """Run a measurement in a fresh Python process (its own peak memory); it prints its result as the last line
+    of its output, in JSON."""
+    proc = subprocess.run([sys.executable, *map(str, cmd)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def load_data(data_source):
+    return data.load_splits(data_source, seed=SEED)  # train.py's default split
+
+
+def proc_status_mb(field):
+    """A memory field of /proc/self/status (VmHWM: peak resident, VmRSS: resident now) in MB; None off Linux."""
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return None
+    line = next(line for line in status.read_text().splitlines() if line.startswith(f"{field}:"))
+    return int(line.split()[1]) / 1024  # kB
+
+
+def peak_memory_mb(device):
+    """Peak allocated GPU memory on CUDA; else this process's peak resident memory (VmHWM: unlike ru_maxrss,
+    it does not carry over the parent's peak into a freshly started process)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    peak = proc_status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # macOS: bytes
+
+
+def current_memory_mb(device):
+    """Allocated GPU memory on CUDA; else this process's resident memory now (VmRSS)."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated() / 2**20
+    now = proc_status_mb("VmRSS")
+    return now if now is not None else float("nan")
+
+
+def build_setup_model(model_name, setup, label_names, attention_dropout):
+    mode, config, upper_half, _ = SETUPS[setup]
+    layers = AutoConfig.from_pretrained(M.resolve_model_path(model_name)).num_hidden_layers
+    return M.build_model(model_name, mode, label_names, config or "pfeiffer",
+                         leave_out=list(range(layers // 2)) if upper_half else None,
+                         attention_dropout=attention_dropout)
+
+
+def prepare_training(model_name, data_source, setup, pipeline="ours", posts_needed=256, attention_dropout="default",
+                     fused=None, mixed_precision="auto"):
+    """Model, optimizer, accelerator and an endless batch stream for one setup in one pipeline.
+    "ours": train.py's batches and defaults; a cached setup's batches hold the lower half's output for its posts
+    (train.cache_lower_layers), the model's lower half switched to pass-through, as train.py trains it.
+    "write-up": every post padded to 512, batch 2, the checkpoint as it is (attention dropout 0.1), plain AdamW.
+    bench/levers.py overrides the defaults one at a time."""
+    train_ds, _, label_names, _ = load_data(data_source)
+    tokenizer = M.load_tokenizer(model_name)
+    ours = pipeline == "ours"
+    if attention_dropout == "default":
+        attention_dropout = train.ATTENTION_DROPOUT if ours else None
+    fused = ours if fused is None else fused
+    model = build_setup_model(model_name, setup, label_names, attention_dropout)
+    accelerator = Accelerator(mixed_precision=train.mixed_precision(mixed_precision))
+    if SETUPS[setup][3]:
+        if not ours:
+            raise ValueError(f"{setup} runs in this project's pipeline only")
+        posts = train_ds.select(range(min(max(posts_needed, CACHED_POSTS), len(train_ds))))
+        posts = data.tokenize(posts, tokenizer, train.MAX_LENGTH)
+        k, _ = M.frozen_lower_layers(model)
+        states = train.cache_lower_layers(model.to(accelerator.device), posts, tokenizer, k, 2 * train.BATCH_SIZE,
+                                          accelerator)
+        M.skip_lower_layers(model, k)
+        loader = data.states_loader(states, posts["label"], train.BATCH_SIZE, SEED)
+    elif ours:
+        loader = data.train_loader(data.tokenize(train_ds, tokenizer, train.MAX_LENGTH), tokenizer, train.BATCH_SIZE,
+                                   SEED)
+    else:
+        n = posts_needed * 2  # enough posts for the steps, without tokenising them all
+        loader = writeup_loader(list(train_ds["text"])[:n], list(train_ds["label"])[:n], tokenizer)
+    model.train()
+    model, optimizer = accelerator.prepare(model, train.build_optimizer(model, lr=1e-4, fused=fused))
+    return model, optimizer, accelerator, forever(loader)
+
+
+def forever(loader):
+    """Batches without end: small data sets run out of batches before the timed steps are done."""
+    while True:
+        yield from loader
+
+
+def timed_steps(model, optimizer, accelerator, batches):
+    """train.train_step (the very step train.py runs) over `batches`; returns (seconds, posts, real tokens)."""
+    device = accelerator.device
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start, posts, tokens = time.perf_counter(), 0, 0
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        train.train_step(model, batch, optimizer, None, accelerator)
+        posts += len(batch["labels"])
+        tokens += int(batch["attention_mask"].sum())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, posts, tokens
