@@ -12,9 +12,11 @@ Used by train.py, predict.py, bench/ and the notebook, so the data is handled in
 """
 
 import hashlib
+import itertools
 import math
 import os
 import random
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -68,6 +70,79 @@ def load_table(source=DEFAULT_DATA):
                         f"offline, pass --data with a local file or set DEPRESSION_DATA to one") from None
 
 
+def load_sources(sources, text_column=None, label_column=None):
+    """One or more data sources (files or Hub ids) -> one DataFrame with columns text and label, the columns found
+    in each source as clean() finds them; labels kept as they are (strings where the sources disagree in type)."""
+    sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
+    frames = []
+    for source in sources:
+        df = load_table(source)
+        text_col = find_column(df, text_column, TEXT_COLUMNS, "text")
+        label_col = find_column(df, label_column, LABEL_COLUMNS, "label")
+        frames.append(pd.DataFrame({"text": df[text_col], "label": df[label_col]}))
+    if len(frames) == 1:
+        return frames[0]
+    kinds = {str(f["label"].dtype) for f in frames}
+    if len(kinds) > 1:  # e.g. 0/1 integers in one file, group names in another: compare them as strings
+        frames = [f.assign(label=f["label"].map(lambda v: v if pd.isna(v) else label_text(v))) for f in frames]
+    return pd.concat(frames, ignore_index=True)
+
+
+def label_text(value):
+    """A label as text: 1, 1.0, "1" and True all read "1" (so that a label map names them one way)."""
+    if isinstance(value, (bool, int, float)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def parse_label_map(items):
+    """["1=ds,dsf,do", "0=bc,ff", "drop=nd"] -> {"ds": "1", ..., "nd": None}: each label value (as text) -> the
+    label it becomes, None to drop its rows. Bad items -> DataError."""
+    mapping = {}
+    for item in items or []:
+        target, sep, values = item.partition("=")
+        names = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not target.strip() or not names:
+            raise DataError(f"--label-map {item!r}: write TARGET=VALUE,VALUE,... (e.g. 1=ds,dsf 0=bc,ff drop=nd)")
+        for name in names:
+            if name in mapping:
+                raise DataError(f"--label-map: label {name!r} is mapped twice")
+            mapping[name] = None if target.strip() == "drop" else target.strip()
+    return mapping
+
+
+def map_labels(labels, mapping):
+    """Labels through a parse_label_map() mapping -> (text labels, rows to drop). A value the mapping names becomes
+    its target (None: drop the row), a value that is already one of the targets stays, a missing value stays
+    missing; any other value -> DataError naming it."""
+    targets = {t for t in mapping.values() if t is not None}
+    text = labels.map(lambda v: None if pd.isna(v) else label_text(v))
+    unknown = sorted(set(text.dropna()) - set(mapping) - targets)
+    if unknown:
+        raise DataError(f"label {unknown[0]!r} is not in --label-map ({len(unknown)} unmapped: "
+                        f"{', '.join(unknown[:10])}); map it (e.g. 0={unknown[0]}) or drop it (drop={unknown[0]})")
+    drop = text.map(lambda v: v in mapping and mapping[v] is None)
+    return text.map(lambda v: mapping.get(v, v)), drop
+
+
+def normalize_text(text):
+    """Lower-case, every character but a-z replaced by a space, spaces collapsed: how the depression data set's
+    texts were cleaned ("I'm brand-new here!" -> "i m brand new here")."""
+    return " ".join(re.sub(r"[^a-z]+", " ", text.lower()).split())
+
+
+def holdout_parts(df, column, shares, seed=0):
+    """A seeded split of every group of `column` into parts of the given shares (e.g. {"train": 0.4, "val": 0.2,
+    "test": 0.4}): each row in exactly one part, every group split in the same proportions. Returns {part: df}."""
+    parts = {name: [] for name in shares}
+    for _, group in df.groupby(column, sort=True):
+        shuffled = group.sample(frac=1.0, random_state=seed)
+        bounds = [0] + [round(len(group) * c) for c in itertools.accumulate(shares.values())]
+        for name, a, b in zip(shares, bounds, bounds[1:]):
+            parts[name].append(shuffled.iloc[a:b])
+    return {name: pd.concat(frames).sort_index() for name, frames in parts.items()}
+
+
 def find_column(df, given, candidates, kind):
     """The column named `given`, else the first of `candidates` present."""
     if given:
@@ -81,8 +156,9 @@ def find_column(df, given, candidates, kind):
                     f"{', '.join(map(str, df.columns))}); name it with --{kind}-column")
 
 
-def clean(df, text_column=None, label_column=None):
-    """Drop empty texts, keep each exact duplicate text once, drop texts seen with both labels, map labels to 0/1.
+def clean(df, text_column=None, label_column=None, label_map=None, normalize=False):
+    """Map labels (label_map: see parse_label_map), normalise texts if asked (normalize_text), drop empty texts, keep
+    each exact duplicate text once, drop texts seen with both labels, map labels to 0/1.
 
     Returns (DataFrame with columns text and label, label names, report dict).
     """
@@ -90,7 +166,13 @@ def clean(df, text_column=None, label_column=None):
     label_col = find_column(df, label_column, LABEL_COLUMNS, "label")
     out = pd.DataFrame({"text": df[text_col], "label": df[label_col]})
     report = {"rows": len(out)}
+    if label_map:
+        out["label"], dropped = map_labels(out["label"], label_map)
+        report["label_map_dropped"] = int(dropped.sum())
+        out = out[~dropped]
     out["text"] = out["text"].astype("string").str.strip()
+    if normalize:
+        out["text"] = out["text"].map(lambda t: normalize_text(t) if isinstance(t, str) else t).astype("string")
     empty = out["text"].isna() | (out["text"] == "") | out["label"].isna()
     out = out[~empty]
     report["empty_dropped"] = int(empty.sum())
@@ -121,7 +203,8 @@ def encode_labels(labels):
 
 def format_report(report):
     per_label = ", ".join(f"{n}: {c}" for n, c in report["per_label"].items())
-    return (f"data: {report['rows']} rows, dropped {report['empty_dropped']} empty, "
+    mapped = f"{report['label_map_dropped']} by --label-map, " if report.get("label_map_dropped") else ""
+    return (f"data: {report['rows']} rows, dropped {mapped}{report['empty_dropped']} empty, "
             f"{report['duplicates_dropped']} duplicate texts, {report['conflicting_dropped']} with conflicting labels "
             f"-> {report['kept']} kept ({per_label})")
 
@@ -147,12 +230,17 @@ def split(df, val_size=VAL_SIZE, seed=42):
     return parts["train"], parts["test"]
 
 
-def load_splits(source=DEFAULT_DATA, text_column=None, label_column=None, val_size=VAL_SIZE, seed=42):
-    """load_table + clean + split, printing the cleaning report. Returns (train, val, label_names, info)."""
-    df, label_names, report = clean(load_table(source), text_column, label_column)
+def load_splits(source=DEFAULT_DATA, text_column=None, label_column=None, val_size=VAL_SIZE, seed=42, label_map=None,
+                normalize=False):
+    """load_sources + clean + split, printing the cleaning report. `source` is one source or a list of them (read
+    as one table). Returns (train, val, label_names, info)."""
+    df, label_names, report = clean(load_sources(source, text_column, label_column), label_map=label_map,
+                                    normalize=normalize)
     print(format_report(report))
     train_ds, val_ds = split(df, val_size, seed)
-    info = {"data": str(source), "data_fingerprint": fingerprint(df), "cleaning": report,
+    sources = [source] if isinstance(source, (str, Path)) else list(source)
+    info = {"data": str(sources[0]) if len(sources) == 1 else [str(s) for s in sources],
+            "data_fingerprint": fingerprint(df), "cleaning": report,
             "val_fingerprint": fingerprint(val_ds.to_pandas()), "train_size": len(train_ds), "val_size": len(val_ds)}
     return train_ds, val_ds, label_names, info
 

@@ -21,14 +21,12 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
-import torch
-from accelerate import PartialState
 from tqdm.auto import tqdm
-from transformers import DataCollatorWithPadding
 from transformers.utils import logging as hf_logging
 
 import data
 import model as M
+from inference import classify, load
 
 DEFAULT_ADAPTER = "adapters/depression-pfeiffer"  # where `python train.py --mode adapter` saves
 TEXT_SUFFIXES = (".txt", "")  # read as one post per line; other suffixes go through data.load_table
@@ -161,33 +159,6 @@ def chunks(posts, size):
         yield chunk
 
 
-def predict_proba(model, tokenizer, texts, max_length, batch_size=64):
-    """Class probabilities (n_texts x n_labels, in the order of `texts`): tokenised once, batched by length
-    so that little padding is computed, mixed precision on CUDA, no autograd."""
-    device = next(model.parameters()).device
-    encoded = tokenizer(texts, truncation=True, max_length=max_length)
-    rows = [{k: v[i] for k, v in encoded.items()} for i in range(len(texts))]
-    pad = DataCollatorWithPadding(tokenizer)  # the same dynamic padding as in training
-    half = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
-    order, chunks = [], []
-    model.eval()
-    with torch.inference_mode(), torch.autocast(device.type, dtype=half, enabled=device.type == "cuda"):
-        for batch in data.sorted_batches([len(r["input_ids"]) for r in rows], batch_size):
-            inputs = pad([rows[i] for i in batch]).to(device)
-            chunks.append(model(**inputs).logits.float().softmax(-1).cpu())
-            order += batch
-    return torch.cat(chunks)[torch.argsort(torch.tensor(order))]
-
-
-def load(adapter, model_name=None, merge=True):
-    """(model on the best device, tokenizer, training info) from a folder written by train.py; LoRA-kind adapters
-    (model.MERGEABLE_CONFIGS) folded into the base weights unless merge=False."""
-    model, tokenizer, info = M.load_trained(adapter, model_name)
-    if merge:
-        M.merge_adapter(model, info)
-    return model.to(PartialState().device), tokenizer, info
-
-
 def result_rows(texts, probs, names):
     """One dict per post: text, label, score (its probability) and every label's probability."""
     for text, p in zip(texts, probs.tolist()):
@@ -230,15 +201,15 @@ def main(argv=None):
         first = list(itertools.islice(posts, args.chunk_size))  # bad input fails here, before the model loads
         if not first:
             raise data.DataError("no text to predict: the input holds no posts (blank lines are skipped)")
-        model, tokenizer, info = load(args.adapter, args.model, args.merge)
+        loaded = load(args.adapter, args.model, args.merge)
     except (data.DataError, M.ModelError) as e:
         fail(str(e))
-    names = info["label_names"]
+    names = loaded[2]["label_names"]
     write, handle = open_writer(Path(args.output), names) if args.output else (None, None)
     bar = tqdm(unit=" posts", desc="classifying", disable=not (args.file or args.output), file=sys.stderr)
     try:
         for chunk in itertools.chain([first], chunks(posts, args.chunk_size)):
-            rows = result_rows(chunk, predict_proba(model, tokenizer, chunk, info["max_length"], args.batch_size), names)
+            rows = result_rows(chunk, classify(loaded, chunk, args.batch_size), names)
             write(rows) if write else print_rows(rows, args.json)
             bar.update(len(chunk))
     except data.DataError as e:  # a file that turns out unreadable further in

@@ -34,6 +34,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from safetensors.torch import load_file, save_file
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 from torch.profiler import record_function
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
@@ -71,9 +72,17 @@ def build_parser():
     p.add_argument("--model", default=M.DEFAULT_MODEL,
                    help=f"base model: a Hub id or a local folder; '{M.OFFLINE_MINILM}' (default) is "
                         f"all-MiniLM-L6-v2 from that PyPI package, offline; bert-base-uncased reproduces the write-up")
-    p.add_argument("--data", default=data.DEFAULT_DATA,
-                   help="a Hub data set id or a local .csv/.tsv/.json/.jsonl/.parquet file "
-                        f"(default: {data.DEFAULT_DATA}; from $DEPRESSION_DATA where set, else {data.HUB_DATASET})")
+    p.add_argument("--data", nargs="+", default=[data.DEFAULT_DATA], metavar="DATA",
+                   help="a Hub data set id or a local .csv/.tsv/.json/.jsonl/.parquet file; several are read as one "
+                        f"table (default: {data.DEFAULT_DATA}; from $DEPRESSION_DATA where set, else {data.HUB_DATASET})")
+    p.add_argument("--label-map", nargs="+", default=None, metavar="TARGET=VALUES",
+                   help="turn label values into the labels to train on, e.g. --label-map 1=ds,dsf 0=bc,ff,ndf drop=do,nd "
+                        "(drop: leave those rows out); values already equal to a target stay; any other value is "
+                        "refused")
+    p.add_argument("--normalize-text", action="store_true",
+                   help="lower-case every text and replace everything but a-z by spaces, as the depression data set "
+                        "was cleaned (for raw texts such as Reddit posts); recorded, and predict.py and evaluate.py "
+                        "then do the same to what they classify")
     p.add_argument("--text-column", default=None, help=f"text column (default: the first of {', '.join(data.TEXT_COLUMNS)})")
     p.add_argument("--label-column", default=None,
                    help=f"label column (default: the first of {', '.join(data.LABEL_COLUMNS)})")
@@ -132,6 +141,11 @@ def parse_args(argv=None):
         fail("--val-size must be between 0 and 1, e.g. 0.16")
     if args.patience is not None and args.patience < 1:
         fail("--patience must be at least 1 (epochs without a better validation accuracy)")
+    args.data = args.data[0] if len(args.data) == 1 else args.data  # one source stays a plain string, as before
+    try:
+        args.label_mapping = data.parse_label_map(args.label_map)
+    except data.DataError as e:
+        fail(str(e))
     args.lr = args.lr or LR[args.mode]
     args.name = args.name or f"depression-{args.adapter_config if args.mode == 'adapter' else 'full'}"
     args.output = Path(args.output_dir or OUTPUT_DIR[args.mode]) / args.name
@@ -213,15 +227,11 @@ def mixed_precision(choice):
 
 
 def classification_metrics(preds, labels, loss):
-    """Accuracy, and precision/recall/F1 of the positive class (label 1, depressive)."""
-    tp = int(((preds == 1) & (labels == 1)).sum())
-    fp = int(((preds == 1) & (labels == 0)).sum())
-    fn = int(((preds == 0) & (labels == 1)).sum())
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    accuracy = float((preds == labels).float().mean())
-    return {"val_loss": loss, "accuracy": accuracy, "precision": precision, "recall": recall, "f1": f1}
+    """Accuracy, and precision/recall/F1 of the positive class (label 1, depressive), by scikit-learn."""
+    precision, recall, f1, _ = precision_recall_fscore_support(labels, preds, pos_label=1, average="binary",
+                                                               zero_division=0)
+    return {"val_loss": loss, "accuracy": float(accuracy_score(labels, preds)), "precision": float(precision),
+            "recall": float(recall), "f1": float(f1)}
 
 
 def evaluate(model, loader, accelerator):
@@ -237,8 +247,8 @@ def evaluate(model, loader, accelerator):
             loss = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
             rows += zip(logits.argmax(-1).tolist(), batch["labels"].tolist(), loss.tolist())
     rows = accelerator.gather_for_metrics(rows, use_gather_object=True)
-    preds, labels, losses = (torch.tensor(column) for column in zip(*rows))
-    return {**classification_metrics(preds, labels, float(losses.mean())), "val_examples": len(rows)}
+    preds, labels, losses = zip(*rows)
+    return {**classification_metrics(list(preds), list(labels), float(np.mean(losses))), "val_examples": len(rows)}
 
 
 def build_optimizer(model, lr, weight_decay=0.01, fused=True):
@@ -297,7 +307,8 @@ def library_versions():
 RESUME_KEYS = ["mode", "adapter_config", "reduction_factor", "leave_out", "model", "data", "text_column",
                "label_column", "val_size", "max_train_samples", "max_eval_samples", "epochs", "lr", "warmup_ratio",
                "weight_decay", "batch_size", "max_length", "attention_dropout", "group_by_length", "mixed_precision",
-               "seed", "split_seed", "patience", "cache_frozen"]
+               "seed", "split_seed", "patience", "cache_frozen", "label_map",
+               "normalize_text"]
 
 
 def resume_config(args, num_processes):
@@ -488,7 +499,8 @@ def train_and_save(args, accelerator):
     set_seed(args.seed)
 
     train_ds, val_ds, label_names, data_info = data.load_splits(args.data, args.text_column, args.label_column,
-                                                                args.val_size, args.split_seed)
+                                                                args.val_size, args.split_seed, args.label_mapping,
+                                                                args.normalize_text)
     if args.max_train_samples:
         train_ds = train_ds.select(range(min(args.max_train_samples, len(train_ds))))
     if args.max_eval_samples:
@@ -566,7 +578,8 @@ def train_and_save(args, accelerator):
         info = {"mode": args.mode, "base_model": args.model, "adapter_name": M.ADAPTER_NAME,
                 "adapter_config": args.adapter_config if args.mode == "adapter" else None,
                 "reduction_factor": args.reduction_factor, "leave_out": args.leave_out,
-                "label_names": label_names, "max_length": args.max_length,
+                "label_names": label_names, "max_length": args.max_length, "label_map": args.label_map,
+                "normalize_text": args.normalize_text,
                 "attention_dropout": args.attention_dropout, "seed": args.seed, "split_seed": args.split_seed,
                 "epochs": args.epochs, "epochs_run": len(history), "patience": args.patience, "lr": args.lr,
                 "batch_size": args.batch_size, "num_processes": processes,

@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,23 +33,13 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from transformers import AutoConfig  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 import data  # noqa: E402
 import model as M  # noqa: E402
-import predict  # noqa: E402
-from harness import command_line, device_name, machine_slug, write_results  # noqa: E402
+import inference  # noqa: E402
+from harness import TRAIN_SETUPS as SETUPS, command_line, device_name, machine_slug, train_setup, write_results  # noqa: E402
 
-# name -> train.py flags; "{upper}" becomes the lower half of the layers, left without adapters
-SETUPS = {
-    "full": ["--mode", "full"],
-    "pfeiffer": ["--mode", "adapter", "--adapter-config", "pfeiffer"],
-    "houlsby": ["--mode", "adapter", "--adapter-config", "houlsby"],
-    "pfeiffer-upper-half": ["--mode", "adapter", "--adapter-config", "pfeiffer", "--leave-out", "{upper}"],
-    "lora": ["--mode", "adapter", "--adapter-config", "lora"],
-    "ia3": ["--mode", "adapter", "--adapter-config", "ia3"],
-}
 BASELINE = "full"
 SPLIT_SETUPS = ["full", "pfeiffer"]  # also trained on other splits, to set split variance beside method variance
 BOOTSTRAP = 10_000
@@ -91,20 +80,6 @@ def planned_runs(args):
     return runs
 
 
-def train_flags(args, name, seed, split_seed, folder):
-    layers = AutoConfig.from_pretrained(M.resolve_model_path(args.model)).num_hidden_layers
-    flags = []
-    for flag in SETUPS[name]:
-        flags += [str(i) for i in range(layers // 2)] if flag == "{upper}" else [flag]
-    flags += ["--model", args.model, "--data", args.data, "--epochs", str(args.epochs), "--seed", str(seed),
-              "--split-seed", str(split_seed), "--output-dir", str(folder), "--name", f"{name}-{seed}-{split_seed}"]
-    if args.train_posts:
-        flags += ["--max-train-samples", str(args.train_posts)]
-    if args.eval_posts:
-        flags += ["--max-eval-samples", str(args.eval_posts)]
-    return flags
-
-
 def validation_posts(args, split_seed):
     _, val, _, info = data.load_splits(args.data, seed=split_seed)
     if args.eval_posts:
@@ -114,18 +89,15 @@ def validation_posts(args, split_seed):
 
 def train_and_score(args, name, seed, split_seed, folder):
     """Train one setup in its own process, then classify the validation posts with what it saved."""
-    flags = train_flags(args, name, seed, split_seed, folder)
-    proc = subprocess.run([sys.executable, "train.py", *flags], cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{name} (seed {seed}, split seed {split_seed}) failed:\n{proc.stderr[-3000:]}")
-    run = folder / f"{name}-{seed}-{split_seed}"
+    run, command = train_setup(name, seed, folder, args.model, args.data, args.epochs, split_seed, args.train_posts,
+                               args.eval_posts)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     info = json.loads((run / "training.json").read_text())
     texts, labels, fingerprint = validation_posts(args, split_seed)
     if fingerprint != info["val_fingerprint"]:
         raise RuntimeError(f"{name}: train.py validated on other posts than the comparison's")
-    model, tokenizer, saved = predict.load(run)
-    probs = predict.predict_proba(model, tokenizer, texts, saved["max_length"])
+    model, tokenizer, saved = inference.load(run)
+    probs = inference.predict_proba(model, tokenizer, texts, saved["max_length"])
     predicted = probs.argmax(-1).tolist()
     correct = "".join("1" if p == y else "0" for p, y in zip(predicted, labels))
     return {"setup": name, "seed": seed, "split_seed": split_seed, "best_accuracy": info["best"]["accuracy"],
@@ -133,7 +105,7 @@ def train_and_score(args, name, seed, split_seed, folder):
             "predicted_accuracy": correct.count("1") / len(correct), "correct": correct,
             "seconds_per_epoch": statistics.mean(r["train_seconds"] for r in rows),
             "train_seconds": [r["train_seconds"] for r in rows], "trainable": info["parameters"]["trainable"],
-            "command": "python train.py " + " ".join(flags)}
+            "command": command}
 
 
 def mcnemar_exact(baseline, other):

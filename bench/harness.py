@@ -26,6 +26,7 @@ from accelerate import Accelerator  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
 
 import data  # noqa: E402
+import evaluate as E  # noqa: E402
 import model as M  # noqa: E402
 import train  # noqa: E402
 from writeup_pipeline import writeup_loader  # noqa: E402
@@ -39,10 +40,59 @@ SETUPS = {
     "pfeiffer-upper-half": ("adapter", "pfeiffer", True, False),
     "pfeiffer-upper-half-cached": ("adapter", "pfeiffer", True, True),
 }
+# name -> train.py flags, for the scripts that train whole runs (compare.py, crossdomain.py); "{upper}" becomes the
+# lower half of the layers, left without adapters
+TRAIN_SETUPS = {
+    "full": ["--mode", "full"],
+    "pfeiffer": ["--mode", "adapter", "--adapter-config", "pfeiffer"],
+    "houlsby": ["--mode", "adapter", "--adapter-config", "houlsby"],
+    "pfeiffer-upper-half": ["--mode", "adapter", "--adapter-config", "pfeiffer", "--leave-out", "{upper}"],
+    "lora": ["--mode", "adapter", "--adapter-config", "lora"],
+    "ia3": ["--mode", "adapter", "--adapter-config", "ia3"],
+}
+# Reddit and forum posts of Pirina & Coltekin (2018) in 7 groups (../shared/data/README.md): evaluation beyond the
+# training data. Positive groups first; the AUC pairs set depressed posts against posts of the other groups.
+REDDIT_DATA = os.environ.get("REDDIT_DATA", str(ROOT.parent / "shared" / "data" / "pirina-2018-train.csv"))
+REDDIT_GROUPS = ["ds", "dsf", "do", "bc", "ff", "ndf", "nd"]
+REDDIT_MAP = ["1=ds,dsf,do", "0=bc,ff,ndf,nd"]
+REDDIT_PAIRS = ["ds:bc", "ds:ff", "ds:nd", "do:nd"]
 CACHED_POSTS = 1024  # a cached setup's batches come from the first N training posts (their states, computed once)
 # ru_maxrss of the wrapper's children: the one process it ran (kB on Linux).
 PEAK_WRAPPER = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
                 "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")
+
+
+def setup_flags(name, model_name):
+    """train.py's flags for a TRAIN_SETUPS entry on `model_name` (its layer count fills in "{upper}")."""
+    layers = AutoConfig.from_pretrained(M.resolve_model_path(model_name)).num_hidden_layers
+    flags = []
+    for flag in TRAIN_SETUPS[name]:
+        flags += [str(i) for i in range(layers // 2)] if flag == "{upper}" else [flag]
+    return flags
+
+
+def train_setup(name, seed, folder, model_name, data_source, epochs, split_seed=SEED, train_posts=None,
+                eval_posts=None):
+    """Train a TRAIN_SETUPS entry with train.py in its own process into folder/<name>-<seed>-<split seed>; returns
+    (that folder, the command). A folder that already holds a finished run with this name is kept, not retrained."""
+    flags = setup_flags(name, model_name)
+    flags += ["--model", model_name, "--data", data_source, "--epochs", str(epochs), "--seed", str(seed),
+              "--split-seed", str(split_seed), "--output-dir", str(folder), "--name", f"{name}-{seed}-{split_seed}"]
+    flags += ["--max-train-samples", str(train_posts)] if train_posts else []
+    flags += ["--max-eval-samples", str(eval_posts)] if eval_posts else []
+    run = Path(folder) / f"{name}-{seed}-{split_seed}"
+    if not (run / M.TRAINING_INFO).is_file():
+        proc = subprocess.run([sys.executable, "train.py", *flags], cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{name} (seed {seed}, split seed {split_seed}) failed:\n{proc.stderr[-3000:]}")
+    return run, "python train.py " + " ".join(flags)
+
+
+def reddit_posts(path):
+    """The Reddit posts: raw texts, labels (1 depressed groups, 0 the others) and groups, as numpy arrays."""
+    posts, _ = E.read_labelled(path, label_column="label", group_column="label",
+                               label_mapping=data.parse_label_map(REDDIT_MAP))
+    return posts["text"].tolist(), posts["label"].astype(int).to_numpy(), posts["group"].to_numpy()
 
 
 def device_name():

@@ -34,7 +34,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 import data  # noqa: E402
 import model as M  # noqa: E402
-import predict  # noqa: E402
+import inference  # noqa: E402
 import train  # noqa: E402
 
 ROOT = H.ROOT
@@ -160,7 +160,7 @@ def measure_inference(args, val_ds, label_names):
         results["posts_per_second"][name] = len(texts) / (time.perf_counter() - start)
         return out
 
-    ours = lambda model: (lambda t: predict.predict_proba(model, tokenizer, t, train.MAX_LENGTH))  # noqa: E731
+    ours = lambda model: (lambda t: inference.predict_proba(model, tokenizer, t, train.MAX_LENGTH))  # noqa: E731
     full = M.build_model(args.model, "full", label_names).to(device).eval()
     probs = time_it("predict.py full", ours(full))
     for name, config, merge in [("predict.py pfeiffer", "pfeiffer", False), ("predict.py lora", "lora", False),

@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 import data
 import model as M
-import predict
+import inference
 import train
 from conftest import assert_clean_failure, make_posts, run_cli
 
@@ -70,17 +70,17 @@ def test_method_trains_saves_reloads_and_predicts(names, tiny_bert_128, posts_60
     folder = train_one_epoch(names[0], tiny_bert_128, posts_60, tmp_path)
     info = json.loads((folder / "training.json").read_text())
     _, val, _, _ = data.load_splits(posts_60, seed=info["split_seed"])
-    model, tokenizer, _ = predict.load(folder)
-    probs = predict.predict_proba(model, tokenizer, list(val["text"]), info["max_length"])
+    model, tokenizer, _ = inference.load(folder)
+    probs = inference.predict_proba(model, tokenizer, list(val["text"]), info["max_length"])
     loss = torch.nn.functional.nll_loss(probs.log(), torch.tensor(list(val["label"])))
     assert abs(float(loss) - info["best"]["val_loss"]) < 1e-5
     assert info["adapter_config"] == names[0] and info["parameters"]["trainable"] > 0
     merged = [m for m in model.modules() if isinstance(m, LoRALayer) and m.merged]
     assert bool(merged) == (names[0] in M.MERGEABLE_CONFIGS)  # predict.py merges LoRA-kind adapters by default
     if merged:
-        apart, _, _ = predict.load(folder, merge=False)
+        apart, _, _ = inference.load(folder, merge=False)
         assert not any(isinstance(m, LoRALayer) and m.merged for m in apart.modules())
-        unmerged = predict.predict_proba(apart, tokenizer, list(val["text"]), info["max_length"])
+        unmerged = inference.predict_proba(apart, tokenizer, list(val["text"]), info["max_length"])
         assert (unmerged - probs).abs().max() < 1e-4
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import model as M
-import predict
+import inference
 import train
 from conftest import ROOT, assert_clean_failure, run_cli
 
@@ -37,7 +37,7 @@ def predict_json(folder, *args, stdin=None):
 
 def test_saved_adapter_predicts_like_the_model_in_memory(trained):
     model, tokenizer, folder = trained
-    expected = predict.predict_proba(model, tokenizer, TEXTS, max_length=32)
+    expected = inference.predict_proba(model, tokenizer, TEXTS, max_length=32)
     rows = predict_json(folder, *TEXTS)  # a new process: fresh base model + load_adapter
     got = torch.tensor([[r["probabilities"]["not depressive"], r["probabilities"]["depressive"]] for r in rows])
     assert [r["text"] for r in rows] == TEXTS
@@ -47,8 +47,8 @@ def test_saved_adapter_predicts_like_the_model_in_memory(trained):
 
 def test_predict_proba_keeps_input_order_whatever_the_batching(trained):
     model, tokenizer, _ = trained
-    one_by_one = torch.cat([predict.predict_proba(model, tokenizer, [t], 32) for t in TEXTS])
-    assert torch.allclose(predict.predict_proba(model, tokenizer, TEXTS, 32, batch_size=3), one_by_one, atol=1e-5)
+    one_by_one = torch.cat([inference.predict_proba(model, tokenizer, [t], 32) for t in TEXTS])
+    assert torch.allclose(inference.predict_proba(model, tokenizer, TEXTS, 32, batch_size=3), one_by_one, atol=1e-5)
 
 
 def test_json_fields_follow_the_pipeline_names(trained):
