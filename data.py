@@ -126,9 +126,9 @@ def map_labels(labels, mapping):
 
 
 def normalize_text(text):
-    """Lower-case, every character but a-z replaced by a space, spaces collapsed: how the depression data set's
+    """Lower-case, every character but a-z and 0-9 replaced by a space, spaces collapsed: how the depression data set's
     texts were cleaned ("I'm brand-new here!" -> "i m brand new here")."""
-    return " ".join(re.sub(r"[^a-z]+", " ", text.lower()).split())
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
 
 
 def holdout_parts(df, column, shares, seed=0):

@@ -54,7 +54,7 @@ def build_parser():
     p.add_argument("--group-auc", nargs="+", default=[], metavar="POS:NEG",
                    help="ROC AUC of the positive-class probability between two groups of --group-column, e.g. ds:nd")
     p.add_argument("--normalize-text", action="store_true",
-                   help="lower-case the texts and replace everything but a-z by spaces before classifying, as the "
+                   help="lower-case the texts and replace everything but a-z and 0-9 by spaces before classifying, as the "
                         "depression data set was cleaned (models trained with --normalize-text do it anyway)")
     p.add_argument("--threshold", type=float, default=None,
                    help="flag a post positive when its positive-class probability is at least this (two classes "

@@ -72,7 +72,7 @@ def build_parser():
     p.add_argument("--model", default=M.DEFAULT_MODEL,
                    help=f"base model: a Hub id or a local folder; '{M.OFFLINE_MINILM}' (default) is "
                         f"all-MiniLM-L6-v2 from that PyPI package, offline; bert-base-uncased reproduces the write-up")
-    p.add_argument("--data", nargs="+", default=[data.DEFAULT_DATA], metavar="DATA",
+    p.add_argument("--data", nargs="+", default=data.DEFAULT_DATA, metavar="DATA",
                    help="a Hub data set id or a local .csv/.tsv/.json/.jsonl/.parquet file; several are read as one "
                         f"table (default: {data.DEFAULT_DATA}; from $DEPRESSION_DATA where set, else {data.HUB_DATASET})")
     p.add_argument("--label-map", nargs="+", default=None, metavar="TARGET=VALUES",
@@ -80,7 +80,7 @@ def build_parser():
                         "(drop: leave those rows out); values already equal to a target stay; any other value is "
                         "refused")
     p.add_argument("--normalize-text", action="store_true",
-                   help="lower-case every text and replace everything but a-z by spaces, as the depression data set "
+                   help="lower-case every text and replace everything but a-z and 0-9 by spaces, as the depression data set "
                         "was cleaned (for raw texts such as Reddit posts); recorded, and predict.py and evaluate.py "
                         "then do the same to what they classify")
     p.add_argument("--text-column", default=None, help=f"text column (default: the first of {', '.join(data.TEXT_COLUMNS)})")
@@ -141,7 +141,8 @@ def parse_args(argv=None):
         fail("--val-size must be between 0 and 1, e.g. 0.16")
     if args.patience is not None and args.patience < 1:
         fail("--patience must be at least 1 (epochs without a better validation accuracy)")
-    args.data = args.data[0] if len(args.data) == 1 else args.data  # one source stays a plain string, as before
+    if isinstance(args.data, list) and len(args.data) == 1:
+        args.data = args.data[0]  # one source stays a plain string, as before (training.json, --resume)
     try:
         args.label_mapping = data.parse_label_map(args.label_map)
     except data.DataError as e:

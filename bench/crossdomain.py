@@ -11,7 +11,7 @@ the share of every Reddit group flagged depressive, the AUC of depressed (ds, ds
 (bc, ff, ndf, nd) posts and of the pairs ds:bc, ds:ff, ds:nd, do:nd. Against full fine-tuning, paired on the
 same posts and seeds: the AUC difference (seeds averaged) with a bootstrap 95% interval and p-value (posts
 resampled within each group). The Reddit texts are classified normalised like the training data (lower case,
-a-z only); the raw texts are scored too, to show what that choice changes. Writes
+a-z and 0-9 only); the raw texts are scored too, to show what that choice changes. Writes
 bench/results/crossdomain-<machine>[-quick].{json,md,png}.
 """
 

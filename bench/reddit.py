@@ -122,14 +122,20 @@ def youden_threshold(p, labels):
     return float(min(1.0, thresholds[int(np.argmax(tpr - fpr))]))
 
 
+def reddit_proba(loaded, texts):
+    """P(depressive) of Reddit posts, normalised like the depression data set for every model (bench/crossdomain.py
+    shows what raw texts change)."""
+    return inference.classify(loaded, [data.normalize_text(t) for t in texts])[:, 1].numpy()
+
+
 def score(loaded, paths):
     """One run on the original validation posts and the Reddit threshold and test posts."""
     val = pd.read_csv(paths["original-val"])
     p_val = inference.classify(loaded, val["text"].astype(str).tolist())[:, 1].numpy()
     texts, labels, groups = reddit_posts(paths["reddit-threshold"])
-    threshold = youden_threshold(inference.classify(loaded, texts)[:, 1].numpy(), labels)
+    threshold = youden_threshold(reddit_proba(loaded, texts), labels)
     texts, labels, groups = reddit_posts(paths["reddit-test"])
-    p = inference.classify(loaded, texts)[:, 1].numpy()
+    p = reddit_proba(loaded, texts)
     result = {"original_accuracy": float(((p_val >= 0.5) == val["label"].to_numpy()).mean()), "threshold": threshold}
     for key, t in (("at_0.5", 0.5), ("at_threshold", threshold)):
         flagged = p >= t

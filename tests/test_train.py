@@ -131,12 +131,12 @@ def test_offline_hub_data_set_fails_with_a_hint(tmp_path, tiny_bert):
     assert_clean_failure(proc, "--data", "DEPRESSION_DATA")
 
 
-@pytest.mark.parametrize("script", ["train", "predict"])
+@pytest.mark.parametrize("script", ["train", "predict", "evaluate"])
 def test_help_tells_the_truth_about_every_flag(script):
     """Every flag has an explanation, and every default the help states is the default the parser uses."""
     module = __import__(script)
     parser = module.build_parser()
-    defaults = vars(parser.parse_args([]))
+    defaults = vars(parser.parse_args(["--adapter", "a", "--data", "b"] if script == "evaluate" else []))
     for action in parser._actions:
         if action.dest == "help":
             continue
