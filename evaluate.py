@@ -109,8 +109,10 @@ def read_labelled(source, text_column=None, label_column=None, group_column=None
     out = pd.DataFrame({"text": df[text_col], "label": df[label_col]})
     if group_column:
         out["group"] = df[data.find_column(df, group_column, [], "group")].map(data.label_text)
-    labels, dropped = data.map_labels(out["label"], label_mapping or {})
-    out["label"] = labels
+    if label_mapping:
+        out["label"], dropped = data.map_labels(out["label"], label_mapping)
+    else:
+        out["label"], dropped = out["label"].map(lambda v: None if pd.isna(v) else data.label_text(v)), False
     out["text"] = out["text"].astype("string").str.strip()
     keep = ~dropped & out["label"].notna() & out["text"].notna() & (out["text"] != "")
     out = out[keep].reset_index(drop=True)

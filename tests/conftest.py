@@ -68,3 +68,17 @@ def assert_clean_failure(proc, *words):
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     for word in words:
         assert word in lines[0], lines[0]
+
+
+REDDIT_GROUPS = ["ds", "dsf", "do", "bc", "ff", "ndf", "nd"]  # the first three depressed (bench/harness.py)
+
+
+@pytest.fixture(scope="session")
+def groups_csv(tmp_path_factory):
+    """Reddit-like raw posts in the seven groups of the Pirina data, 10 per group, a column `label` naming the group
+    (upper case and punctuation, unlike the training data)."""
+    rows = [(g, f"{(SAD if g in REDDIT_GROUPS[:3] else GLAD)[i % 6].upper()}! Post {i} of {g}.")
+            for g in REDDIT_GROUPS for i in range(10)]
+    path = tmp_path_factory.mktemp("groups") / "groups.csv"
+    pd.DataFrame(rows, columns=["label", "text"]).to_csv(path, index=False)
+    return path

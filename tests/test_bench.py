@@ -1,7 +1,10 @@
 import json
 import sys
 
-from conftest import ROOT, run_cli
+import pandas as pd
+import pytest
+
+from conftest import REDDIT_GROUPS, ROOT, run_cli
 
 
 def test_quick_benchmark_writes_table_json_and_chart(tiny_bert, posts_csv, tmp_path):
@@ -144,3 +147,53 @@ def test_mcnemar_and_bootstrap_on_known_cases():
     diff, (lo, hi) = compare.bootstrap_diff([{"correct": "0" * 50 + "1" * 50}], [{"correct": "1" * 100}])
     assert diff == 0.5 and 0.35 < lo < 0.5 < hi <= 0.65
     assert compare.majority([{"correct": "110"}, {"correct": "101"}, {"correct": "000"}]) == "100"
+
+
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory):
+    return tmp_path_factory.mktemp("quick-runs")  # crossdomain.py's pfeiffer run is probes.py's too
+
+
+def test_crossdomain_quick_scores_every_run_on_every_group(tiny_bert, posts_csv, groups_csv, quick_runs, tmp_path):
+    run_cli("bench/crossdomain.py", "--quick", "--model", tiny_bert, "--data", posts_csv, "--reddit", groups_csv,
+            "--runs", quick_runs, "--out", tmp_path)
+    result = json.loads(next(tmp_path.glob("crossdomain-*-quick.json")).read_text())
+    assert [(r["setup"], r["seed"]) for r in result["runs"]] == [("full", 1), ("pfeiffer", 1), ("full", 2),
+                                                                ("pfeiffer", 2)]
+    for r in result["runs"]:
+        assert set(r["normalised"]["groups"]) == set(REDDIT_GROUPS) == set(r["raw"]["groups"])
+        assert len(r["p_depressive"]) == 70 and 0 <= r["in_domain_accuracy"] <= 1
+    paired = result["paired"]["pfeiffer"]
+    assert set(paired) == {"all", "do:nd", "ds:nd"}
+    assert paired["all"]["diff_ci95"][0] <= paired["all"]["diff"] <= paired["all"]["diff_ci95"][1]
+    assert set(result["setups"]["full"]["pair_auc"]) == {"ds:bc", "ds:ff", "ds:nd", "do:nd"}
+    assert "| pfeiffer |" in next(tmp_path.glob("crossdomain-*-quick.md")).read_text()
+    assert next(tmp_path.glob("crossdomain-*-quick.png")).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_probes_quick_reports_baselines_lengths_and_masking(tiny_bert, posts_csv, groups_csv, quick_runs, tmp_path):
+    run_cli("bench/probes.py", "--quick", "--model", tiny_bert, "--data", posts_csv, "--reddit", groups_csv,
+            "--runs", quick_runs, "--out", tmp_path)
+    result = json.loads(next(tmp_path.glob("probes-*-quick.json")).read_text())
+    names = [r["name"] for r in result["probes"]]
+    assert names == ["length only", "TF-IDF", "pfeiffer (seed 1)"]
+    for r in result["probes"]:
+        assert sum(b["n_not"] + b["n_depressed"] for b in r["by_length"]) == 70
+        assert set(r["reddit_groups"]) == set(REDDIT_GROUPS) and 0 <= r["masked_accuracy"] <= 1
+    assert result["probes"][1]["val_accuracy"] == 1.0  # the toy posts' words give their class away
+
+
+def test_reddit_quick_trains_on_mapped_groups_and_reports_held_out_posts(tiny_bert, posts_csv, groups_csv, tmp_path):
+    run_cli("bench/reddit.py", "--quick", "--model", tiny_bert, "--data", posts_csv, "--reddit", groups_csv,
+            "--runs", tmp_path / "runs", "--out", tmp_path)
+    result = json.loads(next(tmp_path.glob("reddit-*-quick.json")).read_text())
+    assert list(result["sets"]) == ["original", "original + all groups", "Reddit only"]
+    assert result["test_posts"] == 28  # 40% of each group's 10 posts
+    splits = tmp_path / "runs" / "reddit-splits"
+    train, test = (set(pd.read_csv(splits / f"reddit-{p}.csv")["text"]) for p in ("train", "test"))
+    assert train and test and not train & test
+    info = json.loads((tmp_path / "runs" / "reddit-reddit-only-1" / "training.json").read_text())
+    assert info["normalize_text"] and info["label_map"] == ["1=ds,dsf,do", "0=bc,ff,ndf,nd"]
+    assert info["train_size"] + info["val_size"] == 28  # the 40% of each group that may be trained on
+    for s in result["sets"].values():
+        assert set(s["at_threshold"]) == set(REDDIT_GROUPS) and "--seed" in s["command"]
