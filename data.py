@@ -268,7 +268,8 @@ class LengthGroupedBatches:
         self.num_shards, self.shard = num_shards, shard
         self.num_batches = num_shards * math.ceil(len(self.lengths) / (batch_size * num_shards))
         if len(self.lengths) < num_shards:
-            raise DataError(f"{len(self.lengths)} training posts cannot give each of {num_shards} processes a batch; "
+            posts = f"{len(self.lengths)} training post{'' if len(self.lengths) == 1 else 's'}"
+            raise DataError(f"{posts} cannot give each of {num_shards} processes a batch; "
                             f"use more data or fewer processes")
 
     def set_epoch(self, epoch):

@@ -154,7 +154,11 @@ def parse_args(argv=None):
 
 
 def fail(message):
-    print(f"error: {message}", file=sys.stderr)
+    """One line on stderr, exit 2. In a multi-process run every process stops, but only the first one (RANK 0) says
+    why: the others hit the same error, and their lines would interleave with its line on the shared stderr."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        sys.stderr.write(f"error: {message}\n")  # one write: one line, whatever else writes to stderr
+        sys.stderr.flush()
     sys.exit(2)
 
 
