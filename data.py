@@ -14,11 +14,13 @@ Used by train.py, predict.py, bench/ and the notebook, so the data is handled in
 import hashlib
 import itertools
 import math
+import numbers
 import os
 import random
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from datasets import ClassLabel, Dataset, disable_progress_bars, load_dataset
@@ -89,9 +91,11 @@ def load_sources(sources, text_column=None, label_column=None):
 
 
 def label_text(value):
-    """A label as text: 1, 1.0, "1" and True all read "1" (so that a label map names them one way)."""
-    if isinstance(value, (bool, int, float)) and float(value).is_integer():
+    """A label as text: 1, 1.0, "1.0", True (numpy's too) all read "1", so that a label map names them one way."""
+    if isinstance(value, (bool, np.bool_)):
         return str(int(value))
+    if is_number(value) and float(value).is_integer():
+        return str(int(float(value)))
     return str(value)
 
 
@@ -191,14 +195,33 @@ def clean(df, text_column=None, label_column=None, label_map=None, normalize=Fal
 
 
 def encode_labels(labels):
-    """0/1 (or False/True) -> themselves with LABEL_NAMES; any other two values -> 0/1 in sorted order, named by value."""
-    values = sorted(labels.unique(), key=str)
-    if len(values) != 2:
-        raise DataError(f"labels must have exactly two classes, found {len(values)}: "
-                        f"{', '.join(map(str, values[:10]))}; pick another --label-column")
-    if set(map(str, values)) <= {"0", "1", "0.0", "1.0", "False", "True"}:
-        return labels.map(lambda v: int(float(v))).astype(int), list(LABEL_NAMES)
+    """Labels -> (class indices 0..K-1, class names). 0/1 (or False/True) -> themselves, named LABEL_NAMES; integers
+    0..K-1 -> themselves, named "0".."K-1"; anything else -> indices in sorted order (numbers by value), named by
+    value. A single class is refused."""
+    values = sorted(labels.unique(), key=lambda v: (not is_number(v), float(v) if is_number(v) else 0.0, str(v)))
+    values = [True if v is np.True_ else False if v is np.False_ else v for v in values]
+    if len(values) < 2:
+        raise DataError(f"labels must have at least two classes, found {len(values)}"
+                        f"{': ' + str(values[0]) if values else ''}; pick another --label-column or add data")
+    texts = [label_text(v) for v in values]
+    if set(texts) == {"0", "1"}:
+        return labels.map(lambda v: int(label_text(v))).astype(int), list(LABEL_NAMES)
+    if all(is_number(v) for v in values) and texts == [str(i) for i in range(len(values))]:
+        return labels.map(lambda v: int(label_text(v))).astype(int), texts
     return labels.map({v: i for i, v in enumerate(values)}).astype(int), [str(v) for v in values]
+
+
+def is_number(value):
+    """An int or float (numpy's too), or a string that reads as one ("3", "-1.5"); not a bool."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, numbers.Number):
+        return True
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return value.strip().lower() not in ("nan", "inf", "-inf", "infinity")
 
 
 def format_report(report):
@@ -217,15 +240,25 @@ def fingerprint(df):
     return h.hexdigest()
 
 
+def check_classes(df, label_names):
+    """Every class needs at least 2 posts after cleaning: one to train on, one to validate."""
+    counts = df["label"].value_counts()
+    for i, name in enumerate(label_names):
+        if counts.get(i, 0) < 2:
+            raise DataError(f"class '{name}' has {counts.get(i, 0)} post(s) after cleaning; every class needs at least "
+                            f"2 (one to train on, one to validate): add posts, or leave the class out with --label-map")
+
+
 def split(df, val_size=VAL_SIZE, seed=42):
     """Stratified, seeded train/validation split (datasets.Dataset each). Texts are unique after clean()."""
     counts = df["label"].value_counts()
+    classes = int(df["label"].max()) + 1
     n_val = round(len(df) * val_size)
-    if n_val < 2 or len(df) - n_val < 2 or counts.min() < 2:
-        raise DataError(f"{len(df)} rows ({counts.min()} in the smallest class) are too few to split "
-                        f"{val_size:.0%} off for validation; use more data")
+    if n_val < max(2, classes) or len(df) - n_val < max(2, classes) or counts.min() < 2:
+        raise DataError(f"{len(df)} rows ({counts.min()} in the smallest of {classes} classes) are too few to split "
+                        f"{val_size:.0%} off for validation with every class on both sides; use more data")
     ds = Dataset.from_pandas(df[["text", "label"]], preserve_index=False)
-    ds = ds.cast_column("label", ClassLabel(num_classes=2))
+    ds = ds.cast_column("label", ClassLabel(num_classes=classes))
     parts = ds.train_test_split(test_size=val_size, stratify_by_column="label", seed=seed)
     return parts["train"], parts["test"]
 
@@ -237,6 +270,7 @@ def load_splits(source=DEFAULT_DATA, text_column=None, label_column=None, val_si
     df, label_names, report = clean(load_sources(source, text_column, label_column), label_map=label_map,
                                     normalize=normalize)
     print(format_report(report))
+    check_classes(df, label_names)
     train_ds, val_ds = split(df, val_size, seed)
     sources = [source] if isinstance(source, (str, Path)) else list(source)
     info = {"data": str(sources[0]) if len(sources) == 1 else [str(s) for s in sources],

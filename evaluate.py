@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (accuracy_score, brier_score_loss, confusion_matrix, precision_recall_fscore_support,
-                             roc_auc_score)
+from sklearn.metrics import (accuracy_score, brier_score_loss, confusion_matrix, f1_score,
+                             precision_recall_fscore_support, roc_auc_score)
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
@@ -160,7 +160,9 @@ def scores(probs, labels, threshold=None):
     auc = (roc_auc_score(labels, probs[:, 1]) if binary else
            roc_auc_score(labels, probs, multi_class="ovr", labels=list(range(k)))) if both else None
     return {"n": int(len(labels)), "accuracy": float(accuracy_score(labels, pred)), "precision": float(precision),
-            "recall": float(recall), "f1": float(f1), "auc": None if auc is None else float(auc),
+            "recall": float(recall), "f1": float(f1), "macro_f1": float(f1_score(labels, pred, average="macro",
+                                                                                  labels=list(range(k)), zero_division=0)),
+            "auc": None if auc is None else float(auc),
             "brier": float(brier_score_loss(labels, probs[:, 1]) if binary else ((probs - onehot) ** 2).sum(1).mean()),
             "ece": expected_calibration_error(probs, labels),
             "confusion_matrix": confusion_matrix(labels, pred, labels=list(range(k))).tolist()}
@@ -178,9 +180,16 @@ def bootstrap(probs, labels, threshold, resamples, seed):
     return {f"{key}_ci": interval([d[key] for d in draws]) for key in ("accuracy", "f1", "auc")}
 
 
-def group_results(probs, groups, threshold, pairs, resamples, seed):
-    """Share flagged positive per group (with an interval, each group's posts resampled) and the AUC of the positive
-    probability between the groups of each POS:NEG pair (each group resampled on its own)."""
+def group_results(probs, groups, threshold, pairs, resamples, seed, label_names=None):
+    """Two classes: the share flagged positive per group (with an interval, each group's posts resampled) and the AUC
+    of the positive probability between the groups of each POS:NEG pair (each group resampled on its own). More
+    classes: per group, the share predicted as each class."""
+    if probs.shape[1] > 2:
+        pred = predictions(probs)
+        names = label_names or [str(i) for i in range(probs.shape[1])]
+        shares = {g: {name: float((pred[groups == g] == i).mean()) for i, name in enumerate(names)}
+                  for g in sorted(set(groups))}
+        return shares, {g: {"n": int((groups == g).sum())} for g in shares}, {}
     flagged = predictions(probs, threshold) == 1
     positive = probs[:, 1]
     rng = np.random.default_rng(seed)
@@ -207,14 +216,16 @@ def pair_auc(pos_scores, neg_scores):
     return float(roc_auc_score(y, np.r_[pos_scores, neg_scores]))
 
 
-def evaluate(probs, labels, groups=None, threshold=None, pairs=(), resamples=BOOTSTRAP, seed=0):
+def evaluate(probs, labels, groups=None, threshold=None, pairs=(), resamples=BOOTSTRAP, seed=0, label_names=None):
     """Every metric of one model's probabilities on one set of posts (numpy arrays), as written to the JSON."""
     result = {**scores(probs, labels, threshold), "threshold": threshold}
+    if label_names:
+        result["label_names"] = list(label_names)
     if resamples:
         result.update(bootstrap(probs, labels, threshold, resamples, seed))
     if groups is not None:
         result["groups"], result["groups_detail"], result["group_auc"] = group_results(
-            probs, groups, threshold, pairs, resamples, seed)
+            probs, groups, threshold, pairs, resamples, seed, label_names)
     return result
 
 
@@ -236,14 +247,22 @@ def ci(pair):
 
 def markdown(results, command):
     lines = [f"Command: `{command}`", "",
-             "| model | posts | accuracy % | precision % | recall % | F1 % | AUC % | Brier | ECE | confusion [[TN, FP], [FN, TP]] |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "Precision, recall and F1: the positive class's with two classes, else macro averages. Confusion matrix: "
+             "rows are the true classes, columns the predicted ones (two classes: [[TN, FP], [FN, TP]]).", "",
+             "| model | posts | accuracy % | precision % | recall % | F1 % | macro-F1 % | AUC % | Brier | ECE | confusion |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for folder, r in results.items():
         lines.append(f"| {folder} | {r['n']} | {pct(r['accuracy'])}{ci(r.get('accuracy_ci'))} | {pct(r['precision'])} | "
-                     f"{pct(r['recall'])} | {pct(r['f1'])}{ci(r.get('f1_ci'))} | {pct(r['auc'])}{ci(r.get('auc_ci'))} | "
-                     f"{r['brier']:.3f} | {r['ece']:.3f} | {r['confusion_matrix']} |")
+                     f"{pct(r['recall'])} | {pct(r['f1'])}{ci(r.get('f1_ci'))} | {pct(r['macro_f1'])} | "
+                     f"{pct(r['auc'])}{ci(r.get('auc_ci'))} | {r['brier']:.3f} | {r['ece']:.3f} | {r['confusion_matrix']} |")
     first = next(iter(results.values()))
-    if "groups" in first:
+    if "groups" in first and isinstance(next(iter(first["groups"].values())), dict):  # more than two classes
+        lines += ["", "Per group, the class predicted most often (its share, %):", "",
+                  "| model | " + " | ".join(first["groups"]) + " |", "| --- |" + " ---: |" * len(first["groups"])]
+        for folder, r in results.items():
+            top = {g: max(shares.items(), key=lambda kv: kv[1]) for g, shares in r["groups"].items()}
+            lines.append(f"| {folder} | " + " | ".join(f"{name} ({pct(share)})" for name, share in top.values()) + " |")
+    elif "groups" in first:
         names = list(first["groups"])
         lines += ["", "Share flagged positive per group, % [95% CI]:", "", "| model | " + " | ".join(
             f"{g} (n={first['groups_detail'][g]['n']})" for g in names) + " |", "| --- |" + " ---: |" * len(names)]
@@ -258,6 +277,29 @@ def markdown(results, command):
             lines.append(f"| {folder} | " + " | ".join(
                 f"{pct(r['group_auc'][p]['auc'])}{ci(r['group_auc'][p]['auc_ci'])}" for p in pairs) + " |")
     return "\n".join(lines) + "\n"
+
+
+def draw_confusion(results, path):
+    """One confusion matrix per folder, each row (true class) as shares, with the counts written in."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 4.2), squeeze=False)
+    for ax, (folder, r) in zip(axes[0], results.items()):
+        counts = np.array(r["confusion_matrix"])
+        shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+        names = r.get("label_names") or [str(i) for i in range(len(counts))]
+        ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        for (i, j), n in np.ndenumerate(counts):
+            ax.text(j, i, str(n), ha="center", va="center", color="white" if shares[i, j] > 0.5 else "black", fontsize=8)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set(xlabel="predicted", ylabel="true", title=f"{Path(folder).name}: accuracy {pct(r['accuracy'])}%")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None):
@@ -275,8 +317,8 @@ def main(argv=None):
             if missing:
                 raise data.DataError(f"--group-auc {pair}: no group {missing[0]!r} in column {args.group_column} "
                                      f"(groups: {', '.join(sorted(set(groups)))})")
-        if args.threshold is not None and any(len(i["label_names"]) != 2 for i in infos.values()):
-            raise data.DataError("--threshold needs models with two classes")
+        if (args.threshold is not None or args.group_auc) and any(len(i["label_names"]) != 2 for i in infos.values()):
+            raise data.DataError("--threshold and --group-auc need models with two classes")
     except (data.DataError, M.ModelError) as e:
         fail(str(e))
     texts = posts["text"].tolist()
@@ -294,7 +336,8 @@ def main(argv=None):
             fail(str(e))
         probs = classify_with_bar(loaded, texts, args.batch_size, bar)
         results[folder] = {**evaluate(probs, labels[folder], groups, args.threshold, args.group_auc, args.bootstrap,
-                                      args.seed), "data": args.data, "label_map": args.label_map,
+                                      args.seed, loaded[2]["label_names"]), "data": args.data,
+                           "label_map": args.label_map,
                            "normalize_text": args.normalize_text or bool(loaded[2].get("normalize_text"))}
     bar.close()
     table = markdown(results, command)
@@ -305,7 +348,8 @@ def main(argv=None):
             handle.write(json.dumps(results, indent=2) + "\n")
         with open(out.with_suffix(".md"), "x") as handle:
             handle.write(table)
-        print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
+        draw_confusion(results, out.with_suffix(".png"))
+        print(f"wrote {out}, {out.with_suffix('.md')} and {out.with_suffix('.png')}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from safetensors.torch import load_file, save_file
-from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+from sklearn.utils.class_weight import compute_class_weight
 from torch.profiler import record_function
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
@@ -125,8 +126,14 @@ def build_parser():
                    help="continue an interrupted run (same arguments) after its last finished epoch; "
                         "with nothing to resume it starts afresh")
     p.add_argument("--patience", type=int, default=None, metavar="N",
-                   help="stop after N epochs without a better validation accuracy (default: off, run every epoch); "
+                   help="stop after N epochs without a better validation --metric (default: off, run every epoch); "
                         "the best epoch is saved either way")
+    p.add_argument("--metric", choices=["accuracy", "macro_f1"], default="accuracy",
+                   help="what chooses the best epoch (and --patience watches): accuracy (default) or macro_f1, the mean "
+                        "F1 over the classes, which counts a small class as much as a large one")
+    p.add_argument("--class-weights", choices=["none", "balanced"], default="none",
+                   help="none (default): plain cross-entropy; balanced: each class's loss weighted by n_posts / "
+                        "(n_classes x its posts), as scikit-learn's 'balanced', for imbalanced data")
     p.error = lambda message: fail(f"{message} (see python train.py --help)")  # one line, no usage dump
     return p
 
@@ -231,15 +238,25 @@ def mixed_precision(choice):
     return "no"
 
 
-def classification_metrics(preds, labels, loss):
-    """Accuracy, and precision/recall/F1 of the positive class (label 1, depressive), by scikit-learn."""
-    precision, recall, f1, _ = precision_recall_fscore_support(labels, preds, pos_label=1, average="binary",
-                                                               zero_division=0)
+def classification_metrics(preds, labels, loss, label_names):
+    """By scikit-learn: accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix (rows: true
+    class, columns: predicted); precision/recall/F1 are the positive class's (label 1) with two classes, else the
+    macro averages."""
+    classes = list(range(len(label_names)))
+    per_class = precision_recall_fscore_support(labels, preds, labels=classes, zero_division=0)
+    binary = len(classes) == 2
+    precision, recall, f1, _ = precision_recall_fscore_support(labels, preds, labels=None if binary else classes,
+                                                               pos_label=1, zero_division=0,
+                                                               average="binary" if binary else "macro")
     return {"val_loss": loss, "accuracy": float(accuracy_score(labels, preds)), "precision": float(precision),
-            "recall": float(recall), "f1": float(f1)}
+            "recall": float(recall), "f1": float(f1), "macro_f1": float(per_class[2].mean()),
+            "per_class": {name: {"precision": float(per_class[0][i]), "recall": float(per_class[1][i]),
+                                 "f1": float(per_class[2][i]), "support": int(per_class[3][i])}
+                          for i, name in enumerate(label_names)},
+            "confusion_matrix": confusion_matrix(labels, preds, labels=classes).tolist()}
 
 
-def evaluate(model, loader, accelerator):
+def evaluate(model, loader, accelerator, label_names):
     """Metrics over the whole validation set: each process classifies its share of the batches, and
     gather_for_metrics brings every post's result to every process exactly once."""
     model = accelerator.unwrap_model(model)  # no DDP for inference: the processes' shares differ in size
@@ -253,7 +270,15 @@ def evaluate(model, loader, accelerator):
             rows += zip(logits.argmax(-1).tolist(), batch["labels"].tolist(), loss.tolist())
     rows = accelerator.gather_for_metrics(rows, use_gather_object=True)
     preds, labels, losses = zip(*rows)
-    return {**classification_metrics(list(preds), list(labels), float(np.mean(losses))), "val_examples": len(rows)}
+    return {**classification_metrics(list(preds), list(labels), float(np.mean(losses)), label_names),
+            "val_examples": len(rows)}
+
+
+def class_weights(choice, labels, num_classes):
+    """None for plain cross-entropy; 'balanced': n / (num_classes x count) per class (scikit-learn's), as a list."""
+    if choice == "none":
+        return None
+    return compute_class_weight("balanced", classes=np.arange(num_classes), y=np.asarray(labels)).tolist()
 
 
 def build_optimizer(model, lr, weight_decay=0.01, fused=True):
@@ -264,11 +289,16 @@ def build_optimizer(model, lr, weight_decay=0.01, fused=True):
                              fused=fused)
 
 
-def train_step(model, batch, optimizer, scheduler, accelerator, max_grad_norm=1.0):
-    """One optimisation step (forward, backward, clipping, AdamW, schedule); returns the loss.
-    bench/run.py and bench/profile_step.py time this very function."""
+def train_step(model, batch, optimizer, scheduler, accelerator, max_grad_norm=1.0, class_weights=None):
+    """One optimisation step (forward, backward, clipping, AdamW, schedule); returns the loss, cross-entropy weighted
+    per class when class_weights (a tensor, one weight per class) is given. bench/run.py and bench/profile_step.py
+    time this very function."""
     with record_function("forward"):
-        loss = model(**batch).loss
+        if class_weights is None:
+            loss = model(**batch).loss
+        else:
+            logits = model(**{key: value for key, value in batch.items() if key != "labels"}).logits
+            loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"], weight=class_weights)
     with record_function("backward"):
         accelerator.backward(loss)
     with record_function("optimizer"):
@@ -280,7 +310,7 @@ def train_step(model, batch, optimizer, scheduler, accelerator, max_grad_norm=1.
     return loss.detach()
 
 
-def train_epoch(model, loader, optimizer, scheduler, accelerator, epoch, epochs):
+def train_epoch(model, loader, optimizer, scheduler, accelerator, epoch, epochs, class_weights=None):
     """One pass over this process's share of the data; returns (mean training loss, posts seen, real tokens seen),
     the last two summed over all processes."""
     model.train()  # train_adapter() leaves the heads in eval mode
@@ -288,7 +318,8 @@ def train_epoch(model, loader, optimizer, scheduler, accelerator, epoch, epochs)
     total_loss, examples, tokens = 0.0, 0, 0
     bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", disable=not accelerator.is_local_main_process, leave=True)
     for step, batch in enumerate(bar, 1):
-        loss = train_step(model, batch.to(accelerator.device), optimizer, scheduler, accelerator)
+        loss = train_step(model, batch.to(accelerator.device), optimizer, scheduler, accelerator,
+                          class_weights=class_weights)
         total_loss += loss.item()
         examples += len(batch["labels"])
         tokens += int(batch["attention_mask"].sum())
@@ -313,7 +344,7 @@ RESUME_KEYS = ["mode", "adapter_config", "reduction_factor", "leave_out", "model
                "label_column", "val_size", "max_train_samples", "max_eval_samples", "epochs", "lr", "warmup_ratio",
                "weight_decay", "batch_size", "max_length", "attention_dropout", "group_by_length", "mixed_precision",
                "seed", "split_seed", "patience", "cache_frozen", "label_map",
-               "normalize_text"]
+               "normalize_text", "metric", "class_weights"]
 
 
 def resume_config(args, num_processes):
@@ -517,6 +548,9 @@ def train_and_save(args, accelerator):
     val_dl = data.eval_loader(val_ds, tokenizer, args.batch_size * 2, **shard)
     log(f"split: {len(train_ds)} train / {len(val_ds)} validation posts (split seed {args.split_seed}), "
         f"max length {args.max_length}")
+    weights = class_weights(args.class_weights, train_ds["label"], len(label_names))
+    if weights is not None:
+        log("class weights: " + ", ".join(f"{n} {w:.3f}" for n, w in zip(label_names, weights)))
 
     model = M.build_model(args.model, args.mode, label_names, args.adapter_config, args.reduction_factor,
                           args.leave_out, args.seed, args.attention_dropout)
@@ -548,22 +582,26 @@ def train_and_save(args, accelerator):
         log(f"resumed after epoch {state['epoch']} of {args.epochs} from {staging}/checkpoint")
     for epoch in range(len(history) + 1, args.epochs + 1):
         if args.patience and since_best >= args.patience:
-            log(f"no better validation accuracy for {since_best} epochs: stopping before epoch {epoch} (--patience)")
+            log(f"no better validation {args.metric} for {since_best} epochs: stopping before epoch {epoch} "
+                f"(--patience)")
             break
         start = time.perf_counter()
-        train_loss, examples, tokens = train_epoch(model, train_dl, optimizer, scheduler, accelerator, epoch, args.epochs)
+        train_loss, examples, tokens = train_epoch(model, train_dl, optimizer, scheduler, accelerator, epoch,
+                                                   args.epochs, None if weights is None else
+                                                   torch.tensor(weights, device=accelerator.device))
         train_seconds = time.perf_counter() - start + cache_seconds  # the caching pass counts in the first epoch
-        metrics = evaluate(model, val_dl, accelerator)
+        metrics = evaluate(model, val_dl, accelerator, label_names)
         row = {"epoch": epoch, "train_loss": train_loss, **metrics, "train_examples": examples,
                "train_seconds": train_seconds, "examples_per_second": examples / train_seconds,
                "tokens_per_second": tokens / train_seconds, "wall_seconds": time.perf_counter() - start + cache_seconds, "cache_seconds": cache_seconds}
         cache_seconds = 0.0
         history.append(row)
+        scores = (f"precision {metrics['precision']:.4f}, recall {metrics['recall']:.4f}, F1 {metrics['f1']:.4f}"
+                  if len(label_names) == 2 else f"macro-F1 {metrics['macro_f1']:.4f}")
         log(f"epoch {epoch}: train loss {train_loss:.4f}, val loss {metrics['val_loss']:.4f}, "
-            f"accuracy {metrics['accuracy']:.4f}, precision {metrics['precision']:.4f}, "
-            f"recall {metrics['recall']:.4f}, F1 {metrics['f1']:.4f} "
-            f"({train_seconds:.0f} s, {row['examples_per_second']:.1f} posts/s)")
-        if best is None or metrics["accuracy"] > best["accuracy"]:
+            f"accuracy {metrics['accuracy']:.4f}, {scores} ({train_seconds:.0f} s, {row['examples_per_second']:.1f} "
+            f"posts/s)")
+        if best is None or metrics[args.metric] > best[args.metric]:
             best, best_state, since_best = row, trainable_state(accelerator.unwrap_model(model)), 0
         else:
             since_best += 1
@@ -584,7 +622,8 @@ def train_and_save(args, accelerator):
                 "adapter_config": args.adapter_config if args.mode == "adapter" else None,
                 "reduction_factor": args.reduction_factor, "leave_out": args.leave_out,
                 "label_names": label_names, "max_length": args.max_length, "label_map": args.label_map,
-                "normalize_text": args.normalize_text,
+                "normalize_text": args.normalize_text, "metric": args.metric,
+                "class_weights": weights,
                 "attention_dropout": args.attention_dropout, "seed": args.seed, "split_seed": args.split_seed,
                 "epochs": args.epochs, "epochs_run": len(history), "patience": args.patience, "lr": args.lr,
                 "batch_size": args.batch_size, "num_processes": processes,
@@ -596,7 +635,8 @@ def train_and_save(args, accelerator):
         swap_in(result, args.output)
         shutil.rmtree(staging)
         size = sum(f.stat().st_size for f in args.output.iterdir()) / 1e6
-        log(f"best epoch {best['epoch']}: accuracy {best['accuracy']:.4f}, F1 {best['f1']:.4f}")
+        log(f"best epoch {best['epoch']} (by {args.metric}): accuracy {best['accuracy']:.4f}, "
+            + (f"F1 {best['f1']:.4f}" if len(label_names) == 2 else f"macro-F1 {best['macro_f1']:.4f}"))
         log(f"saved to {args.output}/ ({size:.1f} MB); predict with: python predict.py --adapter {args.output} \"some text\"")
     accelerator.wait_for_everyone()
     return accelerator.unwrap_model(model), history

@@ -42,11 +42,24 @@ def test_two_other_label_values_are_mapped_and_named():
     assert out.set_index("text")["label"].to_dict() == {"a": 1, "b": 0, "c": 1}
 
 
-def test_labels_that_are_not_two_classes_are_refused():
-    with pytest.raises(data.DataError, match="exactly two classes, found 3"):
-        data.clean(pd.DataFrame({"text": ["a", "b", "c"], "label": [0, 1, 2]}))
-    with pytest.raises(data.DataError, match="found 1"):
+def test_any_number_of_classes_keeps_integer_order_or_sorts_names():
+    out, names, _ = data.clean(pd.DataFrame({"text": ["a", "b", "c", "d"], "label": [2, 0, 1, 2]}))
+    assert names == ["0", "1", "2"] and out["label"].tolist() == [2, 0, 1, 2]  # 0..K-1 keep their order
+    out, names, _ = data.clean(pd.DataFrame({"text": ["a", "b", "c", "d"], "label": ["sad", "angry", "glad", "sad"]}))
+    assert names == ["angry", "glad", "sad"] and out["label"].tolist() == [2, 0, 1, 2]
+    out, names, _ = data.clean(pd.DataFrame({"text": ["a", "b", "c"], "label": [10, 9, 10]}))
+    assert names == ["9", "10"] and out["label"].tolist() == [1, 0, 1]  # numbers sorted by value, never depression names
+    fifty = pd.DataFrame({"text": [f"post {i}" for i in range(100)], "label": [f"topic {i % 50:02d}" for i in range(100)]})
+    assert len(data.clean(fifty)[1]) == 50
+
+
+def test_a_single_class_or_a_class_too_small_to_split_is_refused(tmp_path):
+    with pytest.raises(data.DataError, match="at least two classes, found 1"):
         data.clean(pd.DataFrame({"text": ["a", "b"], "label": [1, 1]}))
+    path = tmp_path / "rare.csv"
+    pd.DataFrame({"text": [f"post {i}" for i in range(21)], "label": ["a"] * 10 + ["b"] * 10 + ["c"]}).to_csv(path)
+    with pytest.raises(data.DataError, match="class 'c' has 1 post"):
+        data.load_splits(str(path))
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".json", ".jsonl", ".parquet"])
