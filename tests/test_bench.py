@@ -1,6 +1,7 @@
 import json
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -197,3 +198,12 @@ def test_reddit_quick_trains_on_mapped_groups_and_reports_held_out_posts(tiny_be
     assert info["train_size"] + info["val_size"] == 28  # the 40% of each group that may be trained on
     for s in result["sets"].values():
         assert set(s["at_threshold"]) == set(REDDIT_GROUPS) and "--seed" in s["command"]
+
+
+def test_multiclass_quick_trains_seven_groups_and_draws_the_confusion_matrix(tiny_bert, groups_csv, tmp_path):
+    run_cli("bench/multiclass.py", "--quick", "--model", tiny_bert, "--reddit", groups_csv, "--out", tmp_path)
+    result = json.loads(next(tmp_path.glob("multiclass-*-quick.json")).read_text())
+    assert result["label_names"] == sorted(REDDIT_GROUPS) and result["test_posts"] == 14  # 20% of 10 per group
+    assert np.array(result["confusion_matrix"]).shape == (7, 7) and np.sum(result["confusion_matrix"]) == 14
+    assert "--metric macro_f1" in result["train_command"]
+    assert next(tmp_path.glob("multiclass-*-quick.png")).read_bytes()[:4] == b"\x89PNG"
