@@ -339,16 +339,17 @@ def library_versions():
     return {"python": platform.python_version(), **{n: version(n) for n in names}}
 
 
-# What a checkpoint must agree on with the command that resumes it.
-RESUME_KEYS = ["mode", "adapter_config", "reduction_factor", "leave_out", "model", "data", "text_column",
-               "label_column", "val_size", "max_train_samples", "max_eval_samples", "epochs", "lr", "warmup_ratio",
-               "weight_decay", "batch_size", "max_length", "attention_dropout", "group_by_length", "mixed_precision",
-               "seed", "split_seed", "patience", "cache_frozen", "label_map",
-               "normalize_text", "metric", "class_weights"]
+# Flags that say where the result goes or how to treat a folder already there; every other flag is a setting that
+# a checkpoint must agree on with the command that resumes it.
+NOT_SETTINGS = {"help", "name", "output_dir", "overwrite", "resume"}
+
+
+def resume_keys():
+    return [action.dest for action in build_parser()._actions if action.dest not in NOT_SETTINGS]
 
 
 def resume_config(args, num_processes):
-    return {**{key: getattr(args, key) for key in RESUME_KEYS}, "num_processes": num_processes}
+    return {**{key: getattr(args, key) for key in resume_keys()}, "num_processes": num_processes}
 
 
 def staging_folder(output):

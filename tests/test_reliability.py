@@ -93,6 +93,13 @@ def test_resume_with_other_arguments_or_nothing_to_resume(tiny_bert, posts_csv, 
     assert_clean_failure(proc, "--resume", "lr = 0.5, not 0.001")
 
 
+def test_every_flag_is_a_resume_setting_but_where_the_result_goes():
+    """A flag added to the parser joins the settings a checkpoint must agree on, without a list to update."""
+    dests = {a.dest for a in train.build_parser()._actions} - {"help"}
+    assert set(train.resume_keys()) == dests - {"name", "output_dir", "overwrite", "resume"}
+    assert {"label_map", "normalize_text", "class_weights", "metric", "lr", "seed"} <= set(train.resume_keys())
+
+
 def test_second_run_into_the_same_folder_is_refused_and_the_first_finishes(tiny_bert, posts_1200, tmp_path):
     first = start_training(tiny_bert, posts_1200, tmp_path)
     wait_for(tmp_path / "depression-pfeiffer.incomplete" / "checkpoint" / "state.json", first)
