@@ -56,20 +56,26 @@ def load_table(source=DEFAULT_DATA):
     suffix = path.suffix.lower()
     if suffix in LOCAL_READERS or path.exists():
         if not path.is_file():
-            raise DataError(f"data file {source} not found; pass --data with the path of a "
-                            f".csv/.tsv/.json/.jsonl/.parquet file or a Hub data set id")
+            raise DataError(
+                f"data file {source} not found; pass --data with the path of a "
+                f".csv/.tsv/.json/.jsonl/.parquet file or a Hub data set id"
+            )
         if suffix not in LOCAL_READERS:
             raise DataError(f"cannot read {source}: use a {'/'.join(LOCAL_READERS)} file")
         try:
             return LOCAL_READERS[suffix](path)
         except Exception as e:  # pandas raises many kinds; all mean "unreadable"
-            raise DataError(f"cannot read {source} as {suffix[1:]} ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                            f"check the file's format") from None
+            raise DataError(
+                f"cannot read {source} as {suffix[1:]} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                f"check the file's format"
+            ) from None
     try:
         return load_dataset(source, split="train").to_pandas()
     except Exception as e:
-        raise DataError(f"cannot load data set '{source}' from the Hugging Face Hub ({type(e).__name__}); "
-                        f"offline, pass --data with a local file or set DEPRESSION_DATA to one") from None
+        raise DataError(
+            f"cannot load data set '{source}' from the Hugging Face Hub ({type(e).__name__}); "
+            f"offline, pass --data with a local file or set DEPRESSION_DATA to one"
+        ) from None
 
 
 def load_sources(sources, text_column=None, label_column=None):
@@ -123,8 +129,10 @@ def map_labels(labels, mapping):
     text = labels.map(lambda v: None if pd.isna(v) else label_text(v))
     unknown = sorted(set(text.dropna()) - set(mapping) - targets)
     if unknown:
-        raise DataError(f"label {unknown[0]!r} is not in --label-map ({len(unknown)} unmapped: "
-                        f"{', '.join(unknown[:10])}); map it (e.g. 0={unknown[0]}) or drop it (drop={unknown[0]})")
+        raise DataError(
+            f"label {unknown[0]!r} is not in --label-map ({len(unknown)} unmapped: "
+            f"{', '.join(unknown[:10])}); map it (e.g. 0={unknown[0]}) or drop it (drop={unknown[0]})"
+        )
     drop = text.map(lambda v: v in mapping and mapping[v] is None)
     return text.map(lambda v: mapping.get(v, v)), drop
 
@@ -156,8 +164,10 @@ def find_column(df, given, candidates, kind):
     for name in candidates:
         if name in df.columns:
             return name
-    raise DataError(f"no {kind} column found (looked for {', '.join(candidates)}; columns: "
-                    f"{', '.join(map(str, df.columns))}); name it with --{kind}-column")
+    raise DataError(
+        f"no {kind} column found (looked for {', '.join(candidates)}; columns: "
+        f"{', '.join(map(str, df.columns))}); name it with --{kind}-column"
+    )
 
 
 def clean(df, text_column=None, label_column=None, label_map=None, normalize=False):
@@ -201,8 +211,10 @@ def encode_labels(labels):
     values = sorted(labels.unique(), key=lambda v: (not is_number(v), float(v) if is_number(v) else 0.0, str(v)))
     values = [True if v is np.True_ else False if v is np.False_ else v for v in values]
     if len(values) < 2:
-        raise DataError(f"labels must have at least two classes, found {len(values)}"
-                        f"{': ' + str(values[0]) if values else ''}; pick another --label-column or add data")
+        raise DataError(
+            f"labels must have at least two classes, found {len(values)}"
+            f"{': ' + str(values[0]) if values else ''}; pick another --label-column or add data"
+        )
     texts = [label_text(v) for v in values]
     if set(texts) == {"0", "1"}:
         return labels.map(lambda v: int(label_text(v))).astype(int), list(LABEL_NAMES)
@@ -227,9 +239,11 @@ def is_number(value):
 def format_report(report):
     per_label = ", ".join(f"{n}: {c}" for n, c in report["per_label"].items())
     mapped = f"{report['label_map_dropped']} by --label-map, " if report.get("label_map_dropped") else ""
-    return (f"data: {report['rows']} rows, dropped {mapped}{report['empty_dropped']} empty, "
-            f"{report['duplicates_dropped']} duplicate texts, {report['conflicting_dropped']} with conflicting labels "
-            f"-> {report['kept']} kept ({per_label})")
+    return (
+        f"data: {report['rows']} rows, dropped {mapped}{report['empty_dropped']} empty, "
+        f"{report['duplicates_dropped']} duplicate texts, {report['conflicting_dropped']} with conflicting labels "
+        f"-> {report['kept']} kept ({per_label})"
+    )
 
 
 def fingerprint(df):
@@ -245,8 +259,10 @@ def check_classes(df, label_names):
     counts = df["label"].value_counts()
     for i, name in enumerate(label_names):
         if counts.get(i, 0) < 2:
-            raise DataError(f"class '{name}' has {counts.get(i, 0)} post(s) after cleaning; every class needs at least "
-                            f"2 (one to train on, one to validate): add posts, or leave the class out with --label-map")
+            raise DataError(
+                f"class '{name}' has {counts.get(i, 0)} post(s) after cleaning; every class needs at least "
+                f"2 (one to train on, one to validate): add posts, or leave the class out with --label-map"
+            )
 
 
 def split(df, val_size=VAL_SIZE, seed=42):
@@ -255,34 +271,51 @@ def split(df, val_size=VAL_SIZE, seed=42):
     classes = int(df["label"].max()) + 1
     n_val = round(len(df) * val_size)
     if n_val < max(2, classes) or len(df) - n_val < max(2, classes) or counts.min() < 2:
-        raise DataError(f"{len(df)} rows ({counts.min()} in the smallest of {classes} classes) are too few to split "
-                        f"{val_size:.0%} off for validation with every class on both sides; use more data")
+        raise DataError(
+            f"{len(df)} rows ({counts.min()} in the smallest of {classes} classes) are too few to split "
+            f"{val_size:.0%} off for validation with every class on both sides; use more data"
+        )
     ds = Dataset.from_pandas(df[["text", "label"]], preserve_index=False)
     ds = ds.cast_column("label", ClassLabel(num_classes=classes))
     parts = ds.train_test_split(test_size=val_size, stratify_by_column="label", seed=seed)
     return parts["train"], parts["test"]
 
 
-def load_splits(source=DEFAULT_DATA, text_column=None, label_column=None, val_size=VAL_SIZE, seed=42, label_map=None,
-                normalize=False):
+def load_splits(
+    source=DEFAULT_DATA,
+    text_column=None,
+    label_column=None,
+    val_size=VAL_SIZE,
+    seed=42,
+    label_map=None,
+    normalize=False,
+):
     """load_sources + clean + split, printing the cleaning report. `source` is one source or a list of them (read
     as one table). Returns (train, val, label_names, info)."""
-    df, label_names, report = clean(load_sources(source, text_column, label_column), label_map=label_map,
-                                    normalize=normalize)
+    df, label_names, report = clean(
+        load_sources(source, text_column, label_column), label_map=label_map, normalize=normalize
+    )
     print(format_report(report))
     check_classes(df, label_names)
     train_ds, val_ds = split(df, val_size, seed)
     sources = [source] if isinstance(source, (str, Path)) else list(source)
-    info = {"data": str(sources[0]) if len(sources) == 1 else [str(s) for s in sources],
-            "data_fingerprint": fingerprint(df), "cleaning": report,
-            "val_fingerprint": fingerprint(val_ds.to_pandas()), "train_size": len(train_ds), "val_size": len(val_ds)}
+    info = {
+        "data": str(sources[0]) if len(sources) == 1 else [str(s) for s in sources],
+        "data_fingerprint": fingerprint(df),
+        "cleaning": report,
+        "val_fingerprint": fingerprint(val_ds.to_pandas()),
+        "train_size": len(train_ds),
+        "val_size": len(val_ds),
+    }
     return train_ds, val_ds, label_names, info
 
 
 def tokenize(ds, tokenizer, max_length):
     """Token ids for every text, truncated to max_length and not padded (batches pad later); text column dropped."""
+
     def encode(batch):
         return tokenizer(batch["text"], truncation=True, max_length=max_length)
+
     return ds.map(encode, batched=True, remove_columns=["text"], desc="tokenising")
 
 
@@ -303,8 +336,9 @@ class LengthGroupedBatches:
         self.num_batches = num_shards * math.ceil(len(self.lengths) / (batch_size * num_shards))
         if len(self.lengths) < num_shards:
             posts = f"{len(self.lengths)} training post{'' if len(self.lengths) == 1 else 's'}"
-            raise DataError(f"{posts} cannot give each of {num_shards} processes a batch; "
-                            f"use more data or fewer processes")
+            raise DataError(
+                f"{posts} cannot give each of {num_shards} processes a batch; use more data or fewer processes"
+            )
 
     def set_epoch(self, epoch):
         """Epoch 0, 1, ... decides the order (resuming after epoch k: set_epoch(k))."""
@@ -318,7 +352,7 @@ class LengthGroupedBatches:
         bounds = [i * size + min(i, extra) for i in range(self.num_batches + 1)]
         batches = [order[a:b] for a, b in zip(bounds, bounds[1:])]
         random.Random(seed).shuffle(batches)
-        return iter(batches[self.shard::self.num_shards])
+        return iter(batches[self.shard :: self.num_shards])
 
     def __len__(self):
         return self.num_batches // self.num_shards
@@ -327,7 +361,7 @@ class LengthGroupedBatches:
 def sorted_batches(lengths, batch_size):
     """Indices sorted by length, cut into batches: the least padding, for evaluation and prediction."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def train_loader(ds, tokenizer, batch_size, seed, group_by_length=True, num_shards=1, shard=0):
@@ -355,16 +389,23 @@ def states_loader(states, labels, batch_size, seed=None, group_by_length=True, n
     eval_loader (train=False) make from the token ids of the same posts."""
     rows = [{"states": s, "labels": label} for s, label in zip(states, labels)]
     lengths = [len(s) for s in states]
-    sampler = (training_batches(lengths, batch_size, seed, group_by_length, num_shards, shard) if train
-               else sorted_batches(lengths, batch_size)[shard::num_shards])
+    sampler = (
+        training_batches(lengths, batch_size, seed, group_by_length, num_shards, shard)
+        if train
+        else sorted_batches(lengths, batch_size)[shard::num_shards]
+    )
     return DataLoader(rows, batch_sampler=sampler, collate_fn=pad_states)
 
 
 def pad_states(rows):
     lengths = torch.tensor([len(r["states"]) for r in rows])
-    return BatchEncoding({"inputs_embeds": pad_sequence([r["states"] for r in rows], batch_first=True),
-                          "attention_mask": (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).long(),
-                          "labels": torch.tensor([r["labels"] for r in rows])})
+    return BatchEncoding(
+        {
+            "inputs_embeds": pad_sequence([r["states"] for r in rows], batch_first=True),
+            "attention_mask": (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).long(),
+            "labels": torch.tensor([r["labels"] for r in rows]),
+        }
+    )
 
 
 def ds_lengths(ds):

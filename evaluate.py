@@ -22,8 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (accuracy_score, brier_score_loss, confusion_matrix, f1_score,
-                             precision_recall_fscore_support, roc_auc_score)
+from sklearn.metrics import (
+    accuracy_score,
+    brier_score_loss,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
@@ -37,34 +43,74 @@ ECE_BINS = 10
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
-                                epilog="This is a research and teaching tool, not a diagnostic instrument.")
-    p.add_argument("--adapter", nargs="+", required=True, metavar="FOLDER",
-                   help="folders written by train.py (adapters with their heads, or full models)")
-    p.add_argument("--data", required=True, help="a labelled .csv/.tsv/.json/.jsonl/.parquet file (or a Hub data set id)")
-    p.add_argument("--text-column", default=None, help=f"text column (default: the first of {', '.join(data.TEXT_COLUMNS)})")
-    p.add_argument("--label-column", default=None,
-                   help=f"label column (default: the first of {', '.join(data.LABEL_COLUMNS)})")
-    p.add_argument("--group-column", default=None,
-                   help="a column of groups (it may be the label column itself): the share of each group flagged "
-                        "positive is reported")
-    p.add_argument("--label-map", nargs="+", default=None, metavar="TARGET=VALUES",
-                   help="turn label values into the model's labels, e.g. 1=ds,dsf,do 0=bc,ff,ndf,nd (drop=VALUES leaves "
-                        "rows out); labels must end up as a class index (0, 1) or a class name of the model")
-    p.add_argument("--group-auc", nargs="+", default=[], metavar="POS:NEG",
-                   help="ROC AUC of the positive-class probability between two groups of --group-column, e.g. ds:nd")
-    p.add_argument("--normalize-text", action="store_true",
-                   help="lower-case the texts and replace everything but a-z and 0-9 by spaces before classifying, as the "
-                        "depression data set was cleaned (models trained with --normalize-text do it anyway)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="flag a post positive when its positive-class probability is at least this (two classes "
-                        "only; default: the most probable class, i.e. 0.5)")
-    p.add_argument("--bootstrap", type=int, default=BOOTSTRAP, help=f"resamples for the 95%% intervals (default: "
-                   f"{BOOTSTRAP}; 0: none)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0].strip(),
+        epilog="This is a research and teaching tool, not a diagnostic instrument.",
+    )
+    p.add_argument(
+        "--adapter",
+        nargs="+",
+        required=True,
+        metavar="FOLDER",
+        help="folders written by train.py (adapters with their heads, or full models)",
+    )
+    p.add_argument(
+        "--data", required=True, help="a labelled .csv/.tsv/.json/.jsonl/.parquet file (or a Hub data set id)"
+    )
+    p.add_argument(
+        "--text-column", default=None, help=f"text column (default: the first of {', '.join(data.TEXT_COLUMNS)})"
+    )
+    p.add_argument(
+        "--label-column", default=None, help=f"label column (default: the first of {', '.join(data.LABEL_COLUMNS)})"
+    )
+    p.add_argument(
+        "--group-column",
+        default=None,
+        help="a column of groups (it may be the label column itself): the share of each group flagged "
+        "positive is reported",
+    )
+    p.add_argument(
+        "--label-map",
+        nargs="+",
+        default=None,
+        metavar="TARGET=VALUES",
+        help="turn label values into the model's labels, e.g. 1=ds,dsf,do 0=bc,ff,ndf,nd (drop=VALUES leaves "
+        "rows out); labels must end up as a class index (0, 1) or a class name of the model",
+    )
+    p.add_argument(
+        "--group-auc",
+        nargs="+",
+        default=[],
+        metavar="POS:NEG",
+        help="ROC AUC of the positive-class probability between two groups of --group-column, e.g. ds:nd",
+    )
+    p.add_argument(
+        "--normalize-text",
+        action="store_true",
+        help="lower-case the texts and replace everything but a-z and 0-9 by spaces before classifying, as the "
+        "depression data set was cleaned (models trained with --normalize-text do it anyway)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="flag a post positive when its positive-class probability is at least this (two classes "
+        "only; default: the most probable class, i.e. 0.5)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=BOOTSTRAP,
+        help=f"resamples for the 95%% intervals (default: {BOOTSTRAP}; 0: none)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
     p.add_argument("--batch-size", type=int, default=64, help="posts per batch (default: 64)")
-    p.add_argument("--output", default=None, metavar="FILE.json",
-                   help="write the results as JSON (keyed by folder) and the table as FILE.md; never written over")
+    p.add_argument(
+        "--output",
+        default=None,
+        metavar="FILE.json",
+        help="write the results as JSON (keyed by folder) and the table as FILE.md; never written over",
+    )
     p.error = lambda message: fail(f"{message} (see python evaluate.py --help)")
     return p
 
@@ -127,8 +173,10 @@ def class_indices(labels, label_names, folder):
     by_name = {name: i for i, name in enumerate(label_names)} | {str(i): i for i in range(len(label_names))}
     unknown = sorted(set(labels) - set(by_name))
     if unknown:
-        raise data.DataError(f"label {unknown[0]!r} is not a class of {folder} (classes: 0..{len(label_names) - 1} or "
-                             f"{', '.join(label_names)}); map the labels with --label-map, e.g. 1={unknown[0]}")
+        raise data.DataError(
+            f"label {unknown[0]!r} is not a class of {folder} (classes: 0..{len(label_names) - 1} or "
+            f"{', '.join(label_names)}); map the labels with --label-map, e.g. 1={unknown[0]}"
+        )
     return np.array([by_name[label] for label in labels])
 
 
@@ -143,8 +191,13 @@ def expected_calibration_error(probs, labels, bins=ECE_BINS):
     """Weighted mean gap between confidence (the predicted class's probability) and accuracy over equal-width bins."""
     confidence, correct = probs.max(1), probs.argmax(1) == labels
     which = np.minimum((confidence * bins).astype(int), bins - 1)
-    return float(sum(abs(correct[which == b].mean() - confidence[which == b].mean()) * (which == b).mean()
-                     for b in range(bins) if (which == b).any()))
+    return float(
+        sum(
+            abs(correct[which == b].mean() - confidence[which == b].mean()) * (which == b).mean()
+            for b in range(bins)
+            if (which == b).any()
+        )
+    )
 
 
 def scores(probs, labels, threshold=None):
@@ -153,19 +206,36 @@ def scores(probs, labels, threshold=None):
     k = probs.shape[1]
     binary = k == 2
     precision, recall, f1, _ = precision_recall_fscore_support(
-        labels, pred, average="binary" if binary else "macro", pos_label=1, zero_division=0,
-        labels=None if binary else list(range(k)))
+        labels,
+        pred,
+        average="binary" if binary else "macro",
+        pos_label=1,
+        zero_division=0,
+        labels=None if binary else list(range(k)),
+    )
     onehot = np.eye(k)[labels]
     both = len(set(labels.tolist())) > 1
-    auc = (roc_auc_score(labels, probs[:, 1]) if binary else
-           roc_auc_score(labels, probs, multi_class="ovr", labels=list(range(k)))) if both else None
-    return {"n": int(len(labels)), "accuracy": float(accuracy_score(labels, pred)), "precision": float(precision),
-            "recall": float(recall), "f1": float(f1), "macro_f1": float(f1_score(labels, pred, average="macro",
-                                                                                  labels=list(range(k)), zero_division=0)),
-            "auc": None if auc is None else float(auc),
-            "brier": float(brier_score_loss(labels, probs[:, 1]) if binary else ((probs - onehot) ** 2).sum(1).mean()),
-            "ece": expected_calibration_error(probs, labels),
-            "confusion_matrix": confusion_matrix(labels, pred, labels=list(range(k))).tolist()}
+    auc = (
+        (
+            roc_auc_score(labels, probs[:, 1])
+            if binary
+            else roc_auc_score(labels, probs, multi_class="ovr", labels=list(range(k)))
+        )
+        if both
+        else None
+    )
+    return {
+        "n": int(len(labels)),
+        "accuracy": float(accuracy_score(labels, pred)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "macro_f1": float(f1_score(labels, pred, average="macro", labels=list(range(k)), zero_division=0)),
+        "auc": None if auc is None else float(auc),
+        "brier": float(brier_score_loss(labels, probs[:, 1]) if binary else ((probs - onehot) ** 2).sum(1).mean()),
+        "ece": expected_calibration_error(probs, labels),
+        "confusion_matrix": confusion_matrix(labels, pred, labels=list(range(k))).tolist(),
+    }
 
 
 def interval(values):
@@ -187,8 +257,10 @@ def group_results(probs, groups, threshold, pairs, resamples, seed, label_names=
     if probs.shape[1] > 2:
         pred = predictions(probs)
         names = label_names or [str(i) for i in range(probs.shape[1])]
-        shares = {g: {name: float((pred[groups == g] == i).mean()) for i, name in enumerate(names)}
-                  for g in sorted(set(groups))}
+        shares = {
+            g: {name: float((pred[groups == g] == i).mean()) for i, name in enumerate(names)}
+            for g in sorted(set(groups))
+        }
         return shares, {g: {"n": int((groups == g).sum())} for g in shares}, {}
     flagged = predictions(probs, threshold) == 1
     positive = probs[:, 1]
@@ -204,8 +276,9 @@ def group_results(probs, groups, threshold, pairs, resamples, seed, label_names=
         pos, neg = pair.split(":")
         a, b = positive[groups == pos], positive[groups == neg]
         auc = pair_auc(a, b)
-        draws = [pair_auc(a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))])
-                 for _ in range(resamples)]
+        draws = [
+            pair_auc(a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))]) for _ in range(resamples)
+        ]
         aucs[pair] = {"auc": auc, "auc_ci": interval(draws), "n_pos": int(len(a)), "n_neg": int(len(b))}
     return shares, detail, aucs
 
@@ -225,15 +298,16 @@ def evaluate(probs, labels, groups=None, threshold=None, pairs=(), resamples=BOO
         result.update(bootstrap(probs, labels, threshold, resamples, seed))
     if groups is not None:
         result["groups"], result["groups_detail"], result["group_auc"] = group_results(
-            probs, groups, threshold, pairs, resamples, seed, label_names)
+            probs, groups, threshold, pairs, resamples, seed, label_names
+        )
     return result
 
 
 def classify_with_bar(loaded, texts, batch_size, bar):
     chunks = []
     for start in range(0, len(texts), CHUNK):
-        chunks.append(inference.classify(loaded, texts[start:start + CHUNK], batch_size).numpy())
-        bar.update(len(texts[start:start + CHUNK]))
+        chunks.append(inference.classify(loaded, texts[start : start + CHUNK], batch_size).numpy())
+        bar.update(len(texts[start : start + CHUNK]))
     return np.concatenate(chunks)
 
 
@@ -246,36 +320,63 @@ def ci(pair):
 
 
 def markdown(results, command):
-    lines = [f"Command: `{command}`", "",
-             "Precision, recall and F1: the positive class's with two classes, else macro averages. Confusion matrix: "
-             "rows are the true classes, columns the predicted ones (two classes: [[TN, FP], [FN, TP]]).", "",
-             "| model | posts | accuracy % | precision % | recall % | F1 % | macro-F1 % | AUC % | Brier | ECE | confusion |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = [
+        f"Command: `{command}`",
+        "",
+        "Precision, recall and F1: the positive class's with two classes, else macro averages. Confusion matrix: "
+        "rows are the true classes, columns the predicted ones (two classes: [[TN, FP], [FN, TP]]).",
+        "",
+        "| model | posts | accuracy % | precision % | recall % | F1 % | macro-F1 % | AUC % | Brier | ECE | confusion |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
     for folder, r in results.items():
-        lines.append(f"| {folder} | {r['n']} | {pct(r['accuracy'])}{ci(r.get('accuracy_ci'))} | {pct(r['precision'])} | "
-                     f"{pct(r['recall'])} | {pct(r['f1'])}{ci(r.get('f1_ci'))} | {pct(r['macro_f1'])} | "
-                     f"{pct(r['auc'])}{ci(r.get('auc_ci'))} | {r['brier']:.3f} | {r['ece']:.3f} | {r['confusion_matrix']} |")
+        lines.append(
+            f"| {folder} | {r['n']} | {pct(r['accuracy'])}{ci(r.get('accuracy_ci'))} | {pct(r['precision'])} | "
+            f"{pct(r['recall'])} | {pct(r['f1'])}{ci(r.get('f1_ci'))} | {pct(r['macro_f1'])} | "
+            f"{pct(r['auc'])}{ci(r.get('auc_ci'))} | {r['brier']:.3f} | {r['ece']:.3f} | {r['confusion_matrix']} |"
+        )
     first = next(iter(results.values()))
     if "groups" in first and isinstance(next(iter(first["groups"].values())), dict):  # more than two classes
-        lines += ["", "Per group, the class predicted most often (its share, %):", "",
-                  "| model | " + " | ".join(first["groups"]) + " |", "| --- |" + " ---: |" * len(first["groups"])]
+        lines += [
+            "",
+            "Per group, the class predicted most often (its share, %):",
+            "",
+            "| model | " + " | ".join(first["groups"]) + " |",
+            "| --- |" + " ---: |" * len(first["groups"]),
+        ]
         for folder, r in results.items():
             top = {g: max(shares.items(), key=lambda kv: kv[1]) for g, shares in r["groups"].items()}
             lines.append(f"| {folder} | " + " | ".join(f"{name} ({pct(share)})" for name, share in top.values()) + " |")
     elif "groups" in first:
         names = list(first["groups"])
-        lines += ["", "Share flagged positive per group, % [95% CI]:", "", "| model | " + " | ".join(
-            f"{g} (n={first['groups_detail'][g]['n']})" for g in names) + " |", "| --- |" + " ---: |" * len(names)]
+        lines += [
+            "",
+            "Share flagged positive per group, % [95% CI]:",
+            "",
+            "| model | " + " | ".join(f"{g} (n={first['groups_detail'][g]['n']})" for g in names) + " |",
+            "| --- |" + " ---: |" * len(names),
+        ]
         for folder, r in results.items():
-            lines.append(f"| {folder} | " + " | ".join(
-                f"{pct(r['groups'][g])}{ci(r['groups_detail'][g]['flagged_ci'])}" for g in names) + " |")
+            lines.append(
+                f"| {folder} | "
+                + " | ".join(f"{pct(r['groups'][g])}{ci(r['groups_detail'][g]['flagged_ci'])}" for g in names)
+                + " |"
+            )
     if first.get("group_auc"):
         pairs = list(first["group_auc"])
-        lines += ["", "AUC between groups, % [95% CI] (50 = chance):", "", "| model | " + " | ".join(pairs) + " |",
-                  "| --- |" + " ---: |" * len(pairs)]
+        lines += [
+            "",
+            "AUC between groups, % [95% CI] (50 = chance):",
+            "",
+            "| model | " + " | ".join(pairs) + " |",
+            "| --- |" + " ---: |" * len(pairs),
+        ]
         for folder, r in results.items():
-            lines.append(f"| {folder} | " + " | ".join(
-                f"{pct(r['group_auc'][p]['auc'])}{ci(r['group_auc'][p]['auc_ci'])}" for p in pairs) + " |")
+            lines.append(
+                f"| {folder} | "
+                + " | ".join(f"{pct(r['group_auc'][p]['auc'])}{ci(r['group_auc'][p]['auc_ci'])}" for p in pairs)
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -293,7 +394,9 @@ def draw_confusion(results, path):
         names = r.get("label_names") or [str(i) for i in range(len(counts))]
         ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
         for (i, j), n in np.ndenumerate(counts):
-            ax.text(j, i, str(n), ha="center", va="center", color="white" if shares[i, j] > 0.5 else "black", fontsize=8)
+            ax.text(
+                j, i, str(n), ha="center", va="center", color="white" if shares[i, j] > 0.5 else "black", fontsize=8
+            )
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.set(xlabel="predicted", ylabel="true", title=f"{Path(folder).name}: accuracy {pct(r['accuracy'])}%")
@@ -307,16 +410,19 @@ def main(argv=None):
     hf_logging.set_verbosity_error()
     command = shlex.join(["python", "evaluate.py", *(sys.argv[1:] if argv is None else argv)])
     try:
-        posts, left_out = read_labelled(args.data, args.text_column, args.label_column, args.group_column,
-                                        args.label_mapping)
+        posts, left_out = read_labelled(
+            args.data, args.text_column, args.label_column, args.group_column, args.label_mapping
+        )
         infos = {folder: M.read_training_info(folder) for folder in args.adapter}  # every folder checked first
         labels = {folder: class_indices(posts["label"], info["label_names"], folder) for folder, info in infos.items()}
         groups = posts["group"].to_numpy() if args.group_column else None
         for pair in args.group_auc:
             missing = [g for g in pair.split(":") if g not in set(groups)]
             if missing:
-                raise data.DataError(f"--group-auc {pair}: no group {missing[0]!r} in column {args.group_column} "
-                                     f"(groups: {', '.join(sorted(set(groups)))})")
+                raise data.DataError(
+                    f"--group-auc {pair}: no group {missing[0]!r} in column {args.group_column} "
+                    f"(groups: {', '.join(sorted(set(groups)))})"
+                )
         if (args.threshold is not None or args.group_auc) and any(len(i["label_names"]) != 2 for i in infos.values()):
             raise data.DataError("--threshold and --group-auc need models with two classes")
     except (data.DataError, M.ModelError) as e:
@@ -324,8 +430,11 @@ def main(argv=None):
     texts = posts["text"].tolist()
     if args.normalize_text:
         texts = [data.normalize_text(t) for t in texts]
-    print(f"{len(texts)} posts from {args.data}" + (f" ({left_out} left out: no text or label, or dropped by "
-                                                    f"--label-map)" if left_out else ""), file=sys.stderr)
+    print(
+        f"{len(texts)} posts from {args.data}"
+        + (f" ({left_out} left out: no text or label, or dropped by --label-map)" if left_out else ""),
+        file=sys.stderr,
+    )
     results = {}
     bar = tqdm(total=len(texts) * len(args.adapter), unit=" posts", desc="classifying", file=sys.stderr)
     for folder in args.adapter:
@@ -335,10 +444,21 @@ def main(argv=None):
             bar.close()
             fail(str(e))
         probs = classify_with_bar(loaded, texts, args.batch_size, bar)
-        results[folder] = {**evaluate(probs, labels[folder], groups, args.threshold, args.group_auc, args.bootstrap,
-                                      args.seed, loaded[2]["label_names"]), "data": args.data,
-                           "label_map": args.label_map,
-                           "normalize_text": args.normalize_text or bool(loaded[2].get("normalize_text"))}
+        results[folder] = {
+            **evaluate(
+                probs,
+                labels[folder],
+                groups,
+                args.threshold,
+                args.group_auc,
+                args.bootstrap,
+                args.seed,
+                loaded[2]["label_names"],
+            ),
+            "data": args.data,
+            "label_map": args.label_map,
+            "normalize_text": args.normalize_text or bool(loaded[2].get("normalize_text")),
+        }
     bar.close()
     table = markdown(results, command)
     print(table)

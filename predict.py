@@ -35,29 +35,52 @@ OUTPUT_SUFFIXES = (".jsonl", ".csv")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
-                                epilog="This is a research and teaching tool, not a diagnostic instrument.")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0].strip(),
+        epilog="This is a research and teaching tool, not a diagnostic instrument.",
+    )
     p.add_argument("texts", nargs="*", metavar="TEXT", help="posts to classify; '-' reads one post per line from stdin")
-    p.add_argument("--file", help="a text file with one post per line, or a .csv/.tsv/.json/.jsonl/.parquet file "
-                                  "with a text column")
+    p.add_argument(
+        "--file",
+        help="a text file with one post per line, or a .csv/.tsv/.json/.jsonl/.parquet file with a text column",
+    )
     p.add_argument("--text-column", default=None, help="text column of --file (default: text or clean_text)")
-    p.add_argument("--adapter", default=DEFAULT_ADAPTER,
-                   help=f"folder written by train.py: an adapter with its head, or a full model (default: {DEFAULT_ADAPTER})")
-    p.add_argument("--model", default=None,
-                   help="base model to load the adapter into (default: the one it was trained on, from training.json)")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object per post: text, label, score, probabilities")
-    p.add_argument("--output", default=None, metavar="FILE",
-                   help="write the results to FILE (.jsonl: one JSON object per post; .csv: text, label, score and one "
-                        "column per label) as they come, instead of printing them: a stopped run keeps what it finished")
-    p.add_argument("--no-merge", dest="merge", action="store_false",
-                   help=f"keep a {'/'.join(M.MERGEABLE_CONFIGS)} adapter apart from the base weights; by default it "
-                        "is merged into them before predicting (the same probabilities within 1e-4, and as fast as "
-                        "the base model alone)")
+    p.add_argument(
+        "--adapter",
+        default=DEFAULT_ADAPTER,
+        help=f"folder written by train.py: an adapter with its head, or a full model (default: {DEFAULT_ADAPTER})",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="base model to load the adapter into (default: the one it was trained on, from training.json)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object per post: text, label, score, probabilities"
+    )
+    p.add_argument(
+        "--output",
+        default=None,
+        metavar="FILE",
+        help="write the results to FILE (.jsonl: one JSON object per post; .csv: text, label, score and one "
+        "column per label) as they come, instead of printing them: a stopped run keeps what it finished",
+    )
+    p.add_argument(
+        "--no-merge",
+        dest="merge",
+        action="store_false",
+        help=f"keep a {'/'.join(M.MERGEABLE_CONFIGS)} adapter apart from the base weights; by default it "
+        "is merged into them before predicting (the same probabilities within 1e-4, and as fast as "
+        "the base model alone)",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="posts per batch (default: 64)")
-    p.add_argument("--chunk-size", type=int, default=CHUNK,
-                   help=f"posts read and classified at a time; the results of each chunk are written before the next "
-                        f"is read (default: {CHUNK})")
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=CHUNK,
+        help=f"posts read and classified at a time; the results of each chunk are written before the next "
+        f"is read (default: {CHUNK})",
+    )
     p.error = lambda message: fail(f"{message} (see python predict.py --help)")
     return p
 
@@ -89,8 +112,10 @@ def read_texts(args):
         if text != "-" and not text.strip():
             raise data.DataError(f"text {i} is empty; pass the post to classify in quotes")
     if not args.texts and not args.file:
-        raise data.DataError('no text to predict; pass it as an argument (python predict.py "some text"), '
-                             'with --file, or on stdin with -')
+        raise data.DataError(
+            'no text to predict; pass it as an argument (python predict.py "some text"), '
+            "with --file, or on stdin with -"
+        )
     file_posts = read_file(args.file, args.text_column) if args.file else iter(())  # checks the file before reading
     for text in args.texts:
         if text == "-":
@@ -115,8 +140,9 @@ def read_file(path, text_column=None):
     try:
         if suffix == ".parquet":
             table = pq.ParquetFile(path)
-            column = data.find_column(pd.DataFrame(columns=table.schema_arrow.names), text_column,
-                                      data.TEXT_COLUMNS, "text")
+            column = data.find_column(
+                pd.DataFrame(columns=table.schema_arrow.names), text_column, data.TEXT_COLUMNS, "text"
+            )
             frames = (batch.to_pandas() for batch in table.iter_batches(CHUNK, columns=[column]))
         elif suffix in (".csv", ".tsv", ".jsonl"):
             read = pd.read_json if suffix == ".jsonl" else pd.read_csv
@@ -130,8 +156,11 @@ def read_file(path, text_column=None):
     except Exception as e:  # pandas and pyarrow raise many kinds; all mean "unreadable"
         raise unreadable(path, e) from None
     column = data.find_column(first, text_column, data.TEXT_COLUMNS, "text")
-    return (text for frame in itertools.chain([first], unreadable_as_data_error(frames, path))
-            for text in column_texts(frame, column))
+    return (
+        text
+        for frame in itertools.chain([first], unreadable_as_data_error(frames, path))
+        for text in column_texts(frame, column)
+    )
 
 
 def unreadable_as_data_error(frames, path):
@@ -143,8 +172,9 @@ def unreadable_as_data_error(frames, path):
 
 
 def unreadable(path, error):
-    return data.DataError(f"cannot read {path} ({type(error).__name__}: {str(error).splitlines()[0]}); "
-                          f"check the file's format")
+    return data.DataError(
+        f"cannot read {path} ({type(error).__name__}: {str(error).splitlines()[0]}); check the file's format"
+    )
 
 
 def column_texts(frame, column):
@@ -170,6 +200,7 @@ def open_writer(path, names):
     """A function that writes result rows to a .jsonl or .csv file and flushes them to disk, and the file."""
     handle = open(path, "x", newline="")  # "x": never write over a file (checked earlier, and again here)
     if path.suffix.lower() == ".jsonl":
+
         def write(rows):
             handle.writelines(json.dumps(row) + "\n" for row in rows)
             handle.flush()
@@ -180,6 +211,7 @@ def open_writer(path, names):
         def write(rows):
             table.writerows([r["text"], r["label"], r["score"], *r["probabilities"].values()] for r in rows)
             handle.flush()
+
     return write, handle
 
 

@@ -55,85 +55,183 @@ OUTPUT_DIR = {"adapter": "adapters", "full": "models"}
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Offline: set DEPRESSION_DATA=../shared/data/depression-reddit-cleaned.csv "
-                                       "(or pass --data); the default model needs no network.")
-    p.add_argument("--mode", choices=["adapter", "full"], default="adapter",
-                   help="adapter: train a bottleneck adapter and a head, base weights frozen; "
-                        "full: train every weight (default: adapter)")
-    p.add_argument("--adapter-config", default="pfeiffer",
-                   help="pfeiffer (= seq_bn: one adapter per layer, after the feed-forward block), houlsby "
-                        "(= double_seq_bn: two per layer) or another config of the adapters library: "
-                        f"{', '.join(n for n in M.ADAPTER_CONFIGS if n not in ('pfeiffer', 'houlsby'))} "
-                        f"(refused: {', '.join(M.REFUSED_CONFIGS)}; see README) (default: pfeiffer)")
-    p.add_argument("--reduction-factor", type=int, default=None,
-                   help="hidden size / bottleneck size of each adapter (library default: 16 for pfeiffer, houlsby)")
-    p.add_argument("--leave-out", type=int, nargs="+", default=None, metavar="LAYER",
-                   help="layers to leave without an adapter, e.g. --leave-out 0 1 2 for the upper half of 6 layers")
-    p.add_argument("--model", default=M.DEFAULT_MODEL,
-                   help=f"base model: a Hub id or a local folder; '{M.OFFLINE_MINILM}' (default) is "
-                        f"all-MiniLM-L6-v2 from that PyPI package, offline; bert-base-uncased reproduces the write-up")
-    p.add_argument("--data", nargs="+", default=data.DEFAULT_DATA, metavar="DATA",
-                   help="a Hub data set id or a local .csv/.tsv/.json/.jsonl/.parquet file; several are read as one "
-                        f"table (default: {data.DEFAULT_DATA}; from $DEPRESSION_DATA where set, else {data.HUB_DATASET})")
-    p.add_argument("--label-map", nargs="+", default=None, metavar="TARGET=VALUES",
-                   help="turn label values into the labels to train on, e.g. --label-map 1=ds,dsf 0=bc,ff,ndf drop=do,nd "
-                        "(drop: leave those rows out); values already equal to a target stay; any other value is "
-                        "refused")
-    p.add_argument("--normalize-text", action="store_true",
-                   help="lower-case every text and replace everything but a-z and 0-9 by spaces, as the depression data set "
-                        "was cleaned (for raw texts such as Reddit posts); recorded, and predict.py and evaluate.py "
-                        "then do the same to what they classify")
-    p.add_argument("--text-column", default=None, help=f"text column (default: the first of {', '.join(data.TEXT_COLUMNS)})")
-    p.add_argument("--label-column", default=None,
-                   help=f"label column (default: the first of {', '.join(data.LABEL_COLUMNS)})")
-    p.add_argument("--val-size", type=float, default=data.VAL_SIZE, help="share of the data held out for validation "
-                   f"(default: {data.VAL_SIZE}, as in the write-up)")
-    p.add_argument("--max-train-samples", type=int, default=None, help="train on the first N training posts only "
-                   "(quick runs); the split itself does not change")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Offline: set DEPRESSION_DATA=../shared/data/depression-reddit-cleaned.csv "
+        "(or pass --data); the default model needs no network.",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["adapter", "full"],
+        default="adapter",
+        help="adapter: train a bottleneck adapter and a head, base weights frozen; "
+        "full: train every weight (default: adapter)",
+    )
+    p.add_argument(
+        "--adapter-config",
+        default="pfeiffer",
+        help="pfeiffer (= seq_bn: one adapter per layer, after the feed-forward block), houlsby "
+        "(= double_seq_bn: two per layer) or another config of the adapters library: "
+        f"{', '.join(n for n in M.ADAPTER_CONFIGS if n not in ('pfeiffer', 'houlsby'))} "
+        f"(refused: {', '.join(M.REFUSED_CONFIGS)}; see README) (default: pfeiffer)",
+    )
+    p.add_argument(
+        "--reduction-factor",
+        type=int,
+        default=None,
+        help="hidden size / bottleneck size of each adapter (library default: 16 for pfeiffer, houlsby)",
+    )
+    p.add_argument(
+        "--leave-out",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="LAYER",
+        help="layers to leave without an adapter, e.g. --leave-out 0 1 2 for the upper half of 6 layers",
+    )
+    p.add_argument(
+        "--model",
+        default=M.DEFAULT_MODEL,
+        help=f"base model: a Hub id or a local folder; '{M.OFFLINE_MINILM}' (default) is "
+        f"all-MiniLM-L6-v2 from that PyPI package, offline; bert-base-uncased reproduces the write-up",
+    )
+    p.add_argument(
+        "--data",
+        nargs="+",
+        default=data.DEFAULT_DATA,
+        metavar="DATA",
+        help="a Hub data set id or a local .csv/.tsv/.json/.jsonl/.parquet file; several are read as one "
+        f"table (default: {data.DEFAULT_DATA}; from $DEPRESSION_DATA where set, else {data.HUB_DATASET})",
+    )
+    p.add_argument(
+        "--label-map",
+        nargs="+",
+        default=None,
+        metavar="TARGET=VALUES",
+        help="turn label values into the labels to train on, e.g. --label-map 1=ds,dsf 0=bc,ff,ndf drop=do,nd "
+        "(drop: leave those rows out); values already equal to a target stay; any other value is "
+        "refused",
+    )
+    p.add_argument(
+        "--normalize-text",
+        action="store_true",
+        help="lower-case every text and replace everything but a-z and 0-9 by spaces, as the depression data set "
+        "was cleaned (for raw texts such as Reddit posts); recorded, and predict.py and evaluate.py "
+        "then do the same to what they classify",
+    )
+    p.add_argument(
+        "--text-column", default=None, help=f"text column (default: the first of {', '.join(data.TEXT_COLUMNS)})"
+    )
+    p.add_argument(
+        "--label-column", default=None, help=f"label column (default: the first of {', '.join(data.LABEL_COLUMNS)})"
+    )
+    p.add_argument(
+        "--val-size",
+        type=float,
+        default=data.VAL_SIZE,
+        help=f"share of the data held out for validation (default: {data.VAL_SIZE}, as in the write-up)",
+    )
+    p.add_argument(
+        "--max-train-samples",
+        type=int,
+        default=None,
+        help="train on the first N training posts only (quick runs); the split itself does not change",
+    )
     p.add_argument("--max-eval-samples", type=int, default=None, help="validate on the first N validation posts only")
     p.add_argument("--epochs", type=int, default=EPOCHS, help=f"passes over the training data (default: {EPOCHS})")
-    p.add_argument("--lr", type=float, default=None,
-                   help=f"peak learning rate (default: {LR['adapter']} for adapter, {LR['full']} for full)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help=f"peak learning rate (default: {LR['adapter']} for adapter, {LR['full']} for full)",
+    )
     p.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps for linear warm-up (default: 0.1)")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"posts per batch (default: {BATCH_SIZE})")
-    p.add_argument("--max-length", type=int, default=MAX_LENGTH,
-                   help=f"tokens per post; longer posts are truncated (default: {MAX_LENGTH})")
-    p.add_argument("--attention-dropout", type=float, default=ATTENTION_DROPOUT,
-                   help=f"dropout on the attention probabilities (default: {ATTENTION_DROPOUT}; the checkpoint has "
-                        "0.1, which on a CPU at max length 128 made an adapter step 1.25x slower and its peak memory "
-                        "1.24x larger; at 64, about 10%% more memory)")
-    p.add_argument("--no-group-by-length", dest="group_by_length", action="store_false",
-                   help="plain shuffled batches instead of batches of similar length (more padding)")
-    p.add_argument("--no-cache-frozen", dest="cache_frozen", action="store_false",
-                   help="compute every layer every epoch; by default, when the lowest layers hold no trained weight "
-                        "(e.g. --leave-out 0 1 2), their output is computed once per post before the first epoch "
-                        "(those layers without dropout) and reused by every epoch and by validation")
-    p.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
-                   help="auto (default): bf16 on GPUs that have it, else fp16 on CUDA; none on CPU")
-    p.add_argument("--seed", type=int, default=42, help="seed of the new weights, dropout and the batch order "
-                   "(default: 42)")
-    p.add_argument("--split-seed", type=int, default=42,
-                   help="seed of the train/validation split (default: 42); keep it fixed to compare methods or "
-                        "training seeds on the same validation posts")
-    p.add_argument("--name", default=None,
-                   help="folder name of the result (default: depression-<adapter config> or depression-full)")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=MAX_LENGTH,
+        help=f"tokens per post; longer posts are truncated (default: {MAX_LENGTH})",
+    )
+    p.add_argument(
+        "--attention-dropout",
+        type=float,
+        default=ATTENTION_DROPOUT,
+        help=f"dropout on the attention probabilities (default: {ATTENTION_DROPOUT}; the checkpoint has "
+        "0.1, which on a CPU at max length 128 made an adapter step 1.25x slower and its peak memory "
+        "1.24x larger; at 64, about 10%% more memory)",
+    )
+    p.add_argument(
+        "--no-group-by-length",
+        dest="group_by_length",
+        action="store_false",
+        help="plain shuffled batches instead of batches of similar length (more padding)",
+    )
+    p.add_argument(
+        "--no-cache-frozen",
+        dest="cache_frozen",
+        action="store_false",
+        help="compute every layer every epoch; by default, when the lowest layers hold no trained weight "
+        "(e.g. --leave-out 0 1 2), their output is computed once per post before the first epoch "
+        "(those layers without dropout) and reused by every epoch and by validation",
+    )
+    p.add_argument(
+        "--mixed-precision",
+        choices=["auto", "no", "fp16", "bf16"],
+        default="auto",
+        help="auto (default): bf16 on GPUs that have it, else fp16 on CUDA; none on CPU",
+    )
+    p.add_argument(
+        "--seed", type=int, default=42, help="seed of the new weights, dropout and the batch order (default: 42)"
+    )
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=42,
+        help="seed of the train/validation split (default: 42); keep it fixed to compare methods or "
+        "training seeds on the same validation posts",
+    )
+    p.add_argument(
+        "--name",
+        default=None,
+        help="folder name of the result (default: depression-<adapter config> or depression-full)",
+    )
     p.add_argument("--output-dir", default=None, help="where the folder goes (default: adapters/ or models/ for full)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a trained model already in the output folder, or discard an interrupted run's checkpoint")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run (same arguments) after its last finished epoch; "
-                        "with nothing to resume it starts afresh")
-    p.add_argument("--patience", type=int, default=None, metavar="N",
-                   help="stop after N epochs without a better validation --metric (default: off, run every epoch); "
-                        "the best epoch is saved either way")
-    p.add_argument("--metric", choices=["accuracy", "macro_f1"], default="accuracy",
-                   help="what chooses the best epoch (and --patience watches): accuracy (default) or macro_f1, the mean "
-                        "F1 over the classes, which counts a small class as much as a large one")
-    p.add_argument("--class-weights", choices=["none", "balanced"], default="none",
-                   help="none (default): plain cross-entropy; balanced: each class's loss weighted by n_posts / "
-                        "(n_classes x its posts), as scikit-learn's 'balanced', for imbalanced data")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a trained model already in the output folder, or discard an interrupted run's checkpoint",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run (same arguments) after its last finished epoch; "
+        "with nothing to resume it starts afresh",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after N epochs without a better validation --metric (default: off, run every epoch); "
+        "the best epoch is saved either way",
+    )
+    p.add_argument(
+        "--metric",
+        choices=["accuracy", "macro_f1"],
+        default="accuracy",
+        help="what chooses the best epoch (and --patience watches): accuracy (default) or macro_f1, the mean "
+        "F1 over the classes, which counts a small class as much as a large one",
+    )
+    p.add_argument(
+        "--class-weights",
+        choices=["none", "balanced"],
+        default="none",
+        help="none (default): plain cross-entropy; balanced: each class's loss weighted by n_posts / "
+        "(n_classes x its posts), as scikit-learn's 'balanced', for imbalanced data",
+    )
     p.error = lambda message: fail(f"{message} (see python train.py --help)")  # one line, no usage dump
     return p
 
@@ -174,8 +272,9 @@ def check_output_folder(folder, overwrite):
     if folder.exists() and not folder.is_dir():
         raise M.ModelError(f"{folder} exists and is not a folder; pick another --name or --output-dir")
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
-        raise M.ModelError(f"{folder} already holds a trained model; pass --overwrite to replace it "
-                           f"or --name to keep both")
+        raise M.ModelError(
+            f"{folder} already holds a trained model; pass --overwrite to replace it or --name to keep both"
+        )
 
 
 def lock_folder(folder):
@@ -191,8 +290,9 @@ def lock_folder(folder):
             handle.seek(0)
             pid = handle.read().strip() or "?"
             handle.close()
-            raise M.ModelError(f"another training run (pid {pid}) is writing {folder}; wait for it to end, "
-                               f"or pick another --name") from None
+            raise M.ModelError(
+                f"another training run (pid {pid}) is writing {folder}; wait for it to end, or pick another --name"
+            ) from None
         if path.exists() and os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
             break
         handle.close()  # the run before us removed the file after we opened it: lock the new one
@@ -245,15 +345,32 @@ def classification_metrics(preds, labels, loss, label_names):
     classes = list(range(len(label_names)))
     per_class = precision_recall_fscore_support(labels, preds, labels=classes, zero_division=0)
     binary = len(classes) == 2
-    precision, recall, f1, _ = precision_recall_fscore_support(labels, preds, labels=None if binary else classes,
-                                                               pos_label=1, zero_division=0,
-                                                               average="binary" if binary else "macro")
-    return {"val_loss": loss, "accuracy": float(accuracy_score(labels, preds)), "precision": float(precision),
-            "recall": float(recall), "f1": float(f1), "macro_f1": float(per_class[2].mean()),
-            "per_class": {name: {"precision": float(per_class[0][i]), "recall": float(per_class[1][i]),
-                                 "f1": float(per_class[2][i]), "support": int(per_class[3][i])}
-                          for i, name in enumerate(label_names)},
-            "confusion_matrix": confusion_matrix(labels, preds, labels=classes).tolist()}
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        labels,
+        preds,
+        labels=None if binary else classes,
+        pos_label=1,
+        zero_division=0,
+        average="binary" if binary else "macro",
+    )
+    return {
+        "val_loss": loss,
+        "accuracy": float(accuracy_score(labels, preds)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "macro_f1": float(per_class[2].mean()),
+        "per_class": {
+            name: {
+                "precision": float(per_class[0][i]),
+                "recall": float(per_class[1][i]),
+                "f1": float(per_class[2][i]),
+                "support": int(per_class[3][i]),
+            }
+            for i, name in enumerate(label_names)
+        },
+        "confusion_matrix": confusion_matrix(labels, preds, labels=classes).tolist(),
+    }
 
 
 def evaluate(model, loader, accelerator, label_names):
@@ -270,8 +387,10 @@ def evaluate(model, loader, accelerator, label_names):
             rows += zip(logits.argmax(-1).tolist(), batch["labels"].tolist(), loss.tolist())
     rows = accelerator.gather_for_metrics(rows, use_gather_object=True)
     preds, labels, losses = zip(*rows)
-    return {**classification_metrics(list(preds), list(labels), float(np.mean(losses)), label_names),
-            "val_examples": len(rows)}
+    return {
+        **classification_metrics(list(preds), list(labels), float(np.mean(losses)), label_names),
+        "val_examples": len(rows),
+    }
 
 
 def class_weights(choice, labels, num_classes):
@@ -285,8 +404,9 @@ def build_optimizer(model, lr, weight_decay=0.01, fused=True):
     """AdamW over the trainable weights only: frozen weights get no gradient and no optimizer state.
     fused: one kernel for the whole update (CPU, CUDA, MPS); on a CPU it cut full fine-tuning's optimizer
     time from 0.14 to 0.05 s per step (README)."""
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay,
-                             fused=fused)
+    return torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay, fused=fused
+    )
 
 
 def train_step(model, batch, optimizer, scheduler, accelerator, max_grad_norm=1.0, class_weights=None):
@@ -318,8 +438,9 @@ def train_epoch(model, loader, optimizer, scheduler, accelerator, epoch, epochs,
     total_loss, examples, tokens = 0.0, 0, 0
     bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", disable=not accelerator.is_local_main_process, leave=True)
     for step, batch in enumerate(bar, 1):
-        loss = train_step(model, batch.to(accelerator.device), optimizer, scheduler, accelerator,
-                          class_weights=class_weights)
+        loss = train_step(
+            model, batch.to(accelerator.device), optimizer, scheduler, accelerator, class_weights=class_weights
+        )
         total_loss += loss.item()
         examples += len(batch["labels"])
         tokens += int(batch["attention_mask"].sum())
@@ -371,13 +492,17 @@ def claim_output(args, num_processes):
             config = resume_config(args, num_processes)
             for key, value in state["config"].items():
                 if config.get(key) != value:
-                    raise M.ModelError(f"--resume: the checkpoint in {staging} was made with {key} = {value!r}, "
-                                       f"not {config.get(key)!r}; pass the same arguments to resume, "
-                                       f"or --overwrite instead of --resume to start over")
+                    raise M.ModelError(
+                        f"--resume: the checkpoint in {staging} was made with {key} = {value!r}, "
+                        f"not {config.get(key)!r}; pass the same arguments to resume, "
+                        f"or --overwrite instead of --resume to start over"
+                    )
             return True
         if not args.overwrite:
-            raise M.ModelError(f"{staging} holds an interrupted run (epoch {state['epoch']} of {args.epochs} done); "
-                               f"pass --resume to continue it, or --overwrite to start over")
+            raise M.ModelError(
+                f"{staging} holds an interrupted run (epoch {state['epoch']} of {args.epochs} done); "
+                f"pass --resume to continue it, or --overwrite to start over"
+            )
     elif args.resume:
         print(f"--resume: nothing to resume in {staging}; starting afresh")
     shutil.rmtree(staging, ignore_errors=True)
@@ -439,15 +564,20 @@ def load_trainable(model, weights, source):
     missing, unexpected = model.load_state_dict(weights, strict=False)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if unexpected or trainable - set(weights):
-        raise M.ModelError(f"{source} does not hold this model's trainable weights "
-                           f"(e.g. {(unexpected or sorted(trainable - set(weights)))[0]}); start over with --overwrite")
+        raise M.ModelError(
+            f"{source} does not hold this model's trainable weights "
+            f"(e.g. {(unexpected or sorted(trainable - set(weights)))[0]}); start over with --overwrite"
+        )
 
 
 def rng_states():
     """Python's, numpy's and torch's random states, in types torch.load(weights_only=True) reads back."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    states = {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
-                                                       gauss], "torch": torch.get_rng_state()}
+    states = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -472,11 +602,19 @@ def cache_lower_layers(model, ds, tokenizer, k, batch_size, accelerator):
     model.eval()
     with torch.no_grad(), M.lower_layers_only(model, k) as lower, accelerator.autocast():
         for batch in data.sorted_batches(data.ds_lengths(ds), batch_size):
-            inputs = pad([{key: ds[i][key] for key in ("input_ids", "attention_mask", "token_type_ids")
-                           if key in ds.column_names} for i in batch]).to(accelerator.device)
+            inputs = pad(
+                [
+                    {
+                        key: ds[i][key]
+                        for key in ("input_ids", "attention_mask", "token_type_ids")
+                        if key in ds.column_names
+                    }
+                    for i in batch
+                ]
+            ).to(accelerator.device)
             hidden = lower(**inputs).last_hidden_state.to(dtype)
             for row, i in enumerate(batch):
-                states[i] = hidden[row, :int(inputs["attention_mask"][row].sum())].clone()
+                states[i] = hidden[row, : int(inputs["attention_mask"][row].sum())].clone()
     model.train(training)
     return states
 
@@ -493,14 +631,17 @@ def cache_frozen_layers(args, model, tokenizer, train_ds, val_ds, accelerator, s
         return 0, None, None, 0.0
     start = time.perf_counter()
     model.to(accelerator.device)
-    train_states, val_states = (cache_lower_layers(model, ds, tokenizer, k, args.batch_size * 2, accelerator)
-                                for ds in (train_ds, val_ds))
+    train_states, val_states = (
+        cache_lower_layers(model, ds, tokenizer, k, args.batch_size * 2, accelerator) for ds in (train_ds, val_ds)
+    )
     seconds = time.perf_counter() - start
     size = sum(s.numel() * s.element_size() for s in train_states + val_states) / 1e6
-    accelerator.print(f"cached layers 0-{k - 1} for {len(train_states) + len(val_states):,} posts: {size:,.0f} MB "
-                      f"in {seconds:.1f} s")
-    train_dl = data.states_loader(train_states, train_ds["label"], args.batch_size, args.seed, args.group_by_length,
-                                  **shard)
+    accelerator.print(
+        f"cached layers 0-{k - 1} for {len(train_states) + len(val_states):,} posts: {size:,.0f} MB in {seconds:.1f} s"
+    )
+    train_dl = data.states_loader(
+        train_states, train_ds["label"], args.batch_size, args.seed, args.group_by_length, **shard
+    )
     val_dl = data.states_loader(val_states, val_ds["label"], args.batch_size * 2, train=False, **shard)
     return k, train_dl, val_dl, seconds
 
@@ -517,7 +658,9 @@ def use_cpu_processes():
 
 def run(args):
     if args.mode == "adapter":
-        M.check_adapter_request(args.model, args.adapter_config, args.reduction_factor, args.leave_out)  # before any work
+        M.check_adapter_request(
+            args.model, args.adapter_config, args.reduction_factor, args.leave_out
+        )  # before any work
     accelerator = Accelerator(mixed_precision=mixed_precision(args.mixed_precision), cpu=use_cpu_processes())
     lock = on_main_process(accelerator, lock_folder, args.output)
     try:
@@ -535,9 +678,15 @@ def train_and_save(args, accelerator):
     staging = staging_folder(args.output)
     set_seed(args.seed)
 
-    train_ds, val_ds, label_names, data_info = data.load_splits(args.data, args.text_column, args.label_column,
-                                                                args.val_size, args.split_seed, args.label_mapping,
-                                                                args.normalize_text)
+    train_ds, val_ds, label_names, data_info = data.load_splits(
+        args.data,
+        args.text_column,
+        args.label_column,
+        args.val_size,
+        args.split_seed,
+        args.label_mapping,
+        args.normalize_text,
+    )
     if args.max_train_samples:
         train_ds = train_ds.select(range(min(args.max_train_samples, len(train_ds))))
     if args.max_eval_samples:
@@ -547,67 +696,115 @@ def train_and_save(args, accelerator):
     shard = {"num_shards": processes, "shard": accelerator.process_index}
     train_dl = data.train_loader(train_ds, tokenizer, args.batch_size, args.seed, args.group_by_length, **shard)
     val_dl = data.eval_loader(val_ds, tokenizer, args.batch_size * 2, **shard)
-    log(f"split: {len(train_ds)} train / {len(val_ds)} validation posts (split seed {args.split_seed}), "
-        f"max length {args.max_length}")
+    log(
+        f"split: {len(train_ds)} train / {len(val_ds)} validation posts (split seed {args.split_seed}), "
+        f"max length {args.max_length}"
+    )
     weights = class_weights(args.class_weights, train_ds["label"], len(label_names))
     if weights is not None:
         log("class weights: " + ", ".join(f"{n} {w:.3f}" for n, w in zip(label_names, weights)))
 
-    model = M.build_model(args.model, args.mode, label_names, args.adapter_config, args.reduction_factor,
-                          args.leave_out, args.seed, args.attention_dropout)
+    model = M.build_model(
+        args.model,
+        args.mode,
+        label_names,
+        args.adapter_config,
+        args.reduction_factor,
+        args.leave_out,
+        args.seed,
+        args.attention_dropout,
+    )
     params = M.count_parameters(model)
-    log(f"model: {args.model}, mode {args.mode}" + (f", adapter {args.adapter_config}" if args.mode == "adapter" else ""))
+    log(
+        f"model: {args.model}, mode {args.mode}"
+        + (f", adapter {args.adapter_config}" if args.mode == "adapter" else "")
+    )
     log(M.format_parameters(params))
-    cached, cached_train_dl, cached_val_dl, cache_seconds = cache_frozen_layers(args, model, tokenizer, train_ds,
-                                                                                  val_ds, accelerator, shard)
+    cached, cached_train_dl, cached_val_dl, cache_seconds = cache_frozen_layers(
+        args, model, tokenizer, train_ds, val_ds, accelerator, shard
+    )
     if cached:
         train_dl, val_dl, restore_layers = cached_train_dl, cached_val_dl, M.skip_lower_layers(model, cached)
     optimizer = build_optimizer(model, args.lr, args.weight_decay)
     steps = args.epochs * len(train_dl)  # this process's steps: the batches are already shared out
     scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * steps), steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    log(f"device: {accelerator.device}, {processes} process(es), mixed precision: {accelerator.mixed_precision}, "
-        f"global batch {args.batch_size * processes} = {processes} x {args.batch_size}, learning rate {args.lr:g}")
+    log(
+        f"device: {accelerator.device}, {processes} process(es), mixed precision: {accelerator.mixed_precision}, "
+        f"global batch {args.batch_size * processes} = {processes} x {args.batch_size}, learning rate {args.lr:g}"
+    )
     if processes == 1 and accelerator.device.type == "cpu" and torch.get_num_threads() < (os.cpu_count() or 1):
-        log(f"note: {torch.get_num_threads()} of {os.cpu_count()} CPU threads (OMP_NUM_THREADS, which accelerate launch "
-            f"sets to 1); run python train.py for one process, or torchrun --nproc_per_node N (or accelerate launch "
-            f"--multi_gpu --num_processes N) for several")
+        log(
+            f"note: {torch.get_num_threads()} of {os.cpu_count()} CPU threads (OMP_NUM_THREADS, which accelerate "
+            f"launch sets to 1); run python train.py for one process, or torchrun --nproc_per_node N "
+            f"(or accelerate launch --multi_gpu --num_processes N) for several"
+        )
 
     best, best_state, history, since_best = None, None, [], 0
     if resume:
         state, best_state = load_checkpoint(staging, accelerator, model, optimizer, scheduler)
         if state["data_fingerprint"] != data_info["data_fingerprint"]:
-            raise M.ModelError(f"--resume: the data differs from the checkpoint's in {staging}; "
-                               f"pass the same --data, or --overwrite instead of --resume to start over")
+            raise M.ModelError(
+                f"--resume: the data differs from the checkpoint's in {staging}; "
+                f"pass the same --data, or --overwrite instead of --resume to start over"
+            )
         best, history, since_best = state["best"], state["history"], state["since_best"]
         log(f"resumed after epoch {state['epoch']} of {args.epochs} from {staging}/checkpoint")
     for epoch in range(len(history) + 1, args.epochs + 1):
         if args.patience and since_best >= args.patience:
-            log(f"no better validation {args.metric} for {since_best} epochs: stopping before epoch {epoch} "
-                f"(--patience)")
+            log(
+                f"no better validation {args.metric} for {since_best} epochs: stopping before epoch {epoch} "
+                f"(--patience)"
+            )
             break
         start = time.perf_counter()
-        train_loss, examples, tokens = train_epoch(model, train_dl, optimizer, scheduler, accelerator, epoch,
-                                                   args.epochs, None if weights is None else
-                                                   torch.tensor(weights, device=accelerator.device))
+        train_loss, examples, tokens = train_epoch(
+            model,
+            train_dl,
+            optimizer,
+            scheduler,
+            accelerator,
+            epoch,
+            args.epochs,
+            None if weights is None else torch.tensor(weights, device=accelerator.device),
+        )
         train_seconds = time.perf_counter() - start + cache_seconds  # the caching pass counts in the first epoch
         metrics = evaluate(model, val_dl, accelerator, label_names)
-        row = {"epoch": epoch, "train_loss": train_loss, **metrics, "train_examples": examples,
-               "train_seconds": train_seconds, "examples_per_second": examples / train_seconds,
-               "tokens_per_second": tokens / train_seconds, "wall_seconds": time.perf_counter() - start + cache_seconds, "cache_seconds": cache_seconds}
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            **metrics,
+            "train_examples": examples,
+            "train_seconds": train_seconds,
+            "examples_per_second": examples / train_seconds,
+            "tokens_per_second": tokens / train_seconds,
+            "wall_seconds": time.perf_counter() - start + cache_seconds,
+            "cache_seconds": cache_seconds,
+        }
         cache_seconds = 0.0
         history.append(row)
-        scores = (f"precision {metrics['precision']:.4f}, recall {metrics['recall']:.4f}, F1 {metrics['f1']:.4f}"
-                  if len(label_names) == 2 else f"macro-F1 {metrics['macro_f1']:.4f}")
-        log(f"epoch {epoch}: train loss {train_loss:.4f}, val loss {metrics['val_loss']:.4f}, "
+        scores = (
+            f"precision {metrics['precision']:.4f}, recall {metrics['recall']:.4f}, F1 {metrics['f1']:.4f}"
+            if len(label_names) == 2
+            else f"macro-F1 {metrics['macro_f1']:.4f}"
+        )
+        log(
+            f"epoch {epoch}: train loss {train_loss:.4f}, val loss {metrics['val_loss']:.4f}, "
             f"accuracy {metrics['accuracy']:.4f}, {scores} ({train_seconds:.0f} s, {row['examples_per_second']:.1f} "
-            f"posts/s)")
+            f"posts/s)"
+        )
         if best is None or metrics[args.metric] > best[args.metric]:
             best, best_state, since_best = row, trainable_state(accelerator.unwrap_model(model)), 0
         else:
             since_best += 1
-        state = {"epoch": epoch, "config": resume_config(args, processes), "data_fingerprint":
-                 data_info["data_fingerprint"], "best": best, "since_best": since_best, "history": history}
+        state = {
+            "epoch": epoch,
+            "config": resume_config(args, processes),
+            "data_fingerprint": data_info["data_fingerprint"],
+            "best": best,
+            "since_best": since_best,
+            "history": history,
+        }
         save_checkpoint(staging, accelerator, model, optimizer, scheduler, best_state, state)
 
     if cached:
@@ -619,26 +816,51 @@ def train_and_save(args, accelerator):
         shutil.rmtree(result, ignore_errors=True)
         M.save_trained(final, tokenizer, result, args.mode)
         write_metrics(result / "metrics.jsonl", history)
-        info = {"mode": args.mode, "base_model": args.model, "adapter_name": M.ADAPTER_NAME,
-                "adapter_config": args.adapter_config if args.mode == "adapter" else None,
-                "reduction_factor": args.reduction_factor, "leave_out": args.leave_out,
-                "label_names": label_names, "max_length": args.max_length, "label_map": args.label_map,
-                "normalize_text": args.normalize_text, "metric": args.metric,
-                "class_weights": weights,
-                "attention_dropout": args.attention_dropout, "seed": args.seed, "split_seed": args.split_seed,
-                "epochs": args.epochs, "epochs_run": len(history), "patience": args.patience, "lr": args.lr,
-                "batch_size": args.batch_size, "num_processes": processes,
-                "global_batch_size": args.batch_size * processes,
-                "mixed_precision": accelerator.mixed_precision, "device": str(accelerator.device),
-                **data_info, "train_size": len(train_ds), "val_size": len(val_ds),
-                "parameters": params, "best_epoch": best["epoch"], "best": best, "versions": library_versions()}
+        info = {
+            "mode": args.mode,
+            "base_model": args.model,
+            "adapter_name": M.ADAPTER_NAME,
+            "adapter_config": args.adapter_config if args.mode == "adapter" else None,
+            "reduction_factor": args.reduction_factor,
+            "leave_out": args.leave_out,
+            "label_names": label_names,
+            "max_length": args.max_length,
+            "label_map": args.label_map,
+            "normalize_text": args.normalize_text,
+            "metric": args.metric,
+            "class_weights": weights,
+            "attention_dropout": args.attention_dropout,
+            "seed": args.seed,
+            "split_seed": args.split_seed,
+            "epochs": args.epochs,
+            "epochs_run": len(history),
+            "patience": args.patience,
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "num_processes": processes,
+            "global_batch_size": args.batch_size * processes,
+            "mixed_precision": accelerator.mixed_precision,
+            "device": str(accelerator.device),
+            **data_info,
+            "train_size": len(train_ds),
+            "val_size": len(val_ds),
+            "parameters": params,
+            "best_epoch": best["epoch"],
+            "best": best,
+            "versions": library_versions(),
+        }
         (result / M.TRAINING_INFO).write_text(json.dumps(info, indent=2) + "\n")
         swap_in(result, args.output)
         shutil.rmtree(staging)
         size = sum(f.stat().st_size for f in args.output.iterdir()) / 1e6
-        log(f"best epoch {best['epoch']} (by {args.metric}): accuracy {best['accuracy']:.4f}, "
-            + (f"F1 {best['f1']:.4f}" if len(label_names) == 2 else f"macro-F1 {best['macro_f1']:.4f}"))
-        log(f"saved to {args.output}/ ({size:.1f} MB); predict with: python predict.py --adapter {args.output} \"some text\"")
+        log(
+            f"best epoch {best['epoch']} (by {args.metric}): accuracy {best['accuracy']:.4f}, "
+            + (f"F1 {best['f1']:.4f}" if len(label_names) == 2 else f"macro-F1 {best['macro_f1']:.4f}")
+        )
+        log(
+            f"saved to {args.output}/ ({size:.1f} MB); predict with: "
+            f'python predict.py --adapter {args.output} "some text"'
+        )
     accelerator.wait_for_everyone()
     return accelerator.unwrap_model(model), history
 

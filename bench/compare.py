@@ -2,9 +2,9 @@
 Do adapters lose accuracy against full fine-tuning? Every setup trained with several seeds on the same split, and
 compared with full fine-tuning post by post on the same validation posts.
 
-    python bench/compare.py --quick                    # a few minutes on a CPU (what CI runs)
-    python bench/compare.py                            # full data, 3 seeds, 6 setups: hours on 2 CPU cores
-    python bench/compare.py --epochs 2 --resume        # go on after a stop; finished runs are kept
+    python -m bench.compare --quick                    # a few minutes on a CPU (what CI runs)
+    python -m bench.compare                            # full data, 3 seeds, 6 setups: hours on 2 CPU cores
+    python -m bench.compare --epochs 2 --resume        # go on after a stop; finished runs are kept
 
 Each run is `python train.py ...` in its own process (the machine to itself, one run after another); the saved
 result is then loaded with predict.py's own functions and classifies the validation posts, which gives every
@@ -19,26 +19,21 @@ import argparse
 import json
 import math
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import numpy as np
+from transformers.utils import logging as hf_logging
+
+import data
+import inference
+import model as M
+from bench.harness import TRAIN_SETUPS as SETUPS
+from bench.harness import command_line, device_name, machine_slug, train_setup, write_results
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
-
-import data  # noqa: E402
-import model as M  # noqa: E402
-import inference  # noqa: E402
-from harness import TRAIN_SETUPS as SETUPS, command_line, device_name, machine_slug, train_setup, write_results  # noqa: E402
 
 BASELINE = "full"
 SPLIT_SETUPS = ["full", "pfeiffer"]  # also trained on other splits, to set split variance beside method variance
@@ -46,21 +41,45 @@ BOOTSTRAP = 10_000
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="200 training and 100 validation posts, 1 epoch, seeds 1 2, "
-                   "split seed 3: a short run that exercises everything")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="200 training and 100 validation posts, 1 epoch, seeds 1 2, "
+        "split seed 3: a short run that exercises everything",
+    )
     p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
     p.add_argument("--data", default=data.DEFAULT_DATA, help="data set, as for train.py")
-    p.add_argument("--setups", nargs="+", choices=list(SETUPS), default=list(SETUPS),
-                   help="what to train (default: all; full is the baseline of the paired tests and always runs)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None,
-                   help="training seeds (weights, dropout, batch order), on split seed 42 (default: 42 43 44)")
-    p.add_argument("--split-seeds", type=int, nargs="*", default=None,
-                   help="other split seeds for full and pfeiffer, trained with the first seed (default: 43 44)")
+    p.add_argument(
+        "--setups",
+        nargs="+",
+        choices=list(SETUPS),
+        default=list(SETUPS),
+        help="what to train (default: all; full is the baseline of the paired tests and always runs)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="training seeds (weights, dropout, batch order), on split seed 42 (default: 42 43 44)",
+    )
+    p.add_argument(
+        "--split-seeds",
+        type=int,
+        nargs="*",
+        default=None,
+        help="other split seeds for full and pfeiffer, trained with the first seed (default: 43 44)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: 3 as train.py, quick 1)")
     p.add_argument("--train-posts", type=int, default=None, help="first N training posts (default: all; quick 200)")
-    p.add_argument("--resume", action="store_true",
-                   help="keep the runs already in the results file (same settings) and train only the missing ones")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs already in the results file (same settings) and train only the missing ones",
+    )
     p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for the JSON, table and chart")
     args = p.parse_args(argv)
     args.seeds = args.seeds or ([1, 2] if args.quick else [42, 43, 44])
@@ -89,8 +108,9 @@ def validation_posts(args, split_seed):
 
 def train_and_score(args, name, seed, split_seed, folder):
     """Train one setup in its own process, then classify the validation posts with what it saved."""
-    run, command = train_setup(name, seed, folder, args.model, args.data, args.epochs, split_seed, args.train_posts,
-                               args.eval_posts)
+    run, command = train_setup(
+        name, seed, folder, args.model, args.data, args.epochs, split_seed, args.train_posts, args.eval_posts
+    )
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     info = json.loads((run / "training.json").read_text())
     texts, labels, fingerprint = validation_posts(args, split_seed)
@@ -100,12 +120,20 @@ def train_and_score(args, name, seed, split_seed, folder):
     probs = inference.predict_proba(model, tokenizer, texts, saved["max_length"])
     predicted = probs.argmax(-1).tolist()
     correct = "".join("1" if p == y else "0" for p, y in zip(predicted, labels))
-    return {"setup": name, "seed": seed, "split_seed": split_seed, "best_accuracy": info["best"]["accuracy"],
-            "best_f1": info["best"]["f1"], "best_epoch": info["best_epoch"],
-            "predicted_accuracy": correct.count("1") / len(correct), "correct": correct,
-            "seconds_per_epoch": statistics.mean(r["train_seconds"] for r in rows),
-            "train_seconds": [r["train_seconds"] for r in rows], "trainable": info["parameters"]["trainable"],
-            "command": command}
+    return {
+        "setup": name,
+        "seed": seed,
+        "split_seed": split_seed,
+        "best_accuracy": info["best"]["accuracy"],
+        "best_f1": info["best"]["f1"],
+        "best_epoch": info["best_epoch"],
+        "predicted_accuracy": correct.count("1") / len(correct),
+        "correct": correct,
+        "seconds_per_epoch": statistics.mean(r["train_seconds"] for r in rows),
+        "train_seconds": [r["train_seconds"] for r in rows],
+        "trainable": info["parameters"]["trainable"],
+        "command": command,
+    }
 
 
 def mcnemar_exact(baseline, other):
@@ -116,7 +144,7 @@ def mcnemar_exact(baseline, other):
     n = b + c
     if n == 0:
         return 1.0, b, c
-    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2 ** n
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n
     return min(1.0, 2 * tail), b, c
 
 
@@ -147,14 +175,24 @@ def summarise(result):
     setups, paired, splits = {}, {}, {}
     for name in dict.fromkeys(r["setup"] for r in main_runs):
         mine = [r for r in main_runs if r["setup"] == name]
-        setups[name] = {"seeds": [r["seed"] for r in mine], "accuracy": [r["best_accuracy"] for r in mine],
-                        "f1": [r["best_f1"] for r in mine],
-                        "seconds_per_epoch": [r["seconds_per_epoch"] for r in mine],
-                        "trainable": mine[0]["trainable"], "best_epoch": [r["best_epoch"] for r in mine]}
+        setups[name] = {
+            "seeds": [r["seed"] for r in mine],
+            "accuracy": [r["best_accuracy"] for r in mine],
+            "f1": [r["best_f1"] for r in mine],
+            "seconds_per_epoch": [r["seconds_per_epoch"] for r in mine],
+            "trainable": mine[0]["trainable"],
+            "best_epoch": [r["best_epoch"] for r in mine],
+        }
         s = setups[name]
-        s.update({"accuracy_mean": statistics.mean(s["accuracy"]), "accuracy_sd": sd(s["accuracy"]),
-                  "f1_mean": statistics.mean(s["f1"]), "f1_sd": sd(s["f1"]),
-                  "seconds_per_epoch_mean": statistics.mean(s["seconds_per_epoch"])})
+        s.update(
+            {
+                "accuracy_mean": statistics.mean(s["accuracy"]),
+                "accuracy_sd": sd(s["accuracy"]),
+                "f1_mean": statistics.mean(s["f1"]),
+                "f1_sd": sd(s["f1"]),
+                "seconds_per_epoch_mean": statistics.mean(s["seconds_per_epoch"]),
+            }
+        )
     base = [r for r in main_runs if r["setup"] == BASELINE]
     for name in setups:
         mine = [r for r in main_runs if r["setup"] == name]
@@ -167,20 +205,29 @@ def summarise(result):
         tested = pairs if len(pairs) % 2 else pairs[:1]
         p, b, c = mcnemar_exact(majority([x for x, _ in tested]), majority([y for _, y in tested]))
         diff, ci = bootstrap_diff([x for x, _ in pairs], [y for _, y in pairs])
-        paired[name] = {"seeds": [y["seed"] for _, y in pairs], "mcnemar_p": p, "mcnemar_on":
-                        f"right in most of seeds {', '.join(str(y['seed']) for _, y in tested)}", "only_full_right": b,
-                        "only_this_right": c, "mcnemar_p_per_seed": [mcnemar_exact(x["correct"], y["correct"])[0]
-                                                                     for x, y in pairs],
-                        "diff_mean": diff, "diff_ci95": ci,
-                        "verdict": "differs" if p < 0.05 and not ci[0] <= 0 <= ci[1] else
-                                   "indistinguishable at this sample size"}
+        paired[name] = {
+            "seeds": [y["seed"] for _, y in pairs],
+            "mcnemar_p": p,
+            "mcnemar_on": f"right in most of seeds {', '.join(str(y['seed']) for _, y in tested)}",
+            "only_full_right": b,
+            "only_this_right": c,
+            "mcnemar_p_per_seed": [mcnemar_exact(x["correct"], y["correct"])[0] for x, y in pairs],
+            "diff_mean": diff,
+            "diff_ci95": ci,
+            "verdict": "differs" if p < 0.05 and not ci[0] <= 0 <= ci[1] else "indistinguishable at this sample size",
+        }
     for name in SPLIT_SETUPS:
         first_seed = result["seeds"][0]
         mine = [r for r in result["runs"] if r["setup"] == name and r["seed"] == first_seed]
         if len(mine) > 1:
             acc = [r["best_accuracy"] for r in mine]
-            splits[name] = {"seed": first_seed, "split_seeds": [r["split_seed"] for r in mine], "accuracy": acc,
-                            "accuracy_mean": statistics.mean(acc), "accuracy_sd": sd(acc)}
+            splits[name] = {
+                "seed": first_seed,
+                "split_seeds": [r["split_seed"] for r in mine],
+                "accuracy": acc,
+                "accuracy_mean": statistics.mean(acc),
+                "accuracy_sd": sd(acc),
+            }
     result.update(setups=setups, paired=paired, split_spread=splits)
 
 
@@ -190,27 +237,45 @@ def pct(x):
 
 def report(result):
     done = "" if result["complete"] else " (INCOMPLETE: runs still missing)"
-    lines = [f"# Adapters against full fine-tuning, across seeds ({result['device']}){done}", "",
-             "Commands: " + ", then ".join(f"`{c}`" for c in result["commands"]) + f"; training posts: {result['train_posts'] or 'all'}, validation posts: "
-             f"{result['val_posts']}, epochs: {result['epochs']}, split seed 42", "",
-             "| setup | seeds | best accuracy % mean (sd) | F1 % mean (sd) | s / epoch | trainable | "
-             "vs full, points [95% CI] | McNemar p | McNemar p per seed | verdict |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+    lines = [
+        f"# Adapters against full fine-tuning, across seeds ({result['device']}){done}",
+        "",
+        "Commands: "
+        + ", then ".join(f"`{c}`" for c in result["commands"])
+        + f"; training posts: {result['train_posts'] or 'all'}, validation posts: "
+        f"{result['val_posts']}, epochs: {result['epochs']}, split seed 42",
+        "",
+        "| setup | seeds | best accuracy % mean (sd) | F1 % mean (sd) | s / epoch | trainable | "
+        "vs full, points [95% CI] | McNemar p | McNemar p per seed | verdict |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
     for name, s in result["setups"].items():
         q = result["paired"].get(name)
-        versus = (f"{100 * q['diff_mean']:+.2f} [{100 * q['diff_ci95'][0]:+.2f}, {100 * q['diff_ci95'][1]:+.2f}] | "
-                  f"{q['mcnemar_p']:.3f} | {', '.join(f'{p:.3f}' for p in q['mcnemar_p_per_seed'])} | {q['verdict']}"
-                  if q else "- | - | - | baseline")
-        lines.append(f"| {name} | {', '.join(map(str, s['seeds']))} | {pct(s['accuracy_mean'])} ({pct(s['accuracy_sd'])})"
-                     f" | {pct(s['f1_mean'])} ({pct(s['f1_sd'])}) | {s['seconds_per_epoch_mean']:.1f} | "
-                     f"{s['trainable']:,} | {versus} |")
+        versus = (
+            f"{100 * q['diff_mean']:+.2f} [{100 * q['diff_ci95'][0]:+.2f}, {100 * q['diff_ci95'][1]:+.2f}] | "
+            f"{q['mcnemar_p']:.3f} | {', '.join(f'{p:.3f}' for p in q['mcnemar_p_per_seed'])} | {q['verdict']}"
+            if q
+            else "- | - | - | baseline"
+        )
+        lines.append(
+            f"| {name} | {', '.join(map(str, s['seeds']))} | {pct(s['accuracy_mean'])} ({pct(s['accuracy_sd'])})"
+            f" | {pct(s['f1_mean'])} ({pct(s['f1_sd'])}) | {s['seconds_per_epoch_mean']:.1f} | "
+            f"{s['trainable']:,} | {versus} |"
+        )
     if result["split_spread"]:
-        lines += ["", "Spread across split seeds (training seed fixed):", "",
-                  "| setup | training seed | split seeds | best accuracy % | mean (sd) |", "| --- | --- | --- | --- | ---: |"]
+        lines += [
+            "",
+            "Spread across split seeds (training seed fixed):",
+            "",
+            "| setup | training seed | split seeds | best accuracy % | mean (sd) |",
+            "| --- | --- | --- | --- | ---: |",
+        ]
         for name, s in result["split_spread"].items():
-            lines.append(f"| {name} | {s['seed']} | {', '.join(map(str, s['split_seeds']))} | "
-                         f"{', '.join(pct(a) for a in s['accuracy'])} | {pct(s['accuracy_mean'])} "
-                         f"({pct(s['accuracy_sd'])}) |")
+            lines.append(
+                f"| {name} | {s['seed']} | {', '.join(map(str, s['split_seeds']))} | "
+                f"{', '.join(pct(a) for a in s['accuracy'])} | {pct(s['accuracy_mean'])} "
+                f"({pct(s['accuracy_sd'])}) |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -219,16 +284,32 @@ def chart(result, path):
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, name in enumerate(names):
         s = result["setups"][name]
-        ax.errorbar(i, 100 * s["accuracy_mean"], yerr=100 * s["accuracy_sd"], fmt="o", capsize=4, color="C0",
-                    label="training seeds, split 42" if i == 0 else None)
+        ax.errorbar(
+            i,
+            100 * s["accuracy_mean"],
+            yerr=100 * s["accuracy_sd"],
+            fmt="o",
+            capsize=4,
+            color="C0",
+            label="training seeds, split 42" if i == 0 else None,
+        )
         ax.scatter([i] * len(s["accuracy"]), [100 * a for a in s["accuracy"]], s=10, color="C0", alpha=0.4)
         if name in result["split_spread"]:
             sp = result["split_spread"][name]
-            ax.errorbar(i + 0.2, 100 * sp["accuracy_mean"], yerr=100 * sp["accuracy_sd"], fmt="s", capsize=4,
-                        color="C1", label="split seeds" if name == names[0] else None)
+            ax.errorbar(
+                i + 0.2,
+                100 * sp["accuracy_mean"],
+                yerr=100 * sp["accuracy_sd"],
+                fmt="s",
+                capsize=4,
+                color="C1",
+                label="split seeds" if name == names[0] else None,
+            )
     ax.set_xticks(range(len(names)), names, rotation=15)
-    ax.set(ylabel="best validation accuracy (%)", title=f"mean ± sd over seeds, {result['epochs']} epochs; "
-           f"{result['device']}")
+    ax.set(
+        ylabel="best validation accuracy (%)",
+        title=f"mean ± sd over seeds, {result['epochs']} epochs; {result['device']}",
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -239,8 +320,13 @@ def main(argv=None):
     args = parse_args(argv)
     hf_logging.set_verbosity_error()
     stem = Path(args.out) / f"compare-{machine_slug()}{'-quick' if args.quick else ''}"
-    settings = {"model": args.model, "data": args.data, "epochs": args.epochs, "train_posts": args.train_posts,
-                "val_posts": args.eval_posts or len(validation_posts(args, 42)[0])}
+    settings = {
+        "model": args.model,
+        "data": args.data,
+        "epochs": args.epochs,
+        "train_posts": args.train_posts,
+        "val_posts": args.eval_posts or len(validation_posts(args, 42)[0]),
+    }
     command = command_line("compare.py", argv)
     runs, commands = [], []
     if args.resume and stem.with_suffix(".json").exists():
@@ -250,18 +336,26 @@ def main(argv=None):
             print(f"resuming: {len(runs)} runs kept from {stem}.json")
         else:
             print(f"not resuming: {stem}.json was made with other settings; starting afresh")
-    result = {"device": device_name(), "commands": commands + [command], **settings, "seeds": args.seeds,
-              "split_seeds": args.split_seeds, "runs": runs}
-    todo = [r for r in planned_runs(args)
-            if not any((x["setup"], x["seed"], x["split_seed"]) == r for x in runs)]
+    result = {
+        "device": device_name(),
+        "commands": commands + [command],
+        **settings,
+        "seeds": args.seeds,
+        "split_seeds": args.split_seeds,
+        "runs": runs,
+    }
+    todo = [r for r in planned_runs(args) if not any((x["setup"], x["seed"], x["split_seed"]) == r for x in runs)]
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, seed, split_seed) in enumerate(todo, 1):
             start = time.perf_counter()
             r = train_and_score(args, name, seed, split_seed, Path(tmp))
             runs.append(r)
-            print(f"[{i}/{len(todo)}] {name:<20} seed {seed} split {split_seed}: best {pct(r['best_accuracy'])}% "
-                  f"(re-predicted {pct(r['predicted_accuracy'])}%), {r['seconds_per_epoch']:.1f} s/epoch, "
-                  f"{time.perf_counter() - start:.0f} s in all", flush=True)
+            print(
+                f"[{i}/{len(todo)}] {name:<20} seed {seed} split {split_seed}: best {pct(r['best_accuracy'])}% "
+                f"(re-predicted {pct(r['predicted_accuracy'])}%), {r['seconds_per_epoch']:.1f} s/epoch, "
+                f"{time.perf_counter() - start:.0f} s in all",
+                flush=True,
+            )
             result["complete"] = i == len(todo)
             summarise(result)
             write_results(stem, result, report(result), chart)

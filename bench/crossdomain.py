@@ -2,8 +2,8 @@
 Beyond the training data: every setup (full fine-tuning and the adapters), trained with several seeds on the
 depression data set, classifies real Reddit and forum posts (Pirina & Coltekin 2018, 7 groups, none trained on).
 
-    python bench/crossdomain.py --quick                       # tiny runs that exercise everything (CI)
-    python bench/crossdomain.py --runs runs                   # 5 setups x 3 seeds; trains what runs/ lacks
+    python -m bench.crossdomain --quick                       # tiny runs that exercise everything (CI)
+    python -m bench.crossdomain --runs runs                   # 5 setups x 3 seeds; trains what runs/ lacks
 
 Each run is train.py in its own process with bench/compare.py's settings (split seed 42, 2 epochs by default),
 kept in --runs, so a second call only evaluates. Per setup, mean (sd) over seeds: in-domain validation accuracy,
@@ -17,28 +17,31 @@ bench/results/crossdomain-<machine>[-quick].{json,md,png}.
 
 import argparse
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import numpy as np
+from tqdm.auto import tqdm
+from transformers.utils import logging as hf_logging
+
+import data
+import evaluate as E
+import inference
+import model as M
+from bench.harness import (
+    REDDIT_DATA,
+    REDDIT_GROUPS,
+    REDDIT_PAIRS,
+    command_line,
+    device_name,
+    machine_slug,
+    reddit_posts,
+    train_setup,
+    write_results,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
-
-import data  # noqa: E402
-import evaluate as E  # noqa: E402
-import inference  # noqa: E402
-import model as M  # noqa: E402
-from harness import (REDDIT_DATA, REDDIT_GROUPS, REDDIT_MAP, REDDIT_PAIRS, command_line, device_name,  # noqa: E402
-                     machine_slug, reddit_posts, train_setup, write_results)
 
 SETUPS = ["full", "pfeiffer", "houlsby", "pfeiffer-upper-half", "lora"]
 BASELINE = "full"
@@ -46,19 +49,36 @@ TESTED = ["all", "do:nd", "ds:nd"]  # the AUCs compared with full fine-tuning, p
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="200 training posts, 1 epoch, seeds 1 2, full and pfeiffer, "
-                   "100 bootstrap resamples")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="200 training posts, 1 epoch, seeds 1 2, full and pfeiffer, 100 bootstrap resamples",
+    )
     p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
     p.add_argument("--data", default=data.DEFAULT_DATA, help="training data set, as for train.py")
-    p.add_argument("--reddit", default=REDDIT_DATA, help=f"the Reddit posts with a group column 'label' "
-                   f"(default: {REDDIT_DATA}; $REDDIT_DATA)")
+    p.add_argument(
+        "--reddit",
+        default=REDDIT_DATA,
+        help=f"the Reddit posts with a group column 'label' (default: {REDDIT_DATA}; $REDDIT_DATA)",
+    )
     p.add_argument("--runs", default=None, help="folder that keeps the trained runs (default: a temporary one)")
-    p.add_argument("--setups", nargs="+", choices=SETUPS, default=None,
-                   help="setups (default: all five, quick full and pfeiffer; full always runs)")
+    p.add_argument(
+        "--setups",
+        nargs="+",
+        choices=SETUPS,
+        default=None,
+        help="setups (default: all five, quick full and pfeiffer; full always runs)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: 42 43 44)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: 2, as bench/compare.py's "
-                   "full-data results; quick 1)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs per run (default: 2, as bench/compare.py's full-data results; quick 1)",
+    )
     p.add_argument("--bootstrap", type=int, default=None, help="resamples (default: 1000, quick 100)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for the JSON, table and chart")
     args = p.parse_args(argv)
@@ -76,12 +96,28 @@ def score_run(run, texts, labels, groups, resamples):
     loaded = inference.load(run)
     normalised = inference.classify(loaded, [data.normalize_text(t) for t in texts]).numpy()
     raw = inference.classify(loaded, texts).numpy()
-    result = {"in_domain_accuracy": info["best"]["accuracy"], "in_domain_f1": info["best"]["f1"],
-              "trainable": info["parameters"]["trainable"]}
+    result = {
+        "in_domain_accuracy": info["best"]["accuracy"],
+        "in_domain_f1": info["best"]["f1"],
+        "trainable": info["parameters"]["trainable"],
+    }
     for name, probs in (("normalised", normalised), ("raw", raw)):
         r = E.evaluate(probs, labels, groups, pairs=REDDIT_PAIRS, resamples=resamples if name == "normalised" else 0)
-        result[name] = {key: r[key] for key in ("accuracy", "auc", "auc_ci", "ece", "brier", "confusion_matrix",
-                                                "groups", "groups_detail", "group_auc") if key in r}
+        result[name] = {
+            key: r[key]
+            for key in (
+                "accuracy",
+                "auc",
+                "auc_ci",
+                "ece",
+                "brier",
+                "confusion_matrix",
+                "groups",
+                "groups_detail",
+                "group_auc",
+            )
+            if key in r
+        }
     result["p_depressive"] = [round(float(p), 5) for p in normalised[:, 1]]
     return result
 
@@ -99,8 +135,11 @@ def paired_auc(base_runs, runs, labels, groups, which, resamples, seed=0):
     pairs = [(np.array(b["p_depressive"]), np.array(r["p_depressive"])) for b, r in zip(base_runs, runs)]
 
     def diff(index):
-        return statistics.mean(auc_of(r[index], labels[index], groups[index], which) -
-                               auc_of(b[index], labels[index], groups[index], which) for b, r in pairs)
+        return statistics.mean(
+            auc_of(r[index], labels[index], groups[index], which)
+            - auc_of(b[index], labels[index], groups[index], which)
+            for b, r in pairs
+        )
 
     rng = np.random.default_rng(seed)
     members = [np.flatnonzero(groups == g) for g in sorted(set(groups))]
@@ -111,8 +150,11 @@ def paired_auc(base_runs, runs, labels, groups, which, resamples, seed=0):
 
 
 def mean_sd(values):
-    return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "values": values}
+    return {
+        "mean": statistics.mean(values),
+        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "values": values,
+    }
 
 
 def summarise(result, labels, groups):
@@ -122,14 +164,17 @@ def summarise(result, labels, groups):
     setups = {}
     for name, runs in by_setup.items():
         n = [r["normalised"] for r in runs]
-        setups[name] = {"seeds": [r["seed"] for r in runs], "trainable": runs[0]["trainable"],
-                        "in_domain_accuracy": mean_sd([r["in_domain_accuracy"] for r in runs]),
-                        "reddit_accuracy": mean_sd([x["accuracy"] for x in n]),
-                        "auc_all": mean_sd([x["auc"] for x in n]),
-                        "auc_all_raw": mean_sd([r["raw"]["auc"] for r in runs]),
-                        "flagged": {g: mean_sd([x["groups"][g] for x in n]) for g in REDDIT_GROUPS},
-                        "flagged_raw": {g: mean_sd([r["raw"]["groups"][g] for r in runs]) for g in REDDIT_GROUPS},
-                        "pair_auc": {pair: mean_sd([x["group_auc"][pair]["auc"] for x in n]) for pair in REDDIT_PAIRS}}
+        setups[name] = {
+            "seeds": [r["seed"] for r in runs],
+            "trainable": runs[0]["trainable"],
+            "in_domain_accuracy": mean_sd([r["in_domain_accuracy"] for r in runs]),
+            "reddit_accuracy": mean_sd([x["accuracy"] for x in n]),
+            "auc_all": mean_sd([x["auc"] for x in n]),
+            "auc_all_raw": mean_sd([r["raw"]["auc"] for r in runs]),
+            "flagged": {g: mean_sd([x["groups"][g] for x in n]) for g in REDDIT_GROUPS},
+            "flagged_raw": {g: mean_sd([r["raw"]["groups"][g] for r in runs]) for g in REDDIT_GROUPS},
+            "pair_auc": {pair: mean_sd([x["group_auc"][pair]["auc"] for x in n]) for pair in REDDIT_PAIRS},
+        }
     base = {r["seed"]: r for r in by_setup.get(BASELINE, [])}
     paired = {}
     for name, runs in by_setup.items():
@@ -137,8 +182,9 @@ def summarise(result, labels, groups):
         if name == BASELINE or not runs:
             continue
         base_runs = [base[r["seed"]] for r in runs]
-        paired[name] = {which: paired_auc(base_runs, runs, labels, groups, which, result["bootstrap"])
-                        for which in TESTED}
+        paired[name] = {
+            which: paired_auc(base_runs, runs, labels, groups, which, result["bootstrap"]) for which in TESTED
+        }
     result.update(setups=setups, paired=paired)
 
 
@@ -151,32 +197,66 @@ def ms(s):
 
 
 def report(result):
-    lines = [f"# Beyond the training data: Reddit posts by group ({result['device']})", "",
-             f"Command: `{result['command']}`; runs trained with {result['epochs']} epochs, split seed 42, seeds "
-             f"{', '.join(map(str, result['seeds']))}; {result['reddit_posts']} Reddit posts ({result['reddit']}), "
-             "normalised like the training data. Mean (sd) over seeds, in %.", "",
-             "Share flagged depressive per group (ds, dsf, do: depressed; bc, ff, ndf, nd: not):", "",
-             "| setup | in-domain accuracy | " + " | ".join(REDDIT_GROUPS) + " | Reddit accuracy |",
-             "| --- | ---: |" + " ---: |" * (len(REDDIT_GROUPS) + 1)]
+    lines = [
+        f"# Beyond the training data: Reddit posts by group ({result['device']})",
+        "",
+        f"Command: `{result['command']}`; runs trained with {result['epochs']} epochs, split seed 42, seeds "
+        f"{', '.join(map(str, result['seeds']))}; {result['reddit_posts']} Reddit posts ({result['reddit']}), "
+        "normalised like the training data. Mean (sd) over seeds, in %.",
+        "",
+        "Share flagged depressive per group (ds, dsf, do: depressed; bc, ff, ndf, nd: not):",
+        "",
+        "| setup | in-domain accuracy | " + " | ".join(REDDIT_GROUPS) + " | Reddit accuracy |",
+        "| --- | ---: |" + " ---: |" * (len(REDDIT_GROUPS) + 1),
+    ]
     for name, s in result["setups"].items():
-        lines.append(f"| {name} | {ms(s['in_domain_accuracy'])} | "
-                     + " | ".join(ms(s["flagged"][g]) for g in REDDIT_GROUPS) + f" | {ms(s['reddit_accuracy'])} |")
-    lines += ["", "AUC (50 = chance): depressed against not depressed groups, and pairs of groups:", "",
-              "| setup | all | " + " | ".join(REDDIT_PAIRS) + " | all, raw texts |",
-              "| --- | ---: |" + " ---: |" * (len(REDDIT_PAIRS) + 1)]
+        lines.append(
+            f"| {name} | {ms(s['in_domain_accuracy'])} | "
+            + " | ".join(ms(s["flagged"][g]) for g in REDDIT_GROUPS)
+            + f" | {ms(s['reddit_accuracy'])} |"
+        )
+    lines += [
+        "",
+        "AUC (50 = chance): depressed against not depressed groups, and pairs of groups:",
+        "",
+        "| setup | all | " + " | ".join(REDDIT_PAIRS) + " | all, raw texts |",
+        "| --- | ---: |" + " ---: |" * (len(REDDIT_PAIRS) + 1),
+    ]
     for name, s in result["setups"].items():
-        lines.append(f"| {name} | {ms(s['auc_all'])} | " + " | ".join(ms(s["pair_auc"][p]) for p in REDDIT_PAIRS)
-                     + f" | {ms(s['auc_all_raw'])} |")
-    lines += ["", f"Against full fine-tuning, paired on the same posts and seeds: AUC difference in points [95% "
-              f"bootstrap interval], p ({result['bootstrap']} resamples within groups):", "",
-              "| setup | " + " | ".join(TESTED) + " |", "| --- |" + " ---: |" * len(TESTED)]
+        lines.append(
+            f"| {name} | {ms(s['auc_all'])} | "
+            + " | ".join(ms(s["pair_auc"][p]) for p in REDDIT_PAIRS)
+            + f" | {ms(s['auc_all_raw'])} |"
+        )
+    lines += [
+        "",
+        f"Against full fine-tuning, paired on the same posts and seeds: AUC difference in points [95% "
+        f"bootstrap interval], p ({result['bootstrap']} resamples within groups):",
+        "",
+        "| setup | " + " | ".join(TESTED) + " |",
+        "| --- |" + " ---: |" * len(TESTED),
+    ]
     for name, q in result["paired"].items():
-        lines.append(f"| {name} | " + " | ".join(
-            f"{100 * q[w]['diff']:+.1f}" + (f" [{100 * q[w]['diff_ci95'][0]:+.1f}, {100 * q[w]['diff_ci95'][1]:+.1f}], "
-                                             f"p {q[w]['p']:.3f}" if q[w]["p"] is not None else "")
-            for w in TESTED) + " |")
-    lines += ["", "Raw texts (case and punctuation kept) instead of normalised, share flagged:", "",
-              "| setup | " + " | ".join(REDDIT_GROUPS) + " |", "| --- |" + " ---: |" * len(REDDIT_GROUPS)]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(
+                f"{100 * q[w]['diff']:+.1f}"
+                + (
+                    f" [{100 * q[w]['diff_ci95'][0]:+.1f}, {100 * q[w]['diff_ci95'][1]:+.1f}], p {q[w]['p']:.3f}"
+                    if q[w]["p"] is not None
+                    else ""
+                )
+                for w in TESTED
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "Raw texts (case and punctuation kept) instead of normalised, share flagged:",
+        "",
+        "| setup | " + " | ".join(REDDIT_GROUPS) + " |",
+        "| --- |" + " ---: |" * len(REDDIT_GROUPS),
+    ]
     for name, s in result["setups"].items():
         lines.append(f"| {name} | " + " | ".join(ms(s["flagged_raw"][g]) for g in REDDIT_GROUPS) + " |")
     return "\n".join(lines) + "\n"
@@ -189,11 +269,21 @@ def chart(result, path):
     for i, name in enumerate(names):
         s = result["setups"][name]
         x = np.arange(len(REDDIT_GROUPS)) + i * width
-        left.bar(x, [100 * s["flagged"][g]["mean"] for g in REDDIT_GROUPS], width,
-                 yerr=[100 * s["flagged"][g]["sd"] for g in REDDIT_GROUPS], label=name, capsize=2)
+        left.bar(
+            x,
+            [100 * s["flagged"][g]["mean"] for g in REDDIT_GROUPS],
+            width,
+            yerr=[100 * s["flagged"][g]["sd"] for g in REDDIT_GROUPS],
+            label=name,
+            capsize=2,
+        )
         keys = ["all", *REDDIT_PAIRS]
-        right.bar(np.arange(len(keys)) + i * width, [100 * s["auc_all"]["mean"]] +
-                  [100 * s["pair_auc"][p]["mean"] for p in REDDIT_PAIRS], width, label=name)
+        right.bar(
+            np.arange(len(keys)) + i * width,
+            [100 * s["auc_all"]["mean"]] + [100 * s["pair_auc"][p]["mean"] for p in REDDIT_PAIRS],
+            width,
+            label=name,
+        )
     left.set_xticks(np.arange(len(REDDIT_GROUPS)) + 0.4 - width / 2, REDDIT_GROUPS)
     left.set(ylabel="flagged depressive (%)", title="Reddit groups (first three depressed)", ylim=(0, 100))
     right.axhline(50, color="grey", lw=0.8, ls="--")
@@ -210,18 +300,33 @@ def main(argv=None):
     args = parse_args(argv)
     hf_logging.set_verbosity_error()
     texts, labels, groups = reddit_posts(args.reddit)
-    result = {"device": device_name(), "command": command_line("crossdomain.py", argv), "reddit": args.reddit,
-              "reddit_posts": len(texts), "epochs": args.epochs, "seeds": args.seeds, "bootstrap": args.bootstrap,
-              "runs": []}
+    result = {
+        "device": device_name(),
+        "command": command_line("crossdomain.py", argv),
+        "reddit": args.reddit,
+        "reddit_posts": len(texts),
+        "epochs": args.epochs,
+        "seeds": args.seeds,
+        "bootstrap": args.bootstrap,
+        "runs": [],
+    }
     stem = Path(args.out) / f"crossdomain-{machine_slug()}{'-quick' if args.quick else ''}"
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.runs or tmp)
         plan = [(name, seed) for seed in args.seeds for name in args.setups]
         for name, seed in tqdm(plan, desc="runs", unit=" run"):
-            run, command = train_setup(name, seed, folder, args.model, args.data, args.epochs,
-                                       train_posts=args.train_posts)
-            result["runs"].append({"setup": name, "seed": seed, "folder": str(run), "train_command": command,
-                                   **score_run(run, texts, labels, groups, args.bootstrap)})
+            run, command = train_setup(
+                name, seed, folder, args.model, args.data, args.epochs, train_posts=args.train_posts
+            )
+            result["runs"].append(
+                {
+                    "setup": name,
+                    "seed": seed,
+                    "folder": str(run),
+                    "train_command": command,
+                    **score_run(run, texts, labels, groups, args.bootstrap),
+                }
+            )
     summarise(result, labels, groups)
     write_results(stem, result, report(result), chart)
 

@@ -17,20 +17,20 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib
+import torch
+from accelerate import Accelerator
+from transformers import AutoConfig
+
+import data
+import evaluate as E
+import model as M
+import train
+from bench.writeup_pipeline import writeup_loader
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-import torch  # noqa: E402
-from accelerate import Accelerator  # noqa: E402
-from transformers import AutoConfig  # noqa: E402
-
-import data  # noqa: E402
-import evaluate as E  # noqa: E402
-import model as M  # noqa: E402
-import train  # noqa: E402
-from writeup_pipeline import writeup_loader  # noqa: E402
-
+matplotlib.use("Agg")  # every chart is written to a file; no display needed
 SEED = 42
 # name -> (mode, adapter config, adapters only in the upper half of the layers, lower half computed once)
 SETUPS = {
@@ -58,8 +58,10 @@ REDDIT_MAP = ["1=ds,dsf,do", "0=bc,ff,ndf,nd"]
 REDDIT_PAIRS = ["ds:bc", "ds:ff", "ds:nd", "do:nd"]
 CACHED_POSTS = 1024  # a cached setup's batches come from the first N training posts (their states, computed once)
 # ru_maxrss of the wrapper's children: the one process it ran (kB on Linux).
-PEAK_WRAPPER = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
-                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")
+PEAK_WRAPPER = (
+    "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)"
+)
 
 
 def setup_flags(name, model_name):
@@ -71,13 +73,28 @@ def setup_flags(name, model_name):
     return flags
 
 
-def train_setup(name, seed, folder, model_name, data_source, epochs, split_seed=SEED, train_posts=None,
-                eval_posts=None):
+def train_setup(
+    name, seed, folder, model_name, data_source, epochs, split_seed=SEED, train_posts=None, eval_posts=None
+):
     """Train a TRAIN_SETUPS entry with train.py in its own process into folder/<name>-<seed>-<split seed>; returns
     (that folder, the command). A folder that already holds a finished run with this name is kept, not retrained."""
     flags = setup_flags(name, model_name)
-    flags += ["--model", model_name, "--data", data_source, "--epochs", str(epochs), "--seed", str(seed),
-              "--split-seed", str(split_seed), "--output-dir", str(folder), "--name", f"{name}-{seed}-{split_seed}"]
+    flags += [
+        "--model",
+        model_name,
+        "--data",
+        data_source,
+        "--epochs",
+        str(epochs),
+        "--seed",
+        str(seed),
+        "--split-seed",
+        str(split_seed),
+        "--output-dir",
+        str(folder),
+        "--name",
+        f"{name}-{seed}-{split_seed}",
+    ]
     flags += ["--max-train-samples", str(train_posts)] if train_posts else []
     flags += ["--max-eval-samples", str(eval_posts)] if eval_posts else []
     run = Path(folder) / f"{name}-{seed}-{split_seed}"
@@ -90,8 +107,9 @@ def train_setup(name, seed, folder, model_name, data_source, epochs, split_seed=
 
 def reddit_posts(path):
     """The Reddit posts: raw texts, labels (1 depressed groups, 0 the others) and groups, as numpy arrays."""
-    posts, _ = E.read_labelled(path, label_column="label", group_column="label",
-                               label_mapping=data.parse_label_map(REDDIT_MAP))
+    posts, _ = E.read_labelled(
+        path, label_column="label", group_column="label", label_mapping=data.parse_label_map(REDDIT_MAP)
+    )
     return posts["text"].tolist(), posts["label"].astype(int).to_numpy(), posts["group"].to_numpy()
 
 
@@ -103,8 +121,9 @@ def device_name():
     models = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     marks = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return (f"CPU {models[0] if models else platform.machine()}, {torch.get_num_threads()} threads"
-            + (f" ({' '.join(marks)})" if marks else ""))
+    return f"CPU {models[0] if models else platform.machine()}, {torch.get_num_threads()} threads" + (
+        f" ({' '.join(marks)})" if marks else ""
+    )
 
 
 def machine_slug():
@@ -113,8 +132,8 @@ def machine_slug():
 
 
 def command_line(script, argv=None):
-    """The command as it was run: `python bench/<script> <its arguments>`."""
-    return shlex.join(["python", f"bench/{script}", *(sys.argv[1:] if argv is None else argv)])
+    """The command as it was run: `python -m bench.<script> <its arguments>`."""
+    return shlex.join(["python", "-m", f"bench.{Path(script).stem}", *(sys.argv[1:] if argv is None else argv)])
 
 
 def write_results(stem, result, markdown_text, draw):
@@ -131,7 +150,7 @@ def write_results(stem, result, markdown_text, draw):
 def worker(cmd):
     """Run a measurement in a fresh Python process (its own peak memory); it prints its result as the last line
     of its output, in JSON."""
-    proc = subprocess.run([sys.executable, *map(str, cmd)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, *map(str, cmd)], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -170,13 +189,26 @@ def current_memory_mb(device):
 def build_setup_model(model_name, setup, label_names, attention_dropout):
     mode, config, upper_half, _ = SETUPS[setup]
     layers = AutoConfig.from_pretrained(M.resolve_model_path(model_name)).num_hidden_layers
-    return M.build_model(model_name, mode, label_names, config or "pfeiffer",
-                         leave_out=list(range(layers // 2)) if upper_half else None,
-                         attention_dropout=attention_dropout)
+    return M.build_model(
+        model_name,
+        mode,
+        label_names,
+        config or "pfeiffer",
+        leave_out=list(range(layers // 2)) if upper_half else None,
+        attention_dropout=attention_dropout,
+    )
 
 
-def prepare_training(model_name, data_source, setup, pipeline="ours", posts_needed=256, attention_dropout="default",
-                     fused=None, mixed_precision="auto"):
+def prepare_training(
+    model_name,
+    data_source,
+    setup,
+    pipeline="ours",
+    posts_needed=256,
+    attention_dropout="default",
+    fused=None,
+    mixed_precision="auto",
+):
     """Model, optimizer, accelerator and an endless batch stream for one setup in one pipeline.
     "ours": train.py's batches and defaults; a cached setup's batches hold the lower half's output for its posts
     (train.cache_lower_layers), the model's lower half switched to pass-through, as train.py trains it.
@@ -196,13 +228,15 @@ def prepare_training(model_name, data_source, setup, pipeline="ours", posts_need
         posts = train_ds.select(range(min(max(posts_needed, CACHED_POSTS), len(train_ds))))
         posts = data.tokenize(posts, tokenizer, train.MAX_LENGTH)
         k, _ = M.frozen_lower_layers(model)
-        states = train.cache_lower_layers(model.to(accelerator.device), posts, tokenizer, k, 2 * train.BATCH_SIZE,
-                                          accelerator)
+        states = train.cache_lower_layers(
+            model.to(accelerator.device), posts, tokenizer, k, 2 * train.BATCH_SIZE, accelerator
+        )
         M.skip_lower_layers(model, k)
         loader = data.states_loader(states, posts["label"], train.BATCH_SIZE, SEED)
     elif ours:
-        loader = data.train_loader(data.tokenize(train_ds, tokenizer, train.MAX_LENGTH), tokenizer, train.BATCH_SIZE,
-                                   SEED)
+        loader = data.train_loader(
+            data.tokenize(train_ds, tokenizer, train.MAX_LENGTH), tokenizer, train.BATCH_SIZE, SEED
+        )
     else:
         n = posts_needed * 2  # enough posts for the steps, without tokenising them all
         loader = writeup_loader(list(train_ds["text"])[:n], list(train_ds["label"])[:n], tokenizer)

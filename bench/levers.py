@@ -1,9 +1,9 @@
 """
 Try the speed levers one at a time on the same batches, and keep what measures better.
 
-    python bench/levers.py --setup pfeiffer     # -> bench/results/levers-<machine>-pfeiffer.md
-    python bench/levers.py --setup full --variants before default
-    python bench/levers.py --variants bf16      # bf16 autocast: slow on CPUs without native bf16
+    python -m bench.levers --setup pfeiffer     # -> bench/results/levers-<machine>-pfeiffer.md
+    python -m bench.levers --setup full --variants before default
+    python -m bench.levers --variants bf16      # bf16 autocast: slow on CPUs without native bf16
 
 Each variant runs in a fresh process (its own peak memory) and times train.train_step over the same batches of
 this project's pipeline (bench/run.py), after untimed warm-up steps:
@@ -21,17 +21,14 @@ It ends with tokens/s by batch shape in the default setting: the case for (or ag
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from transformers.utils import logging as hf_logging
 
-import harness as H  # noqa: E402  (setups, batches, the timed step, memory readings)
-from transformers.utils import logging as hf_logging  # noqa: E402
-
-import data  # noqa: E402
-import model as M  # noqa: E402
+import bench.harness as H
+import data
+import model as M
 
 ROOT = H.ROOT
 
@@ -42,13 +39,22 @@ SHAPES = [(32, 16), (64, 16), (32, 32), (32, 64), (16, 128), (32, 128)]
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--setup", choices=list(H.SETUPS), default="pfeiffer", help="what to train (default: pfeiffer)")
-    p.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS + ["bf16"],
-                   help=f"what to try (default: {' '.join(VARIANTS)})")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=VARIANTS,
+        choices=VARIANTS + ["bf16"],
+        help=f"what to try (default: {' '.join(VARIANTS)})",
+    )
     p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
     p.add_argument("--data", default=data.DEFAULT_DATA, help="data set, as for train.py")
     p.add_argument("--steps", type=int, default=12, help="timed steps per variant (default: 12)")
-    p.add_argument("--warmup-steps", type=int, default=2,
-                   help="untimed steps first (default: 2; give compile more, it compiles again for new shapes)")
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=2,
+        help="untimed steps first (default: 2; give compile more, it compiles again for new shapes)",
+    )
     p.add_argument("--no-shapes", dest="shapes", action="store_false", help="skip the tokens/s by batch shape table")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for the report")
     p.add_argument("--variant", help=argparse.SUPPRESS)  # worker mode
@@ -59,13 +65,16 @@ def parse_args(argv=None):
 def measure_variant(args, variant):
     import torch
 
-    overrides = {"before": {"attention_dropout": None, "fused": False},
-                 "no-attn-dropout": {"fused": False}, "bf16": {"mixed_precision": "bf16"}}.get(variant, {})
+    overrides = {
+        "before": {"attention_dropout": None, "fused": False},
+        "no-attn-dropout": {"fused": False},
+        "bf16": {"mixed_precision": "bf16"},
+    }.get(variant, {})
     if variant == "one-thread":
         torch.set_num_threads(1)
-    model, optimizer, accelerator, batches = H.prepare_training(args.model, args.data, args.setup, "ours",
-                                                                posts_needed=(args.warmup_steps + args.steps) * 32,
-                                                                **overrides)
+    model, optimizer, accelerator, batches = H.prepare_training(
+        args.model, args.data, args.setup, "ours", posts_needed=(args.warmup_steps + args.steps) * 32, **overrides
+    )
     if variant == "no-dropout":
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
@@ -75,10 +84,15 @@ def measure_variant(args, variant):
     if variant == "compile":
         model = torch.compile(model)
     batches = [next(batches) for _ in range(args.warmup_steps + args.steps)]  # the same batches for every variant
-    H.timed_steps(model, optimizer, accelerator, batches[:args.warmup_steps])
-    seconds, posts, tokens = H.timed_steps(model, optimizer, accelerator, batches[args.warmup_steps:])
-    return {"variant": variant, "posts_per_second": posts / seconds, "tokens_per_second": tokens / seconds,
-            "seconds_per_step": seconds / args.steps, "peak_memory_mb": H.peak_memory_mb(accelerator.device)}
+    H.timed_steps(model, optimizer, accelerator, batches[: args.warmup_steps])
+    seconds, posts, tokens = H.timed_steps(model, optimizer, accelerator, batches[args.warmup_steps :])
+    return {
+        "variant": variant,
+        "posts_per_second": posts / seconds,
+        "tokens_per_second": tokens / seconds,
+        "seconds_per_step": seconds / args.steps,
+        "peak_memory_mb": H.peak_memory_mb(accelerator.device),
+    }
 
 
 def measure_shapes(args):
@@ -89,17 +103,37 @@ def measure_shapes(args):
     vocab = model.config.vocab_size
     rows = []
     for size, length in SHAPES:
-        batch = {"input_ids": torch.randint(1000, vocab, (size, length)),
-                 "attention_mask": torch.ones(size, length, dtype=torch.long), "labels": torch.randint(0, 2, (size,))}
+        batch = {
+            "input_ids": torch.randint(1000, vocab, (size, length)),
+            "attention_mask": torch.ones(size, length, dtype=torch.long),
+            "labels": torch.randint(0, 2, (size,)),
+        }
         H.timed_steps(model, optimizer, accelerator, [batch])  # warm-up
         seconds = H.timed_steps(model, optimizer, accelerator, [batch] * 3)[0] / 3
-        rows.append({"shape": f"{size} x {length}", "seconds_per_step": seconds, "tokens_per_second": size * length / seconds})
+        rows.append(
+            {"shape": f"{size} x {length}", "seconds_per_step": seconds, "tokens_per_second": size * length / seconds}
+        )
     return rows
 
 
 def worker(args, extra):
-    return H.worker([__file__, "--setup", args.setup, "--model", args.model, "--data", args.data,
-                     "--steps", args.steps, "--warmup-steps", args.warmup_steps, *extra])
+    return H.worker(
+        [
+            "-m",
+            "bench.levers",
+            "--setup",
+            args.setup,
+            "--model",
+            args.model,
+            "--data",
+            args.data,
+            "--steps",
+            args.steps,
+            "--warmup-steps",
+            args.warmup_steps,
+            *extra,
+        ]
+    )
 
 
 def main(argv=None):
@@ -114,19 +148,31 @@ def main(argv=None):
     results = {variant: worker(args, ["--variant", variant]) for variant in args.variants}
     base_name = "before" if "before" in results else args.variants[0]
     base = results[base_name]["posts_per_second"]
-    lines = [f"# levers: {args.setup}, {H.device_name()}",
-             f"`{H.command_line('levers.py', argv)}` — {time.strftime('%Y-%m-%d')}; the same {args.steps} batches "
-             f"for every variant", "",
-             f"| variant | posts/s | tokens/s | s/step | peak memory (MB) | vs {base_name} |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"# levers: {args.setup}, {H.device_name()}",
+        f"`{H.command_line('levers.py', argv)}` — {time.strftime('%Y-%m-%d')}; the same {args.steps} batches "
+        f"for every variant",
+        "",
+        f"| variant | posts/s | tokens/s | s/step | peak memory (MB) | vs {base_name} |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for variant, r in results.items():
-        lines.append(f"| {variant} | {r['posts_per_second']:.1f} | {r['tokens_per_second']:.0f} | "
-                     f"{r['seconds_per_step']:.3f} | {r['peak_memory_mb']:.0f} | {r['posts_per_second'] / base:.2f}x |")
+        lines.append(
+            f"| {variant} | {r['posts_per_second']:.1f} | {r['tokens_per_second']:.0f} | "
+            f"{r['seconds_per_step']:.3f} | {r['peak_memory_mb']:.0f} | {r['posts_per_second'] / base:.2f}x |"
+        )
     if args.shapes:
-        lines += ["", "Tokens/s by batch shape (default setting, every token real):", "",
-                  "| batch | s/step | tokens/s |", "| --- | ---: | ---: |"]
-        lines += [f"| {r['shape']} | {r['seconds_per_step']:.3f} | {r['tokens_per_second']:.0f} |"
-                  for r in worker(args, ["--shape-worker"])]
+        lines += [
+            "",
+            "Tokens/s by batch shape (default setting, every token real):",
+            "",
+            "| batch | s/step | tokens/s |",
+            "| --- | ---: | ---: |",
+        ]
+        lines += [
+            f"| {r['shape']} | {r['seconds_per_step']:.3f} | {r['tokens_per_second']:.0f} |"
+            for r in worker(args, ["--shape-worker"])
+        ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"levers-{H.machine_slug()}-{args.setup}.md"

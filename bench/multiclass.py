@@ -1,8 +1,8 @@
 """
 One real multi-class run: the 7 groups of the Reddit posts (Pirina & Coltekin 2018) as 7 classes.
 
-    python bench/multiclass.py --quick             # a tiny run that exercises everything (CI)
-    python bench/multiclass.py                     # Pfeiffer adapter, 5 epochs: minutes on 2 CPU cores
+    python -m bench.multiclass --quick             # a tiny run that exercises everything (CI)
+    python -m bench.multiclass                     # Pfeiffer adapter, 5 epochs: minutes on 2 CPU cores
 
 Every group is split once (seed 0): 80% is given to train.py (which holds 16% of it out to choose the best epoch by
 macro-F1), 20% is the test set, classified by evaluate.py's functions: accuracy, macro-F1, per-class F1 and the
@@ -15,23 +15,23 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+from sklearn.metrics import precision_recall_fscore_support
+from transformers.utils import logging as hf_logging
+
+import data
+import evaluate as E
+import inference
+import model as M
+from bench.harness import REDDIT_DATA, command_line, device_name, machine_slug, write_results
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-import numpy as np  # noqa: E402
-from sklearn.metrics import precision_recall_fscore_support  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
-
-import data  # noqa: E402
-import evaluate as E  # noqa: E402
-import inference  # noqa: E402
-import model as M  # noqa: E402
-from harness import REDDIT_DATA, command_line, device_name, machine_slug, write_results  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="1 epoch")
     p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
     p.add_argument("--reddit", default=REDDIT_DATA, help=f"the Reddit posts (default: {REDDIT_DATA})")
@@ -51,8 +51,23 @@ def main(argv=None):
         parts = data.holdout_parts(data.load_table(args.reddit), "label", {"train": 0.8, "test": 0.2}, seed=0)
         for name, frame in parts.items():
             frame.to_csv(tmp / f"{name}.csv", index=False)
-        flags = ["--data", str(tmp / "train.csv"), "--normalize-text", "--mode", args.mode, "--metric", "macro_f1",
-                 "--model", args.model, "--epochs", str(args.epochs), "--output-dir", str(tmp), "--name", "groups"]
+        flags = [
+            "--data",
+            str(tmp / "train.csv"),
+            "--normalize-text",
+            "--mode",
+            args.mode,
+            "--metric",
+            "macro_f1",
+            "--model",
+            args.model,
+            "--epochs",
+            str(args.epochs),
+            "--output-dir",
+            str(tmp),
+            "--name",
+            "groups",
+        ]
         proc = subprocess.run([sys.executable, "train.py", *flags], cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"train.py failed:\n{proc.stderr[-3000:]}")
@@ -62,24 +77,54 @@ def main(argv=None):
         probs = inference.classify(loaded, test["text"].astype(str).tolist()).numpy()
         labels = E.class_indices(test["label"].map(data.label_text), names, "the model")
         result = E.evaluate(probs, labels, resamples=0 if args.quick else E.BOOTSTRAP, label_names=names)
-        result.update(device=device_name(), command=command_line("multiclass.py", argv),
-                      train_command="python train.py " + " ".join(flags), train_posts=len(parts["train"]),
-                      test_posts=len(test), validation_best=loaded[2]["best"],
-                      per_class_f1=dict(zip(names, precision_recall_fscore_support(
-                          labels, probs.argmax(1), labels=list(range(len(names))), zero_division=0)[2].tolist())))
-    lines = [f"# Seven Reddit groups as seven classes ({result['device']})", "",
-             f"Command: `{result['command']}`; train.py: `{result['train_command']}` (the temporary folder differs "
-             f"per run); {result['train_posts']} posts for train.py, {result['test_posts']} test posts never trained on.",
-             "", f"Test accuracy {100 * result['accuracy']:.1f}%"
-             + (f" [{100 * result['accuracy_ci'][0]:.1f}, {100 * result['accuracy_ci'][1]:.1f}]" if "accuracy_ci" in result
-                else "") + f", macro-F1 {100 * result['macro_f1']:.1f}% (chance: {100 / len(names):.1f}%).", "",
-             "| class | F1 % |", "| --- | ---: |"]
+        result.update(
+            device=device_name(),
+            command=command_line("multiclass.py", argv),
+            train_command="python train.py " + " ".join(flags),
+            train_posts=len(parts["train"]),
+            test_posts=len(test),
+            validation_best=loaded[2]["best"],
+            per_class_f1=dict(
+                zip(
+                    names,
+                    precision_recall_fscore_support(
+                        labels, probs.argmax(1), labels=list(range(len(names))), zero_division=0
+                    )[2].tolist(),
+                )
+            ),
+        )
+    lines = [
+        f"# Seven Reddit groups as seven classes ({result['device']})",
+        "",
+        f"Command: `{result['command']}`; train.py: `{result['train_command']}` (the temporary folder differs "
+        f"per run); {result['train_posts']} posts for train.py, {result['test_posts']} test posts never trained on.",
+        "",
+        f"Test accuracy {100 * result['accuracy']:.1f}%"
+        + (
+            f" [{100 * result['accuracy_ci'][0]:.1f}, {100 * result['accuracy_ci'][1]:.1f}]"
+            if "accuracy_ci" in result
+            else ""
+        )
+        + f", macro-F1 {100 * result['macro_f1']:.1f}% (chance: {100 / len(names):.1f}%).",
+        "",
+        "| class | F1 % |",
+        "| --- | ---: |",
+    ]
     lines += [f"| {n} | {100 * f:.1f} |" for n, f in result["per_class_f1"].items()]
-    lines += ["", "Confusion matrix (rows: true group, columns: predicted):", "", "| | " + " | ".join(names) + " |",
-              "| --- |" + " ---: |" * len(names)]
+    lines += [
+        "",
+        "Confusion matrix (rows: true group, columns: predicted):",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "| --- |" + " ---: |" * len(names),
+    ]
     lines += [f"| {n} | " + " | ".join(map(str, row)) + " |" for n, row in zip(names, result["confusion_matrix"])]
-    write_results(Path(args.out) / f"multiclass-{machine_slug()}{'-quick' if args.quick else ''}", result,
-                  "\n".join(lines) + "\n", lambda r, path: E.draw_confusion({"7 groups, test posts": r}, path))
+    write_results(
+        Path(args.out) / f"multiclass-{machine_slug()}{'-quick' if args.quick else ''}",
+        result,
+        "\n".join(lines) + "\n",
+        lambda r, path: E.draw_confusion({"7 groups, test posts": r}, path),
+    )
     print(f"test accuracy {np.round(100 * result['accuracy'], 1)}%, macro-F1 {np.round(100 * result['macro_f1'], 1)}%")
 
 

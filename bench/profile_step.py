@@ -1,8 +1,8 @@
 """
 Profile one training setup of the benchmark: where a step's time goes, and where the process's memory goes.
 
-    python bench/profile_step.py --setup pfeiffer          # -> bench/results/profile-<machine>-pfeiffer.txt
-    python bench/profile_step.py --setup full --steps 10
+    python -m bench.profile_step --setup pfeiffer          # -> bench/results/profile-<machine>-pfeiffer.txt
+    python -m bench.profile_step --setup full --steps 10
 
 It runs the very step train.py runs (train.train_step) on the benchmark's batches (bench/run.py), under
 torch.profiler, and writes:
@@ -13,16 +13,13 @@ torch.profiler, and writes:
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from transformers.utils import logging as hf_logging
 
-import harness as H  # noqa: E402  (setups, batches, the timed step, memory readings)
-from transformers.utils import logging as hf_logging  # noqa: E402
-
-import data  # noqa: E402
-import model as M  # noqa: E402
+import bench.harness as H
+import data
+import model as M
 
 ROOT = H.ROOT
 
@@ -36,7 +33,9 @@ def note_memory(stage, device):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--setup", choices=list(H.SETUPS), default="pfeiffer", help="what to profile (default: pfeiffer)")
-    p.add_argument("--pipeline", choices=["ours", "write-up"], default="ours", help="whose input pipeline (default: ours)")
+    p.add_argument(
+        "--pipeline", choices=["ours", "write-up"], default="ours", help="whose input pipeline (default: ours)"
+    )
     p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
     p.add_argument("--data", default=data.DEFAULT_DATA, help="data set, as for train.py")
     p.add_argument("--steps", type=int, default=8, help="profiled steps (default: 8)")
@@ -54,11 +53,12 @@ def main(argv=None):
     hf_logging.set_verbosity_error()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     note_memory("imports (torch, transformers, adapters, datasets)", device)
-    model, optimizer, accelerator, batches = H.prepare_training(args.model, args.data, args.setup, args.pipeline,
-                                                                posts_needed=(args.warmup_steps + args.steps) * 32)
+    model, optimizer, accelerator, batches = H.prepare_training(
+        args.model, args.data, args.setup, args.pipeline, posts_needed=(args.warmup_steps + args.steps) * 32
+    )
     note_memory("data tokenised, model built", device)
     batches = [next(batches) for _ in range(args.warmup_steps + args.steps)]
-    warmup, profiled = batches[:args.warmup_steps], batches[args.warmup_steps:]
+    warmup, profiled = batches[: args.warmup_steps], batches[args.warmup_steps :]
     H.timed_steps(model, optimizer, accelerator, warmup[:1])
     if warmup:
         note_memory("after the first step (gradients, optimizer state)", device)
@@ -70,21 +70,31 @@ def main(argv=None):
 
     events = prof.key_averages()
     time_key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-    ranges = {e.key: getattr(e, time_key) / 1e6 / args.steps for e in events if e.key in ("forward", "backward", "optimizer")}
-    lines = [f"# profile: {args.setup}, {args.pipeline} pipeline, {H.device_name()}",
-             f"# {H.command_line('profile_step.py', argv)}",
-             "", f"{args.steps} steps, {examples} posts, {tokens} real tokens, {seconds:.2f} s under the profiler "
-             f"({examples / seconds:.1f} posts/s; the profiler itself costs a little)", "",
-             "seconds per step (train.train_step ranges):"]
-    lines += [f"  {k:<10} {ranges.get(k, 0):7.3f} s  ({100 * ranges.get(k, 0) / max(sum(ranges.values()), 1e-9):4.1f}%)"
-              for k in ("forward", "backward", "optimizer")]
+    ranges = {
+        e.key: getattr(e, time_key) / 1e6 / args.steps for e in events if e.key in ("forward", "backward", "optimizer")
+    }
+    lines = [
+        f"# profile: {args.setup}, {args.pipeline} pipeline, {H.device_name()}",
+        f"# {H.command_line('profile_step.py', argv)}",
+        "",
+        f"{args.steps} steps, {examples} posts, {tokens} real tokens, {seconds:.2f} s under the profiler "
+        f"({examples / seconds:.1f} posts/s; the profiler itself costs a little)",
+        "",
+        "seconds per step (train.train_step ranges):",
+    ]
+    lines += [
+        f"  {k:<10} {ranges.get(k, 0):7.3f} s  ({100 * ranges.get(k, 0) / max(sum(ranges.values()), 1e-9):4.1f}%)"
+        for k in ("forward", "backward", "optimizer")
+    ]
     lines += ["", "memory (MB)                                          current     peak"]
     lines += [f"  {stage:<50} {now:7.0f}  {peak:7.0f}" for stage, (now, peak) in STAGES.items()]
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     lines += ["", f"operators by {sort}:", events.table(sort_by=sort, row_limit=args.rows, max_name_column_width=60)]
     memory_sort = "self_cuda_memory_usage" if device.type == "cuda" else "self_cpu_memory_usage"
-    lines += [f"operators by {memory_sort} (memory each allocates, summed over the profiled steps):",
-              events.table(sort_by=memory_sort, row_limit=args.rows, max_name_column_width=60)]
+    lines += [
+        f"operators by {memory_sort} (memory each allocates, summed over the profiled steps):",
+        events.table(sort_by=memory_sort, row_limit=args.rows, max_name_column_width=60),
+    ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"profile-{H.machine_slug()}-{args.setup}{'-writeup' if args.pipeline != 'ours' else ''}.txt"

@@ -2,8 +2,8 @@
 A model that survives real Reddit: train on data without the tweet-or-Reddit shortcut and report only on posts
 no model trained on.
 
-    python bench/reddit.py --quick                 # tiny runs that exercise everything (CI)
-    python bench/reddit.py --runs runs             # every training set below, 3 seeds (about an hour on 2 cores)
+    python -m bench.reddit --quick                 # tiny runs that exercise everything (CI)
+    python -m bench.reddit --runs runs             # every training set below, 3 seeds (about an hour on 2 cores)
 
 The Reddit posts (7 groups of 400) are split once per group (seed 0): 40% may be trained on, 20% choose a decision
 threshold, 40% are the test set. The depression data set is split as train.py splits it (split seed 42): its
@@ -24,40 +24,73 @@ import sys
 import tempfile
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_curve
+from transformers.utils import logging as hf_logging
+
+import data
+import evaluate as E
+import inference
+import model as M
+from bench.harness import (
+    REDDIT_DATA,
+    REDDIT_GROUPS,
+    REDDIT_MAP,
+    SEED,
+    command_line,
+    device_name,
+    machine_slug,
+    reddit_posts,
+    write_results,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
-
-import data  # noqa: E402
-import evaluate as E  # noqa: E402
-import inference  # noqa: E402
-import model as M  # noqa: E402
-from harness import (REDDIT_DATA, REDDIT_GROUPS, REDDIT_MAP, SEED, command_line, device_name,  # noqa: E402
-                     machine_slug, reddit_posts, write_results)
 
 PARTS = {"train": 0.4, "threshold": 0.2, "test": 0.4}  # of every Reddit group
 SOME_GROUPS = ["1=ds,dsf", "0=bc,ff,ndf", "drop=do,nd"]  # the issue's first trial: do and nd never trained on
 # name -> train.py flags; {original} is the depression data's training part, {reddit} the Reddit training part
 TRAINING_SETS = {
     "original": ["--data", "{original}"],
-    "original + ds,dsf/bc,ff,ndf": ["--data", "{original}", "{reddit}", "--normalize-text", "--label-map", *SOME_GROUPS],
+    "original + ds,dsf/bc,ff,ndf": [
+        "--data",
+        "{original}",
+        "{reddit}",
+        "--normalize-text",
+        "--label-map",
+        *SOME_GROUPS,
+    ],
     "original + all groups": ["--data", "{original}", "{reddit}", "--normalize-text", "--label-map", *REDDIT_MAP],
     "Reddit only": ["--data", "{reddit}", "--normalize-text", "--label-map", *REDDIT_MAP],
-    "Reddit only, full fine-tuning": ["--mode", "full", "--data", "{reddit}", "--normalize-text", "--label-map",
-                                      *REDDIT_MAP],
-    "Reddit only, max length 256": ["--data", "{reddit}", "--normalize-text", "--label-map", *REDDIT_MAP,
-                                    "--max-length", "256"],
-    "original + all groups, max length 256": ["--data", "{original}", "{reddit}", "--normalize-text", "--label-map",
-                                              *REDDIT_MAP, "--max-length", "256"],
+    "Reddit only, full fine-tuning": [
+        "--mode",
+        "full",
+        "--data",
+        "{reddit}",
+        "--normalize-text",
+        "--label-map",
+        *REDDIT_MAP,
+    ],
+    "Reddit only, max length 256": [
+        "--data",
+        "{reddit}",
+        "--normalize-text",
+        "--label-map",
+        *REDDIT_MAP,
+        "--max-length",
+        "256",
+    ],
+    "original + all groups, max length 256": [
+        "--data",
+        "{original}",
+        "{reddit}",
+        "--normalize-text",
+        "--label-map",
+        *REDDIT_MAP,
+        "--max-length",
+        "256",
+    ],
 }
 DEFAULT_SETS = [name for name in TRAINING_SETS if name != "original + all groups, max length 256"]  # that one: ~3x
 # the time of the others together on 2 CPU cores
@@ -65,21 +98,28 @@ GOAL_ND, GOAL_DS, GOAL_AUC = 0.20, 0.90, 0.75
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="seed 1, 1 epoch, 200 training posts, three training sets")
     p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
     p.add_argument("--data", default=data.DEFAULT_DATA, help="the depression data set, as for train.py")
     p.add_argument("--reddit", default=REDDIT_DATA, help=f"the Reddit posts (default: {REDDIT_DATA})")
     p.add_argument("--runs", default=None, help="folder that keeps the split files and the runs (default: temporary)")
-    p.add_argument("--sets", nargs="+", choices=list(TRAINING_SETS), default=None, metavar="NAME",
-                   help=f"training sets (default: {'; '.join(DEFAULT_SETS)}; also: "
-                        f"{'; '.join(n for n in TRAINING_SETS if n not in DEFAULT_SETS)})")
+    p.add_argument(
+        "--sets",
+        nargs="+",
+        choices=list(TRAINING_SETS),
+        default=None,
+        metavar="NAME",
+        help=f"training sets (default: {'; '.join(DEFAULT_SETS)}; also: "
+        f"{'; '.join(n for n in TRAINING_SETS if n not in DEFAULT_SETS)})",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: 42 43 44)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: 3, train.py's; quick 1)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for the JSON, table and chart")
     args = p.parse_args(argv)
-    args.sets = args.sets or (["original", "original + all groups", "Reddit only"] if args.quick
-                              else DEFAULT_SETS)
+    args.sets = args.sets or (["original", "original + all groups", "Reddit only"] if args.quick else DEFAULT_SETS)
     args.seeds = args.seeds or ([1] if args.quick else [42, 43, 44])
     args.epochs = args.epochs or (1 if args.quick else 3)
     return args
@@ -89,8 +129,10 @@ def write_splits(args, folder):
     """The files every run reads: original-train/-val.csv (train.py's split of the depression data) and
     reddit-train/-threshold/-test.csv (each Reddit group split by PARTS). Returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {name: folder / f"{name}.csv" for name in ("original-train", "original-val", "reddit-train",
-                                                       "reddit-threshold", "reddit-test")}
+    paths = {
+        name: folder / f"{name}.csv"
+        for name in ("original-train", "original-val", "reddit-train", "reddit-threshold", "reddit-test")
+    }
     train_ds, val_ds, _, _ = data.load_splits(args.data, seed=SEED)
     if args.quick:
         train_ds = train_ds.select(range(min(200, len(train_ds))))
@@ -104,11 +146,23 @@ def write_splits(args, folder):
 
 def train(args, name, seed, paths, folder):
     """One training set with train.py in its own process (kept if it exists); returns (run folder, command)."""
-    flags = [{"{original}": str(paths["original-train"]), "{reddit}": str(paths["reddit-train"])}.get(f, f)
-             for f in TRAINING_SETS[name]]
+    flags = [
+        {"{original}": str(paths["original-train"]), "{reddit}": str(paths["reddit-train"])}.get(f, f)
+        for f in TRAINING_SETS[name]
+    ]
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower())
-    flags += ["--model", args.model, "--epochs", str(args.epochs), "--seed", str(seed), "--output-dir", str(folder),
-              "--name", f"reddit-{slug}-{seed}"]
+    flags += [
+        "--model",
+        args.model,
+        "--epochs",
+        str(args.epochs),
+        "--seed",
+        str(seed),
+        "--output-dir",
+        str(folder),
+        "--name",
+        f"reddit-{slug}-{seed}",
+    ]
     run = folder / f"reddit-{slug}-{seed}"
     if not (run / M.TRAINING_INFO).is_file():
         proc = subprocess.run([sys.executable, "train.py", *flags], cwd=ROOT, capture_output=True, text=True)
@@ -163,8 +217,10 @@ def summarise(result):
         for key in ("at_0.5", "at_threshold"):
             s[key] = {g: mean_sd([r[key][g] for r in runs]) for g in REDDIT_GROUPS}
         nd, ds = s["at_threshold"]["nd"][0], s["at_threshold"]["ds"][0]
-        s["goals"] = {"nd<=20% and ds>=90% (threshold)": nd <= GOAL_ND and ds >= GOAL_DS,
-                      "AUC do:nd>=0.75": s["auc_do_nd"][0] >= GOAL_AUC}
+        s["goals"] = {
+            "nd<=20% and ds>=90% (threshold)": nd <= GOAL_ND and ds >= GOAL_DS,
+            "AUC do:nd>=0.75": s["auc_do_nd"][0] >= GOAL_AUC,
+        }
         summary[name] = s
     result["sets"] = summary
 
@@ -174,21 +230,33 @@ def pct(pair):
 
 
 def report(result):
-    lines = [f"# Training sets against real Reddit ({result['device']})", "",
-             f"Command: `{result['command']}`; seeds {', '.join(map(str, result['seeds']))}, {result['epochs']} epochs; "
-             f"Reddit test posts: {result['test_posts']} (40% of each group, never trained on); original validation "
-             f"posts: split seed {SEED}, never trained on. Mean (sd) over seeds, %.", "",
-             "| training set | original val accuracy | Reddit AUC | ds:nd | do:nd | threshold | ds flagged | do "
-             "flagged | nd flagged | bc | ff | ndf | goals met |", "| --- |" + " ---: |" * 11 + " --- |"]
+    lines = [
+        f"# Training sets against real Reddit ({result['device']})",
+        "",
+        f"Command: `{result['command']}`; seeds {', '.join(map(str, result['seeds']))}, {result['epochs']} epochs; "
+        f"Reddit test posts: {result['test_posts']} (40% of each group, never trained on); original validation "
+        f"posts: split seed {SEED}, never trained on. Mean (sd) over seeds, %.",
+        "",
+        "| training set | original val accuracy | Reddit AUC | ds:nd | do:nd | threshold | ds flagged | do "
+        "flagged | nd flagged | bc | ff | ndf | goals met |",
+        "| --- |" + " ---: |" * 11 + " --- |",
+    ]
     for name, s in result["sets"].items():
         t = s["at_threshold"]
         met = [goal for goal, ok in s["goals"].items() if ok]
-        lines.append(f"| {name} | {pct(s['original_accuracy'])} | {pct(s['auc'])} | {pct(s['auc_ds_nd'])} | "
-                     f"{pct(s['auc_do_nd'])} | {s['threshold'][0]:.2f} | {pct(t['ds'])} | {pct(t['do'])} | "
-                     f"{pct(t['nd'])} | {pct(t['bc'])} | {pct(t['ff'])} | {pct(t['ndf'])} | "
-                     f"{', '.join(met) or 'none'} |")
-    lines += ["", "At the default threshold 0.5, share flagged depressive:", "",
-              "| training set | " + " | ".join(REDDIT_GROUPS) + " |", "| --- |" + " ---: |" * len(REDDIT_GROUPS)]
+        lines.append(
+            f"| {name} | {pct(s['original_accuracy'])} | {pct(s['auc'])} | {pct(s['auc_ds_nd'])} | "
+            f"{pct(s['auc_do_nd'])} | {s['threshold'][0]:.2f} | {pct(t['ds'])} | {pct(t['do'])} | "
+            f"{pct(t['nd'])} | {pct(t['bc'])} | {pct(t['ff'])} | {pct(t['ndf'])} | "
+            f"{', '.join(met) or 'none'} |"
+        )
+    lines += [
+        "",
+        "At the default threshold 0.5, share flagged depressive:",
+        "",
+        "| training set | " + " | ".join(REDDIT_GROUPS) + " |",
+        "| --- |" + " ---: |" * len(REDDIT_GROUPS),
+    ]
     for name, s in result["sets"].items():
         lines.append(f"| {name} | " + " | ".join(pct(s["at_0.5"][g]) for g in REDDIT_GROUPS) + " |")
     lines += ["", "Commands (seed and output folder vary per run):", ""]
@@ -202,13 +270,22 @@ def chart(result, path):
     width = 0.8 / len(names)
     for i, name in enumerate(names):
         t = result["sets"][name]["at_threshold"]
-        ax.bar(np.arange(len(REDDIT_GROUPS)) + i * width, [100 * t[g][0] for g in REDDIT_GROUPS], width,
-               yerr=[100 * t[g][1] for g in REDDIT_GROUPS], label=name, capsize=2)
+        ax.bar(
+            np.arange(len(REDDIT_GROUPS)) + i * width,
+            [100 * t[g][0] for g in REDDIT_GROUPS],
+            width,
+            yerr=[100 * t[g][1] for g in REDDIT_GROUPS],
+            label=name,
+            capsize=2,
+        )
     ax.axhline(100 * GOAL_ND, color="grey", ls=":", lw=0.8)
     ax.axhline(100 * GOAL_DS, color="grey", ls=":", lw=0.8)
     ax.set_xticks(np.arange(len(REDDIT_GROUPS)) + 0.4 - width / 2, REDDIT_GROUPS)
-    ax.set(ylabel="flagged depressive (%), threshold chosen on held-out posts", ylim=(0, 100),
-           title=f"Reddit test posts by group (first three depressed); {result['device']}")
+    ax.set(
+        ylabel="flagged depressive (%), threshold chosen on held-out posts",
+        ylim=(0, 100),
+        title=f"Reddit test posts by group (first three depressed); {result['device']}",
+    )
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -221,17 +298,32 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.runs or tmp)
         paths = write_splits(args, folder / "reddit-splits")
-        result = {"device": device_name(), "command": command_line("reddit.py", argv), "seeds": args.seeds,
-                  "epochs": args.epochs, "test_posts": len(pd.read_csv(paths["reddit-test"])), "runs": []}
+        result = {
+            "device": device_name(),
+            "command": command_line("reddit.py", argv),
+            "seeds": args.seeds,
+            "epochs": args.epochs,
+            "test_posts": len(pd.read_csv(paths["reddit-test"])),
+            "runs": [],
+        }
         for seed in args.seeds:
             for name in args.sets:
                 run, command = train(args, name, seed, paths, folder)
-                result["runs"].append({"set": name, "seed": seed, "command": command, **score(inference.load(run), paths)})
-                print(f"{name} (seed {seed}): original {100 * result['runs'][-1]['original_accuracy']:.1f}%, Reddit AUC "
-                      f"{100 * result['runs'][-1]['auc']:.1f}", flush=True)
+                result["runs"].append(
+                    {"set": name, "seed": seed, "command": command, **score(inference.load(run), paths)}
+                )
+                print(
+                    f"{name} (seed {seed}): original {100 * result['runs'][-1]['original_accuracy']:.1f}%, Reddit AUC "
+                    f"{100 * result['runs'][-1]['auc']:.1f}",
+                    flush=True,
+                )
                 summarise(result)  # written after every run: a stopped measurement keeps what it finished
-                write_results(Path(args.out) / f"reddit-{machine_slug()}{'-quick' if args.quick else ''}", result,
-                              report(result), chart)
+                write_results(
+                    Path(args.out) / f"reddit-{machine_slug()}{'-quick' if args.quick else ''}",
+                    result,
+                    report(result),
+                    chart,
+                )
 
 
 if __name__ == "__main__":

@@ -11,38 +11,43 @@ Measure the write-up's claims side by side, on one machine, in one run, on the s
    adapter (merged into the base weights and not), against transformers.pipeline at batch size 1 and 64;
 5. accuracy of the full-data training runs (their metrics.jsonl) beside a TF-IDF + logistic regression baseline.
 
-    python bench/run.py --quick   # a few minutes on a CPU
-    python bench/run.py           # the full run; writes bench/results/<machine>.{json,md,png}
+    python -m bench.run --quick   # a few minutes on a CPU
+    python -m bench.run           # the full run; writes bench/results/<machine>.{json,md,png}
 
 Each training measurement runs in a fresh process, so that its peak memory is its own.
 """
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from itertools import islice
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from transformers import pipeline
+from transformers.utils import logging as hf_logging
 
-import harness as H  # noqa: E402  (puts the project on sys.path)
-import torch  # noqa: E402
-from transformers import pipeline  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
-
-import data  # noqa: E402
-import model as M  # noqa: E402
-import inference  # noqa: E402
-import train  # noqa: E402
+import bench.harness as H
+import data
+import inference
+import model as M
+import train
 
 ROOT = H.ROOT
-PIPELINES = {"full": ["ours", "write-up", "trainer"], "pfeiffer": ["ours", "write-up", "trainer"],
-             "houlsby": ["ours", "write-up"], "pfeiffer-upper-half": ["ours", "write-up"],
-             "pfeiffer-upper-half-cached": ["ours"]}
-RUNS = {"pfeiffer": "adapters/depression-pfeiffer", "houlsby": "adapters/depression-houlsby",
-        "pfeiffer-upper-half": "adapters/depression-pfeiffer-upper", "full": "models/depression-full"}
+PIPELINES = {
+    "full": ["ours", "write-up", "trainer"],
+    "pfeiffer": ["ours", "write-up", "trainer"],
+    "houlsby": ["ours", "write-up"],
+    "pfeiffer-upper-half": ["ours", "write-up"],
+    "pfeiffer-upper-half-cached": ["ours"],
+}
+RUNS = {
+    "pfeiffer": "adapters/depression-pfeiffer",
+    "houlsby": "adapters/depression-houlsby",
+    "pfeiffer-upper-half": "adapters/depression-pfeiffer-upper",
+    "full": "models/depression-full",
+}
 
 
 def parse_args(argv=None):
@@ -50,7 +55,9 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="few steps and posts: a short run on a CPU")
     p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
     p.add_argument("--data", default=data.DEFAULT_DATA, help="data set, as for train.py")
-    p.add_argument("--steps", type=int, default=None, help="timed training steps per measurement (default: 20, quick 4)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="timed training steps per measurement (default: 20, quick 4)"
+    )
     p.add_argument("--warmup-steps", type=int, default=None, help="untimed steps first (default: 3, quick 1)")
     p.add_argument("--predict-posts", type=int, default=None, help="posts for inference (default: 1000, quick 200)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for the JSON, table and chart")
@@ -68,24 +75,34 @@ def measure_training(args, setup, pipeline_name):
     if pipeline_name == "trainer":
         return measure_trainer(args, setup)
     model, optimizer, accelerator, batches = H.prepare_training(
-        args.model, args.data, setup, pipeline_name, posts_needed=(args.steps + args.warmup_steps) * train.BATCH_SIZE)
+        args.model, args.data, setup, pipeline_name, posts_needed=(args.steps + args.warmup_steps) * train.BATCH_SIZE
+    )
     device = accelerator.device
     base_memory = H.peak_memory_mb(device)
     H.timed_steps(model, optimizer, accelerator, islice(batches, args.warmup_steps))
     seconds, examples, tokens = H.timed_steps(model, optimizer, accelerator, islice(batches, args.steps))
     params = M.count_parameters(model)
-    return {"setup": setup, "pipeline": pipeline_name, "steps": args.steps, "seconds": seconds,
-            "examples_per_second": examples / seconds, "tokens_per_second": tokens / seconds,
-            "peak_memory_mb": H.peak_memory_mb(device), "memory_before_training_mb": base_memory,
-            "trainable_percent": params["trainable_percent"], "mixed_precision": accelerator.mixed_precision}
+    return {
+        "setup": setup,
+        "pipeline": pipeline_name,
+        "steps": args.steps,
+        "seconds": seconds,
+        "examples_per_second": examples / seconds,
+        "tokens_per_second": tokens / seconds,
+        "peak_memory_mb": H.peak_memory_mb(device),
+        "memory_before_training_mb": base_memory,
+        "trainable_percent": params["trainable_percent"],
+        "mixed_precision": accelerator.mixed_precision,
+    }
 
 
 def measure_trainer(args, setup):
     """The same model, data, max length and batch size through transformers.Trainer (full) or
     adapters.AdapterTrainer (adapter), group_by_length=True, AdamW at the same rate; the steps after the warm-up
     are timed by a callback. Mixed precision as train.py picks it (none on a CPU)."""
-    from adapters import AdapterTrainer
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+
+    from adapters import AdapterTrainer
 
     train_ds, _, label_names, _ = H.load_data(args.data)
     tokenizer = M.load_tokenizer(args.model)
@@ -104,27 +121,69 @@ def measure_trainer(args, setup):
                 marks.append(time.perf_counter())
 
     with tempfile.TemporaryDirectory() as tmp:
-        targs = TrainingArguments(tmp, per_device_train_batch_size=train.BATCH_SIZE, group_by_length=True,
-                                  max_steps=args.warmup_steps + args.steps, learning_rate=1e-4, weight_decay=0.01,
-                                  max_grad_norm=1.0, seed=H.SEED, logging_strategy="no", save_strategy="no",
-                                  report_to=[], disable_tqdm=True, remove_unused_columns=False,
-                                  dataloader_num_workers=0, bf16=precision == "bf16", fp16=precision == "fp16")
+        targs = TrainingArguments(
+            tmp,
+            per_device_train_batch_size=train.BATCH_SIZE,
+            group_by_length=True,
+            max_steps=args.warmup_steps + args.steps,
+            learning_rate=1e-4,
+            weight_decay=0.01,
+            max_grad_norm=1.0,
+            seed=H.SEED,
+            logging_strategy="no",
+            save_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+            bf16=precision == "bf16",
+            fp16=precision == "fp16",
+        )
         trainer_class = Trainer if H.SETUPS[setup][0] == "full" else AdapterTrainer
-        trainer = trainer_class(model=model, args=targs, train_dataset=ds,
-                                data_collator=DataCollatorWithPadding(tokenizer), callbacks=[Clock()])
+        trainer = trainer_class(
+            model=model,
+            args=targs,
+            train_dataset=ds,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            callbacks=[Clock()],
+        )
         trainer.train()
     seconds = marks[1] - marks[0] if args.warmup_steps else marks[0]
     examples = args.steps * train.BATCH_SIZE
-    return {"setup": setup, "pipeline": "trainer", "trainer": trainer_class.__name__, "steps": args.steps,
-            "seconds": seconds, "examples_per_second": examples / seconds, "tokens_per_second": None,
-            "peak_memory_mb": H.peak_memory_mb(device), "memory_before_training_mb": base_memory,
-            "trainable_percent": M.count_parameters(model)["trainable_percent"], "mixed_precision": precision}
+    return {
+        "setup": setup,
+        "pipeline": "trainer",
+        "trainer": trainer_class.__name__,
+        "steps": args.steps,
+        "seconds": seconds,
+        "examples_per_second": examples / seconds,
+        "tokens_per_second": None,
+        "peak_memory_mb": H.peak_memory_mb(device),
+        "memory_before_training_mb": base_memory,
+        "trainable_percent": M.count_parameters(model)["trainable_percent"],
+        "mixed_precision": precision,
+    }
 
 
 def run_measurement(args, setup, pipeline_name):
     """measure_training in a fresh Python process (its own peak memory)."""
-    return H.worker([__file__, "--measure", setup, pipeline_name, "--model", args.model, "--data", args.data,
-                     "--steps", args.steps, "--warmup-steps", args.warmup_steps])
+    return H.worker(
+        [
+            "-m",
+            "bench.run",
+            "--measure",
+            setup,
+            pipeline_name,
+            "--model",
+            args.model,
+            "--data",
+            args.data,
+            "--steps",
+            args.steps,
+            "--warmup-steps",
+            args.warmup_steps,
+        ]
+    )
 
 
 def folder_mb(folder, pattern="*"):
@@ -149,7 +208,7 @@ def measure_inference(args, val_ds, label_names):
     transformers.pipeline on the full model at batch size 1 and 64. Untrained weights: speed does not depend on
     their values. Each after a warm-up batch."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    texts = list(val_ds["text"])[:args.predict_posts]  # real posts the models did not train on
+    texts = list(val_ds["text"])[: args.predict_posts]  # real posts the models did not train on
     tokenizer = M.load_tokenizer(args.model)
     results = {"posts": len(texts), "posts_per_second": {}}
 
@@ -160,19 +219,24 @@ def measure_inference(args, val_ds, label_names):
         results["posts_per_second"][name] = len(texts) / (time.perf_counter() - start)
         return out
 
-    ours = lambda model: (lambda t: inference.predict_proba(model, tokenizer, t, train.MAX_LENGTH))  # noqa: E731
+    ours = lambda model: lambda t: inference.predict_proba(model, tokenizer, t, train.MAX_LENGTH)  # noqa: E731
     full = M.build_model(args.model, "full", label_names).to(device).eval()
     probs = time_it("predict.py full", ours(full))
-    for name, config, merge in [("predict.py pfeiffer", "pfeiffer", False), ("predict.py lora", "lora", False),
-                                ("predict.py lora merged", "lora", True)]:
+    for name, config, merge in [
+        ("predict.py pfeiffer", "pfeiffer", False),
+        ("predict.py lora", "lora", False),
+        ("predict.py lora merged", "lora", True),
+    ]:
         model = M.build_model(args.model, "adapter", label_names, config)
         if merge:
             M.merge_adapter(model, {"mode": "adapter", "adapter_config": config})
         time_it(name, ours(model.to(device).eval()))
     classify = pipeline("text-classification", model=full, tokenizer=tokenizer, device=device, top_k=None)
     for batch_size in (1, 64):
-        theirs = time_it(f"pipeline full, batch {batch_size}",
-                         lambda t: classify(t, truncation=True, max_length=train.MAX_LENGTH, batch_size=batch_size))
+        theirs = time_it(
+            f"pipeline full, batch {batch_size}",
+            lambda t: classify(t, truncation=True, max_length=train.MAX_LENGTH, batch_size=batch_size),
+        )
     p1 = torch.tensor([next(s["score"] for s in row if s["label"] == label_names[1]) for row in theirs])
     results["max_probability_difference"] = float((p1 - probs[:, 1]).abs().max())
     pps = results["posts_per_second"]
@@ -208,8 +272,13 @@ def read_training_runs(split_key):
         if (info.get("data_fingerprint"), info.get("split_seed", info.get("seed")), info.get("val_size")) != split_key:
             continue  # another data set, split or a subset: not comparable
         rows = [json.loads(line) for line in (ROOT / folder / "metrics.jsonl").read_text().splitlines()]
-        runs[setup] = {"accuracy": info["best"]["accuracy"], "f1": info["best"]["f1"], "device": info["device"],
-                       "seconds_per_epoch": sum(r["train_seconds"] for r in rows) / len(rows), "folder": folder}
+        runs[setup] = {
+            "accuracy": info["best"]["accuracy"],
+            "f1": info["best"]["f1"],
+            "device": info["device"],
+            "seconds_per_epoch": sum(r["train_seconds"] for r in rows) / len(rows),
+            "folder": folder,
+        }
     return runs
 
 
@@ -229,34 +298,52 @@ def ratios(training):
 
 
 def markdown(result):
-    lines = [f"Device: **{result['device']}** — `{result['command']}` — {result['date']}", "",
-             "| setup | pipeline | posts/s | tokens/s | peak memory (MB) | before training (MB) | trainable % |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"Device: **{result['device']}** — `{result['command']}` — {result['date']}",
+        "",
+        "| setup | pipeline | posts/s | tokens/s | peak memory (MB) | before training (MB) | trainable % |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for t in result["training"]:
         tokens = f"{t['tokens_per_second']:.0f}" if t["tokens_per_second"] else "-"
         pipe = f"{t['pipeline']} ({t['trainer']})" if t["pipeline"] == "trainer" else t["pipeline"]
-        lines.append(f"| {t['setup']} | {pipe} | {t['examples_per_second']:.1f} | {tokens} "
-                     f"| {t['peak_memory_mb']:.0f} | {t['memory_before_training_mb']:.0f} | {t['trainable_percent']:.2f} |")
+        lines.append(
+            f"| {t['setup']} | {pipe} | {t['examples_per_second']:.1f} | {tokens} "
+            f"| {t['peak_memory_mb']:.0f} | {t['memory_before_training_mb']:.0f} | {t['trainable_percent']:.2f} |"
+        )
     lines += ["", "| ratio (same run) | value |", "| --- | ---: |"]
     lines += [f"| {k} | {v:.2f} |" for k, v in result["ratios"].items()]
     s, i = result["sizes"], result["inference"]
-    lines += ["", f"Size on disk: Pfeiffer adapter + head {s['adapter_with_head_mb']:.2f} MB, full model "
-              f"{s['full_model_mb']:.1f} MB ({100 * s['ratio']:.2f}%).", "",
-              f"Inference over the same {i['posts']} posts (predict.py over transformers.pipeline at batch 1: "
-              f"{i['ours_vs_pipeline_batch_1']:.2f}x, at batch 64: {i['ours_vs_pipeline_batch_64']:.2f}x):", "",
-              "| path | posts/s |", "| --- | ---: |"]
+    lines += [
+        "",
+        f"Size on disk: Pfeiffer adapter + head {s['adapter_with_head_mb']:.2f} MB, full model "
+        f"{s['full_model_mb']:.1f} MB ({100 * s['ratio']:.2f}%).",
+        "",
+        f"Inference over the same {i['posts']} posts (predict.py over transformers.pipeline at batch 1: "
+        f"{i['ours_vs_pipeline_batch_1']:.2f}x, at batch 64: {i['ours_vs_pipeline_batch_64']:.2f}x):",
+        "",
+        "| path | posts/s |",
+        "| --- | ---: |",
+    ]
     lines += [f"| {name} | {pps:.1f} |" for name, pps in i["posts_per_second"].items()]
-    lines += ["", "| model | validation accuracy | F1 | seconds per epoch |", "| --- | ---: | ---: | ---: |",
-              f"| TF-IDF + logistic regression | {100 * result['tfidf']['accuracy']:.2f}% | "
-              f"{100 * result['tfidf']['f1']:.2f}% | |"]
+    lines += [
+        "",
+        "| model | validation accuracy | F1 | seconds per epoch |",
+        "| --- | ---: | ---: | ---: |",
+        f"| TF-IDF + logistic regression | {100 * result['tfidf']['accuracy']:.2f}% | "
+        f"{100 * result['tfidf']['f1']:.2f}% | |",
+    ]
     for setup, r in result["accuracy"].items():
-        lines.append(f"| {setup} ({r['folder']}, {r['device']}) | {100 * r['accuracy']:.2f}% | {100 * r['f1']:.2f}% "
-                     f"| {r['seconds_per_epoch']:.0f} |")
+        lines.append(
+            f"| {setup} ({r['folder']}, {r['device']}) | {100 * r['accuracy']:.2f}% | {100 * r['f1']:.2f}% "
+            f"| {r['seconds_per_epoch']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def chart(result, path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -264,16 +351,28 @@ def chart(result, path):
     setups = list(H.SETUPS)
     by = {(t["setup"], t["pipeline"]): t for t in result["training"]}
     x = range(len(setups))
-    for offset, pipe, label in [(-0.27, "ours", "this pipeline"), (0, "trainer", "Trainer / AdapterTrainer, grouped"),
-                                (0.27, "write-up", "write-up pipeline (pad 512, batch 2)")]:
-        axes[0].bar([i + offset for i in x], [by[(s, pipe)]["examples_per_second"] if (s, pipe) in by else 0
-                                              for s in setups], 0.27, label=label)
+    for offset, pipe, label in [
+        (-0.27, "ours", "this pipeline"),
+        (0, "trainer", "Trainer / AdapterTrainer, grouped"),
+        (0.27, "write-up", "write-up pipeline (pad 512, batch 2)"),
+    ]:
+        axes[0].bar(
+            [i + offset for i in x],
+            [by[(s, pipe)]["examples_per_second"] if (s, pipe) in by else 0 for s in setups],
+            0.27,
+            label=label,
+        )
     axes[0].set(title="training throughput", ylabel="posts / s", xticks=list(x), xticklabels=setups)
     axes[0].legend(fontsize=8)
     before = [by[(s, "ours")]["memory_before_training_mb"] for s in setups]
     axes[1].bar(setups, before, color="tab:gray", label="before training: runtime, model, data")
-    axes[1].bar(setups, [by[(s, "ours")]["peak_memory_mb"] - b for s, b in zip(setups, before)], bottom=before,
-                color="tab:purple", label="added by training: activations, gradients, optimizer")
+    axes[1].bar(
+        setups,
+        [by[(s, "ours")]["peak_memory_mb"] - b for s, b in zip(setups, before)],
+        bottom=before,
+        color="tab:purple",
+        label="added by training: activations, gradients, optimizer",
+    )
     axes[1].set(title="peak memory while training (this pipeline)", ylabel="MB")
     axes[1].legend(fontsize=8)
     pps = result["inference"]["posts_per_second"]
@@ -299,16 +398,27 @@ def main(argv=None):
     for setup, pipes in PIPELINES.items():
         for pipe in pipes:
             t = run_measurement(args, setup, pipe)
-            print(f"{setup:<27} {pipe:<9} {t['examples_per_second']:7.1f} posts/s "
-                  f"peak {t['peak_memory_mb']:6.0f} MB", flush=True)
+            print(
+                f"{setup:<27} {pipe:<9} {t['examples_per_second']:7.1f} posts/s peak {t['peak_memory_mb']:6.0f} MB",
+                flush=True,
+            )
             training.append(t)
-    result = {"device": H.device_name(), "command": H.command_line("run.py", argv),
-              "date": time.strftime("%Y-%m-%d"), "model": args.model, "quick": args.quick,
-              "data_fingerprint": info["data_fingerprint"], "val_fingerprint": info["val_fingerprint"],
-              "training": training, "ratios": ratios(training), "sizes": measure_sizes(args, label_names),
-              "inference": measure_inference(args, val_ds, label_names), "tfidf": tfidf_baseline(train_ds, val_ds),
-              "accuracy": read_training_runs((info["data_fingerprint"], H.SEED, info["val_size"])),
-              "versions": train.library_versions()}
+    result = {
+        "device": H.device_name(),
+        "command": H.command_line("run.py", argv),
+        "date": time.strftime("%Y-%m-%d"),
+        "model": args.model,
+        "quick": args.quick,
+        "data_fingerprint": info["data_fingerprint"],
+        "val_fingerprint": info["val_fingerprint"],
+        "training": training,
+        "ratios": ratios(training),
+        "sizes": measure_sizes(args, label_names),
+        "inference": measure_inference(args, val_ds, label_names),
+        "tfidf": tfidf_baseline(train_ds, val_ds),
+        "accuracy": read_training_runs((info["data_fingerprint"], H.SEED, info["val_size"])),
+        "versions": train.library_versions(),
+    }
     stem = args.name or H.machine_slug() + ("-quick" if args.quick else "")
     H.write_results(Path(args.out) / stem, result, markdown(result), chart)
 

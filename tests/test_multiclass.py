@@ -6,22 +6,27 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import assert_clean_failure, run_cli
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from sklearn.utils.class_weight import compute_class_weight
 
 import data
 import inference
 import train
-from conftest import assert_clean_failure, run_cli
 
-WORDS = {"anxious": ["worried sick", "panic attack", "so nervous"], "glad": ["really happy", "great news", "sunny"],
-         "sad": ["hopeless", "empty inside", "crying again"]}
+WORDS = {
+    "anxious": ["worried sick", "panic attack", "so nervous"],
+    "glad": ["really happy", "great news", "sunny"],
+    "sad": ["hopeless", "empty inside", "crying again"],
+}
 
 
 def three_classes(sizes=None):
     sizes = sizes or {"anxious": 40, "glad": 20, "sad": 40}
-    return pd.DataFrame([(f"i feel {WORDS[c][i % 3]} today number {i}", c) for c in WORDS for i in range(sizes[c])],
-                        columns=["text", "label"])
+    return pd.DataFrame(
+        [(f"i feel {WORDS[c][i % 3]} today number {i}", c) for c in WORDS for i in range(sizes[c])],
+        columns=["text", "label"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +40,31 @@ def three_csv(tmp_path_factory):
 def runs(tiny_bert, three_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("k-runs")
     for mode in ("adapter", "full"):
-        run_cli("train.py", "--model", tiny_bert, "--data", three_csv, "--mode", mode, "--epochs", "3", "--lr",
-                "5e-3", "--max-length", "16", "--batch-size", "8", "--output-dir", out, "--name", mode,
-                "--class-weights", "balanced", "--metric", "macro_f1")
+        run_cli(
+            "train.py",
+            "--model",
+            tiny_bert,
+            "--data",
+            three_csv,
+            "--mode",
+            mode,
+            "--epochs",
+            "3",
+            "--lr",
+            "5e-3",
+            "--max-length",
+            "16",
+            "--batch-size",
+            "8",
+            "--output-dir",
+            out,
+            "--name",
+            mode,
+            "--class-weights",
+            "balanced",
+            "--metric",
+            "macro_f1",
+        )
     return out
 
 
@@ -74,8 +101,12 @@ def test_metrics_on_a_known_case():
     m = train.classification_metrics([0, 1, 2, 2, 1, 0], [0, 1, 2, 1, 1, 2], 0.5, ["a", "b", "c"])
     assert m["accuracy"] == pytest.approx(4 / 6)
     assert m["confusion_matrix"] == [[1, 0, 0], [0, 2, 1], [1, 0, 1]]
-    assert m["per_class"]["b"] == {"precision": 1.0, "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8),
-                                   "support": 3}
+    assert m["per_class"]["b"] == {
+        "precision": 1.0,
+        "recall": pytest.approx(2 / 3),
+        "f1": pytest.approx(0.8),
+        "support": 3,
+    }
     assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8 + 0.5) / 3) and m["f1"] == m["macro_f1"]
     binary = train.classification_metrics([1, 1, 0, 0], [1, 0, 0, 1], 0.1, ["not depressive", "depressive"])
     assert binary["precision"] == 0.5 and binary["recall"] == 0.5 and binary["confusion_matrix"] == [[1, 1], [1, 1]]
@@ -83,8 +114,19 @@ def test_metrics_on_a_known_case():
 
 def test_evaluate_reports_a_three_class_confusion_matrix(runs, three_csv, tmp_path):
     out = tmp_path / "eval.json"
-    run_cli("evaluate.py", "--adapter", runs / "adapter", "--data", three_csv, "--group-column", "label",
-            "--output", out, "--bootstrap", "20")
+    run_cli(
+        "evaluate.py",
+        "--adapter",
+        runs / "adapter",
+        "--data",
+        three_csv,
+        "--group-column",
+        "label",
+        "--output",
+        out,
+        "--bootstrap",
+        "20",
+    )
     result = json.loads(out.read_text())[str(runs / "adapter")]
     assert np.array(result["confusion_matrix"]).shape == (3, 3) and result["n"] == 100
     assert set(result["groups"]["sad"]) == {"anxious", "glad", "sad"}
@@ -93,10 +135,14 @@ def test_evaluate_reports_a_three_class_confusion_matrix(runs, three_csv, tmp_pa
 
 @pytest.mark.parametrize("problem", ["one class", "a class of one post"])
 def test_a_class_that_cannot_be_trained_is_refused_with_one_line(problem, tiny_bert, tmp_path):
-    df = three_classes({"anxious": 10, "glad": 1, "sad": 10}) if problem != "one class" else three_classes(
-        {"anxious": 10, "glad": 0, "sad": 0})
+    df = (
+        three_classes({"anxious": 10, "glad": 1, "sad": 10})
+        if problem != "one class"
+        else three_classes({"anxious": 10, "glad": 0, "sad": 0})
+    )
     df.to_csv(tmp_path / "d.csv", index=False)
-    proc = run_cli("train.py", "--model", tiny_bert, "--data", tmp_path / "d.csv", "--output-dir", tmp_path / "out",
-                   check=False)
+    proc = run_cli(
+        "train.py", "--model", tiny_bert, "--data", tmp_path / "d.csv", "--output-dir", tmp_path / "out", check=False
+    )
     assert_clean_failure(proc, "found 1: anxious" if problem == "one class" else "class 'glad' has 1 post")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.safetensors"))

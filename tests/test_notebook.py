@@ -1,19 +1,25 @@
 import nbformat
-from nbclient import NotebookClient
-
 from conftest import ROOT
+from nbclient import NotebookClient
 
 NOTEBOOK = ROOT / "notebooks" / "bottleneck_adapters.ipynb"
 
 
 def test_notebook_runs_top_to_bottom(tiny_bert, posts_csv, tmp_path, monkeypatch):
     """The walkthrough, executed as committed but in its quick setting (tiny model, small data), must not fail."""
-    for key, value in {"NOTEBOOK_MODEL": tiny_bert, "NOTEBOOK_DATA": posts_csv, "NOTEBOOK_EPOCHS": "1",
-                       "NOTEBOOK_TRAIN_SUBSET": "40", "NOTEBOOK_EVAL_SUBSET": "10",
-                       "NOTEBOOK_OUT": str(tmp_path / "runs")}.items():
+    for key, value in {
+        "NOTEBOOK_MODEL": tiny_bert,
+        "NOTEBOOK_DATA": posts_csv,
+        "NOTEBOOK_EPOCHS": "1",
+        "NOTEBOOK_TRAIN_SUBSET": "40",
+        "NOTEBOOK_EVAL_SUBSET": "10",
+        "NOTEBOOK_OUT": str(tmp_path / "runs"),
+    }.items():
         monkeypatch.setenv(key, value)
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    NotebookClient(
+        nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+    ).execute()
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "device:" in text and "saves" in text
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]

@@ -6,25 +6,30 @@ import sys
 import time
 
 import pandas as pd
-
 import pytest
 import torch
-
-import model as M
-import inference
-import train
 from conftest import ROOT, assert_clean_failure, run_cli
 
-TEXTS = ["i feel hopeless and empty every single day", "our team won the cup today",
-         "short", "made pancakes for the whole family and it was a lovely morning together"]
+import inference
+import model as M
+import predict
+import train
+
+TEXTS = [
+    "i feel hopeless and empty every single day",
+    "our team won the cup today",
+    "short",
+    "made pancakes for the whole family and it was a lovely morning together",
+]
 
 
 @pytest.fixture(scope="module")
 def trained(posts_csv, tmp_path_factory):
     """An adapter on the real MiniLM trained in this process, kept in memory, and the folder it was saved to."""
     out = tmp_path_factory.mktemp("adapters")
-    args = train.parse_args(["--data", posts_csv, "--output-dir", str(out), "--epochs", "1", "--batch-size", "16",
-                             "--max-length", "32"])
+    args = train.parse_args(
+        ["--data", posts_csv, "--output-dir", str(out), "--epochs", "1", "--batch-size", "16", "--max-length", "32"]
+    )
     model, _ = train.run(args)
     tokenizer = M.load_tokenizer(M.OFFLINE_MINILM)
     return model, tokenizer, out / "depression-pfeiffer"
@@ -66,7 +71,7 @@ def test_plain_output_has_label_and_probability_per_text(trained):
     for line, text in zip(lines, TEXTS[:2]):
         label = "not depressive" if line.startswith("not depressive") else "depressive"
         assert line.startswith(label) and text[:20] in line
-        assert 0.5 <= float(line[len(label):].split()[0]) <= 1
+        assert 0.5 <= float(line[len(label) :].split()[0]) <= 1
     assert proc.stderr.count("overwrit") == 0 and "Traceback" not in proc.stderr
 
 
@@ -84,8 +89,17 @@ def test_output_file_holds_every_result_in_input_order(trained, tmp_path):
     posts = [f"{TEXTS[i % 4]} {i}" for i in range(11)]
     (tmp_path / "posts.txt").write_text("\n".join(posts) + "\n")
     printed = predict_json(folder, "--file", tmp_path / "posts.txt")
-    proc = run_cli("predict.py", "--adapter", folder, "--file", tmp_path / "posts.txt", "--chunk-size", "3",
-                   "--output", tmp_path / "out.jsonl")
+    proc = run_cli(
+        "predict.py",
+        "--adapter",
+        folder,
+        "--file",
+        tmp_path / "posts.txt",
+        "--chunk-size",
+        "3",
+        "--output",
+        tmp_path / "out.jsonl",
+    )
     assert proc.stdout == "" and "classifying" in proc.stderr  # results go to the file, the bar to stderr
     written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["text"] for r in written] == posts
@@ -101,9 +115,15 @@ def test_results_stream_out_chunk_by_chunk_and_a_killed_run_keeps_them(trained, 
     the --output file keeps them, whole."""
     for output in [None, tmp_path / "out.jsonl"]:
         args = ["--output", str(output)] if output else ["--json"]
-        proc = subprocess.Popen([sys.executable, "predict.py", "--adapter", str(trained[2]), "--chunk-size", "2",
-                                 *args, "-"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        proc = subprocess.Popen(
+            [sys.executable, "predict.py", "--adapter", str(trained[2]), "--chunk-size", "2", *args, "-"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         proc.stdin.write(f"{TEXTS[0]}\n{TEXTS[1]}\n")
         proc.stdin.flush()
         if output is None:
@@ -121,8 +141,23 @@ def test_results_stream_out_chunk_by_chunk_and_a_killed_run_keeps_them(trained, 
 
 
 def test_full_model_folder_predicts_too(tiny_bert, posts_csv, tmp_path):
-    run_cli("train.py", "--mode", "full", "--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path,
-            "--epochs", "1", "--batch-size", "8", "--max-length", "32")
+    run_cli(
+        "train.py",
+        "--mode",
+        "full",
+        "--model",
+        tiny_bert,
+        "--data",
+        posts_csv,
+        "--output-dir",
+        tmp_path,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--max-length",
+        "32",
+    )
     rows = predict_json(tmp_path / "depression-full", *TEXTS)
     assert len(rows) == 4 and all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in rows)
 
@@ -132,9 +167,21 @@ def test_without_a_trained_adapter_it_says_how_to_train_one(tmp_path):
     assert_clean_failure(proc, "python train.py --mode adapter")
 
 
-@pytest.mark.parametrize("problem", ["missing folder", "incomplete folder", "not an adapter", "other base model",
-                                     "empty text", "no text", "damaged training.json", "output exists",
-                                     "output suffix", "file without posts"])
+@pytest.mark.parametrize(
+    "problem",
+    [
+        "missing folder",
+        "incomplete folder",
+        "not an adapter",
+        "other base model",
+        "empty text",
+        "no text",
+        "damaged training.json",
+        "output exists",
+        "output suffix",
+        "file without posts",
+    ],
+)
 def test_bad_input_gets_one_line_and_exit_2(problem, trained, tmp_path):
     folder = tmp_path / "adapter"
     shutil.copytree(trained[2], folder)

@@ -11,11 +11,11 @@ import time
 
 import pytest
 import torch
+from conftest import ROOT, assert_clean_failure, make_posts, run_cli
 from safetensors.torch import load_file, save_file
 
 import model as M
 import train
-from conftest import ROOT, assert_clean_failure, make_posts, run_cli
 
 # Long enough (about 1-2 s an epoch on the tiny BERT) for a test to act between two epochs.
 SLOW = ["--epochs", "4", "--batch-size", "8", "--max-length", "32", "--lr", "3e-3"]
@@ -30,9 +30,14 @@ def posts_1200(tmp_path_factory):
 
 def start_training(tiny_bert, data, out, *extra):
     """train.py in the background, as a user starts it in another terminal."""
-    return subprocess.Popen([sys.executable, "train.py", "--model", tiny_bert, "--data", data, "--output-dir", str(out),
-                             *SLOW, *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.Popen(
+        [sys.executable, "train.py", "--model", tiny_bert, "--data", data, "--output-dir", str(out), *SLOW, *extra],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def wait_for(path, proc, timeout=300):
@@ -61,8 +66,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_bert, posts_1200, tmp_path):
     assert (killed / "depression-pfeiffer.lock").exists()  # the dead run's lock file: taken over below
     assert not (killed / "depression-pfeiffer").exists()
 
-    again = run_cli("train.py", "--model", tiny_bert, "--data", posts_1200, "--output-dir", killed, *SLOW,
-                    check=False)
+    again = run_cli("train.py", "--model", tiny_bert, "--data", posts_1200, "--output-dir", killed, *SLOW, check=False)
     assert_clean_failure(again, "interrupted run", "--resume")  # without --resume nothing is thrown away
     resumed = run_cli("train.py", "--model", tiny_bert, "--data", posts_1200, "--output-dir", killed, *SLOW, "--resume")
     assert f"resumed after epoch {done} of 4" in resumed.stdout
@@ -79,8 +83,20 @@ def test_killed_run_resumes_to_the_same_result(tiny_bert, posts_1200, tmp_path):
 
 
 def test_resume_with_other_arguments_or_nothing_to_resume(tiny_bert, posts_csv, tmp_path):
-    proc = run_cli("train.py", "--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path, "--epochs", "1",
-                   "--max-length", "32", "--resume")
+    proc = run_cli(
+        "train.py",
+        "--model",
+        tiny_bert,
+        "--data",
+        posts_csv,
+        "--output-dir",
+        tmp_path,
+        "--epochs",
+        "1",
+        "--max-length",
+        "32",
+        "--resume",
+    )
     assert "nothing to resume" in proc.stdout and "starting afresh" in proc.stdout
     assert (tmp_path / "depression-pfeiffer" / "training.json").is_file()
 
@@ -103,8 +119,19 @@ def test_every_flag_is_a_resume_setting_but_where_the_result_goes():
 def test_second_run_into_the_same_folder_is_refused_and_the_first_finishes(tiny_bert, posts_1200, tmp_path):
     first = start_training(tiny_bert, posts_1200, tmp_path)
     wait_for(tmp_path / "depression-pfeiffer.incomplete" / "checkpoint" / "state.json", first)
-    second = run_cli("train.py", "--model", tiny_bert, "--data", posts_1200, "--output-dir", tmp_path, *SLOW,
-                     "--seed", "7", check=False)
+    second = run_cli(
+        "train.py",
+        "--model",
+        tiny_bert,
+        "--data",
+        posts_1200,
+        "--output-dir",
+        tmp_path,
+        *SLOW,
+        "--seed",
+        "7",
+        check=False,
+    )
     assert_clean_failure(second, f"another training run (pid {first.pid}) is writing")
     out, err = first.communicate(timeout=600)
     assert first.returncode == 0, err
@@ -115,8 +142,23 @@ def test_second_run_into_the_same_folder_is_refused_and_the_first_finishes(tiny_
 
 
 def test_patience_stops_when_accuracy_stops_improving(tiny_bert, posts_csv, tmp_path):
-    proc = run_cli("train.py", "--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path, "--epochs", "6",
-                   "--batch-size", "8", "--max-length", "32", "--patience", "1")
+    proc = run_cli(
+        "train.py",
+        "--model",
+        tiny_bert,
+        "--data",
+        posts_csv,
+        "--output-dir",
+        tmp_path,
+        "--epochs",
+        "6",
+        "--batch-size",
+        "8",
+        "--max-length",
+        "32",
+        "--patience",
+        "1",
+    )
     folder = tmp_path / "depression-pfeiffer"
     rows, info = metrics(folder), json.loads((folder / "training.json").read_text())
     accuracies = [r["accuracy"] for r in rows]
@@ -127,6 +169,7 @@ def test_patience_stops_when_accuracy_stops_improving(tiny_bert, posts_csv, tmp_
 
 
 # --- the swap of a finished result: a failure at each step leaves the old or the new result whole
+
 
 def result_folder(path, marker):
     path.mkdir(parents=True)
@@ -148,6 +191,7 @@ def test_swap_failure_at_each_step_leaves_a_whole_result(failing_step, tmp_path,
             if len(calls) - 1 == failing_step:
                 raise OSError("injected failure (a kill at this moment)")
             return real(*args, **kwargs)
+
         return wrapped
 
     monkeypatch.setattr(train.os, "rename", step(real_rename))
@@ -159,8 +203,9 @@ def test_swap_failure_at_each_step_leaves_a_whole_result(failing_step, tmp_path,
     def contents(path):
         return {p.name: p.read_bytes() for p in path.iterdir()} if path.is_dir() else None
 
-    assert old_files in (contents(target), contents(tmp_path / "depression-pfeiffer.old")) or \
-        contents(target) == new_files
+    assert (
+        old_files in (contents(target), contents(tmp_path / "depression-pfeiffer.old")) or contents(target) == new_files
+    )
     train.recover_swap(target)  # what the next run does under its lock
     assert contents(target) in (old_files, new_files)
     assert not (tmp_path / "depression-pfeiffer.old").exists()
@@ -179,12 +224,28 @@ def test_swap_replaces_the_old_result(tmp_path):
 
 # --- damaged folders: predict.py refuses each with one line and exit 2
 
+
 @pytest.fixture(scope="module")
 def saved(tiny_bert, posts_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("saved")
     for mode in ["adapter", "full"]:
-        run_cli("train.py", "--mode", mode, "--model", tiny_bert, "--data", posts_csv, "--output-dir", out,
-                "--epochs", "1", "--batch-size", "8", "--max-length", "32")
+        run_cli(
+            "train.py",
+            "--mode",
+            mode,
+            "--model",
+            tiny_bert,
+            "--data",
+            posts_csv,
+            "--output-dir",
+            out,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--max-length",
+            "32",
+        )
     return out
 
 
@@ -233,13 +294,23 @@ def damage(folder, problem):
     raise AssertionError(problem)
 
 
-@pytest.mark.parametrize("mode, problem", [
-    ("adapter", "truncated adapter.safetensors"), ("adapter", "garbage adapter_config.json"),
-    ("adapter", "garbage head_config.json"), ("adapter", "model_head.safetensors missing"),
-    ("adapter", "unknown base model"), ("adapter", "empty label_names"),
-    ("adapter", "pickle weights instead of safetensors"), ("adapter", "unrelated tensors in adapter.safetensors"),
-    ("full", "truncated model.safetensors"), ("full", "garbage config.json"), ("full", "tokenizer files missing"),
-    ("full", "only pytorch_model.bin")])
+@pytest.mark.parametrize(
+    "mode, problem",
+    [
+        ("adapter", "truncated adapter.safetensors"),
+        ("adapter", "garbage adapter_config.json"),
+        ("adapter", "garbage head_config.json"),
+        ("adapter", "model_head.safetensors missing"),
+        ("adapter", "unknown base model"),
+        ("adapter", "empty label_names"),
+        ("adapter", "pickle weights instead of safetensors"),
+        ("adapter", "unrelated tensors in adapter.safetensors"),
+        ("full", "truncated model.safetensors"),
+        ("full", "garbage config.json"),
+        ("full", "tokenizer files missing"),
+        ("full", "only pytorch_model.bin"),
+    ],
+)
 def test_damaged_folder_is_refused_with_one_line(mode, problem, saved, tmp_path):
     folder = tmp_path / "copy"
     shutil.copytree(saved / ("depression-pfeiffer" if mode == "adapter" else "depression-full"), folder)

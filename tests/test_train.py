@@ -1,10 +1,7 @@
 import json
 import re
-from pathlib import Path
 
-import pandas as pd
 import pytest
-
 from conftest import assert_clean_failure, make_posts, run_cli
 
 QUICK = ["--epochs", "2", "--batch-size", "8", "--max-length", "32"]
@@ -27,13 +24,27 @@ def test_adapter_run_writes_adapter_head_metrics_and_training_info(runs, tiny_be
     out, procs = runs
     folder = out / "depression-pfeiffer"
     names = {p.name for p in folder.iterdir()}
-    assert {"adapter_config.json", "adapter.safetensors", "head_config.json", "model_head.safetensors",
-            "metrics.jsonl", "training.json"} <= names
+    assert {
+        "adapter_config.json",
+        "adapter.safetensors",
+        "head_config.json",
+        "model_head.safetensors",
+        "metrics.jsonl",
+        "training.json",
+    } <= names
     assert not (out / "depression-pfeiffer.incomplete").exists()
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    for key in ["train_loss", "val_loss", "accuracy", "precision", "recall", "f1", "wall_seconds",
-                "examples_per_second"]:
+    for key in [
+        "train_loss",
+        "val_loss",
+        "accuracy",
+        "precision",
+        "recall",
+        "f1",
+        "wall_seconds",
+        "examples_per_second",
+    ]:
         assert all(key in r for r in rows)
     info = json.loads((folder / "training.json").read_text())
     assert info["mode"] == "adapter" and info["base_model"] == tiny_bert and info["adapter_config"] == "pfeiffer"
@@ -58,22 +69,27 @@ def test_full_run_saves_model_and_tokenizer(runs):
     out, procs = runs
     folder = out / "depression-full"
     assert {"config.json", "model.safetensors", "tokenizer.json", "training.json", "metrics.jsonl"} <= {
-        p.name for p in folder.iterdir()}
+        p.name for p in folder.iterdir()
+    }
     assert "(100.00%)" in procs["full"].stdout
     assert json.loads((folder / "config.json").read_text())["attention_probs_dropout_prob"] == 0.0
 
 
 def test_every_mode_sees_the_same_split(runs):
     out, _ = runs
-    infos = [json.loads((out / name / "training.json").read_text())
-             for name in ["depression-pfeiffer", "depression-houlsby", "depression-full"]]
+    infos = [
+        json.loads((out / name / "training.json").read_text())
+        for name in ["depression-pfeiffer", "depression-houlsby", "depression-full"]
+    ]
     assert len({(i["val_fingerprint"], i["data_fingerprint"], i["train_size"]) for i in infos}) == 1
 
 
 def test_houlsby_trains_more_weights_than_pfeiffer(runs):
     out, _ = runs
-    pfeiffer, houlsby = (json.loads((out / n / "training.json").read_text())["parameters"]["trainable"]
-                         for n in ["depression-pfeiffer", "depression-houlsby"])
+    pfeiffer, houlsby = (
+        json.loads((out / n / "training.json").read_text())["parameters"]["trainable"]
+        for n in ["depression-pfeiffer", "depression-houlsby"]
+    )
     assert houlsby > pfeiffer
 
 
@@ -95,9 +111,20 @@ def write(tmp_path, df, name="posts.csv"):
     return str(tmp_path / name)
 
 
-@pytest.mark.parametrize("problem", ["missing file", "unreadable file", "no text column", "three labels",
-                                     "too few rows", "unknown adapter config", "unknown mode", "bad epochs",
-                                     "bad attention dropout"])
+@pytest.mark.parametrize(
+    "problem",
+    [
+        "missing file",
+        "unreadable file",
+        "no text column",
+        "three labels",
+        "too few rows",
+        "unknown adapter config",
+        "unknown mode",
+        "bad epochs",
+        "bad attention dropout",
+    ],
+)
 def test_bad_input_gets_one_line_and_exit_2(problem, tmp_path, tiny_bert, posts_csv):
     posts = make_posts()
     data, extra, words = posts_csv, [], []
@@ -126,8 +153,9 @@ def test_bad_input_gets_one_line_and_exit_2(problem, tmp_path, tiny_bert, posts_
 
 
 def test_offline_hub_data_set_fails_with_a_hint(tmp_path, tiny_bert):
-    proc = run_cli("train.py", "--model", tiny_bert, "--data", "someone/not-cached-here", "--output-dir", tmp_path,
-                   check=False)
+    proc = run_cli(
+        "train.py", "--model", tiny_bert, "--data", "someone/not-cached-here", "--output-dir", tmp_path, check=False
+    )
     assert_clean_failure(proc, "--data", "DEPRESSION_DATA")
 
 
