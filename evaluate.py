@@ -36,6 +36,7 @@ from transformers.utils import logging as hf_logging
 import data
 import inference
 import model as M
+import saved
 
 BOOTSTRAP = 1000  # resamples for the 95% intervals
 CHUNK = 256  # posts classified between two updates of the progress bar
@@ -413,7 +414,7 @@ def main(argv=None):
         posts, left_out = read_labelled(
             args.data, args.text_column, args.label_column, args.group_column, args.label_mapping
         )
-        infos = {folder: M.read_training_info(folder) for folder in args.adapter}  # every folder checked first
+        infos = {folder: saved.read_training_info(folder) for folder in args.adapter}  # every folder checked first
         labels = {folder: class_indices(posts["label"], info["label_names"], folder) for folder, info in infos.items()}
         groups = posts["group"].to_numpy() if args.group_column else None
         for pair in args.group_auc:

@@ -10,15 +10,15 @@ from accelerate import PartialState
 from transformers import DataCollatorWithPadding
 
 import data
-import model as M
+import saved
 
 
 def load(folder, model_name=None, merge=True):
     """(model on the best device, tokenizer, training info) from a folder written by train.py; LoRA-kind adapters
     (model.MERGEABLE_CONFIGS) folded into the base weights unless merge=False."""
-    model, tokenizer, info = M.load_trained(folder, model_name)
+    model, tokenizer, info = saved.load_trained(folder, model_name)
     if merge:
-        M.merge_adapter(model, info)
+        saved.merge_adapter(model, info)
     return model.to(PartialState().device), tokenizer, info
 
 

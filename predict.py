@@ -26,6 +26,7 @@ from transformers.utils import logging as hf_logging
 
 import data
 import model as M
+import saved
 from inference import classify, load
 
 DEFAULT_ADAPTER = "adapters/depression-pfeiffer"  # where `python train.py --mode adapter` saves
@@ -69,7 +70,7 @@ def build_parser():
         "--no-merge",
         dest="merge",
         action="store_false",
-        help=f"keep a {'/'.join(M.MERGEABLE_CONFIGS)} adapter apart from the base weights; by default it "
+        help=f"keep a {'/'.join(saved.MERGEABLE_CONFIGS)} adapter apart from the base weights; by default it "
         "is merged into them before predicting (the same probabilities within 1e-4, and as fast as "
         "the base model alone)",
     )

@@ -18,7 +18,6 @@ finished epoch (--resume continues from it); the result replaces <name>/ only wh
 """
 
 import argparse
-import fcntl
 import json
 import os
 import platform
@@ -28,6 +27,7 @@ import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ from transformers.utils import logging as hf_logging
 
 import data
 import model as M
+import saved
 
 # Defaults, measured on the real data (7,650 posts after cleaning, 6,426 for training) with the offline
 # MiniLM on a 2-core CPU; README.md ("Choosing the defaults") has the runs behind them.
@@ -267,69 +268,6 @@ def fail(message):
     sys.exit(2)
 
 
-def check_output_folder(folder, overwrite):
-    """Refuse to replace a trained model unless asked to; the old one stays until the new one is saved."""
-    if folder.exists() and not folder.is_dir():
-        raise M.ModelError(f"{folder} exists and is not a folder; pick another --name or --output-dir")
-    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
-        raise M.ModelError(
-            f"{folder} already holds a trained model; pass --overwrite to replace it or --name to keep both"
-        )
-
-
-def lock_folder(folder):
-    """An exclusive lock on <folder>.lock (fcntl.flock), held by this process until release_lock(); the kernel
-    drops it when the process dies, so a lock left by a killed run is simply taken over."""
-    path = folder.with_name(folder.name + ".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        handle = open(path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            pid = handle.read().strip() or "?"
-            handle.close()
-            raise M.ModelError(
-                f"another training run (pid {pid}) is writing {folder}; wait for it to end, or pick another --name"
-            ) from None
-        if path.exists() and os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
-            break
-        handle.close()  # the run before us removed the file after we opened it: lock the new one
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
-
-
-def release_lock(handle):
-    """Remove the lock file while still holding the lock, then let it go."""
-    Path(handle.name).unlink(missing_ok=True)
-    handle.close()
-
-
-def swap_in(new, target):
-    """Replace folder `target` by folder `new` so that a kill at any moment leaves one of them whole:
-    the old one is renamed aside, the new one renamed in, and only then is the old one deleted."""
-    recover_swap(target)
-    old = target.with_name(target.name + ".old")
-    if target.exists():
-        os.rename(target, old)
-    os.rename(new, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def recover_swap(target):
-    """After a swap_in() that was killed: put the old folder back if the new one never arrived, else drop it."""
-    old = target.with_name(target.name + ".old")
-    if old.exists():
-        if target.exists():
-            shutil.rmtree(old)
-        else:
-            os.rename(old, target)
-
-
 def mixed_precision(choice):
     if choice != "auto":
         return choice
@@ -473,18 +411,14 @@ def resume_config(args, num_processes):
     return {**{key: getattr(args, key) for key in resume_keys()}, "num_processes": num_processes}
 
 
-def staging_folder(output):
-    return output.with_name(output.name + ".incomplete")
-
-
 def claim_output(args, num_processes):
     """Under the lock: check the result folder and any interrupted run in <name>.incomplete/; returns whether
     to resume. Without --resume an interrupted run's checkpoint is kept unless --overwrite says to discard it."""
-    recover_swap(args.output)
-    check_output_folder(args.output, args.overwrite)
-    staging = staging_folder(args.output)
+    saved.recover_swap(args.output)
+    saved.check_output_folder(args.output, args.overwrite)
+    staging = saved.staging_folder(args.output)
     checkpoint = staging / "checkpoint"
-    recover_swap(checkpoint)
+    saved.recover_swap(checkpoint)
     state_file = checkpoint / "state.json"
     if state_file.is_file():
         state = json.loads(state_file.read_text())
@@ -543,7 +477,7 @@ def save_checkpoint(staging, accelerator, model, optimizer, scheduler, best_stat
         torch.save(optimizer.state_dict(), new / "optimizer.pt")
         torch.save(scheduler.state_dict(), new / "scheduler.pt")
         (new / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-        swap_in(new, staging / "checkpoint")
+        saved.swap_in(new, staging / "checkpoint")
         write_metrics(staging / "metrics.jsonl", state["history"])
     accelerator.wait_for_everyone()
 
@@ -662,73 +596,79 @@ def run(args):
             args.model, args.adapter_config, args.reduction_factor, args.leave_out
         )  # before any work
     accelerator = Accelerator(mixed_precision=mixed_precision(args.mixed_precision), cpu=use_cpu_processes())
-    lock = on_main_process(accelerator, lock_folder, args.output)
+    lock = on_main_process(accelerator, saved.lock_folder, args.output)
     try:
         return train_and_save(args, accelerator)
     finally:
         if lock is not None:
-            release_lock(lock)
+            saved.release_lock(lock)
 
 
 def train_and_save(args, accelerator):
-    log = accelerator.print
-    processes = accelerator.num_processes
+    """Set up (data, model, optimizer, a checkpoint to resume), fit (the epochs), save (the best epoch, on the main
+    process); returns the model and the per-epoch metrics."""
+    run = set_up(args, accelerator)
+    best, best_state, history = fit(args, accelerator, run)
+    if run.cached:
+        run.restore_layers()  # the whole model again, for saving and for callers that predict from token ids
+    if accelerator.is_main_process:
+        save(args, accelerator, run, best, best_state, history)
+    accelerator.wait_for_everyone()
+    return accelerator.unwrap_model(run.model), history
+
+
+def set_up(args, accelerator):
+    """Everything the epochs need, as one namespace: the claimed output folder, the data and its loaders (over cached
+    lower layers where they are frozen), the model, optimizer and schedule, prepared by accelerate."""
+    log, processes = accelerator.print, accelerator.num_processes
+    run = SimpleNamespace(processes=processes)
     resume = on_main_process(accelerator, claim_output, args, processes)
-    resume = broadcast_object_list([resume])[0] if processes > 1 else resume
-    staging = staging_folder(args.output)
+    run.resume = broadcast_object_list([resume])[0] if processes > 1 else resume
+    run.staging = saved.staging_folder(args.output)
     set_seed(args.seed)
 
-    train_ds, val_ds, label_names, data_info = data.load_splits(
-        args.data,
-        args.text_column,
-        args.label_column,
-        args.val_size,
-        args.split_seed,
-        args.label_mapping,
+    train_ds, val_ds, run.label_names, run.data_info = data.load_splits(
+        args.data, args.text_column, args.label_column, args.val_size, args.split_seed, args.label_mapping,
         args.normalize_text,
-    )
+    )  # fmt: skip
     if args.max_train_samples:
         train_ds = train_ds.select(range(min(args.max_train_samples, len(train_ds))))
     if args.max_eval_samples:
         val_ds = val_ds.select(range(min(args.max_eval_samples, len(val_ds))))
-    tokenizer = M.load_tokenizer(args.model)
-    train_ds, val_ds = (data.tokenize(ds, tokenizer, args.max_length) for ds in (train_ds, val_ds))
+    run.tokenizer = M.load_tokenizer(args.model)
+    train_ds, val_ds = (data.tokenize(ds, run.tokenizer, args.max_length) for ds in (train_ds, val_ds))
+    run.train_size, run.val_size = len(train_ds), len(val_ds)
     shard = {"num_shards": processes, "shard": accelerator.process_index}
-    train_dl = data.train_loader(train_ds, tokenizer, args.batch_size, args.seed, args.group_by_length, **shard)
-    val_dl = data.eval_loader(val_ds, tokenizer, args.batch_size * 2, **shard)
+    run.train_dl = data.train_loader(train_ds, run.tokenizer, args.batch_size, args.seed, args.group_by_length, **shard)
+    run.val_dl = data.eval_loader(val_ds, run.tokenizer, args.batch_size * 2, **shard)
     log(
         f"split: {len(train_ds)} train / {len(val_ds)} validation posts (split seed {args.split_seed}), "
         f"max length {args.max_length}"
     )
-    weights = class_weights(args.class_weights, train_ds["label"], len(label_names))
-    if weights is not None:
-        log("class weights: " + ", ".join(f"{n} {w:.3f}" for n, w in zip(label_names, weights)))
+    run.weights = class_weights(args.class_weights, train_ds["label"], len(run.label_names))
+    if run.weights is not None:
+        log("class weights: " + ", ".join(f"{n} {w:.3f}" for n, w in zip(run.label_names, run.weights)))
 
     model = M.build_model(
-        args.model,
-        args.mode,
-        label_names,
-        args.adapter_config,
-        args.reduction_factor,
-        args.leave_out,
-        args.seed,
+        args.model, args.mode, run.label_names, args.adapter_config, args.reduction_factor, args.leave_out, args.seed,
         args.attention_dropout,
-    )
-    params = M.count_parameters(model)
+    )  # fmt: skip
+    run.params = M.count_parameters(model)
     log(
         f"model: {args.model}, mode {args.mode}"
         + (f", adapter {args.adapter_config}" if args.mode == "adapter" else "")
     )
-    log(M.format_parameters(params))
-    cached, cached_train_dl, cached_val_dl, cache_seconds = cache_frozen_layers(
-        args, model, tokenizer, train_ds, val_ds, accelerator, shard
+    log(M.format_parameters(run.params))
+    run.cached, cached_train_dl, cached_val_dl, run.cache_seconds = cache_frozen_layers(
+        args, model, run.tokenizer, train_ds, val_ds, accelerator, shard
     )
-    if cached:
-        train_dl, val_dl, restore_layers = cached_train_dl, cached_val_dl, M.skip_lower_layers(model, cached)
+    if run.cached:
+        run.train_dl, run.val_dl = cached_train_dl, cached_val_dl
+        run.restore_layers = M.skip_lower_layers(model, run.cached)
     optimizer = build_optimizer(model, args.lr, args.weight_decay)
-    steps = args.epochs * len(train_dl)  # this process's steps: the batches are already shared out
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * steps), steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    steps = args.epochs * len(run.train_dl)  # this process's steps: the batches are already shared out
+    run.scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * steps), steps)
+    run.model, run.optimizer = accelerator.prepare(model, optimizer)
     log(
         f"device: {accelerator.device}, {processes} process(es), mixed precision: {accelerator.mixed_precision}, "
         f"global batch {args.batch_size * processes} = {processes} x {args.batch_size}, learning rate {args.lr:g}"
@@ -739,130 +679,105 @@ def train_and_save(args, accelerator):
             f"launch sets to 1); run python train.py for one process, or torchrun --nproc_per_node N "
             f"(or accelerate launch --multi_gpu --num_processes N) for several"
         )
+    return run
 
+
+def fit(args, accelerator, run):
+    """The epochs (after the resumed checkpoint's, if any), validating after each and keeping the best by --metric;
+    a checkpoint after every epoch. Returns (best epoch's metrics, its trainable weights, every epoch's metrics)."""
+    log = accelerator.print
     best, best_state, history, since_best = None, None, [], 0
-    if resume:
-        state, best_state = load_checkpoint(staging, accelerator, model, optimizer, scheduler)
-        if state["data_fingerprint"] != data_info["data_fingerprint"]:
+    if run.resume:
+        state, best_state = load_checkpoint(run.staging, accelerator, run.model, run.optimizer, run.scheduler)
+        if state["data_fingerprint"] != run.data_info["data_fingerprint"]:
             raise M.ModelError(
-                f"--resume: the data differs from the checkpoint's in {staging}; "
+                f"--resume: the data differs from the checkpoint's in {run.staging}; "
                 f"pass the same --data, or --overwrite instead of --resume to start over"
             )
         best, history, since_best = state["best"], state["history"], state["since_best"]
-        log(f"resumed after epoch {state['epoch']} of {args.epochs} from {staging}/checkpoint")
+        log(f"resumed after epoch {state['epoch']} of {args.epochs} from {run.staging}/checkpoint")
+    weights = None if run.weights is None else torch.tensor(run.weights, device=accelerator.device)
+    cache_seconds = run.cache_seconds
     for epoch in range(len(history) + 1, args.epochs + 1):
         if args.patience and since_best >= args.patience:
             log(
-                f"no better validation {args.metric} for {since_best} epochs: stopping before epoch {epoch} "
-                f"(--patience)"
+                f"no better validation {args.metric} for {since_best} epochs: "
+                f"stopping before epoch {epoch} (--patience)"
             )
             break
         start = time.perf_counter()
         train_loss, examples, tokens = train_epoch(
-            model,
-            train_dl,
-            optimizer,
-            scheduler,
-            accelerator,
-            epoch,
-            args.epochs,
-            None if weights is None else torch.tensor(weights, device=accelerator.device),
+            run.model, run.train_dl, run.optimizer, run.scheduler, accelerator, epoch, args.epochs, weights
         )
         train_seconds = time.perf_counter() - start + cache_seconds  # the caching pass counts in the first epoch
-        metrics = evaluate(model, val_dl, accelerator, label_names)
+        metrics = evaluate(run.model, run.val_dl, accelerator, run.label_names)
         row = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            **metrics,
-            "train_examples": examples,
-            "train_seconds": train_seconds,
-            "examples_per_second": examples / train_seconds,
-            "tokens_per_second": tokens / train_seconds,
-            "wall_seconds": time.perf_counter() - start + cache_seconds,
+            "epoch": epoch, "train_loss": train_loss, **metrics, "train_examples": examples,
+            "train_seconds": train_seconds, "examples_per_second": examples / train_seconds,
+            "tokens_per_second": tokens / train_seconds, "wall_seconds": time.perf_counter() - start + cache_seconds,
             "cache_seconds": cache_seconds,
-        }
+        }  # fmt: skip
         cache_seconds = 0.0
         history.append(row)
-        scores = (
-            f"precision {metrics['precision']:.4f}, recall {metrics['recall']:.4f}, F1 {metrics['f1']:.4f}"
-            if len(label_names) == 2
-            else f"macro-F1 {metrics['macro_f1']:.4f}"
-        )
-        log(
-            f"epoch {epoch}: train loss {train_loss:.4f}, val loss {metrics['val_loss']:.4f}, "
-            f"accuracy {metrics['accuracy']:.4f}, {scores} ({train_seconds:.0f} s, {row['examples_per_second']:.1f} "
-            f"posts/s)"
-        )
+        log(f"epoch {epoch}: train loss {train_loss:.4f}, {format_scores(metrics, run.label_names)} "
+            f"({train_seconds:.0f} s, {row['examples_per_second']:.1f} posts/s)")  # fmt: skip
         if best is None or metrics[args.metric] > best[args.metric]:
-            best, best_state, since_best = row, trainable_state(accelerator.unwrap_model(model)), 0
+            best, best_state, since_best = row, trainable_state(accelerator.unwrap_model(run.model)), 0
         else:
             since_best += 1
         state = {
-            "epoch": epoch,
-            "config": resume_config(args, processes),
-            "data_fingerprint": data_info["data_fingerprint"],
-            "best": best,
-            "since_best": since_best,
+            "epoch": epoch, "config": resume_config(args, run.processes),
+            "data_fingerprint": run.data_info["data_fingerprint"], "best": best, "since_best": since_best,
             "history": history,
-        }
-        save_checkpoint(staging, accelerator, model, optimizer, scheduler, best_state, state)
+        }  # fmt: skip
+        save_checkpoint(run.staging, accelerator, run.model, run.optimizer, run.scheduler, best_state, state)
+    return best, best_state, history
 
-    if cached:
-        restore_layers()  # the whole model again, for saving and for callers that predict from token ids
-    if accelerator.is_main_process:
-        final = accelerator.unwrap_model(model)
-        load_trainable(final, best_state, f"{staging}/checkpoint/best.safetensors")
-        result = staging / "result"
-        shutil.rmtree(result, ignore_errors=True)
-        M.save_trained(final, tokenizer, result, args.mode)
-        write_metrics(result / "metrics.jsonl", history)
-        info = {
-            "mode": args.mode,
-            "base_model": args.model,
-            "adapter_name": M.ADAPTER_NAME,
-            "adapter_config": args.adapter_config if args.mode == "adapter" else None,
-            "reduction_factor": args.reduction_factor,
-            "leave_out": args.leave_out,
-            "label_names": label_names,
-            "max_length": args.max_length,
-            "label_map": args.label_map,
-            "normalize_text": args.normalize_text,
-            "metric": args.metric,
-            "class_weights": weights,
-            "attention_dropout": args.attention_dropout,
-            "seed": args.seed,
-            "split_seed": args.split_seed,
-            "epochs": args.epochs,
-            "epochs_run": len(history),
-            "patience": args.patience,
-            "lr": args.lr,
-            "batch_size": args.batch_size,
-            "num_processes": processes,
-            "global_batch_size": args.batch_size * processes,
-            "mixed_precision": accelerator.mixed_precision,
-            "device": str(accelerator.device),
-            **data_info,
-            "train_size": len(train_ds),
-            "val_size": len(val_ds),
-            "parameters": params,
-            "best_epoch": best["epoch"],
-            "best": best,
-            "versions": library_versions(),
-        }
-        (result / M.TRAINING_INFO).write_text(json.dumps(info, indent=2) + "\n")
-        swap_in(result, args.output)
-        shutil.rmtree(staging)
-        size = sum(f.stat().st_size for f in args.output.iterdir()) / 1e6
-        log(
-            f"best epoch {best['epoch']} (by {args.metric}): accuracy {best['accuracy']:.4f}, "
-            + (f"F1 {best['f1']:.4f}" if len(label_names) == 2 else f"macro-F1 {best['macro_f1']:.4f}")
-        )
-        log(
-            f"saved to {args.output}/ ({size:.1f} MB); predict with: "
-            f'python predict.py --adapter {args.output} "some text"'
-        )
-    accelerator.wait_for_everyone()
-    return accelerator.unwrap_model(model), history
+
+def format_scores(metrics, label_names):
+    scores = (
+        f"precision {metrics['precision']:.4f}, recall {metrics['recall']:.4f}, F1 {metrics['f1']:.4f}"
+        if len(label_names) == 2
+        else f"macro-F1 {metrics['macro_f1']:.4f}"
+    )
+    loss = f"val loss {metrics['val_loss']:.4f}, " if "val_loss" in metrics else ""
+    return f"{loss}accuracy {metrics['accuracy']:.4f}, {scores}"
+
+
+def save(args, accelerator, run, best, best_state, history):
+    """On the main process: the best epoch's weights, metrics.jsonl and training.json into a staging folder, swapped
+    in whole for the output folder."""
+    final = accelerator.unwrap_model(run.model)
+    load_trainable(final, best_state, f"{run.staging}/checkpoint/best.safetensors")
+    result = run.staging / "result"
+    shutil.rmtree(result, ignore_errors=True)
+    saved.save_trained(final, run.tokenizer, result, args.mode)
+    write_metrics(result / "metrics.jsonl", history)
+    saved.write_training_info(result, training_info(args, accelerator, run, best, history))
+    saved.swap_in(result, args.output)
+    shutil.rmtree(run.staging)
+    size = sum(f.stat().st_size for f in args.output.iterdir()) / 1e6
+    accelerator.print(f"best epoch {best['epoch']} (by {args.metric}): {format_scores(best, run.label_names)}")
+    accelerator.print(
+        f'saved to {args.output}/ ({size:.1f} MB); predict with: python predict.py --adapter {args.output} "some text"'
+    )
+
+
+def training_info(args, accelerator, run, best, history):
+    """What training.json records: saved.TRAINING_INFO_SCHEMA's keys (what loading needs), the settings, the data's
+    fingerprints and sizes, the parameter counts, the best epoch and the library versions."""
+    return {
+        "mode": args.mode, "base_model": args.model, "adapter_name": M.ADAPTER_NAME,
+        "adapter_config": args.adapter_config if args.mode == "adapter" else None,
+        "reduction_factor": args.reduction_factor, "leave_out": args.leave_out, "label_names": run.label_names,
+        "max_length": args.max_length, "label_map": args.label_map, "normalize_text": args.normalize_text,
+        "metric": args.metric, "class_weights": run.weights, "attention_dropout": args.attention_dropout,
+        "seed": args.seed, "split_seed": args.split_seed, "epochs": args.epochs, "epochs_run": len(history),
+        "patience": args.patience, "lr": args.lr, "batch_size": args.batch_size, "num_processes": run.processes,
+        "global_batch_size": args.batch_size * run.processes, "mixed_precision": accelerator.mixed_precision,
+        "device": str(accelerator.device), **run.data_info, "train_size": run.train_size, "val_size": run.val_size,
+        "parameters": run.params, "best_epoch": best["epoch"], "best": best, "versions": library_versions(),
+    }  # fmt: skip
 
 
 def main(argv=None):

@@ -29,6 +29,7 @@ import data
 import evaluate as E
 import inference
 import model as M
+import saved
 from bench.harness import (
     REDDIT_DATA,
     REDDIT_GROUPS,
@@ -92,7 +93,7 @@ def parse_args(argv=None):
 
 def score_run(run, texts, labels, groups, resamples):
     """One saved run: its in-domain accuracy (training.json) and its Reddit results, normalised and raw texts."""
-    info = M.read_training_info(run)
+    info = saved.read_training_info(run)
     loaded = inference.load(run)
     normalised = inference.classify(loaded, [data.normalize_text(t) for t in texts]).numpy()
     raw = inference.classify(loaded, texts).numpy()

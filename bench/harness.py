@@ -25,6 +25,7 @@ from transformers import AutoConfig
 import data
 import evaluate as E
 import model as M
+import saved
 import train
 from bench.writeup_pipeline import writeup_loader
 
@@ -98,7 +99,7 @@ def train_setup(
     flags += ["--max-train-samples", str(train_posts)] if train_posts else []
     flags += ["--max-eval-samples", str(eval_posts)] if eval_posts else []
     run = Path(folder) / f"{name}-{seed}-{split_seed}"
-    if not (run / M.TRAINING_INFO).is_file():
+    if not (run / saved.TRAINING_INFO).is_file():
         proc = subprocess.run([sys.executable, "train.py", *flags], cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{name} (seed {seed}, split seed {split_seed}) failed:\n{proc.stderr[-3000:]}")

@@ -34,6 +34,7 @@ import data
 import evaluate as E
 import inference
 import model as M
+import saved
 from bench.harness import (
     REDDIT_DATA,
     REDDIT_GROUPS,
@@ -164,7 +165,7 @@ def train(args, name, seed, paths, folder):
         f"reddit-{slug}-{seed}",
     ]
     run = folder / f"reddit-{slug}-{seed}"
-    if not (run / M.TRAINING_INFO).is_file():
+    if not (run / saved.TRAINING_INFO).is_file():
         proc = subprocess.run([sys.executable, "train.py", *flags], cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{name} (seed {seed}) failed:\n{proc.stderr[-3000:]}")

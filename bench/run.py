@@ -32,6 +32,7 @@ import bench.harness as H
 import data
 import inference
 import model as M
+import saved
 import train
 
 ROOT = H.ROOT
@@ -195,9 +196,9 @@ def measure_sizes(args, label_names):
     tokenizer = M.load_tokenizer(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         adapter = M.build_model(args.model, "adapter", label_names, "pfeiffer")
-        M.save_trained(adapter, tokenizer, Path(tmp) / "adapter", "adapter")
+        saved.save_trained(adapter, tokenizer, Path(tmp) / "adapter", "adapter")
         full = M.build_model(args.model, "full", label_names)
-        M.save_trained(full, tokenizer, Path(tmp) / "full", "full")
+        saved.save_trained(full, tokenizer, Path(tmp) / "full", "full")
         adapter_mb, full_mb = folder_mb(Path(tmp) / "adapter"), folder_mb(Path(tmp) / "full")
     return {"adapter_with_head_mb": adapter_mb, "full_model_mb": full_mb, "ratio": adapter_mb / full_mb}
 
@@ -229,7 +230,7 @@ def measure_inference(args, val_ds, label_names):
     ]:
         model = M.build_model(args.model, "adapter", label_names, config)
         if merge:
-            M.merge_adapter(model, {"mode": "adapter", "adapter_config": config})
+            saved.merge_adapter(model, {"mode": "adapter", "adapter_config": config})
         time_it(name, ours(model.to(device).eval()))
     classify = pipeline("text-classification", model=full, tokenizer=tokenizer, device=device, top_k=None)
     for batch_size in (1, 64):
@@ -265,7 +266,7 @@ def read_training_runs(split_key):
     those were validated on the same posts."""
     runs = {}
     for setup, folder in RUNS.items():
-        info_file = ROOT / folder / M.TRAINING_INFO
+        info_file = ROOT / folder / saved.TRAINING_INFO
         if not info_file.is_file():
             continue
         info = json.loads(info_file.read_text())

@@ -12,6 +12,7 @@ from safetensors import safe_open
 import data
 import inference
 import model as M
+import saved
 import train
 from adapters import AdapterConfig
 
@@ -84,7 +85,7 @@ def test_method_trains_saves_reloads_and_predicts(names, tiny_bert_128, posts_60
     assert abs(float(loss) - info["best"]["val_loss"]) < 1e-5
     assert info["adapter_config"] == names[0] and info["parameters"]["trainable"] > 0
     merged = [m for m in model.modules() if isinstance(m, LoRALayer) and m.merged]
-    assert bool(merged) == (names[0] in M.MERGEABLE_CONFIGS)  # predict.py merges LoRA-kind adapters by default
+    assert bool(merged) == (names[0] in saved.MERGEABLE_CONFIGS)  # predict.py merges LoRA-kind adapters by default
     if merged:
         apart, _, _ = inference.load(folder, merge=False)
         assert not any(isinstance(m, LoRALayer) and m.merged for m in apart.modules())

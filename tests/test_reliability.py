@@ -14,7 +14,7 @@ import torch
 from conftest import ROOT, assert_clean_failure, make_posts, run_cli
 from safetensors.torch import load_file, save_file
 
-import model as M
+import saved
 import train
 
 # Long enough (about 1-2 s an epoch on the tiny BERT) for a test to act between two epochs.
@@ -138,7 +138,7 @@ def test_second_run_into_the_same_folder_is_refused_and_the_first_finishes(tiny_
     folder = tmp_path / "depression-pfeiffer"
     assert [r["epoch"] for r in metrics(folder)] == [1, 2, 3, 4]
     assert json.loads((folder / "training.json").read_text())["seed"] == 42
-    M.load_trained(folder)
+    saved.load_trained(folder)
 
 
 def test_patience_stops_when_accuracy_stops_improving(tiny_bert, posts_csv, tmp_path):
@@ -194,10 +194,10 @@ def test_swap_failure_at_each_step_leaves_a_whole_result(failing_step, tmp_path,
 
         return wrapped
 
-    monkeypatch.setattr(train.os, "rename", step(real_rename))
-    monkeypatch.setattr(train.shutil, "rmtree", step(real_rmtree))
+    monkeypatch.setattr(saved.os, "rename", step(real_rename))
+    monkeypatch.setattr(saved.shutil, "rmtree", step(real_rmtree))
     with pytest.raises(OSError, match="injected"):
-        train.swap_in(new, target)
+        saved.swap_in(new, target)
     monkeypatch.undo()
 
     def contents(path):
@@ -206,7 +206,7 @@ def test_swap_failure_at_each_step_leaves_a_whole_result(failing_step, tmp_path,
     assert (
         old_files in (contents(target), contents(tmp_path / "depression-pfeiffer.old")) or contents(target) == new_files
     )
-    train.recover_swap(target)  # what the next run does under its lock
+    saved.recover_swap(target)  # what the next run does under its lock
     assert contents(target) in (old_files, new_files)
     assert not (tmp_path / "depression-pfeiffer.old").exists()
     if contents(target) == old_files:
@@ -217,7 +217,7 @@ def test_swap_replaces_the_old_result(tmp_path):
     target, new = tmp_path / "r", tmp_path / "n"
     result_folder(target, "old")
     new_files = result_folder(new, "new")
-    train.swap_in(new, target)
+    saved.swap_in(new, target)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == new_files and not new.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
 
@@ -226,7 +226,7 @@ def test_swap_replaces_the_old_result(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def saved(tiny_bert, posts_csv, tmp_path_factory):
+def saved_folders(tiny_bert, posts_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("saved")
     for mode in ["adapter", "full"]:
         run_cli(
@@ -265,6 +265,11 @@ def damage(folder, problem):
         info = json.loads((folder / "training.json").read_text())
         (folder / "training.json").write_text(json.dumps({**info, "base_model": str(folder / "no-such-model")}))
         return ["cannot load the base model"]
+    if problem == "training.json of an older run without max_length":
+        info = json.loads((folder / "training.json").read_text())
+        del info["max_length"]
+        (folder / "training.json").write_text(json.dumps(info))
+        return ["has no 'max_length'"]
     if problem == "empty label_names":
         info = json.loads((folder / "training.json").read_text())
         (folder / "training.json").write_text(json.dumps({**info, "label_names": []}))
@@ -303,6 +308,7 @@ def damage(folder, problem):
         ("adapter", "model_head.safetensors missing"),
         ("adapter", "unknown base model"),
         ("adapter", "empty label_names"),
+        ("adapter", "training.json of an older run without max_length"),
         ("adapter", "pickle weights instead of safetensors"),
         ("adapter", "unrelated tensors in adapter.safetensors"),
         ("full", "truncated model.safetensors"),
@@ -311,16 +317,16 @@ def damage(folder, problem):
         ("full", "only pytorch_model.bin"),
     ],
 )
-def test_damaged_folder_is_refused_with_one_line(mode, problem, saved, tmp_path):
+def test_damaged_folder_is_refused_with_one_line(mode, problem, saved_folders, tmp_path):
     folder = tmp_path / "copy"
-    shutil.copytree(saved / ("depression-pfeiffer" if mode == "adapter" else "depression-full"), folder)
+    shutil.copytree(saved_folders / ("depression-pfeiffer" if mode == "adapter" else "depression-full"), folder)
     words = damage(folder, problem)
     proc = run_cli("predict.py", "--adapter", folder, "some text", check=False)
     assert_clean_failure(proc, *words)
     assert proc.stdout == ""
 
 
-def test_undamaged_folders_still_load(saved):
+def test_undamaged_folders_still_load(saved_folders):
     for name in ["depression-pfeiffer", "depression-full"]:
-        rows = run_cli("predict.py", "--adapter", saved / name, "--json", "some text").stdout.splitlines()
+        rows = run_cli("predict.py", "--adapter", saved_folders / name, "--json", "some text").stdout.splitlines()
         assert len(rows) == 1 and json.loads(rows[0])["label"] in ("depressive", "not depressive")

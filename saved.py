@@ -1,0 +1,320 @@
+"""
+The folder train.py writes: its format (what it holds, training.json's schema), how it is loaded back with every
+file checked, and how it is written safely (one writer at a time, a staging folder, a whole swap at the end).
+
+    save_trained(model, tokenizer, folder, "adapter")    # the adapter with its head (or the whole model)
+    write_training_info(folder, info)                    # training.json, checked against TRAINING_INFO_SCHEMA
+    model, tokenizer, info = load_trained(folder)        # safetensors only, every trained weight checked
+    lock = lock_folder(folder); ...; swap_in(new, folder); release_lock(lock)
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from model import ADAPTER_NAME, ModelError, first_line, load_base_model, load_tokenizer, resolve_model_path
+
+TRAINING_INFO = "training.json"
+# The keys of training.json that loading a folder needs, with their types. train.py writes many more (the settings,
+# the data's fingerprints, the best epoch's metrics, library versions); those are recorded, not required.
+TRAINING_INFO_SCHEMA = {"mode": str, "base_model": str, "max_length": int, "label_names": list}
+
+
+def write_training_info(folder, info):
+    """training.json into `folder`, after checking that it holds what loading the folder will need."""
+    check_training_info(info, Path(folder) / TRAINING_INFO)
+    (Path(folder) / TRAINING_INFO).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def check_training_info(info, path):
+    """The required keys of TRAINING_INFO_SCHEMA with their types, a known mode and at least two label names."""
+    if not isinstance(info, dict):
+        raise ModelError(f"{path} is damaged (not a JSON object); train again with python train.py")
+    for key, kind in TRAINING_INFO_SCHEMA.items():
+        if key not in info:
+            raise ModelError(
+                f"{path} has no '{key}' (a folder from an older or damaged run); train again with python train.py"
+            )
+        if not isinstance(info[key], kind) or isinstance(info[key], bool):
+            raise ModelError(
+                f"{path} is damaged ('{key}' should be a {kind.__name__}); train again with python train.py"
+            )
+    labels = info["label_names"]
+    if info["mode"] not in ("adapter", "full") or len(labels) < 2 or not all(isinstance(n, str) for n in labels):
+        raise ModelError(
+            f"{path} is damaged (it needs mode adapter or full and at least two label_names); train again "
+            f"with python train.py"
+        )
+
+
+def save_trained(model, tokenizer, folder, mode):
+    """Adapter mode: the adapter with its head, in safetensors (a few MB). Full mode: the whole model + tokenizer."""
+    if mode == "adapter":
+        with one_name_per_tensor(model):
+            model.save_adapter(str(folder), ADAPTER_NAME, with_head=True, use_safetensors=True)
+    else:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+
+@contextlib.contextmanager
+def one_name_per_tensor(model):
+    """While saving: the model's state dict names each tensor once. Prefix tuning's pool is one module that every
+    layer references, and safetensors refuses a tensor stored under several names; the first name (the one
+    named_parameters() gives) is saved, and loading it fills the shared module, so every layer sees it."""
+    whole = model.state_dict
+
+    def first_names(*args, **kwargs):
+        seen, state = set(), {}
+        for key, tensor in whole(*args, **kwargs).items():
+            where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+            if where not in seen or tensor.numel() == 0:
+                seen.add(where)
+                state[key] = tensor
+        return state
+
+    model.state_dict = first_names
+    try:
+        yield
+    finally:
+        del model.state_dict  # the class's own again
+
+
+def read_training_info(folder):
+    """training.json of a folder written by train.py, checked for everything loading it needs: its fields, the
+    JSON files beside it, and safetensors weights that are whole. Anything damaged -> ModelError saying what."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(f"no trained adapter at {folder}; train one with: python train.py --mode adapter")
+    info_file = folder / TRAINING_INFO
+    if not info_file.is_file():
+        raise ModelError(
+            f"{folder} is not a folder written by train.py (no {TRAINING_INFO}); "
+            f"pass --adapter with the folder train.py printed"
+        )
+    info = read_json(info_file)
+    check_training_info(info, info_file)
+    required = FOLDER_FILES[info["mode"]]
+    missing = [name for name in required if not (folder / name).is_file()]
+    if info["mode"] == "full" and not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
+        missing.append("tokenizer.json or vocab.txt")
+    if missing and any(folder.glob("*.bin")) and not any(folder.glob("*.safetensors")):
+        raise ModelError(
+            f"{folder} holds only pickle weights (*.bin), which are never loaded here because loading "
+            f"them can run code; train again, or convert them to safetensors"
+        )
+    if missing:
+        raise ModelError(f"{folder} is incomplete (missing {', '.join(missing)}); train again with python train.py")
+    for name in required:
+        if name.endswith(".json"):
+            read_json(folder / name)
+        else:
+            safetensors_keys(folder / name)
+    return info
+
+
+# What a folder written by train.py holds, by mode; weights in safetensors only (pickle files are never loaded).
+FOLDER_FILES = {
+    "adapter": ["adapter_config.json", "head_config.json", "adapter.safetensors", "model_head.safetensors"],
+    "full": ["config.json", "tokenizer_config.json", "model.safetensors"],
+}
+
+
+def read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise ModelError(f"{path} is damaged (not valid JSON); train again with python train.py") from None
+
+
+def safetensors_keys(path):
+    """The tensor names in a safetensors file; a truncated or garbled file -> ModelError."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return set(f.keys())
+    except Exception as e:  # SafetensorError, OSError: the file is not a whole safetensors file
+        raise ModelError(f"{path} is damaged ({str(e).splitlines()[0]}); train again with python train.py") from None
+
+
+def load_trained(folder, model_name=None):
+    """A model saved by train.py -> (model in eval mode, tokenizer, training info).
+
+    Adapter folders are loaded into a fresh base model (training.json names it); `model_name`, when given,
+    must be that base model. Safetensors only, no remote code; every trained weight is checked to come from
+    the folder's files.
+    """
+    info = read_training_info(folder)
+    folder = Path(folder)
+    if info["mode"] == "full":
+        try:
+            model, loading = AutoModelForSequenceClassification.from_pretrained(
+                folder, use_safetensors=True, output_loading_info=True
+            )
+            tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True)
+        except Exception as e:  # transformers raises OSError, ValueError, KeyError... for damaged folders
+            raise ModelError(
+                f"cannot load the model in {folder} ({type(e).__name__}: {first_line(e)}); "
+                f"train again with python train.py"
+            ) from None
+        if loading["missing_keys"] or loading["mismatched_keys"]:
+            raise ModelError(
+                f"{folder}/model.safetensors lacks weights the model needs "
+                f"({', '.join(map(str, (loading['missing_keys'] + loading['mismatched_keys'])[:3]))}); "
+                f"train again with python train.py"
+            )
+        return model.eval(), tokenizer, info
+    base = info["base_model"]
+    if model_name and not same_base_model(model_name, base):
+        raise ModelError(
+            f"the adapter in {folder} was trained on {base}, not {model_name}; drop --model or pass --model {base}"
+        )
+    model = load_base_model(base)
+    load_adapter(model, folder)
+    return model.eval(), load_tokenizer(base), info
+
+
+# Configs whose trained weights are low-rank updates or scalings of existing weight matrices: merge_adapter() folds
+# them into those matrices, and the model then computes as fast as the bare base model (tests/test_methods.py:
+# same probabilities within 1e-4). mtl_lora and unipelt (gated) cannot be merged by the library.
+MERGEABLE_CONFIGS = ("lora", "ia3", "vera", "dora", "dvora")
+
+
+def merge_adapter(model, info):
+    """Fold an adapter of a MERGEABLE_CONFIGS kind into the base weights (for inference only: the merged model
+    can no longer take another adapter); returns whether it did."""
+    if info["mode"] != "adapter" or info.get("adapter_config") not in MERGEABLE_CONFIGS:
+        return False
+    model.merge_adapter(info.get("adapter_name", ADAPTER_NAME))
+    return True
+
+
+def load_adapter(model, folder, load_as=None):
+    """Add a saved adapter with its head to `model` and make it the active one; returns its name.
+    Every weight of that adapter and head must come from the folder's safetensors files, with the values stored
+    there: a file with other names would otherwise leave freshly initialised weights in place, silently."""
+    folder = Path(folder)
+    if not folder.is_dir():  # the library would look a missing path up on the Hub
+        raise ModelError(f"no adapter folder at {folder}")
+    for name in FOLDER_FILES["adapter"]:
+        if not (folder / name).is_file():
+            raise ModelError(f"{folder} is incomplete (missing {name}); train again with python train.py")
+        if name.endswith(".json"):
+            read_json(folder / name)
+    try:
+        name = model.load_adapter(str(folder), load_as=load_as, set_active=True, use_safetensors=True)
+    except Exception as e:
+        raise ModelError(
+            f"cannot load the adapter in {folder} ({type(e).__name__}: {first_line(e)}); "
+            f"train again with python train.py"
+        ) from None
+    check_loaded_weights(model, name, folder)
+    return name
+
+
+def check_loaded_weights(model, name, folder):
+    """The adapter's and head's parameters in `model` are exactly the tensors stored in `folder`."""
+    stored = {}
+    for file in ("adapter.safetensors", "model_head.safetensors"):
+        stored.update(load_file(str(folder / file)))
+    saved_name = read_json(folder / "adapter_config.json").get("name", name)
+    stored = {key.replace(f".{saved_name}.", f".{name}."): value for key, value in stored.items()}
+    params = {n: p for n, p in model.named_parameters() if f".{name}." in f".{n}"}
+    buffers = {n: b for n, b in model.named_buffers() if f".{name}." in f".{n}"}  # e.g. loreft's orthogonal base
+    fresh = sorted(set(params) - set(stored))
+    unused = sorted(set(stored) - set(params) - set(buffers))
+    if fresh or unused:
+        raise ModelError(
+            f"the weights in {folder} do not match its adapter config ({len(fresh)} of the adapter's "
+            f"weights missing from the files, {len(unused)} stored weights with no place in the model, "
+            f"e.g. {(fresh or unused)[0]}); train again with python train.py"
+        )
+    changed = [
+        n
+        for n, p in {**params, **buffers}.items()
+        if n in stored and not torch.equal(p.detach().cpu(), stored[n].to(p.dtype))
+    ]
+    if changed:
+        raise ModelError(f"weight {changed[0]} was not loaded from {folder}; train again with python train.py")
+
+
+def same_base_model(a, b):
+    """Two model names that name the same weights (equal, or resolving to the same folder)."""
+    return a == b or resolve_model_path(a) == resolve_model_path(b)
+
+
+# --- Writing safely: one writer per folder, a staging folder, a whole swap
+
+
+def staging_folder(output):
+    return output.with_name(output.name + ".incomplete")
+
+
+def check_output_folder(folder, overwrite):
+    """Refuse to replace a trained model unless asked to; the old one stays until the new one is saved."""
+    if folder.exists() and not folder.is_dir():
+        raise ModelError(f"{folder} exists and is not a folder; pick another --name or --output-dir")
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        raise ModelError(
+            f"{folder} already holds a trained model; pass --overwrite to replace it or --name to keep both"
+        )
+
+
+def lock_folder(folder):
+    """An exclusive lock on <folder>.lock (fcntl.flock), held by this process until release_lock(); the kernel
+    drops it when the process dies, so a lock left by a killed run is simply taken over."""
+    path = folder.with_name(folder.name + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            pid = handle.read().strip() or "?"
+            handle.close()
+            raise ModelError(
+                f"another training run (pid {pid}) is writing {folder}; wait for it to end, or pick another --name"
+            ) from None
+        if path.exists() and os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()  # the run before us removed the file after we opened it: lock the new one
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def release_lock(handle):
+    """Remove the lock file while still holding the lock, then let it go."""
+    Path(handle.name).unlink(missing_ok=True)
+    handle.close()
+
+
+def swap_in(new, target):
+    """Replace folder `target` by folder `new` so that a kill at any moment leaves one of them whole:
+    the old one is renamed aside, the new one renamed in, and only then is the old one deleted."""
+    recover_swap(target)
+    old = target.with_name(target.name + ".old")
+    if target.exists():
+        os.rename(target, old)
+    os.rename(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_swap(target):
+    """After a swap_in() that was killed: put the old folder back if the new one never arrived, else drop it."""
+    old = target.with_name(target.name + ".old")
+    if old.exists():
+        if target.exists():
+            shutil.rmtree(old)
+        else:
+            os.rename(old, target)
