@@ -275,7 +275,12 @@ def quick_runs(tmp_path_factory):
     return tmp_path_factory.mktemp("quick-runs")  # crossdomain.py's pfeiffer run is probes.py's too
 
 
-def test_crossdomain_quick_scores_every_run_on_every_group(tiny_bert, posts_csv, groups_csv, quick_runs, tmp_path):
+@pytest.fixture(scope="module")
+def quick_out(tmp_path_factory):
+    return tmp_path_factory.mktemp("quick-out")  # crossdomain, probes and reddit results, for bench.summary
+
+
+def test_crossdomain_quick_scores_every_run_on_every_group(tiny_bert, posts_csv, groups_csv, quick_runs, quick_out):
     run_cli(
         "-m",
         "bench.crossdomain",
@@ -289,9 +294,9 @@ def test_crossdomain_quick_scores_every_run_on_every_group(tiny_bert, posts_csv,
         "--runs",
         quick_runs,
         "--out",
-        tmp_path,
+        quick_out,
     )
-    result = json.loads(next(tmp_path.glob("crossdomain-*-quick.json")).read_text())
+    result = json.loads(next(quick_out.glob("crossdomain-*-quick.json")).read_text())
     assert [(r["setup"], r["seed"]) for r in result["runs"]] == [
         ("full", 1),
         ("pfeiffer", 1),
@@ -305,11 +310,11 @@ def test_crossdomain_quick_scores_every_run_on_every_group(tiny_bert, posts_csv,
     assert set(paired) == {"all", "do:nd", "ds:nd"}
     assert paired["all"]["diff_ci95"][0] <= paired["all"]["diff"] <= paired["all"]["diff_ci95"][1]
     assert set(result["setups"]["full"]["pair_auc"]) == {"ds:bc", "ds:ff", "ds:nd", "do:nd"}
-    assert "| pfeiffer |" in next(tmp_path.glob("crossdomain-*-quick.md")).read_text()
-    assert next(tmp_path.glob("crossdomain-*-quick.png")).read_bytes()[:4] == b"\x89PNG"
+    assert "| pfeiffer |" in next(quick_out.glob("crossdomain-*-quick.md")).read_text()
+    assert next(quick_out.glob("crossdomain-*-quick.png")).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_probes_quick_reports_baselines_lengths_and_masking(tiny_bert, posts_csv, groups_csv, quick_runs, tmp_path):
+def test_probes_quick_reports_baselines_lengths_and_masking(tiny_bert, posts_csv, groups_csv, quick_runs, quick_out):
     run_cli(
         "-m",
         "bench.probes",
@@ -323,9 +328,9 @@ def test_probes_quick_reports_baselines_lengths_and_masking(tiny_bert, posts_csv
         "--runs",
         quick_runs,
         "--out",
-        tmp_path,
+        quick_out,
     )
-    result = json.loads(next(tmp_path.glob("probes-*-quick.json")).read_text())
+    result = json.loads(next(quick_out.glob("probes-*-quick.json")).read_text())
     names = [r["name"] for r in result["probes"]]
     assert names == ["length only", "TF-IDF", "pfeiffer (seed 1)"]
     for r in result["probes"]:
@@ -334,7 +339,7 @@ def test_probes_quick_reports_baselines_lengths_and_masking(tiny_bert, posts_csv
     assert result["probes"][1]["val_accuracy"] == 1.0  # the toy posts' words give their class away
 
 
-def test_reddit_quick_trains_on_mapped_groups_and_reports_held_out_posts(tiny_bert, posts_csv, groups_csv, tmp_path):
+def test_reddit_quick_trains_on_mapped_groups_and_reports_held_out_posts(tiny_bert, posts_csv, groups_csv, quick_out):
     run_cli(
         "-m",
         "bench.reddit",
@@ -346,21 +351,40 @@ def test_reddit_quick_trains_on_mapped_groups_and_reports_held_out_posts(tiny_be
         "--reddit",
         groups_csv,
         "--runs",
-        tmp_path / "runs",
+        quick_out / "reddit-runs",
         "--out",
-        tmp_path,
+        quick_out,
     )
-    result = json.loads(next(tmp_path.glob("reddit-*-quick.json")).read_text())
+    result = json.loads(next(quick_out.glob("reddit-*-quick.json")).read_text())
     assert list(result["sets"]) == ["original", "original + all groups", "Reddit only"]
     assert result["test_posts"] == 28  # 40% of each group's 10 posts
-    splits = tmp_path / "runs" / "reddit-splits"
+    splits = quick_out / "reddit-runs" / "reddit-splits"
     train, test = (set(pd.read_csv(splits / f"reddit-{p}.csv")["text"]) for p in ("train", "test"))
     assert train and test and not train & test
-    info = json.loads((tmp_path / "runs" / "reddit-reddit-only-1" / "training.json").read_text())
+    info = json.loads((quick_out / "reddit-runs" / "reddit-reddit-only-1" / "training.json").read_text())
     assert info["normalize_text"] and info["label_map"] == ["1=ds,dsf,do", "0=bc,ff,ndf,nd"]
     assert info["train_size"] + info["val_size"] == 28  # the 40% of each group that may be trained on
     for s in result["sets"].values():
         assert set(s["at_threshold"]) == set(REDDIT_GROUPS) and "--seed" in s["command"]
+
+
+def test_summary_table_gathers_baselines_setups_and_training_sets(quick_out):
+    proc = run_cli(
+        "-m", "bench.summary", "--results", quick_out, "--machine", next(quick_out.glob("reddit-*.json")).stem[7:]
+    )
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")][2:]
+    names = [row.split(" | ")[0][2:] for row in rows]
+    assert names == [
+        "length only (logistic regression)",
+        "TF-IDF (logistic regression)",
+        "full (2 seeds)",
+        "pfeiffer (2 seeds)",
+        "Pfeiffer (1 seeds)",
+        "Pfeiffer (1 seeds)",
+        "Pfeiffer (1 seeds)",
+    ]
+    assert all(row.count("|") == 10 for row in rows)
+    assert "held-out 28" in rows[-1] and "Reddit only" in rows[-1] and "all 70" in rows[0]
 
 
 def test_multiclass_quick_trains_seven_groups_and_draws_the_confusion_matrix(tiny_bert, groups_csv, tmp_path):

@@ -119,20 +119,24 @@ def test_every_flag_is_a_resume_setting_but_where_the_result_goes():
 def test_second_run_into_the_same_folder_is_refused_and_the_first_finishes(tiny_bert, posts_1200, tmp_path):
     first = start_training(tiny_bert, posts_1200, tmp_path)
     wait_for(tmp_path / "depression-pfeiffer.incomplete" / "checkpoint" / "state.json", first)
-    second = run_cli(
-        "train.py",
-        "--model",
-        tiny_bert,
-        "--data",
-        posts_1200,
-        "--output-dir",
-        tmp_path,
-        *SLOW,
-        "--seed",
-        "7",
-        check=False,
-    )
-    assert_clean_failure(second, f"another training run (pid {first.pid}) is writing")
+    first.send_signal(signal.SIGSTOP)  # paused, still holding its lock: on a busy machine it could else finish
+    try:  # before the second run has even started, and the race would test nothing
+        second = run_cli(
+            "train.py",
+            "--model",
+            tiny_bert,
+            "--data",
+            posts_1200,
+            "--output-dir",
+            tmp_path,
+            *SLOW,
+            "--seed",
+            "7",
+            check=False,
+        )
+        assert_clean_failure(second, f"another training run (pid {first.pid}) is writing")
+    finally:
+        first.send_signal(signal.SIGCONT)
     out, err = first.communicate(timeout=600)
     assert first.returncode == 0, err
     folder = tmp_path / "depression-pfeiffer"

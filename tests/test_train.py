@@ -117,7 +117,7 @@ def write(tmp_path, df, name="posts.csv"):
         "missing file",
         "unreadable file",
         "no text column",
-        "three labels",
+        "one label",
         "too few rows",
         "unknown adapter config",
         "unknown mode",
@@ -135,8 +135,8 @@ def test_bad_input_gets_one_line_and_exit_2(problem, tmp_path, tiny_bert, posts_
         data, words = str(tmp_path / "bad.parquet"), ["cannot read"]
     elif problem == "no text column":
         data, words = write(tmp_path, posts.rename(columns={"text": "body"})), ["no text column", "--text-column"]
-    elif problem == "three labels":
-        data, words = write(tmp_path, posts.assign(label=[0, 1, 2, 3] * 20)), ["exactly two classes"]
+    elif problem == "one label":
+        data, words = write(tmp_path, posts.assign(label=1)), ["at least two classes, found 1"]
     elif problem == "too few rows":
         data, words = write(tmp_path, make_posts(2)), ["too few"]
     elif problem == "unknown adapter config":

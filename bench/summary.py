@@ -1,0 +1,99 @@
+"""
+The table of README.md's "What the accuracy means", made from the results of bench/probes.py, bench/crossdomain.py
+and bench/reddit.py (it trains nothing).
+
+    python -m bench.summary                  # print the table
+    python -m bench.summary --readme         # and write it into README.md between its two marker lines
+
+Rows: the baselines that see only a post's length or its words, every setup trained on the depression data set
+(mean over seeds), and every training set of bench/reddit.py. Columns: accuracy on the depression data set's
+validation posts; on Reddit posts, the AUC of depressed against not-depressed groups, the share of r/depression
+posts (ds) and of posts by people who are not depressed (nd) and from r/breastcancer (bc) flagged depressive at
+0.5, and the AUC of depressed against not-depressed authors in the same subreddits (do:nd).
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from bench.harness import machine_slug
+
+ROOT = Path(__file__).resolve().parent.parent
+START, END = "<!-- accuracy table: python -m bench.summary --readme -->", "<!-- end of the accuracy table -->"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--results", default=str(ROOT / "bench" / "results"), help="folder of the results files")
+    p.add_argument("--machine", default=None, help="machine part of the file names (default: this machine's)")
+    p.add_argument("--readme", action="store_true", help="write the table into README.md between its marker lines")
+    return p.parse_args(argv)
+
+
+def pct(x, sd=None):
+    return "-" if x is None else f"{100 * x:.1f}" + (f" ± {100 * sd:.1f}" if sd else "")
+
+
+def ms(s):
+    return pct(s["mean"], s["sd"])
+
+
+def table(probes, crossdomain, reddit):
+    lines = [
+        "| model | trained on | in-domain accuracy % | Reddit posts | AUC depressed vs not % | ds flagged % | "
+        "nd flagged % | bc flagged % | AUC do:nd % |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    everything = f"all {crossdomain['reddit_posts']:,}" if crossdomain else "all"
+    for r in probes["probes"] if probes else []:
+        if "(seed" in r["name"]:
+            continue  # the trained models come from crossdomain.py, over every seed
+        g = r["reddit_groups"]
+        lines.append(
+            f"| {r['name']} (logistic regression) | depression data set | {pct(r['val_accuracy'])} | {everything} | "
+            f"{pct(r['reddit_auc'])} | {pct(g['ds'])} | {pct(g['nd'])} | {pct(g['bc'])} | "
+            f"{pct(r['reddit_pair_auc']['do:nd'])} |"
+        )
+    seeds = len(crossdomain["seeds"]) if crossdomain else 0
+    for name, s in (crossdomain or {}).get("setups", {}).items():
+        f = s["flagged"]
+        lines.append(
+            f"| {name} ({seeds} seeds) | depression data set | {ms(s['in_domain_accuracy'])} | {everything} | "
+            f"{ms(s['auc_all'])} | {ms(f['ds'])} | {ms(f['nd'])} | {ms(f['bc'])} | {ms(s['pair_auc']['do:nd'])} |"
+        )
+    for name, s in (reddit or {}).get("sets", {}).items():
+        at = s["at_0.5"]
+        m = lambda pair: pct(*pair)  # noqa: E731  (mean, sd)
+        lines.append(
+            f"| Pfeiffer{', full fine-tuning' if 'full fine-tuning' in name else ''} ({len(s['seeds'])} seeds) | "
+            f"{name.replace(', full fine-tuning', '')} | {m(s['original_accuracy'])} | held-out "
+            f"{reddit['test_posts']:,} | {m(s['auc'])} | {m(at['ds'])} | {m(at['nd'])} | {m(at['bc'])} | "
+            f"{m(s['auc_do_nd'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def read(folder, name, machine):
+    path = Path(folder) / f"{name}-{machine}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    machine = args.machine or machine_slug()
+    text = table(*(read(args.results, n, machine) for n in ("probes", "crossdomain", "reddit")))
+    print(text)
+    if args.readme:
+        readme = ROOT / "README.md"
+        old = readme.read_text()
+        if START not in old or END not in old:
+            raise SystemExit(f"error: README.md lacks the marker lines {START} and {END}")
+        head, rest = old.split(START, 1)
+        readme.write_text(head + START + "\n" + text + rest[rest.index(END) :])
+        print("wrote the table into README.md")
+
+
+if __name__ == "__main__":
+    main()
