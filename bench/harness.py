@@ -31,7 +31,6 @@ from bench.writeup_pipeline import writeup_loader
 
 ROOT = Path(__file__).resolve().parent.parent
 
-matplotlib.use("Agg")  # every chart is written to a file; no display needed
 SEED = 42
 # name -> (mode, adapter config, adapters only in the upper half of the layers, lower half computed once)
 SETUPS = {
@@ -143,7 +142,8 @@ def write_results(stem, result, markdown_text, draw):
     stem.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     Path(f"{stem}.md").write_text(markdown_text)
-    draw(result, Path(f"{stem}.png"))
+    matplotlib.use("Agg")  # the chart goes to a file: no display needed (set here, not at import: the notebook
+    draw(result, Path(f"{stem}.png"))  # imports this module and draws inline)
     print(markdown_text)
     print(f"wrote {stem}.json, .md and .png")
 

@@ -101,9 +101,8 @@ def measure_trainer(args, setup):
     """The same model, data, max length and batch size through transformers.Trainer (full) or
     adapters.AdapterTrainer (adapter), group_by_length=True, AdamW at the same rate; the steps after the warm-up
     are timed by a callback. Mixed precision as train.py picks it (none on a CPU)."""
-    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
-
     from adapters import AdapterTrainer
+    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
     train_ds, _, label_names, _ = H.load_data(args.data)
     tokenizer = M.load_tokenizer(args.model)

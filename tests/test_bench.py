@@ -124,6 +124,7 @@ def test_levers_table_compares_variants_on_the_same_batches(tiny_bert, posts_csv
     assert "| 32 x 128 |" in report.read_text()  # the batch-shape table
 
 
+@pytest.mark.xdist_group("processes")  # torchrun: the same port as tests/test_distributed.py
 def test_scale_compares_process_counts_and_predict_sizes(tiny_bert, posts_csv, tmp_path):
     proc = run_cli(
         "-m",

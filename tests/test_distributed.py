@@ -12,6 +12,9 @@ from conftest import ROOT, make_posts, run_cli
 
 import data
 
+# torchrun and accelerate launch take the default rendezvous port: one such test at a time (pytest-xdist)
+pytestmark = pytest.mark.xdist_group("processes")
+
 # Full fine-tuning of the tiny BERT learns the synthetic posts within 4 epochs, so accuracies can be compared.
 FULL = ["--mode", "full", "--lr", "3e-3", "--epochs", "4", "--max-length", "32"]
 

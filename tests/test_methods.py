@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from adapters import AdapterConfig
 from adapters.methods.lora import LoRALayer
 from conftest import assert_clean_failure, make_posts, run_cli
 from safetensors import safe_open
@@ -14,7 +15,6 @@ import inference
 import model as M
 import saved
 import train
-from adapters import AdapterConfig
 
 
 def config_groups():

