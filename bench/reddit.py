@@ -3,7 +3,7 @@ A model that survives real Reddit: train on data without the tweet-or-Reddit sho
 no model trained on.
 
     python -m bench.reddit --quick                 # tiny runs that exercise everything (CI)
-    python -m bench.reddit --runs runs             # every training set below, 3 seeds (about an hour on 2 cores)
+    python -m bench.reddit --runs runs             # every training set below, 3 seeds (hours on 2 CPU cores)
 
 The Reddit posts (7 groups of 400) are split once per group (seed 0): 40% may be trained on, 20% choose a decision
 threshold, 40% are the test set. The depression data set is split as train.py splits it (split seed 42): its
@@ -11,8 +11,8 @@ threshold, 40% are the test set. The depression data set is split as train.py sp
 the results): the original data alone; plus Reddit groups mapped to 1/0 (--label-map, --normalize-text); Reddit
 alone; full fine-tuning against the adapter; a longer max length for the longer Reddit posts. Per run: accuracy on
 the original validation posts; on the Reddit test posts the share of every group flagged depressive, at 0.5 and at
-the threshold that maximises Youden's J (recall - false-alarm rate) on the threshold posts, and the AUCs of
-depressed against not-depressed posts, ds:nd and do:nd. Goals: nd flagged at most 20% with ds recall at least 90%;
+the threshold chosen on the threshold posts to flag 90% of their r/depression posts, and at the one that maximises
+Youden's J (recall - false-alarm rate); the AUCs of depressed against not-depressed posts, ds:nd and do:nd. Goals: nd flagged at most 20% with ds recall at least 90%;
 AUC do:nd at least 0.75. Writes bench/results/reddit-<machine>[-quick].{json,md,png}.
 """
 
@@ -177,6 +177,11 @@ def youden_threshold(p, labels):
     return float(min(1.0, thresholds[int(np.argmax(tpr - fpr))]))
 
 
+def recall_threshold(p, groups, group="ds", recall=GOAL_DS):
+    """The highest threshold that still flags at least `recall` of the group's posts."""
+    return float(np.sort(p[groups == group])[::-1][int(np.ceil(recall * (groups == group).sum())) - 1])
+
+
 def reddit_proba(loaded, texts):
     """P(depressive) of Reddit posts, normalised like the depression data set for every model (bench/crossdomain.py
     shows what raw texts change)."""
@@ -188,11 +193,16 @@ def score(loaded, paths):
     val = pd.read_csv(paths["original-val"])
     p_val = inference.classify(loaded, val["text"].astype(str).tolist())[:, 1].numpy()
     texts, labels, groups = reddit_posts(paths["reddit-threshold"])
-    threshold = youden_threshold(reddit_proba(loaded, texts), labels)
+    p_threshold = reddit_proba(loaded, texts)
+    threshold, threshold_ds = youden_threshold(p_threshold, labels), recall_threshold(p_threshold, groups)
     texts, labels, groups = reddit_posts(paths["reddit-test"])
     p = reddit_proba(loaded, texts)
-    result = {"original_accuracy": float(((p_val >= 0.5) == val["label"].to_numpy()).mean()), "threshold": threshold}
-    for key, t in (("at_0.5", 0.5), ("at_threshold", threshold)):
+    result = {
+        "original_accuracy": float(((p_val >= 0.5) == val["label"].to_numpy()).mean()),
+        "threshold": threshold,
+        "threshold_ds90": threshold_ds,
+    }
+    for key, t in (("at_0.5", 0.5), ("at_threshold", threshold), ("at_ds90", threshold_ds)):
         flagged = p >= t
         result[key] = {g: float(flagged[groups == g].mean()) for g in REDDIT_GROUPS}
     result["auc"] = E.pair_auc(p[labels == 1], p[labels == 0])
@@ -213,13 +223,13 @@ def summarise(result):
     summary = {}
     for name, runs in sets.items():
         s = {"seeds": [r["seed"] for r in runs], "command": runs[0]["command"]}
-        for key in ("original_accuracy", "auc", "auc_ds_nd", "auc_do_nd", "threshold"):
+        for key in ("original_accuracy", "auc", "auc_ds_nd", "auc_do_nd", "threshold", "threshold_ds90"):
             s[key] = mean_sd([r[key] for r in runs])
-        for key in ("at_0.5", "at_threshold"):
+        for key in ("at_0.5", "at_threshold", "at_ds90"):
             s[key] = {g: mean_sd([r[key][g] for r in runs]) for g in REDDIT_GROUPS}
-        nd, ds = s["at_threshold"]["nd"][0], s["at_threshold"]["ds"][0]
+        nd, ds = s["at_ds90"]["nd"][0], s["at_ds90"]["ds"][0]
         s["goals"] = {
-            "nd<=20% and ds>=90% (threshold)": nd <= GOAL_ND and ds >= GOAL_DS,
+            "nd<=20% and ds>=90%": nd <= GOAL_ND and ds >= GOAL_DS,
             "AUC do:nd>=0.75": s["auc_do_nd"][0] >= GOAL_AUC,
         }
         summary[name] = s
@@ -238,28 +248,31 @@ def report(result):
         f"Reddit test posts: {result['test_posts']} (40% of each group, never trained on); original validation "
         f"posts: split seed {SEED}, never trained on. Mean (sd) over seeds, %.",
         "",
+        "AUCs, and the share of each group's test posts flagged at the threshold chosen on the threshold posts so that "
+        "at least 90% of their r/depression (ds) posts are flagged:",
+        "",
         "| training set | original val accuracy | Reddit AUC | ds:nd | do:nd | threshold | ds flagged | do "
         "flagged | nd flagged | bc | ff | ndf | goals met |",
         "| --- |" + " ---: |" * 11 + " --- |",
     ]
     for name, s in result["sets"].items():
-        t = s["at_threshold"]
+        t = s["at_ds90"]
         met = [goal for goal, ok in s["goals"].items() if ok]
         lines.append(
             f"| {name} | {pct(s['original_accuracy'])} | {pct(s['auc'])} | {pct(s['auc_ds_nd'])} | "
-            f"{pct(s['auc_do_nd'])} | {s['threshold'][0]:.2f} | {pct(t['ds'])} | {pct(t['do'])} | "
+            f"{pct(s['auc_do_nd'])} | {s['threshold_ds90'][0]:.4f} | {pct(t['ds'])} | {pct(t['do'])} | "
             f"{pct(t['nd'])} | {pct(t['bc'])} | {pct(t['ff'])} | {pct(t['ndf'])} | "
             f"{', '.join(met) or 'none'} |"
         )
-    lines += [
-        "",
-        "At the default threshold 0.5, share flagged depressive:",
-        "",
-        "| training set | " + " | ".join(REDDIT_GROUPS) + " |",
-        "| --- |" + " ---: |" * len(REDDIT_GROUPS),
-    ]
-    for name, s in result["sets"].items():
-        lines.append(f"| {name} | " + " | ".join(pct(s["at_0.5"][g]) for g in REDDIT_GROUPS) + " |")
+    for key, title in (
+        ("at_0.5", "At the default threshold 0.5"),
+        ("at_threshold", "At the threshold that maximises Youden's J on the threshold posts"),
+    ):
+        lines += ["", f"{title}, share flagged depressive:", "", "| training set | threshold | "
+                  + " | ".join(REDDIT_GROUPS) + " |", "| --- | ---: |" + " ---: |" * len(REDDIT_GROUPS)]  # fmt: skip
+        for name, s in result["sets"].items():
+            t = 0.5 if key == "at_0.5" else s["threshold"][0]
+            lines.append(f"| {name} | {t:.4f} | " + " | ".join(pct(s[key][g]) for g in REDDIT_GROUPS) + " |")
     lines += ["", "Commands (seed and output folder vary per run):", ""]
     lines += [f"- {name}: `{s['command']}`" for name, s in result["sets"].items()]
     return "\n".join(lines) + "\n"
@@ -270,7 +283,7 @@ def chart(result, path):
     fig, ax = plt.subplots(figsize=(11, 4.8))
     width = 0.8 / len(names)
     for i, name in enumerate(names):
-        t = result["sets"][name]["at_threshold"]
+        t = result["sets"][name]["at_ds90"]
         ax.bar(
             np.arange(len(REDDIT_GROUPS)) + i * width,
             [100 * t[g][0] for g in REDDIT_GROUPS],
@@ -283,7 +296,7 @@ def chart(result, path):
     ax.axhline(100 * GOAL_DS, color="grey", ls=":", lw=0.8)
     ax.set_xticks(np.arange(len(REDDIT_GROUPS)) + 0.4 - width / 2, REDDIT_GROUPS)
     ax.set(
-        ylabel="flagged depressive (%), threshold chosen on held-out posts",
+        ylabel="flagged (%) at the threshold for 90% of held-out ds posts",
         ylim=(0, 100),
         title=f"Reddit test posts by group (first three depressed); {result['device']}",
     )
