@@ -31,6 +31,7 @@ import inference
 import model as M
 import saved
 from bench.harness import (
+    COMPARED_SETUPS,
     REDDIT_DATA,
     REDDIT_GROUPS,
     REDDIT_PAIRS,
@@ -44,7 +45,7 @@ from bench.harness import (
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SETUPS = ["full", "pfeiffer", "houlsby", "pfeiffer-upper-half", "lora"]
+SETUPS = COMPARED_SETUPS
 BASELINE = "full"
 TESTED = ["all", "do:nd", "ds:nd"]  # the AUCs compared with full fine-tuning, post by post
 

@@ -56,6 +56,8 @@ REDDIT_DATA = os.environ.get("REDDIT_DATA", str(ROOT.parent / "shared" / "data" 
 REDDIT_GROUPS = ["ds", "dsf", "do", "bc", "ff", "ndf", "nd"]
 REDDIT_MAP = ["1=ds,dsf,do", "0=bc,ff,ndf,nd"]
 REDDIT_PAIRS = ["ds:bc", "ds:ff", "ds:nd", "do:nd"]
+# the setups that bench/crossdomain.py and bench/probes.py compare beyond the training data
+COMPARED_SETUPS = ["full", "pfeiffer", "houlsby", "pfeiffer-upper-half", "lora"]
 CACHED_POSTS = 1024  # a cached setup's batches come from the first N training posts (their states, computed once)
 # ru_maxrss of the wrapper's children: the one process it ran (kB on Linux).
 PEAK_WRAPPER = (
@@ -64,12 +66,16 @@ PEAK_WRAPPER = (
 )
 
 
+def lower_half(model_name):
+    """The lower half of the model's layers: what the upper-half setups leave without adapters."""
+    return list(range(AutoConfig.from_pretrained(M.resolve_model_path(model_name)).num_hidden_layers // 2))
+
+
 def setup_flags(name, model_name):
-    """train.py's flags for a TRAIN_SETUPS entry on `model_name` (its layer count fills in "{upper}")."""
-    layers = AutoConfig.from_pretrained(M.resolve_model_path(model_name)).num_hidden_layers
+    """train.py's flags for a TRAIN_SETUPS entry on `model_name` ("{upper}" becomes its lower half's layers)."""
     flags = []
     for flag in TRAIN_SETUPS[name]:
-        flags += [str(i) for i in range(layers // 2)] if flag == "{upper}" else [flag]
+        flags += [str(i) for i in lower_half(model_name)] if flag == "{upper}" else [flag]
     return flags
 
 
@@ -189,13 +195,12 @@ def current_memory_mb(device):
 
 def build_setup_model(model_name, setup, label_names, attention_dropout):
     mode, config, upper_half, _ = SETUPS[setup]
-    layers = AutoConfig.from_pretrained(M.resolve_model_path(model_name)).num_hidden_layers
     return M.build_model(
         model_name,
         mode,
         label_names,
         config or "pfeiffer",
-        leave_out=list(range(layers // 2)) if upper_half else None,
+        leave_out=lower_half(model_name) if upper_half else None,
         attention_dropout=attention_dropout,
     )
 

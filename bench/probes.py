@@ -32,6 +32,7 @@ import evaluate as E
 import inference
 import model as M
 from bench.harness import (
+    COMPARED_SETUPS,
     REDDIT_DATA,
     REDDIT_GROUPS,
     REDDIT_PAIRS,
@@ -46,7 +47,7 @@ from bench.harness import (
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SETUPS = ["full", "pfeiffer", "houlsby", "pfeiffer-upper-half", "lora"]
+SETUPS = COMPARED_SETUPS
 GIVEAWAY = re.compile(r"\b(depress|suicid)\w*")
 LENGTH_BINS = [0, 25, 50, 100, 200, 10**9]  # words: (0, 25], (25, 50], ...
 POSITIVE, NEGATIVE = REDDIT_GROUPS[:3], REDDIT_GROUPS[3:]

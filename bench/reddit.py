@@ -10,10 +10,11 @@ threshold, 40% are the test set. The depression data set is split as train.py sp
 1,224 validation posts are never trained on either. Each training set is a train.py command (printed and kept in
 the results): the original data alone; plus Reddit groups mapped to 1/0 (--label-map, --normalize-text); Reddit
 alone; full fine-tuning against the adapter; a longer max length for the longer Reddit posts. Per run: accuracy on
-the original validation posts; on the Reddit test posts the share of every group flagged depressive, at 0.5 and at
-the threshold chosen on the threshold posts to flag 90% of their r/depression posts, and at the one that maximises
-Youden's J (recall - false-alarm rate); the AUCs of depressed against not-depressed posts, ds:nd and do:nd. Goals: nd flagged at most 20% with ds recall at least 90%;
-AUC do:nd at least 0.75. Writes bench/results/reddit-<machine>[-quick].{json,md,png}.
+the original validation posts; on the Reddit test posts the share of every group flagged depressive at 0.5, at the
+threshold chosen on the threshold posts to flag 90% of their r/depression posts, and at the one that maximises
+Youden's J (recall - false-alarm rate); the AUCs of depressed against not-depressed posts, ds:nd and do:nd. Goals:
+nd flagged at most 20% with ds recall at least 90%; AUC do:nd at least 0.75. Writes
+bench/results/reddit-<machine>[-quick].{json,md,png}.
 """
 
 import argparse
