@@ -159,7 +159,8 @@ def read_labelled(source, text_column=None, label_column=None, group_column=None
     if label_mapping:
         out["label"], dropped = data.map_labels(out["label"], label_mapping)
     else:
-        out["label"], dropped = out["label"].map(lambda v: None if pd.isna(v) else data.label_text(v)), False
+        out["label"] = out["label"].map(lambda v: None if pd.isna(v) else data.label_text(v))
+        dropped = pd.Series(False, index=out.index)
     out["text"] = out["text"].astype("string").str.strip()
     keep = ~dropped & out["label"].notna() & out["text"].notna() & (out["text"] != "")
     out = out[keep].reset_index(drop=True)
