@@ -20,6 +20,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from sklearn.metrics import (
@@ -382,13 +383,15 @@ def markdown(results, command):
     return "\n".join(lines) + "\n"
 
 
-def draw_confusion(results, path):
+def save_figure(fig, path):
+    """A matplotlib figure to a PNG file, laid out, then closed (the charts of evaluate.py and bench/)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def confusion_figure(results):
     """One confusion matrix per folder, each row (true class) as shares, with the counts written in."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 4.2), squeeze=False)
     for ax, (folder, r) in zip(axes[0], results.items()):
         counts = np.array(r["confusion_matrix"])
@@ -402,9 +405,7 @@ def draw_confusion(results, path):
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.set(xlabel="predicted", ylabel="true", title=f"{Path(folder).name}: accuracy {pct(r['accuracy'])}%")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None):
@@ -470,7 +471,7 @@ def main(argv=None):
             handle.write(json.dumps(results, indent=2) + "\n")
         with open(out.with_suffix(".md"), "x") as handle:
             handle.write(table)
-        draw_confusion(results, out.with_suffix(".png"))
+        save_figure(confusion_figure(results), out.with_suffix(".png"))
         print(f"wrote {out}, {out.with_suffix('.md')} and {out.with_suffix('.png')}", file=sys.stderr)
 
 

@@ -279,7 +279,7 @@ def report(result):
     return "\n".join(lines) + "\n"
 
 
-def chart(result, path):
+def chart(result):
     names = list(result["setups"])
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, name in enumerate(names):
@@ -311,9 +311,7 @@ def chart(result, path):
         title=f"mean ± sd over seeds, {result['epochs']} epochs; {result['device']}",
     )
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None):

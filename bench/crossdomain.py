@@ -264,7 +264,7 @@ def report(result):
     return "\n".join(lines) + "\n"
 
 
-def chart(result, path):
+def chart(result):
     names = list(result["setups"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
     width = 0.8 / len(names)
@@ -293,9 +293,7 @@ def chart(result, path):
     right.set(ylabel="AUC (%)", title="depressed vs not (50 = chance)", ylim=(40, 100))
     left.legend(fontsize=7)
     fig.suptitle(f"mean over seeds {', '.join(map(str, result['seeds']))}; {result['device']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None):

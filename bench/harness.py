@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
 import torch
 from accelerate import Accelerator
 from transformers import AutoConfig
@@ -143,13 +142,12 @@ def command_line(script, argv=None):
 
 
 def write_results(stem, result, markdown_text, draw):
-    """<stem>.json, <stem>.md and <stem>.png (drawn by draw(result, path)) for one benchmark's result."""
+    """<stem>.json, <stem>.md and <stem>.png (the figure draw(result) returns) for one benchmark's result."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     Path(f"{stem}.md").write_text(markdown_text)
-    matplotlib.use("Agg")  # the chart goes to a file: no display needed (set here, not at import: the notebook
-    draw(result, Path(f"{stem}.png"))  # imports this module and draws inline)
+    E.save_figure(draw(result), Path(f"{stem}.png"))
     print(markdown_text)
     print(f"wrote {stem}.json, .md and .png")
 

@@ -153,7 +153,7 @@ def report(result):
     return "\n".join(lines) + "\n"
 
 
-def chart(result, path):
+def chart(result):
     s = result["summary"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, r in s.items():
@@ -177,9 +177,7 @@ def chart(result, path):
         ylabel="best validation accuracy (%)",
         title=result["device"],
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None):

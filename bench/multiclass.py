@@ -123,7 +123,7 @@ def main(argv=None):
         Path(args.out) / f"multiclass-{machine_slug()}{'-quick' if args.quick else ''}",
         result,
         "\n".join(lines) + "\n",
-        lambda r, path: E.draw_confusion({"7 groups, test posts": r}, path),
+        lambda r: E.confusion_figure({"7 groups, test posts": r}),
     )
     print(f"test accuracy {np.round(100 * result['accuracy'], 1)}%, macro-F1 {np.round(100 * result['macro_f1'], 1)}%")
 

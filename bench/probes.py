@@ -193,7 +193,7 @@ def report(result):
     return "\n".join(lines) + "\n"
 
 
-def chart(result, path):
+def chart(result):
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     bins = [b["words"] for b in result["probes"][0]["by_length"]]
     for r in result["probes"]:
@@ -221,9 +221,7 @@ def chart(result, path):
     right.set(xlabel="post length (words)", ylim=(0, 100), title="Reddit posts by depressed people (recall)")
     left.legend(fontsize=7)
     fig.suptitle(result["device"], fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None):

@@ -253,7 +253,7 @@ def report(result):
     return "\n".join(lines) + "\n"
 
 
-def chart(result, path):
+def chart(result):
     names = list(result["sets"])
     fig, ax = plt.subplots(figsize=(11, 4.8))
     width = 0.8 / len(names)
@@ -276,9 +276,7 @@ def chart(result, path):
         title=f"Reddit test posts by group (first three depressed); {result['device']}",
     )
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None):

@@ -341,7 +341,7 @@ def markdown(result):
     return "\n".join(lines) + "\n"
 
 
-def chart(result, path):
+def chart(result):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -382,9 +382,7 @@ def chart(result, path):
         ax.tick_params(axis="x", labelrotation=20, labelsize=8)
     axes[2].tick_params(axis="y", labelsize=8)
     fig.suptitle(f"{result['device']}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None):

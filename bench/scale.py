@@ -206,7 +206,7 @@ def report(results):
     return "\n".join(lines) + "\n"
 
 
-def chart(results, path):
+def chart(results):
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     names = [f"{r['processes']} process(es)\n{r['processes']} x {r['batch_size']}" for r in results["training"]]
     left.bar(names, [r["posts_per_second"][-1] for r in results["training"]], color=["tab:blue", "tab:orange"])
@@ -222,8 +222,7 @@ def chart(results, path):
     right.set_ylabel("peak resident MB")
     right.set_title("streaming prediction")
     fig.suptitle(results["device"], fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig
 
 
 def main(argv=None):
