@@ -281,6 +281,7 @@ def quick_out(tmp_path_factory):
     return tmp_path_factory.mktemp("quick-out")  # crossdomain, probes and reddit results, for bench.summary
 
 
+@pytest.mark.xdist_group("quick-results")  # one worker: they share quick_runs and quick_out, in order
 def test_crossdomain_quick_scores_every_run_on_every_group(tiny_bert, posts_csv, groups_csv, quick_runs, quick_out):
     run_cli(
         "-m",
@@ -316,6 +317,7 @@ def test_crossdomain_quick_scores_every_run_on_every_group(tiny_bert, posts_csv,
     assert next(quick_out.glob("crossdomain-*-quick.png")).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.xdist_group("quick-results")  # one worker: they share quick_runs and quick_out, in order
 def test_probes_quick_reports_baselines_lengths_and_masking(tiny_bert, posts_csv, groups_csv, quick_runs, quick_out):
     run_cli(
         "-m",
@@ -341,6 +343,7 @@ def test_probes_quick_reports_baselines_lengths_and_masking(tiny_bert, posts_csv
     assert result["probes"][1]["val_accuracy"] == 1.0  # the toy posts' words give their class away
 
 
+@pytest.mark.xdist_group("quick-results")  # one worker: they share quick_runs and quick_out, in order
 def test_reddit_quick_trains_on_mapped_groups_and_reports_held_out_posts(tiny_bert, posts_csv, groups_csv, quick_out):
     run_cli(
         "-m",
@@ -370,6 +373,7 @@ def test_reddit_quick_trains_on_mapped_groups_and_reports_held_out_posts(tiny_be
         assert set(s["at_threshold"]) == set(REDDIT_GROUPS) and "--seed" in s["command"]
 
 
+@pytest.mark.xdist_group("quick-results")  # one worker: they share quick_runs and quick_out, in order
 def test_summary_table_gathers_baselines_setups_and_training_sets(quick_out):
     proc = run_cli(
         "-m", "bench.summary", "--results", quick_out, "--machine", next(quick_out.glob("reddit-*.json")).stem[7:]
