@@ -165,6 +165,9 @@ def paired_auc(base_runs, runs, labels, groups, which, resamples, seed=0):
 
 
 def mean_sd(values):
+    """Mean, standard deviation and the values; None for no values (e.g. no run scored the raw texts)."""
+    if not values:
+        return None
     return {
         "mean": statistics.mean(values),
         "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
@@ -208,7 +211,7 @@ def pct(x):
 
 
 def ms(s):
-    return f"{pct(s['mean'])} ({pct(s['sd'])})"
+    return "-" if s is None else f"{pct(s['mean'])} ({pct(s['sd'])})"
 
 
 def report(result):

@@ -33,11 +33,16 @@ def parse_args(argv=None):
 
 
 def pct(x, sd=None):
-    return "-" if x is None else f"{100 * x:.1f}" + (f" ± {100 * sd:.1f}" if sd else "")
+    return "-" if x is None else f"{100 * x:.1f}" + ("" if sd is None else f" ± {100 * sd:.1f}")
 
 
 def ms(s):
-    return pct(s["mean"], s["sd"])
+    """mean ± sd over seeds (the mean alone for one seed)."""
+    return pct(s["mean"], s["sd"] if len(s["values"]) > 1 else None)
+
+
+def seeds(n):
+    return f"{n} seed{'' if n == 1 else 's'}"
 
 
 def table(probes, crossdomain, reddit):
@@ -56,20 +61,21 @@ def table(probes, crossdomain, reddit):
             f"{pct(r['reddit_auc'])} | {pct(g['ds'])} | {pct(g['nd'])} | {pct(g['bc'])} | "
             f"{pct(r['reddit_pair_auc']['do:nd'])} |"
         )
-    seeds = len(crossdomain["seeds"]) if crossdomain else 0
+    n_seeds = len(crossdomain["seeds"]) if crossdomain else 0
     for name, s in (crossdomain or {}).get("setups", {}).items():
         f = s["flagged"]
         lines.append(
-            f"| {name} ({seeds} seeds) | depression data set | {ms(s['in_domain_accuracy'])} | {everything} | "
+            f"| {name} ({seeds(n_seeds)}) | depression data set | {ms(s['in_domain_accuracy'])} | {everything} | "
             f"{ms(s['auc_all'])} | {ms(f['ds'])} | {ms(f['nd'])} | {ms(f['bc'])} | {ms(s['pair_auc']['do:nd'])} |"
         )
     for name, s in (reddit or {}).get("sets", {}).items():
         at = s["at_0.5"]
-        m = lambda pair: pct(*pair)  # noqa: E731  (mean, sd)
+        m = lambda pair: pct(pair[0], pair[1] if len(s["seeds"]) > 1 else None)  # noqa: E731  (mean, sd)
+        model = "full fine-tuning" if "full fine-tuning" in name else "Pfeiffer"
         lines.append(
-            f"| Pfeiffer{', full fine-tuning' if 'full fine-tuning' in name else ''} ({len(s['seeds'])} seeds) | "
-            f"{name.replace(', full fine-tuning', '')} | {m(s['original_accuracy'])} | held-out "
-            f"{reddit['test_posts']:,} | {m(s['auc'])} | {m(at['ds'])} | {m(at['nd'])} | {m(at['bc'])} | "
+            f"| {model} ({seeds(len(s['seeds']))}) | {name.replace(', full fine-tuning', '')} | "
+            f"{m(s['original_accuracy'])} | held-out {reddit['test_posts']:,} | {m(s['auc'])} | {m(at['ds'])} | "
+            f"{m(at['nd'])} | {m(at['bc'])} | "
             f"{m(s['auc_do_nd'])} |"
         )
     return "\n".join(lines) + "\n"

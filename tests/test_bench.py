@@ -385,9 +385,9 @@ def test_summary_table_gathers_baselines_setups_and_training_sets(quick_out):
         "TF-IDF (logistic regression)",
         "full (2 seeds)",
         "pfeiffer (2 seeds)",
-        "Pfeiffer (1 seeds)",
-        "Pfeiffer (1 seeds)",
-        "Pfeiffer (1 seeds)",
+        "Pfeiffer (1 seed)",
+        "Pfeiffer (1 seed)",
+        "Pfeiffer (1 seed)",
     ]
     assert all(row.count("|") == 10 for row in rows)
     assert "held-out 28" in rows[-1] and "Reddit only" in rows[-1] and "all 70" in rows[0]
