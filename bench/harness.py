@@ -102,11 +102,16 @@ def train_setup(
     ]
     flags += ["--max-train-samples", str(train_posts)] if train_posts else []
     flags += ["--max-eval-samples", str(eval_posts)] if eval_posts else []
-    run = Path(folder) / f"{name}-{seed}-{split_seed}"
+    return run_train(flags, Path(folder) / f"{name}-{seed}-{split_seed}")
+
+
+def run_train(flags, run):
+    """`python train.py <flags>` in its own process, which writes `run`; a run folder that already holds a finished
+    run is kept, not retrained. Returns (run, the command)."""
     if not (run / saved.TRAINING_INFO).is_file():
         proc = subprocess.run([sys.executable, "train.py", *flags], cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"{name} (seed {seed}, split seed {split_seed}) failed:\n{proc.stderr[-3000:]}")
+            raise RuntimeError(f"train.py {' '.join(flags)} failed:\n{proc.stderr[-3000:]}")
     return run, "python train.py " + " ".join(flags)
 
 

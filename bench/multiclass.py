@@ -10,8 +10,6 @@ confusion matrix, drawn as a PNG. Writes bench/results/multiclass-<machine>[-qui
 """
 
 import argparse
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import data
 import evaluate as E
 import inference
 import model as M
-from bench.harness import REDDIT_DATA, command_line, device_name, machine_slug, write_results
+from bench.harness import REDDIT_DATA, command_line, device_name, machine_slug, run_train, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,10 +66,8 @@ def main(argv=None):
             "--name",
             "groups",
         ]
-        proc = subprocess.run([sys.executable, "train.py", *flags], cwd=ROOT, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"train.py failed:\n{proc.stderr[-3000:]}")
-        loaded = inference.load(tmp / "groups")
+        run, train_command = run_train(flags, tmp / "groups")
+        loaded = inference.load(run)
         names = loaded[2]["label_names"]
         test = parts["test"]
         probs = inference.classify(loaded, test["text"].astype(str).tolist()).numpy()
@@ -80,7 +76,7 @@ def main(argv=None):
         result.update(
             device=device_name(),
             command=command_line("multiclass.py", argv),
-            train_command="python train.py " + " ".join(flags),
+            train_command=train_command,
             train_posts=len(parts["train"]),
             test_posts=len(test),
             validation_best=loaded[2]["best"],

@@ -20,8 +20,6 @@ bench/results/reddit-<machine>[-quick].{json,md,png}.
 import argparse
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -35,7 +33,6 @@ import data
 import evaluate as E
 import inference
 import model as M
-import saved
 from bench.harness import (
     REDDIT_DATA,
     REDDIT_GROUPS,
@@ -45,6 +42,7 @@ from bench.harness import (
     device_name,
     machine_slug,
     reddit_posts,
+    run_train,
     write_results,
 )
 
@@ -139,12 +137,7 @@ def train(args, name, seed, paths, folder):
         "--name",
         f"reddit-{slug}-{seed}",
     ]
-    run = folder / f"reddit-{slug}-{seed}"
-    if not (run / saved.TRAINING_INFO).is_file():
-        proc = subprocess.run([sys.executable, "train.py", *flags], cwd=ROOT, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{name} (seed {seed}) failed:\n{proc.stderr[-3000:]}")
-    return run, "python train.py " + " ".join(flags)
+    return run_train(flags, folder / f"reddit-{slug}-{seed}")
 
 
 def youden_threshold(p, labels):
