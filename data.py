@@ -27,7 +27,6 @@ from datasets import ClassLabel, Dataset, disable_progress_bars, load_dataset
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 from transformers import BatchEncoding, DataCollatorWithPadding
-from transformers.trainer_pt_utils import get_length_grouped_indices
 
 # The Hub id of the data set. Machines without the Hub point DEPRESSION_DATA at a local copy.
 HUB_DATASET = "mrjunos/depression-reddit-cleaned"
@@ -319,15 +318,21 @@ def tokenize(ds, tokenizer, max_length):
     return ds.map(encode, batched=True, remove_columns=["text"], desc="tokenising")
 
 
+MEGA_BATCH = 50  # batches whose posts are sorted by length together (transformers' length-grouped sampler's cap)
+
+
 class LengthGroupedBatches:
     """Batches of texts of similar length, in a new random order every epoch (a DataLoader batch_sampler), shared
     out among the processes of a multi-process run.
 
-    transformers' get_length_grouped_indices groups by length within random mega-batches of 50 batches; we cut that
-    order into batches and shuffle the batches, so long and short batches alternate through an epoch. The epoch is
-    cut into a multiple of num_shards batches of nearly equal size (at most batch_size), and process `shard` takes
-    every num_shards-th of them: every post is trained on exactly once per epoch, by one process, and every process
-    takes the same number of steps (DDP steps in lockstep; nothing is dropped or repeated to even them out).
+    The epoch is cut into a multiple of num_shards batches of nearly equal size (at most batch_size). Each epoch
+    the posts are shuffled, dealt into those batch slots, and within every run of MEGA_BATCH consecutive slots
+    sorted by length (ties keep their random order) and dealt again, so a batch never straddles two sorted groups;
+    then the batches are shuffled and process `shard` takes every num_shards-th of them. Every post is trained on
+    exactly once per epoch, by one process, and every process takes the same number of steps (DDP steps in
+    lockstep; nothing is dropped or repeated to even them out). transformers' get_length_grouped_indices sorts
+    within groups of min(posts / (4 x batch_size), 50) batches, which on small training sets leaves groups of a
+    few batches and much padding; docs/speed.md has the padding both give.
     """
 
     def __init__(self, lengths, batch_size, seed, num_shards=1, shard=0):
@@ -345,13 +350,18 @@ class LengthGroupedBatches:
         self.epoch = epoch
 
     def __iter__(self):
-        seed = self.seed + self.epoch
+        rng = random.Random(self.seed + self.epoch)
         self.epoch += 1
-        order = get_length_grouped_indices(self.lengths, self.batch_size, generator=torch.Generator().manual_seed(seed))
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
         size, extra = divmod(len(order), self.num_batches)  # the first `extra` batches take one post more
         bounds = [i * size + min(i, extra) for i in range(self.num_batches + 1)]
-        batches = [order[a:b] for a, b in zip(bounds, bounds[1:])]
-        random.Random(seed).shuffle(batches)
+        batches = []
+        for first in range(0, self.num_batches, MEGA_BATCH):
+            last = min(first + MEGA_BATCH, self.num_batches)
+            group = sorted(order[bounds[first] : bounds[last]], key=self.lengths.__getitem__, reverse=True)
+            batches += [group[bounds[b] - bounds[first] : bounds[b + 1] - bounds[first]] for b in range(first, last)]
+        rng.shuffle(batches)
         return iter(batches[self.shard :: self.num_shards])
 
     def __len__(self):
