@@ -3,8 +3,8 @@ Measure the write-up's claims side by side, on one machine, in one run, on the s
 
 1. training throughput (posts/s, real tokens/s) of full fine-tuning, Pfeiffer, Houlsby and Pfeiffer in the upper
    half of the layers (with its frozen lower half computed every step, and computed once as train.py does), each
-   in this project's pipeline, in the write-up's (every post padded to 512, batch 2) and, for full and Pfeiffer,
-   through the trainers users know: transformers.Trainer / adapters.AdapterTrainer with group_by_length=True;
+   in this project's pipeline and in the write-up's (every post padded to 512, batch 2); against
+   transformers.Trainer / adapters.AdapterTrainer on identical work: bench/peers.py;
 2. peak memory of each training run (resident memory on CPU, peak allocated GPU memory on CUDA);
 3. size on disk of a saved Pfeiffer adapter with its head against the saved full model;
 4. inference throughput on the same posts: predict.py's path for the full model, a Pfeiffer adapter and a LoRA
@@ -37,8 +37,8 @@ import train
 
 ROOT = H.ROOT
 PIPELINES = {
-    "full": ["ours", "write-up", "trainer"],
-    "pfeiffer": ["ours", "write-up", "trainer"],
+    "full": ["ours", "write-up"],
+    "pfeiffer": ["ours", "write-up"],
     "houlsby": ["ours", "write-up"],
     "pfeiffer-upper-half": ["ours", "write-up"],
     "pfeiffer-upper-half-cached": ["ours"],
@@ -73,8 +73,6 @@ def parse_args(argv=None):
 
 def measure_training(args, setup, pipeline_name):
     """One training measurement (run in its own process): warm-up, then timed steps; returns its figures."""
-    if pipeline_name == "trainer":
-        return measure_trainer(args, setup)
     model, optimizer, accelerator, batches = H.prepare_training(
         args.model, args.data, setup, pipeline_name, posts_needed=(args.steps + args.warmup_steps) * train.BATCH_SIZE
     )
@@ -94,74 +92,6 @@ def measure_training(args, setup, pipeline_name):
         "memory_before_training_mb": base_memory,
         "trainable_percent": params["trainable_percent"],
         "mixed_precision": accelerator.mixed_precision,
-    }
-
-
-def measure_trainer(args, setup):
-    """The same model, data, max length and batch size through transformers.Trainer (full) or
-    adapters.AdapterTrainer (adapter), group_by_length=True, AdamW at the same rate; the steps after the warm-up
-    are timed by a callback. Mixed precision as train.py picks it (none on a CPU)."""
-    from adapters import AdapterTrainer
-    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
-
-    train_ds, _, label_names, _ = H.load_data(args.data)
-    tokenizer = M.load_tokenizer(args.model)
-    ds = data.tokenize(train_ds, tokenizer, train.MAX_LENGTH)  # input_ids, attention_mask, label
-    model = H.build_setup_model(args.model, setup, label_names, train.ATTENTION_DROPOUT)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    base_memory = H.peak_memory_mb(device)
-    precision = train.mixed_precision("auto")
-    marks = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, targs, state, control, **kwargs):
-            if state.global_step in (args.warmup_steps, args.warmup_steps + args.steps):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                marks.append(time.perf_counter())
-
-    with tempfile.TemporaryDirectory() as tmp:
-        targs = TrainingArguments(
-            tmp,
-            per_device_train_batch_size=train.BATCH_SIZE,
-            group_by_length=True,
-            max_steps=args.warmup_steps + args.steps,
-            learning_rate=1e-4,
-            weight_decay=0.01,
-            max_grad_norm=1.0,
-            seed=H.SEED,
-            logging_strategy="no",
-            save_strategy="no",
-            report_to=[],
-            disable_tqdm=True,
-            remove_unused_columns=False,
-            dataloader_num_workers=0,
-            bf16=precision == "bf16",
-            fp16=precision == "fp16",
-        )
-        trainer_class = Trainer if H.SETUPS[setup][0] == "full" else AdapterTrainer
-        trainer = trainer_class(
-            model=model,
-            args=targs,
-            train_dataset=ds,
-            data_collator=DataCollatorWithPadding(tokenizer),
-            callbacks=[Clock()],
-        )
-        trainer.train()
-    seconds = marks[1] - marks[0] if args.warmup_steps else marks[0]
-    examples = args.steps * train.BATCH_SIZE
-    return {
-        "setup": setup,
-        "pipeline": "trainer",
-        "trainer": trainer_class.__name__,
-        "steps": args.steps,
-        "seconds": seconds,
-        "examples_per_second": examples / seconds,
-        "tokens_per_second": None,
-        "peak_memory_mb": H.peak_memory_mb(device),
-        "memory_before_training_mb": base_memory,
-        "trainable_percent": M.count_parameters(model)["trainable_percent"],
-        "mixed_precision": precision,
     }
 
 
@@ -287,7 +217,6 @@ def ratios(training):
     by = {(t["setup"], t["pipeline"]): t for t in training}
     eps = lambda s, p="ours": by[(s, p)]["examples_per_second"]  # noqa: E731
     out = {f"ours_vs_writeup_{s}": eps(s) / eps(s, "write-up") for s in H.SETUPS if (s, "write-up") in by}
-    out.update({f"ours_vs_trainer_{s}": eps(s) / eps(s, "trainer") for s in H.SETUPS if (s, "trainer") in by})
     for s in [s for s in H.SETUPS if s != "full"]:
         out[f"{s}_vs_full_speed"] = eps(s) / eps("full")
         out[f"{s}_vs_full_peak_memory"] = by[(s, "ours")]["peak_memory_mb"] / by[("full", "ours")]["peak_memory_mb"]
@@ -306,9 +235,8 @@ def markdown(result):
     ]
     for t in result["training"]:
         tokens = f"{t['tokens_per_second']:.0f}" if t["tokens_per_second"] else "-"
-        pipe = f"{t['pipeline']} ({t['trainer']})" if t["pipeline"] == "trainer" else t["pipeline"]
         lines.append(
-            f"| {t['setup']} | {pipe} | {t['examples_per_second']:.1f} | {tokens} "
+            f"| {t['setup']} | {t['pipeline']} | {t['examples_per_second']:.1f} | {tokens} "
             f"| {t['peak_memory_mb']:.0f} | {t['memory_before_training_mb']:.0f} | {t['trainable_percent']:.2f} |"
         )
     lines += ["", "| ratio (same run) | value |", "| --- | ---: |"]
@@ -352,14 +280,13 @@ def chart(result):
     by = {(t["setup"], t["pipeline"]): t for t in result["training"]}
     x = range(len(setups))
     for offset, pipe, label in [
-        (-0.27, "ours", "this pipeline"),
-        (0, "trainer", "Trainer / AdapterTrainer, grouped"),
-        (0.27, "write-up", "write-up pipeline (pad 512, batch 2)"),
+        (-0.2, "ours", "this pipeline"),
+        (0.2, "write-up", "write-up pipeline (pad 512, batch 2)"),
     ]:
         axes[0].bar(
             [i + offset for i in x],
             [by[(s, pipe)]["examples_per_second"] if (s, pipe) in by else 0 for s in setups],
-            0.27,
+            0.4,
             label=label,
         )
     axes[0].set(title="training throughput", ylabel="posts / s", xticks=list(x), xticklabels=setups)

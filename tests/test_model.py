@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import model as M
+import train
 
 LABELS = ["not depressive", "depressive"]
 
@@ -76,3 +77,19 @@ def test_attention_dropout_override_reaches_every_attention_layer(tiny_bert):
     assert {m.dropout_prob for m in kept.modules() if hasattr(m, "dropout_prob")} == {0.1}
     assert {m.dropout_prob for m in off.modules() if hasattr(m, "dropout_prob")} == {0.0}
     assert any(m.p == 0.1 for m in off.modules() if isinstance(m, torch.nn.Dropout))  # hidden dropout untouched
+
+
+@pytest.mark.parametrize("mode, config", [("full", None), ("adapter", "pfeiffer"), ("adapter", "lora")])
+def test_weight_decay_spares_biases_and_layernorm_weights(tiny_bert, mode, config):
+    """train.build_optimizer: AdamW groups as transformers.Trainer makes them; frozen weights in neither group."""
+    model = M.build_model(tiny_bert, mode, LABELS, config or "pfeiffer")
+    optimizer = train.build_optimizer(model, lr=1e-3, weight_decay=0.01)
+    names = {id(p): name for name, p in model.named_parameters()}
+    decayed, undecayed = ({names[id(p)] for p in group["params"]} for group in optimizer.param_groups)
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [0.01, 0.0]
+    assert decayed | undecayed == {name for name, p in model.named_parameters() if p.requires_grad}
+    assert not decayed & undecayed
+    assert undecayed == {n for n in decayed | undecayed if n.endswith(".bias") or "LayerNorm" in n}
+    assert undecayed and all(n.endswith("weight") or "lora_" in n for n in decayed)
+    if mode == "full":
+        assert "bert.embeddings.LayerNorm.weight" in undecayed and "classifier.weight" in decayed

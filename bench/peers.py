@@ -1,0 +1,259 @@
+"""
+This project's training loop against the trainers users know, on identical work: transformers.Trainer for full
+fine-tuning, adapters.AdapterTrainer for Pfeiffer adapters.
+
+Both sides train the same posts (a random sample of the data set, train.py's split), whole epochs, the same model
+from model.build_model (same seed), max length, batch size, AdamW (fused) at train.py's rate with weight decay 0.01
+on the same parameter groups (none on biases and LayerNorm weights), the same linear schedule and warm-up steps,
+clipping at 1.0, full precision, the same threads. What differs is each side's own loop and its own length-grouped
+batch order: both count the real and the padded tokens they computed. Each run is a fresh process, and the sides
+take turns (pair 1: ours first, pair 2: the peer first, ...).
+
+    python -m bench.peers                 # 1,500 posts, 1 epoch, 2 pairs each for full and Pfeiffer
+    python -m bench.peers --quick         # 300 posts: checks that it runs
+"""
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+import bench.harness as H
+import data
+import model as M
+import train
+
+PEERS = {"full": "transformers.Trainer", "pfeiffer": "adapters.AdapterTrainer"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--posts", type=int, default=1500, help="posts sampled from the data set (default: 1500)")
+    p.add_argument("--epochs", type=int, default=1, help="whole epochs each side trains (default: 1)")
+    p.add_argument("--pairs", type=int, default=2, help="alternated pairs of runs per setup (default: 2)")
+    p.add_argument("--setups", nargs="+", default=list(PEERS), choices=list(PEERS), help="what to compare")
+    p.add_argument("--quick", action="store_true", help="300 posts, 1 pair: a check that it runs")
+    p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
+    p.add_argument("--data", default=data.DEFAULT_DATA, help="data set, as for train.py")
+    p.add_argument("--out", default=str(H.ROOT / "bench" / "results"), help="folder for the JSON, table and chart")
+    p.add_argument("--name", default=None, help="file name stem (default: peers-<machine>)")
+    p.add_argument("--worker", nargs=3, metavar=("SIDE", "SETUP", "POSTS_FILE"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.posts, args.pairs = 300, 1
+    return args
+
+
+def sample_posts(source, posts, path):
+    """`posts` rows of the data set drawn at random (seed 0), written to a CSV file both sides read."""
+    table = data.load_table(source)
+    table.sample(n=min(posts, len(table)), random_state=0).to_csv(path, index=False)
+    return path
+
+
+def padded_tokens(batches, lengths):
+    """(real, computed) tokens of batches of indices padded to their longest post."""
+    real = sum(lengths[i] for batch in batches for i in batch)
+    return real, sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
+
+
+def run_ours(args, setup, posts_file, folder):
+    """train.py itself, in this process; its epochs' train_seconds, and its batches' tokens recomputed from the
+    sampler train.py uses (same lengths, seed and epochs)."""
+    flags = H.setup_flags(setup, args.model)
+    flags += ["--model", args.model, "--data", posts_file, "--epochs", args.epochs, "--seed", H.SEED]
+    train.main([*map(str, flags), "--output-dir", str(folder), "--name", "ours"])
+    history = [json.loads(line) for line in (folder / "ours" / "metrics.jsonl").read_text().splitlines()]
+    train_ds, _, _, _ = H.load_data(posts_file)
+    lengths = data.ds_lengths(data.tokenize(train_ds, M.load_tokenizer(args.model), train.MAX_LENGTH))
+    sampler = data.training_batches(lengths, train.BATCH_SIZE, H.SEED)
+    batches = [batch for epoch in range(args.epochs) for batch in (sampler.set_epoch(epoch) or list(sampler))]
+    real, computed = padded_tokens(batches, lengths)
+    return {
+        "seconds": sum(row["train_seconds"] for row in history),
+        "steps": len(batches),
+        "real_tokens": real,
+        "computed_tokens": computed,
+        "accuracy": history[-1]["accuracy"],
+    }
+
+
+def run_peer(args, setup, posts_file, folder):
+    """Trainer (full) or AdapterTrainer (adapter) on the same posts and settings; epochs timed by a callback, tokens
+    counted in the collator."""
+    from adapters import AdapterTrainer
+    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+
+    mode = "full" if setup == "full" else "adapter"
+    train_ds, val_ds, label_names, _ = H.load_data(posts_file)
+    tokenizer = M.load_tokenizer(args.model)
+    train_ds, val_ds = (data.tokenize(ds, tokenizer, train.MAX_LENGTH) for ds in (train_ds, val_ds))
+    model = H.build_setup_model(args.model, setup, label_names, train.ATTENTION_DROPOUT)
+    steps = args.epochs * math.ceil(len(train_ds) / train.BATCH_SIZE)
+    collate, counts = DataCollatorWithPadding(tokenizer), {"steps": 0, "real": 0, "computed": 0}
+    clock = {"seconds": 0.0}
+
+    def counting_collate(rows):
+        batch = collate(rows)
+        if model.training:
+            counts["steps"] += 1
+            counts["real"] += int(batch["attention_mask"].sum())
+            counts["computed"] += batch["input_ids"].numel()
+        return batch
+
+    class EpochClock(TrainerCallback):
+        def on_epoch_begin(self, targs, state, control, **kwargs):
+            clock["start"] = time.perf_counter()
+
+        def on_epoch_end(self, targs, state, control, **kwargs):
+            clock["seconds"] += time.perf_counter() - clock["start"]
+
+    targs = TrainingArguments(
+        str(folder),
+        per_device_train_batch_size=train.BATCH_SIZE,
+        per_device_eval_batch_size=train.BATCH_SIZE * 2,
+        num_train_epochs=args.epochs,
+        learning_rate=train.LR[mode],
+        weight_decay=0.01,
+        warmup_steps=int(0.1 * steps),  # train.py: int(--warmup-ratio x steps)
+        lr_scheduler_type="linear",
+        max_grad_norm=1.0,
+        optim="adamw_torch_fused",
+        group_by_length=True,
+        seed=H.SEED,
+        eval_strategy="no",
+        logging_strategy="no",
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+    trainer = (Trainer if mode == "full" else AdapterTrainer)(
+        model=model, args=targs, train_dataset=train_ds, data_collator=counting_collate, callbacks=[EpochClock()]
+    )
+    trainer.train()
+    predictions = trainer.predict(val_ds)
+    accuracy = float((predictions.predictions.argmax(-1) == predictions.label_ids).mean())
+    return {
+        "seconds": clock["seconds"],
+        "steps": counts["steps"],
+        "real_tokens": counts["real"],
+        "computed_tokens": counts["computed"],
+        "accuracy": accuracy,
+    }
+
+
+def measure(args, side, setup, posts_file):
+    """One side's run in a fresh process (bench.harness.worker)."""
+    cmd = ["-m", "bench.peers", "--worker", side, setup, posts_file, "--model", args.model, "--epochs", args.epochs]
+    result = H.worker(cmd)
+    print(f"  {setup:9s} {side:5s} {result['seconds']:7.1f} s  {result['steps']} steps  "
+          f"{result['computed_tokens']:,} computed / {result['real_tokens']:,} real tokens", flush=True)  # fmt: skip
+    return result
+
+
+def summarize(runs):
+    """Per setup: each pair's ratio (peer seconds / ours), their median, and both sides' padding shares."""
+    summary = {}
+    for setup, pairs in runs.items():
+        ratios = [pair["peer"]["seconds"] / pair["ours"]["seconds"] for pair in pairs]
+        summary[setup] = {
+            "peer": PEERS[setup],
+            "ratios": ratios,
+            "median_ratio": statistics.median(ratios),
+            **{
+                f"{side}_padding_share": 1 - pairs[0][side]["real_tokens"] / pairs[0][side]["computed_tokens"]
+                for side in ("ours", "peer")
+            },
+        }
+    return summary
+
+
+def markdown(result):
+    lines = [
+        f"# This project's loop against the Trainer, identical work ({result['device']})",
+        "",
+        f"`{result['command']}`: {result['posts']} posts sampled at random, train.py's split "
+        f"({result['train_posts']} training posts), {result['epochs']} epoch(s) per run, batch {train.BATCH_SIZE}, "
+        f"max length {train.MAX_LENGTH}, fused AdamW, weight decay 0.01 (not on biases/LayerNorm), linear schedule "
+        f"with the same warm-up, clipping 1.0, fp32. Seconds: the epochs' training loops (no evaluation). Ratio: "
+        f"the peer's seconds / ours (above 1: ours faster). Pairs alternate which side runs first.",
+        "",
+        "| setup | peer | pair | ours s | peer s | ratio | ours computed / real tokens | peer computed / real "
+        "tokens | ours accuracy | peer accuracy |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for setup, pairs in result["runs"].items():
+        for k, pair in enumerate(pairs, 1):
+            o, p = pair["ours"], pair["peer"]
+            lines.append(
+                f"| {setup} | {PEERS[setup]} | {k} | {o['seconds']:.1f} | {p['seconds']:.1f} | "
+                f"{p['seconds'] / o['seconds']:.3f} | {o['computed_tokens']:,} / {o['real_tokens']:,} | "
+                f"{p['computed_tokens']:,} / {p['real_tokens']:,} | {o['accuracy']:.2%} | {p['accuracy']:.2%} |"
+            )
+    lines += ["", "| setup | median ratio | padding share, ours | padding share, peer |", "|---|---|---|---|"]
+    for setup, s in result["summary"].items():
+        lines.append(
+            f"| {setup} | {s['median_ratio']:.3f}x | {s['ours_padding_share']:.1%} | {s['peer_padding_share']:.1%} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def chart(result):
+    """Seconds per pair, ours beside the peer's, one group per setup."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    labels, ours, peer = [], [], []
+    for setup, pairs in result["runs"].items():
+        for k, pair in enumerate(pairs, 1):
+            labels.append(f"{setup} {k}")
+            ours.append(pair["ours"]["seconds"])
+            peer.append(pair["peer"]["seconds"])
+    x = range(len(labels))
+    ax.bar([i - 0.2 for i in x], ours, 0.4, label="this project")
+    ax.bar([i + 0.2 for i in x], peer, 0.4, label="Trainer / AdapterTrainer")
+    ax.set_xticks(list(x), labels)
+    ax.set_ylabel("seconds of training (whole epochs)")
+    ax.set_title(f"Identical work, {result['device']}", fontsize=9)
+    ax.legend()
+    return fig
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        side, setup, posts_file = args.worker
+        with tempfile.TemporaryDirectory() as tmp:
+            run_side = run_ours if side == "ours" else run_peer
+            result = run_side(args, setup, posts_file, Path(tmp))
+        print(json.dumps(result))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        posts_file = sample_posts(args.data, args.posts, str(Path(tmp) / "posts.csv"))
+        train_posts = len(H.load_data(posts_file)[0])
+        runs = {}
+        for setup in args.setups:
+            runs[setup] = []
+            for k in range(args.pairs):
+                sides = ("ours", "peer") if k % 2 == 0 else ("peer", "ours")
+                runs[setup].append({side: measure(args, side, setup, posts_file) for side in sides})
+    result = {
+        "command": H.command_line(__file__, argv),
+        "device": H.device_name(),
+        "posts": args.posts,
+        "train_posts": train_posts,
+        "epochs": args.epochs,
+        "runs": runs,
+        "summary": summarize(runs),
+    }
+    H.write_results(Path(args.out) / (args.name or f"peers-{H.machine_slug()}"), result, markdown(result), chart)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
