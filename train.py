@@ -149,7 +149,12 @@ def build_parser():
         help=f"peak learning rate (default: {LR['adapter']} for adapter, {LR['full']} for full)",
     )
     p.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps for linear warm-up (default: 0.1)")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay, not applied to biases and LayerNorm weights (default: 0.01)")
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        default=0.01,
+        help="AdamW weight decay, not applied to biases and LayerNorm weights (default: 0.01)",
+    )
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"posts per batch (default: {BATCH_SIZE})")
     p.add_argument(
         "--max-length",
