@@ -17,64 +17,32 @@ import math
 import numbers
 import os
 import random
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from datasets import ClassLabel, Dataset, disable_progress_bars, load_dataset
+from datasets import ClassLabel, Dataset, disable_progress_bars
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 from transformers import BatchEncoding, DataCollatorWithPadding
 
+from errors import DataError
+from posts import LOCAL_READERS, TEXT_COLUMNS, find_column, normalize_text, sorted_batches  # noqa: F401 (data.X too)
+from posts import load_table as read_table
+
 # The Hub id of the data set. Machines without the Hub point DEPRESSION_DATA at a local copy.
 HUB_DATASET = "mrjunos/depression-reddit-cleaned"
 DEFAULT_DATA = os.environ.get("DEPRESSION_DATA", HUB_DATASET)
-TEXT_COLUMNS = ("text", "clean_text")
 LABEL_COLUMNS = ("label", "is_depression", "is_depressive")
 LABEL_NAMES = ["not depressive", "depressive"]  # names of labels 0 and 1 when the data holds 0/1
 VAL_SIZE = 0.16  # the original write-up's share of validation data
 disable_progress_bars()  # in-memory steps here take about a second; their bars would only be noise
-LOCAL_READERS = {
-    ".csv": pd.read_csv,
-    ".tsv": lambda p: pd.read_csv(p, sep="\t"),
-    ".json": lambda p: pd.read_json(p, lines=Path(p).read_text()[:1] != "["),
-    ".jsonl": lambda p: pd.read_json(p, lines=True),
-    ".parquet": pd.read_parquet,
-}
-
-
-class DataError(ValueError):
-    """Bad input data; the message says what is wrong and how to fix it (the CLIs print it as one line)."""
 
 
 def load_table(source=DEFAULT_DATA):
-    """A local file (by its suffix) or a Hugging Face Hub data set id -> pandas DataFrame."""
-    path = Path(source)
-    suffix = path.suffix.lower()
-    if suffix in LOCAL_READERS or path.exists():
-        if not path.is_file():
-            raise DataError(
-                f"data file {source} not found; pass --data with the path of a "
-                f".csv/.tsv/.json/.jsonl/.parquet file or a Hub data set id"
-            )
-        if suffix not in LOCAL_READERS:
-            raise DataError(f"cannot read {source}: use a {'/'.join(LOCAL_READERS)} file")
-        try:
-            return LOCAL_READERS[suffix](path)
-        except Exception as e:  # pandas raises many kinds; all mean "unreadable"
-            raise DataError(
-                f"cannot read {source} as {suffix[1:]} ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                f"check the file's format"
-            ) from None
-    try:
-        return load_dataset(source, split="train").to_pandas()
-    except Exception as e:
-        raise DataError(
-            f"cannot load data set '{source}' from the Hugging Face Hub ({type(e).__name__}); "
-            f"offline, pass --data with a local file or set DEPRESSION_DATA to one"
-        ) from None
+    """posts.load_table, by default of the depression data set (DEPRESSION_DATA, else the Hub's)."""
+    return read_table(source)
 
 
 def load_sources(sources, text_column=None, label_column=None):
@@ -136,12 +104,6 @@ def map_labels(labels, mapping):
     return text.map(lambda v: mapping.get(v, v)), drop
 
 
-def normalize_text(text):
-    """Lower-case, every character but a-z and 0-9 replaced by a space, spaces collapsed: how the depression data set's
-    texts were cleaned ("I'm brand-new here!" -> "i m brand new here")."""
-    return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
-
-
 def holdout_parts(df, column, shares, seed=0):
     """A seeded split of every group of `column` into parts of the given shares (e.g. {"train": 0.4, "val": 0.2,
     "test": 0.4}): each row in exactly one part, every group split in the same proportions. Returns {part: df}."""
@@ -152,21 +114,6 @@ def holdout_parts(df, column, shares, seed=0):
         for name, a, b in zip(shares, bounds, bounds[1:]):
             parts[name].append(shuffled.iloc[a:b])
     return {name: pd.concat(frames).sort_index() for name, frames in parts.items()}
-
-
-def find_column(df, given, candidates, kind):
-    """The column named `given`, else the first of `candidates` present."""
-    if given:
-        if given not in df.columns:
-            raise DataError(f"no {kind} column '{given}' in the data (columns: {', '.join(map(str, df.columns))})")
-        return given
-    for name in candidates:
-        if name in df.columns:
-            return name
-    raise DataError(
-        f"no {kind} column found (looked for {', '.join(candidates)}; columns: "
-        f"{', '.join(map(str, df.columns))}); name it with --{kind}-column"
-    )
 
 
 def clean(df, text_column=None, label_column=None, label_map=None, normalize=False):
@@ -366,12 +313,6 @@ class LengthGroupedBatches:
 
     def __len__(self):
         return self.num_batches // self.num_shards
-
-
-def sorted_batches(lengths, batch_size):
-    """Indices sorted by length, cut into batches: the least padding, for evaluation and prediction."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def train_loader(ds, tokenizer, batch_size, seed, group_by_length=True, num_shards=1, shard=0):

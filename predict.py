@@ -7,6 +7,7 @@ Classify posts with an adapter (or a fully fine-tuned model) saved by train.py.
     python predict.py --json "some text"          # one JSON object per line
     python predict.py --adapter adapters/depression-houlsby "some text"
     python predict.py --file posts.csv --output results.jsonl  # streams: any number of posts, kept as they come
+    python predict.py --backend torch "some text"  # PyTorch even where export.py left a faster ONNX model
 
 This is a research and teaching tool, not a diagnostic instrument.
 """
@@ -19,18 +20,12 @@ import os
 import sys
 from pathlib import Path
 
-import pandas as pd
-import pyarrow.parquet as pq
-from tqdm.auto import tqdm
-from transformers.utils import logging as hf_logging
-
-import data
-import model as M
-import saved
-from inference import classify, load
+import inference
+import posts
+from errors import DataError, ModelError
 
 DEFAULT_ADAPTER = "adapters/depression-pfeiffer"  # where `python train.py --mode adapter` saves
-TEXT_SUFFIXES = (".txt", "")  # read as one post per line; other suffixes go through data.load_table
+TEXT_SUFFIXES = (".txt", "")  # read as one post per line; other suffixes go through posts.load_table
 CHUNK = 4096  # posts read, classified and written at a time: memory stays flat whatever the input's size
 OUTPUT_SUFFIXES = (".jsonl", ".csv")
 
@@ -70,9 +65,15 @@ def build_parser():
         "--no-merge",
         dest="merge",
         action="store_false",
-        help=f"keep a {'/'.join(saved.MERGEABLE_CONFIGS)} adapter apart from the base weights; by default it "
-        "is merged into them before predicting (the same probabilities within 1e-4, and as fast as "
-        "the base model alone)",
+        help="torch backend: keep a LoRA-kind adapter apart from the base weights; by default it is merged into "
+        "them before predicting (the same probabilities within 1e-4, and as fast as the base model alone)",
+    )
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", *inference.BACKENDS],
+        help="what computes the model: torch; onnx or onnx-int8 (ONNX Runtime, without importing torch: written "
+        "and checked by python export.py); auto: the fastest verified export in the folder, else torch (default)",
     )
     p.add_argument("--batch-size", type=int, default=64, help="posts per batch (default: 64)")
     p.add_argument(
@@ -111,9 +112,9 @@ def read_texts(args):
     blank lines of files and stdin are skipped."""
     for i, text in enumerate(args.texts, 1):
         if text != "-" and not text.strip():
-            raise data.DataError(f"text {i} is empty; pass the post to classify in quotes")
+            raise DataError(f"text {i} is empty; pass the post to classify in quotes")
     if not args.texts and not args.file:
-        raise data.DataError(
+        raise DataError(
             'no text to predict; pass it as an argument (python predict.py "some text"), '
             "with --file, or on stdin with -"
         )
@@ -133,16 +134,20 @@ def read_file(path, text_column=None):
     path = Path(path)
     suffix = path.suffix.lower()
     if not path.is_file():
-        raise data.DataError(f"file {path} not found")
+        raise DataError(f"file {path} not found")
     if suffix in TEXT_SUFFIXES:
         return (line.strip() for line in open(path, errors="replace") if line.strip())
-    if suffix not in data.LOCAL_READERS:
-        raise data.DataError(f"cannot read {path}: use a .txt file or a {'/'.join(data.LOCAL_READERS)} file")
+    if suffix not in posts.LOCAL_READERS:
+        raise DataError(f"cannot read {path}: use a .txt file or a {'/'.join(posts.LOCAL_READERS)} file")
+    import pandas as pd  # here, not at the top: a prediction of a few posts starts faster without it
+
     try:
         if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
             table = pq.ParquetFile(path)
-            column = data.find_column(
-                pd.DataFrame(columns=table.schema_arrow.names), text_column, data.TEXT_COLUMNS, "text"
+            column = posts.find_column(
+                pd.DataFrame(columns=table.schema_arrow.names), text_column, posts.TEXT_COLUMNS, "text"
             )
             frames = (batch.to_pandas() for batch in table.iter_batches(CHUNK, columns=[column]))
         elif suffix in (".csv", ".tsv", ".jsonl"):
@@ -150,13 +155,13 @@ def read_file(path, text_column=None):
             options = {"lines": True} if suffix == ".jsonl" else {"sep": "\t" if suffix == ".tsv" else ","}
             frames = read(path, chunksize=CHUNK, **options)
         else:
-            frames = iter([data.load_table(str(path))])
-        first = next(frames, pd.DataFrame(columns=[text_column or data.TEXT_COLUMNS[0]]))
-    except data.DataError:
+            frames = iter([posts.load_table(str(path))])
+        first = next(frames, pd.DataFrame(columns=[text_column or posts.TEXT_COLUMNS[0]]))
+    except DataError:
         raise
     except Exception as e:  # pandas and pyarrow raise many kinds; all mean "unreadable"
         raise unreadable(path, e) from None
-    column = data.find_column(first, text_column, data.TEXT_COLUMNS, "text")
+    column = posts.find_column(first, text_column, posts.TEXT_COLUMNS, "text")
     return (
         text
         for frame in itertools.chain([first], unreadable_as_data_error(frames, path))
@@ -173,7 +178,7 @@ def unreadable_as_data_error(frames, path):
 
 
 def unreadable(path, error):
-    return data.DataError(
+    return DataError(
         f"cannot read {path} ({type(error).__name__}: {str(error).splitlines()[0]}); check the file's format"
     )
 
@@ -226,31 +231,51 @@ def print_rows(rows, as_json):
     sys.stdout.flush()
 
 
+def load_model(args):
+    """inference.load with --backend; on torch the expected "newly initialized head" notices are silenced."""
+    backend = inference.fastest_backend(args.adapter) if args.backend == "auto" else args.backend
+    if backend == "torch":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    return inference.load(args.adapter, args.model, args.merge, backend)
+
+
+def progress_bar(enabled):
+    """A tqdm bar on stderr when classifying a file or writing one; tqdm is not imported otherwise."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(unit=" posts", desc="classifying", file=sys.stderr)
+
+
 def main(argv=None):
     args = parse_args(argv)
-    hf_logging.set_verbosity_error()
     try:
         posts = read_texts(args)
         first = list(itertools.islice(posts, args.chunk_size))  # bad input fails here, before the model loads
         if not first:
-            raise data.DataError("no text to predict: the input holds no posts (blank lines are skipped)")
-        loaded = load(args.adapter, args.model, args.merge)
-    except (data.DataError, M.ModelError) as e:
+            raise DataError("no text to predict: the input holds no posts (blank lines are skipped)")
+        loaded = load_model(args)
+    except (DataError, ModelError) as e:
         fail(str(e))
     names = loaded[2]["label_names"]
     write, handle = open_writer(Path(args.output), names) if args.output else (None, None)
-    bar = tqdm(unit=" posts", desc="classifying", disable=not (args.file or args.output), file=sys.stderr)
+    bar = progress_bar(args.file or args.output)
     try:
         for chunk in itertools.chain([first], chunks(posts, args.chunk_size)):
-            rows = result_rows(chunk, classify(loaded, chunk, args.batch_size), names)
+            rows = result_rows(chunk, inference.classify(loaded, chunk, args.batch_size), names)
             write(rows) if write else print_rows(rows, args.json)
-            bar.update(len(chunk))
-    except data.DataError as e:  # a file that turns out unreadable further in
+            if bar is not None:
+                bar.update(len(chunk))
+    except DataError as e:  # a file that turns out unreadable further in
         fail(str(e))
     except BrokenPipeError:  # `predict.py ... | head`: the reader left; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         if handle:
             handle.close()
 

@@ -1,0 +1,15 @@
+"""The two errors every script turns into one line on stderr and exit code 2, without a traceback. No imports, so
+that the fast ONNX path of predict.py can raise and catch them without loading torch."""
+
+
+class DataError(ValueError):
+    """Bad input data; the message says what is wrong and how to fix it (the CLIs print it as one line)."""
+
+
+class ModelError(ValueError):
+    """A bad model or adapter request, or a saved folder that cannot be used; the message says what is wrong and
+    how to fix it."""
+
+
+def first_line(error):
+    return (str(error).strip().splitlines() or [""])[0][:200]

@@ -1,0 +1,234 @@
+"""
+Export a folder written by train.py to ONNX, for fast inference with ONNX Runtime (predict.py --backend onnx).
+
+    python export.py --adapter adapters/depression-pfeiffer
+    python predict.py --adapter adapters/depression-pfeiffer "some text"   # now uses the fastest verified export
+
+Writes into the folder: model.onnx (fp32: base + adapter + head for bottleneck adapters, the merged model for
+LoRA-kind adapters, the whole model for full fine-tuning; dynamic batch and sequence axes), model.int8.onnx
+(dynamic int8 quantisation of the matrix products, per channel with reduced range, which holds accuracy on
+CPUs without VNNI; the adapters' own bottleneck products stay fp32),
+onnx-tokenizer.json (the tokenizer for the `tokenizers` package) and onnx.json (what the export was made from and
+how it was checked). Each model is checked on real posts before it is kept: fp32 probabilities equal torch's within
+1e-4, and the int8 model's labels agree with fp32's on at least 99.5% of the posts; what fails is not kept.
+
+This is a research and teaching tool, not a diagnostic instrument.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers.utils import logging as hf_logging
+
+import inference
+import posts
+import saved
+from errors import DataError, ModelError
+
+# Adapter configs export.py exports: bottleneck adapters as they are, LoRA-kind adapters merged into the weights.
+BOTTLENECK_CONFIGS = ("pfeiffer", "houlsby", "seq_bn", "double_seq_bn", "parallel", "par_bn", "scaled_parallel",
+                      "scaled_par_bn")  # fmt: skip
+EXPORTABLE = BOTTLENECK_CONFIGS + saved.MERGEABLE_CONFIGS
+FP32_TOLERANCE = 1e-4  # largest difference from torch's probabilities that the fp32 export may show
+INT8_AGREEMENT = 0.995  # least share of posts on which the int8 export must give fp32's label
+OPSET = 17
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0].strip(),
+        epilog="This is a research and teaching tool, not a diagnostic instrument.",
+    )
+    p.add_argument("--adapter", required=True, help="folder written by train.py (an adapter with its head, or a model)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="posts to check the export on: a .csv/.tsv/.json/.jsonl/.parquet file with a text column (default: "
+        "the folder's training data, from training.json)",
+    )
+    p.add_argument("--text-column", default=None, help="text column of --data (default: text or clean_text)")
+    p.add_argument("--check-posts", type=int, default=512, help="posts drawn at random to check on (default: 512)")
+    p.add_argument("--no-int8", dest="int8", action="store_false", help="write model.onnx only")
+    p.add_argument("--overwrite", action="store_true", help="replace an export the folder already holds")
+    p.error = lambda message: fail(f"{message} (see python export.py --help)")
+    return p
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_exportable(folder, overwrite):
+    """training.json of a folder export.py can export; refusals name what can be exported."""
+    info = saved.read_training_info(folder)
+    config = info.get("adapter_config")
+    if info["mode"] == "adapter" and config not in EXPORTABLE:
+        raise ModelError(
+            f"cannot export a '{config}' adapter: export.py exports full fine-tuning, bottleneck adapters "
+            f"({', '.join(BOTTLENECK_CONFIGS)}) and LoRA-kind adapters, merged ({', '.join(saved.MERGEABLE_CONFIGS)}); "
+            f"use python predict.py --backend torch for this one"
+        )
+    if inference.read_export_info(folder) is not None and not overwrite:
+        raise ModelError(
+            f"{folder} already holds an ONNX export ({inference.EXPORT_INFO}); pass --overwrite to replace it"
+        )
+    return info
+
+
+def check_posts(info, source, text_column, n):
+    """Up to n posts drawn at random (seed 0) from `source`, else from the folder's training data."""
+    source = source or (info["data"][0] if isinstance(info["data"], list) else info["data"])
+    table = posts.load_table(source)
+    column = posts.find_column(table, text_column, posts.TEXT_COLUMNS, "text")
+    texts = table[column].dropna().astype(str)
+    texts = texts[texts.str.strip() != ""]
+    if texts.empty:
+        raise DataError(f"{source} holds no posts to check the export on; pass --data with a file of posts")
+    return texts.sample(n=min(n, len(texts)), random_state=0).tolist()
+
+
+class Logits(torch.nn.Module):
+    """The classifier as ONNX sees it: (input_ids, attention_mask) -> logits."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def export_fp32(model, tokenizer, path):
+    """model.onnx with dynamic batch and sequence axes, through the TorchScript-based exporter (every module in eval
+    mode first, so that no dropout is exported)."""
+    example = tokenizer(["an example post", "a second one, a little longer"], padding=True, return_tensors="pt")
+    axes = {0: "batch", 1: "sequence"}
+    torch.onnx.export(
+        Logits(model).eval(),
+        (example["input_ids"], example["attention_mask"]),
+        str(path),
+        input_names=["input_ids", "attention_mask"],
+        output_names=["logits"],
+        dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": {0: "batch"}},
+        opset_version=OPSET,
+        dynamo=False,
+    )
+
+
+def export_int8(fp32_path, int8_path):
+    """Dynamic int8 of the fp32 export's matrix products, per channel with reduced range (without VNNI, full-range
+    int8 products can overflow). The adapters' own small bottleneck products stay fp32: quantising them moved 0.8%
+    of a Pfeiffer adapter's labels (512 posts), keeping them costs little time (docs/speed.md)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(fp32_path), load_external_data=False).graph
+    bottleneck = [
+        n.name for n in graph.node if n.op_type == "MatMul" and ("adapter_down" in n.name or "adapter_up" in n.name)
+    ]
+    quantize_dynamic(
+        str(fp32_path),
+        str(int8_path),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        reduce_range=True,
+        op_types_to_quantize=["MatMul"],
+        nodes_to_exclude=bottleneck,
+    )
+
+
+def check(folder, backend, texts, reference):
+    """The export's probabilities for `texts` (through inference.classify, as predict.py computes them) against
+    `reference`'s: {largest difference, share of posts with the same label}, and the probabilities."""
+    probs = inference.classify(inference.load_onnx(folder, backend), texts)
+    agreement = float((probs.argmax(1) == reference.argmax(1)).mean())
+    return {"max_difference": float(np.abs(probs - reference).max()), "label_agreement": agreement}, probs
+
+
+def verify(folder, export, backend, texts, reference, failed_if):
+    """Check one export against `reference` and record it in onnx.json; a model that fails is deleted. Returns
+    the export's probabilities, or None when it failed."""
+    path = folder / inference.ONNX_FILES[backend]
+    export["backends"][backend] = {"verified": True}  # provisionally, so that inference.load_onnx loads it
+    write_export_info(folder, export)
+    checks, probs = check(folder, backend, texts, reference)
+    failed = failed_if(checks)
+    export["backends"][backend] = {"verified": not failed, **checks, "megabytes": path.stat().st_size / 2**20}
+    if failed:
+        export["backends"][backend]["failed"] = failed
+        path.unlink()
+    write_export_info(folder, export)
+    against = "torch" if backend == "onnx" else "fp32"
+    print(
+        f"{path.name}: {'NOT kept, ' + failed if failed else 'kept'} (on {len(texts)} posts against {against}: "
+        f"largest probability difference {checks['max_difference']:.1e}, same label on "
+        f"{checks['label_agreement']:.2%}; {export['backends'][backend]['megabytes']:.1f} MB)"
+    )
+    return None if failed else probs
+
+
+def write_export_info(folder, export):
+    (folder / inference.EXPORT_INFO).write_text(json.dumps(export, indent=2) + "\n")
+
+
+def fp32_failure(checks):
+    if checks["max_difference"] > FP32_TOLERANCE:
+        return f"probabilities differ from torch's by up to {checks['max_difference']:.1e} (> {FP32_TOLERANCE:g})"
+    return None
+
+
+def int8_failure(checks):
+    if checks["label_agreement"] < INT8_AGREEMENT:
+        return f"labels agree with fp32's on {checks['label_agreement']:.1%} of posts (< {INT8_AGREEMENT:.1%})"
+    return None
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    hf_logging.set_verbosity_error()
+    folder = Path(args.adapter)
+    try:
+        info = check_exportable(folder, args.overwrite)
+        texts = check_posts(info, args.data, args.text_column, args.check_posts)
+        model, tokenizer, info = inference.load(folder, backend="torch")
+    except (DataError, ModelError) as e:
+        fail(str(e))
+    model = model.cpu()
+    for name in inference.EXPORT_FILES:  # --overwrite: the old export goes first, so nothing stale is left
+        (folder / name).unlink(missing_ok=True)
+    start = time.perf_counter()
+    torch_probs = inference.classify((model, tokenizer, info), texts).numpy()
+    tokenizer.backend_tokenizer.save(str(folder / inference.ONNX_TOKENIZER))
+    export = {
+        "trained_fingerprint": inference.trained_fingerprint(folder),
+        "pad_token_id": tokenizer.pad_token_id,
+        "opset": OPSET,
+        "check_posts": len(texts),
+        "backends": {},
+        "versions": {name: version(name) for name in ("torch", "onnx", "onnxruntime", "tokenizers")},
+    }
+    export_fp32(model, tokenizer, folder / inference.ONNX_FILES["onnx"])
+    fp32_probs = verify(folder, export, "onnx", texts, torch_probs, fp32_failure)
+    if fp32_probs is None:
+        sys.exit(1)  # int8 is made from fp32: nothing more to export
+    if args.int8:
+        export_int8(folder / inference.ONNX_FILES["onnx"], folder / inference.ONNX_FILES["onnx-int8"])
+        int8_probs = verify(folder, export, "onnx-int8", texts, fp32_probs, int8_failure)
+        if int8_probs is not None:
+            agreement = float((int8_probs.argmax(1) == torch_probs.argmax(1)).mean())
+            export["backends"]["onnx-int8"]["label_agreement_with_torch"] = agreement
+            write_export_info(folder, export)
+    print(f"exported in {time.perf_counter() - start:.0f} s; predict.py now uses {inference.fastest_backend(folder)}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

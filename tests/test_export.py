@@ -1,0 +1,138 @@
+"""export.py and the ONNX backends of predict.py: each backend's probabilities against torch's, the fast path
+without torch, refusal of stale and unexportable folders, bad input through every backend."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import assert_clean_failure, make_posts, run_cli
+
+import inference
+import train
+
+TEXTS = ["i feel hopeless and empty every single day", "our team won the cup today", "short", "made pancakes"]
+SETUPS = {
+    "pfeiffer": ["--mode", "adapter"],
+    "full": ["--mode", "full", "--lr", "1e-3"],
+    "lora": ["--mode", "adapter", "--adapter-config", "lora"],
+}
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_bert, posts_csv, tmp_path_factory):
+    """A Pfeiffer adapter, a full model and a LoRA adapter on the tiny BERT (trained in this process), each exported
+    by export.py as a user runs it; {setup: (folder, export.py's output)}."""
+    out = tmp_path_factory.mktemp("exported")
+    folders = {}
+    for name, flags in SETUPS.items():
+        args = [*flags, "--model", tiny_bert, "--data", posts_csv, "--output-dir", str(out), "--name", name]
+        train.run(train.parse_args([*args, "--epochs", "3", "--batch-size", "8", "--max-length", "32"]))
+        proc = run_cli("export.py", "--adapter", out / name, "--data", posts_csv)
+        folders[name] = (out / name, proc.stdout)
+    return folders
+
+
+def probabilities(folder, backend, texts=TEXTS):
+    proc = run_cli("predict.py", "--adapter", folder, "--backend", backend, "--json", *texts)
+    return np.array([list(json.loads(line)["probabilities"].values()) for line in proc.stdout.splitlines()])
+
+
+@pytest.mark.parametrize("setup", list(SETUPS))
+def test_each_backend_gives_torchs_probabilities(exported, setup):
+    folder, output = exported[setup]
+    export = json.loads((folder / "onnx.json").read_text())
+    assert {p.name for p in folder.iterdir()} >= {"model.onnx", "onnx.json", "onnx-tokenizer.json"}
+    assert export["backends"]["onnx"]["verified"] and export["backends"]["onnx"]["max_difference"] <= 1e-4
+    assert "model.onnx: kept" in output
+    torch_probs = probabilities(folder, "torch")
+    assert np.abs(probabilities(folder, "onnx") - torch_probs).max() <= 1e-4
+    int8 = export["backends"]["onnx-int8"]
+    assert int8["label_agreement"] >= 0.995 if int8["verified"] else "failed" in int8
+    if int8["verified"]:
+        assert (probabilities(folder, "onnx-int8").argmax(1) == torch_probs.argmax(1)).mean() >= 0.75
+        assert inference.fastest_backend(folder) == "onnx-int8"
+    else:  # not kept: not on disk, and auto falls back to fp32
+        assert not (folder / "model.int8.onnx").exists() and inference.fastest_backend(folder) == "onnx"
+
+
+def test_the_onnx_path_runs_without_torch_or_transformers(exported, posts_csv, tmp_path):
+    """predict.py on the ONNX path with torch and transformers made unimportable: the same results as torch's,
+    for arguments and for a file written as .jsonl."""
+    folder = exported["pfeiffer"][0]
+    blocked = (
+        "import runpy, sys; sys.modules['torch'] = sys.modules['transformers'] = None; "
+        "sys.argv = ['predict.py', *sys.argv[1:]]; runpy.run_path('predict.py', run_name='__main__')"
+    )
+    proc = run_cli("-c", blocked, "--adapter", folder, "--backend", "onnx", "--json", *TEXTS)
+    onnx_probs = [list(json.loads(line)["probabilities"].values()) for line in proc.stdout.splitlines()]
+    assert np.abs(np.array(onnx_probs) - probabilities(folder, "torch")).max() <= 1e-4
+    out = tmp_path / "results.jsonl"
+    run_cli("-c", blocked, "--adapter", folder, "--file", posts_csv, "--output", out)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["text"] for r in rows] == pd.read_csv(posts_csv)["text"].tolist()
+    torch_rows = run_cli("predict.py", "--adapter", folder, "--backend", "torch", "--json", "--file", posts_csv)
+    torch_labels = [json.loads(line)["label"] for line in torch_rows.stdout.splitlines()]
+    assert [r["label"] for r in rows] == torch_labels
+
+
+def test_a_folder_trained_again_after_its_export_is_refused(exported, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(exported["pfeiffer"][0], folder)
+    info = json.loads((folder / "training.json").read_text())
+    (folder / "training.json").write_text(json.dumps({**info, "seed": info["seed"] + 1}))  # as a new run writes
+    for backend in ("onnx", "onnx-int8", "auto"):
+        proc = run_cli("predict.py", "--adapter", folder, "--backend", backend, "hello", check=False)
+        assert_clean_failure(proc, "stale", "export.py")
+    assert run_cli("predict.py", "--adapter", folder, "--backend", "torch", "hello").stdout  # torch still works
+    proc = run_cli("export.py", "--adapter", folder, "--overwrite", "--check-posts", "4", "--no-int8")
+    assert "model.onnx: kept" in proc.stdout and not (folder / "model.int8.onnx").exists()
+    assert inference.fastest_backend(folder) == "onnx"
+
+
+def test_unexportable_and_missing_exports_get_one_line(exported, tiny_bert, posts_csv, tmp_path):
+    args = ["--model", tiny_bert, "--data", posts_csv, "--output-dir", str(tmp_path), "--epochs", "1"]
+    train.run(train.parse_args([*args, "--mode", "adapter", "--adapter-config", "prefix_tuning", "--name", "prefix"]))
+    proc = run_cli("export.py", "--adapter", tmp_path / "prefix", check=False)
+    assert_clean_failure(proc, "cannot export a 'prefix_tuning' adapter", "pfeiffer", "lora")
+    assert not any(p.suffix == ".onnx" for p in (tmp_path / "prefix").iterdir())
+    assert_clean_failure(run_cli("export.py", "--adapter", exported["full"][0], check=False), "--overwrite")
+    assert_clean_failure(run_cli("export.py", "--adapter", tmp_path / "none", check=False), "no trained adapter")
+    for backend in ("onnx", "onnx-int8"):  # a folder never exported
+        proc = run_cli("predict.py", "--adapter", tmp_path / "prefix", "--backend", backend, "hi", check=False)
+        assert_clean_failure(proc, "no ONNX export", "python export.py")
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx", "auto"])
+def test_bad_input_gets_one_line_through_every_backend(exported, backend, tmp_path):
+    folder = exported["pfeiffer"][0]
+    (tmp_path / "empty.csv").write_text("text\n")
+    (tmp_path / "other.csv").write_text("body\nhello\n")
+    for args, words in [
+        ([""], ["text 1 is empty"]),
+        (["--file", tmp_path / "missing.txt"], ["not found"]),
+        (["--file", tmp_path / "empty.csv"], ["no text to predict"]),
+        (["--file", tmp_path / "other.csv"], ["no text column"]),
+        ([], ["no text to predict"]),
+    ]:
+        proc = run_cli("predict.py", "--adapter", folder, "--backend", backend, *args, check=False)
+        assert_clean_failure(proc, *words)
+    proc = run_cli("predict.py", "--adapter", tmp_path / "nowhere", "--backend", backend, "hi", check=False)
+    assert_clean_failure(proc)
+
+
+def test_export_checks_on_the_folders_own_training_data_by_default(exported, tmp_path):
+    """No --data: the posts come from the file training.json names; a file that is gone gets one line."""
+    folder = tmp_path / "copy"
+    shutil.copytree(exported["lora"][0], folder)
+    data_file = tmp_path / "posts.csv"
+    make_posts(20).to_csv(data_file, index=False)
+    info = json.loads((folder / "training.json").read_text())
+    (folder / "training.json").write_text(json.dumps({**info, "data": str(data_file)}))
+    proc = run_cli("export.py", "--adapter", folder, "--overwrite", "--no-int8")
+    assert "on 40 posts" in proc.stdout
+    data_file.unlink()
+    proc = run_cli("export.py", "--adapter", folder, "--overwrite", check=False)
+    assert_clean_failure(proc, "not found")
+    assert (folder / "model.onnx").exists()  # the refused export left the earlier one in place
