@@ -23,15 +23,16 @@ ONNX_TOKENIZER = "onnx-tokenizer.json"  # the base model's tokenizer for the `to
 EXPORT_FILES = (*ONNX_FILES.values(), EXPORT_INFO, ONNX_TOKENIZER)
 
 
-def load(folder, model_name=None, merge=True, backend="torch"):
+def load(folder, model_name=None, merge=True, backend="torch", threads=None):
     """(model, tokenizer, training info) from a folder written by train.py. backend: "torch"; "onnx" or
     "onnx-int8" (an export.py export, refused when missing, unverified or stale); "auto": the fastest of those that
     the folder holds verified and fresh (int8, fp32), else torch. On torch, LoRA-kind adapters
-    (saved.MERGEABLE_CONFIGS) are folded into the base weights unless merge=False."""
+    (saved.MERGEABLE_CONFIGS) are folded into the base weights unless merge=False. threads: ONNX Runtime's threads
+    (default: one per core)."""
     if backend == "auto":
         backend = fastest_backend(folder)
     if backend in ONNX_FILES:
-        return load_onnx(folder, backend, model_name)
+        return load_onnx(folder, backend, model_name, threads)
     if backend != "torch":
         raise ModelError(f"unknown backend '{backend}'; choose one of: auto, {', '.join(BACKENDS)}")
     from accelerate import PartialState  # torch and transformers: the slow imports, only here
@@ -113,7 +114,7 @@ def fastest_backend(folder):
     return "torch"
 
 
-def load_onnx(folder, backend, model_name=None):
+def load_onnx(folder, backend, model_name=None, threads=None):
     """(OnnxModel, its tokenizer, training info) from an export.py export; ModelError when there is none, it did
     not pass its checks, or the folder was trained again after it."""
     folder = Path(folder)
@@ -138,7 +139,11 @@ def load_onnx(folder, backend, model_name=None):
     tokenizer = Tokenizer.from_file(str(folder / ONNX_TOKENIZER))
     tokenizer.no_padding()
     tokenizer.enable_truncation(info["max_length"])
-    session = onnxruntime.InferenceSession(str(folder / ONNX_FILES[backend]), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default, one thread per core
+    session = onnxruntime.InferenceSession(
+        str(folder / ONNX_FILES[backend]), options, providers=["CPUExecutionProvider"]
+    )
     return OnnxModel(session, tokenizer, export["pad_token_id"], backend), tokenizer, info
 
 
@@ -166,3 +171,10 @@ class OnnxModel:
                 probs = np.zeros((len(texts), logits.shape[1]), dtype=np.float32)
             probs[batch] = exp / exp.sum(-1, keepdims=True)
         return probs
+
+
+def result_rows(texts, probs, names):
+    """One dict per post: text, label, score (its probability) and every label's probability (predict.py's rows)."""
+    for text, p in zip(texts, probs.tolist()):
+        best = max(range(len(p)), key=p.__getitem__)
+        yield {"text": text, "label": names[best], "score": p[best], "probabilities": dict(zip(names, p))}

@@ -195,13 +195,6 @@ def chunks(posts, size):
         yield chunk
 
 
-def result_rows(texts, probs, names):
-    """One dict per post: text, label, score (its probability) and every label's probability."""
-    for text, p in zip(texts, probs.tolist()):
-        best = max(range(len(p)), key=p.__getitem__)
-        yield {"text": text, "label": names[best], "score": p[best], "probabilities": dict(zip(names, p))}
-
-
 def open_writer(path, names):
     """A function that writes result rows to a .jsonl or .csv file and flushes them to disk, and the file."""
     handle = open(path, "x", newline="")  # "x": never write over a file (checked earlier, and again here)
@@ -265,7 +258,7 @@ def main(argv=None):
     bar = progress_bar(args.file or args.output)
     try:
         for chunk in itertools.chain([first], chunks(posts, args.chunk_size)):
-            rows = result_rows(chunk, inference.classify(loaded, chunk, args.batch_size), names)
+            rows = inference.result_rows(chunk, inference.classify(loaded, chunk, args.batch_size), names)
             write(rows) if write else print_rows(rows, args.json)
             if bar is not None:
                 bar.update(len(chunk))

@@ -13,6 +13,7 @@ import inference
 import train
 
 TEXTS = ["i feel hopeless and empty every single day", "our team won the cup today", "short", "made pancakes"]
+pytestmark = pytest.mark.xdist_group("export")  # one worker builds the exported folders, once
 SETUPS = {
     "pfeiffer": ["--mode", "adapter"],
     "full": ["--mode", "full", "--lr", "1e-3"],
@@ -136,3 +137,42 @@ def test_export_checks_on_the_folders_own_training_data_by_default(exported, tmp
     proc = run_cli("export.py", "--adapter", folder, "--overwrite", check=False)
     assert_clean_failure(proc, "not found")
     assert (folder / "model.onnx").exists()  # the refused export left the earlier one in place
+
+
+def test_a_corpus_on_ray_gives_predict_pys_results_and_resumes(exported, tmp_path):
+    """classify_corpus.py on a local Ray cluster, 2 actors: .jsonl and .parquet shards (one with a blank post) give
+    predict.py's own results for the same posts (fp32: same labels, probabilities within 1e-5); a run stopped after
+    some shards redoes only the others."""
+    folder = exported["pfeiffer"][0]
+    corpus, results = tmp_path / "corpus", tmp_path / "results"
+    corpus.mkdir()
+    posts = make_posts(30)
+    posts.iloc[:20].to_json(corpus / "a.jsonl", orient="records", lines=True)
+    pd.concat([posts.iloc[20:40], pd.DataFrame({"text": ["  "], "label": [0]})]).to_json(
+        corpus / "b.jsonl", orient="records", lines=True
+    )
+    posts.iloc[40:].to_parquet(corpus / "c.parquet")
+    args = ["classify_corpus.py", "--adapter", folder, "--input", corpus, "--output", results, "--backend", "onnx"]
+    proc = run_cli(*args, "--actors", "2")
+    assert "3 shards, 0 already classified" in proc.stdout
+    for shard in ("a.jsonl", "b.jsonl", "c.parquet"):
+        ray_rows = [json.loads(line) for line in (results / f"{shard.split('.')[0]}.jsonl").read_text().splitlines()]
+        proc = run_cli("predict.py", "--adapter", folder, "--backend", "onnx", "--json", "--file", corpus / shard)
+        own_rows = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert len(ray_rows) == len(own_rows) == 20
+        assert [r["text"] for r in ray_rows] == [r["text"] for r in own_rows]
+        assert [r["label"] for r in ray_rows] == [r["label"] for r in own_rows]
+        assert max(abs(a["score"] - b["score"]) for a, b in zip(ray_rows, own_rows)) <= 1e-5
+    kept = (results / "a.jsonl").read_text()
+    (results / "b.jsonl").unlink()
+    proc = run_cli(*args)
+    assert "3 shards, 2 already classified" in proc.stdout and "b.jsonl ->" in proc.stdout
+    assert "a.jsonl ->" not in proc.stdout and (results / "a.jsonl").read_text() == kept
+    assert len((results / "b.jsonl").read_text().splitlines()) == 20
+    assert_clean_failure(run_cli(*args[:4], tmp_path / "none", *args[5:], check=False), "is not a folder")
+    unexported = tmp_path / "plain"
+    shutil.copytree(folder, unexported, ignore=shutil.ignore_patterns("*onnx*"))
+    proc = run_cli(
+        "classify_corpus.py", "--adapter", unexported, "--input", corpus, "--output", tmp_path / "r2", check=False
+    )
+    assert_clean_failure(proc, "no verified ONNX export", "export.py")
