@@ -14,14 +14,13 @@ this machine. This is a research and teaching tool, not a diagnostic instrument.
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import pandas as pd
 
 import inference
 import posts
-from errors import DataError, ModelError
+from errors import DataError, ModelError, fail
 
 SHARD_SUFFIXES = (".jsonl", ".parquet")
 
@@ -45,11 +44,6 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=256, help="posts handed to an actor at a time (default: 256)")
     p.error = lambda message: fail(f"{message} (see python classify_corpus.py --help)")
     return p
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def shard_plan(input_folder, output_folder):

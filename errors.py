@@ -1,5 +1,8 @@
-"""The two errors every script turns into one line on stderr and exit code 2, without a traceback. No imports, so
-that the fast ONNX path of predict.py can raise and catch them without loading torch."""
+"""The two errors every script turns into one line on stderr and exit code 2, without a traceback, and the function
+that does it. Nothing heavy is imported, so that the fast ONNX path of predict.py can raise and catch them without
+loading torch."""
+
+import sys
 
 
 class DataError(ValueError):
@@ -13,3 +16,10 @@ class ModelError(ValueError):
 
 def first_line(error):
     return (str(error).strip().splitlines() or [""])[0][:200]
+
+
+def fail(message):
+    """One line on stderr ("error: ..."), exit code 2: how every command line reports bad input (train.py has its own,
+    for several processes)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)

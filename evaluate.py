@@ -38,6 +38,7 @@ import data
 import inference
 import model as M
 import saved
+from errors import fail
 
 BOOTSTRAP = 1000  # resamples for the 95% intervals
 CHUNK = 256  # posts classified between two updates of the progress bar
@@ -141,11 +142,6 @@ def parse_args(argv=None):
     except data.DataError as e:
         fail(str(e))
     return args
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def read_labelled(source, text_column=None, label_column=None, group_column=None, label_mapping=None):

@@ -32,7 +32,7 @@ from transformers.utils import logging as hf_logging
 import inference
 import posts
 import saved
-from errors import DataError, ModelError
+from errors import DataError, ModelError, fail
 
 # Adapter configs export.py exports: bottleneck adapters as they are, LoRA-kind adapters merged into the weights.
 BOTTLENECK_CONFIGS = ("pfeiffer", "houlsby", "seq_bn", "double_seq_bn", "parallel", "par_bn", "scaled_parallel",
@@ -68,11 +68,6 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace an export the folder already holds")
     p.error = lambda message: fail(f"{message} (see python export.py --help)")
     return p
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def check_exportable(folder, overwrite):

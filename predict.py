@@ -22,7 +22,7 @@ from pathlib import Path
 
 import inference
 import posts
-from errors import DataError, ModelError
+from errors import DataError, ModelError, fail
 
 DEFAULT_ADAPTER = "adapters/depression-pfeiffer"  # where `python train.py --mode adapter` saves
 TEXT_SUFFIXES = (".txt", "")  # read as one post per line; other suffixes go through posts.load_table
@@ -100,11 +100,6 @@ def parse_args(argv=None):
         if not output.parent.is_dir():
             fail(f"--output {output}: folder {output.parent} does not exist")
     return args
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def read_texts(args):

@@ -51,8 +51,8 @@ import saved
 EPOCHS = 3
 LR = {"adapter": 1e-3, "full": 5e-5}  # adapters need a far higher rate than full fine-tuning
 BATCH_SIZE = 32
-MAX_LENGTH = 64  # 128 gave the same accuracy (98.61 vs 98.53%) at 1.5x the time per epoch (README)
-ATTENTION_DROPOUT = 0.0  # the checkpoint's 0.1: at max length 128, 1.25x slower adapter steps, 1.24x memory (README)
+MAX_LENGTH = 64  # chosen by measurement: docs/usage.md, "Choosing the defaults"
+ATTENTION_DROPOUT = 0.0  # not the checkpoint's 0.1: docs/usage.md, "Choosing the defaults"
 OUTPUT_DIR = {"adapter": "adapters", "full": "models"}
 
 
