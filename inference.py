@@ -158,7 +158,7 @@ class OnnxModel:
         import numpy as np
 
         ids = [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
-        probs = None
+        probs = np.zeros((0, self.session.get_outputs()[0].shape[1]), dtype=np.float32)  # no texts: no rows
         for batch in sorted_batches([len(i) for i in ids], batch_size):
             width = max(len(ids[i]) for i in batch)
             input_ids = np.full((len(batch), width), self.pad_token_id, dtype=np.int64)
@@ -167,7 +167,7 @@ class OnnxModel:
                 input_ids[row, : len(ids[i])], mask[row, : len(ids[i])] = ids[i], 1
             logits = self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0].astype(np.float64)
             exp = np.exp(logits - logits.max(-1, keepdims=True))
-            if probs is None:
+            if not len(probs):
                 probs = np.zeros((len(texts), logits.shape[1]), dtype=np.float32)
             probs[batch] = exp / exp.sum(-1, keepdims=True)
         return probs

@@ -140,9 +140,9 @@ def test_export_checks_on_the_folders_own_training_data_by_default(exported, tmp
 
 
 def test_a_corpus_on_ray_gives_predict_pys_results_and_resumes(exported, tmp_path):
-    """classify_corpus.py on a local Ray cluster, 2 actors: .jsonl and .parquet shards (one with a blank post) give
-    predict.py's own results for the same posts (fp32: same labels, probabilities within 1e-5); a run stopped after
-    some shards redoes only the others."""
+    """classify_corpus.py on a local Ray cluster, 2 actors: .jsonl and .parquet shards (one with a blank post, one
+    with nothing to classify) give predict.py's own results for the same posts (fp32: same labels, probabilities
+    within 1e-5); a run stopped after some shards redoes only the others."""
     folder = exported["pfeiffer"][0]
     corpus, results = tmp_path / "corpus", tmp_path / "results"
     corpus.mkdir()
@@ -152,9 +152,11 @@ def test_a_corpus_on_ray_gives_predict_pys_results_and_resumes(exported, tmp_pat
         corpus / "b.jsonl", orient="records", lines=True
     )
     posts.iloc[40:].to_parquet(corpus / "c.parquet")
+    (corpus / "d.jsonl").write_text('{"text": " "}\n{"text": null}\n')  # nothing to classify
     args = ["classify_corpus.py", "--adapter", folder, "--input", corpus, "--output", results, "--backend", "onnx"]
     proc = run_cli(*args, "--actors", "2")
-    assert "3 shards, 0 already classified" in proc.stdout
+    assert "4 shards, 0 already classified" in proc.stdout
+    assert (results / "d.jsonl").read_text() == ""
     for shard in ("a.jsonl", "b.jsonl", "c.parquet"):
         ray_rows = [json.loads(line) for line in (results / f"{shard.split('.')[0]}.jsonl").read_text().splitlines()]
         proc = run_cli("predict.py", "--adapter", folder, "--backend", "onnx", "--json", "--file", corpus / shard)
@@ -166,7 +168,7 @@ def test_a_corpus_on_ray_gives_predict_pys_results_and_resumes(exported, tmp_pat
     kept = (results / "a.jsonl").read_text()
     (results / "b.jsonl").unlink()
     proc = run_cli(*args)
-    assert "3 shards, 2 already classified" in proc.stdout and "b.jsonl ->" in proc.stdout
+    assert "4 shards, 3 already classified" in proc.stdout and "b.jsonl ->" in proc.stdout
     assert "a.jsonl ->" not in proc.stdout and (results / "a.jsonl").read_text() == kept
     assert len((results / "b.jsonl").read_text().splitlines()) == 20
     assert_clean_failure(run_cli(*args[:4], tmp_path / "none", *args[5:], check=False), "is not a folder")
