@@ -109,6 +109,13 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
     p.add_argument("--batch-size", type=int, default=64, help="posts per batch (default: 64)")
     p.add_argument(
+        "--backend",
+        default="torch",
+        choices=["auto", *inference.BACKENDS],
+        help="what computes the models: torch (default), onnx or onnx-int8 (an export.py export), or auto (the "
+        "fastest verified export of each folder, else torch)",
+    )
+    p.add_argument(
         "--output",
         default=None,
         metavar="FILE.json",
@@ -305,7 +312,7 @@ def evaluate(probs, labels, groups=None, threshold=None, pairs=(), resamples=BOO
 def classify_with_bar(loaded, texts, batch_size, bar):
     chunks = []
     for start in range(0, len(texts), CHUNK):
-        chunks.append(inference.classify(loaded, texts[start : start + CHUNK], batch_size).numpy())
+        chunks.append(np.asarray(inference.classify(loaded, texts[start : start + CHUNK], batch_size)))
         bar.update(len(texts[start : start + CHUNK]))
     return np.concatenate(chunks)
 
@@ -438,7 +445,7 @@ def main(argv=None):
     bar = tqdm(total=len(texts) * len(args.adapter), unit=" posts", desc="classifying", file=sys.stderr)
     for folder in args.adapter:
         try:
-            loaded = inference.load(folder)
+            loaded = inference.load(folder, backend=args.backend)
         except M.ModelError as e:
             bar.close()
             fail(str(e))

@@ -194,3 +194,15 @@ def test_backends_benchmark_measures_every_backend_on_the_same_posts(exported, p
         assert all(r["posts_per_second"] > 0 and r["cold_start_seconds"] > 0 for r in rows.values())
     assert result["fp32_limit"]["torch_matmul_gflops"] > 0 and "ray" not in result
     assert "| pfeiffer | onnx |" in (tmp_path / "b.md").read_text()
+
+
+def test_evaluate_gives_the_same_metrics_on_the_onnx_backend(exported, posts_csv, tmp_path):
+    folder = exported["pfeiffer"][0]
+    metrics = {}
+    for backend in ("torch", "onnx"):
+        out = tmp_path / f"{backend}.json"
+        run_cli("evaluate.py", "--adapter", folder, "--data", posts_csv, "--backend", backend, "--output", out)
+        metrics[backend] = json.loads(out.read_text())[str(folder)]
+    for key in ("accuracy", "macro_f1", "confusion_matrix"):
+        assert metrics["onnx"][key] == metrics["torch"][key]
+    assert abs(metrics["onnx"]["auc"] - metrics["torch"]["auc"]) < 1e-6
