@@ -108,13 +108,7 @@ def build_parser():
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
     p.add_argument("--batch-size", type=int, default=64, help="posts per batch (default: 64)")
-    p.add_argument(
-        "--backend",
-        default="torch",
-        choices=["auto", *inference.BACKENDS],
-        help="what computes the models: torch (default), onnx or onnx-int8 (an export.py export), or auto (the "
-        "fastest verified export of each folder, else torch)",
-    )
+    inference.add_backend_flag(p, default="torch")
     p.add_argument(
         "--output",
         default=None,

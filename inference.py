@@ -23,6 +23,18 @@ ONNX_TOKENIZER = "onnx-tokenizer.json"  # the base model's tokenizer for the `to
 EXPORT_FILES = (*ONNX_FILES.values(), EXPORT_INFO, ONNX_TOKENIZER)
 
 
+def add_backend_flag(parser, default):
+    """--backend for a command line (predict.py, evaluate.py): auto, torch, onnx or onnx-int8."""
+    parser.add_argument(
+        "--backend",
+        default=default,
+        choices=["auto", *BACKENDS],
+        help="what computes the model: torch; onnx or onnx-int8 (ONNX Runtime, without importing torch: written "
+        "and checked by python export.py); auto: the fastest verified export in the folder, else torch "
+        f"(default: {default})",
+    )
+
+
 def load(folder, model_name=None, merge=True, backend="torch", threads=None):
     """(model, tokenizer, training info) from a folder written by train.py. backend: "torch"; "onnx" or
     "onnx-int8" (an export.py export, refused when missing, unverified or stale); "auto": the fastest of those that

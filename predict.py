@@ -68,13 +68,7 @@ def build_parser():
         help="torch backend: keep a LoRA-kind adapter apart from the base weights; by default it is merged into "
         "them before predicting (the same probabilities within 1e-4, and as fast as the base model alone)",
     )
-    p.add_argument(
-        "--backend",
-        default="auto",
-        choices=["auto", *inference.BACKENDS],
-        help="what computes the model: torch; onnx or onnx-int8 (ONNX Runtime, without importing torch: written "
-        "and checked by python export.py); auto: the fastest verified export in the folder, else torch (default)",
-    )
+    inference.add_backend_flag(p, default="auto")
     p.add_argument("--batch-size", type=int, default=64, help="posts per batch (default: 64)")
     p.add_argument(
         "--chunk-size",
