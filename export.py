@@ -149,21 +149,20 @@ def export_int8(fp32_path, int8_path):
     )
 
 
-def check(folder, backend, texts, reference):
+def check(folder, backend, info, export, texts, reference):
     """The export's probabilities for `texts` (through inference.classify, as predict.py computes them) against
     `reference`'s: {largest difference, share of posts with the same label}, and the probabilities."""
-    probs = inference.classify(inference.load_onnx(folder, backend), texts)
+    model = inference.open_onnx(folder, backend, export["pad_token_id"], info["max_length"])
+    probs = inference.classify((model, model.tokenizer, info), texts)
     agreement = float((probs.argmax(1) == reference.argmax(1)).mean())
     return {"max_difference": float(np.abs(probs - reference).max()), "label_agreement": agreement}, probs
 
 
-def verify(folder, export, backend, texts, reference, failed_if):
+def verify(folder, info, export, backend, texts, reference, failed_if):
     """Check one export against `reference` and record it in onnx.json; a model that fails is deleted. Returns
     the export's probabilities, or None when it failed."""
     path = folder / inference.ONNX_FILES[backend]
-    export["backends"][backend] = {"verified": True}  # provisionally, so that inference.load_onnx loads it
-    write_export_info(folder, export)
-    checks, probs = check(folder, backend, texts, reference)
+    checks, probs = check(folder, backend, info, export, texts, reference)
     failed = failed_if(checks)
     export["backends"][backend] = {"verified": not failed, **checks, "megabytes": path.stat().st_size / 2**20}
     if failed:
@@ -220,12 +219,12 @@ def main(argv=None):
         "versions": {name: version(name) for name in ("torch", "onnx", "onnxruntime", "tokenizers")},
     }
     export_fp32(model, tokenizer, folder / inference.ONNX_FILES["onnx"])
-    fp32_probs = verify(folder, export, "onnx", texts, torch_probs, fp32_failure)
+    fp32_probs = verify(folder, info, export, "onnx", texts, torch_probs, fp32_failure)
     if fp32_probs is None:
         sys.exit(1)  # int8 is made from fp32: nothing more to export
     if args.int8:
         export_int8(folder / inference.ONNX_FILES["onnx"], folder / inference.ONNX_FILES["onnx-int8"])
-        int8_probs = verify(folder, export, "onnx-int8", texts, fp32_probs, int8_failure)
+        int8_probs = verify(folder, info, export, "onnx-int8", texts, fp32_probs, int8_failure)
         if int8_probs is not None:
             agreement = float((int8_probs.argmax(1) == torch_probs.argmax(1)).mean())
             export["backends"]["onnx-int8"]["label_agreement_with_torch"] = agreement

@@ -145,18 +145,25 @@ def load_onnx(folder, backend, model_name=None, threads=None):
     info = json.loads((folder / "training.json").read_text())
     if model_name and model_name != info["base_model"]:
         raise ModelError(f"the adapter in {folder} was trained on {info['base_model']}, not {model_name}; drop --model")
+    model = open_onnx(folder, backend, export["pad_token_id"], info["max_length"], threads)
+    return model, model.tokenizer, info
+
+
+def open_onnx(folder, backend, pad_token_id, max_length, threads=None):
+    """An OnnxModel for the folder's export file of `backend`, unchecked: load_onnx checks before it opens, and
+    export.py opens through it to check a new export."""
     import onnxruntime
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(folder / ONNX_TOKENIZER))
+    tokenizer = Tokenizer.from_file(str(Path(folder) / ONNX_TOKENIZER))
     tokenizer.no_padding()
-    tokenizer.enable_truncation(info["max_length"])
+    tokenizer.enable_truncation(max_length)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default, one thread per core
     session = onnxruntime.InferenceSession(
-        str(folder / ONNX_FILES[backend]), options, providers=["CPUExecutionProvider"]
+        str(Path(folder) / ONNX_FILES[backend]), options, providers=["CPUExecutionProvider"]
     )
-    return OnnxModel(session, tokenizer, export["pad_token_id"], backend), tokenizer, info
+    return OnnxModel(session, tokenizer, pad_token_id, backend)
 
 
 class OnnxModel:
@@ -170,7 +177,7 @@ class OnnxModel:
         import numpy as np
 
         ids = [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
-        probs = np.zeros((0, self.session.get_outputs()[0].shape[1]), dtype=np.float32)  # no texts: no rows
+        probs = np.zeros((len(ids), self.session.get_outputs()[0].shape[1]), dtype=np.float32)
         for batch in sorted_batches([len(i) for i in ids], batch_size):
             width = max(len(ids[i]) for i in batch)
             input_ids = np.full((len(batch), width), self.pad_token_id, dtype=np.int64)
@@ -179,8 +186,6 @@ class OnnxModel:
                 input_ids[row, : len(ids[i])], mask[row, : len(ids[i])] = ids[i], 1
             logits = self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0].astype(np.float64)
             exp = np.exp(logits - logits.max(-1, keepdims=True))
-            if not len(probs):
-                probs = np.zeros((len(texts), logits.shape[1]), dtype=np.float32)
             probs[batch] = exp / exp.sum(-1, keepdims=True)
         return probs
 
