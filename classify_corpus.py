@@ -64,12 +64,13 @@ def result_path(output_folder, shard):
 
 
 def check_model(folder, backend):
-    """The ONNX backend to run ("auto": the fastest verified export), refused with one line when there is none."""
+    """The ONNX backend to run ("auto": the fastest verified export) and the model's label names; refused with one
+    line when there is no usable export."""
     chosen = inference.fastest_backend(folder) if backend == "auto" else backend
     if chosen == "torch":
         raise ModelError(f"{folder} holds no verified ONNX export; run python export.py --adapter {folder} first")
-    inference.load(folder, backend=chosen, threads=1)  # stale, damaged or missing: one line here, not in an actor
-    return chosen
+    _, _, info = inference.load(folder, backend=chosen, threads=1)  # stale, damaged, missing: one line here
+    return chosen, info["label_names"]
 
 
 class Classifier:
@@ -180,12 +181,11 @@ def main(argv=None):
         fail("Ray is not installed; pip install -r requirements-scale.txt")
     try:
         shards, pending = shard_plan(args.input, args.output)
-        backend = check_model(args.adapter, args.backend)
+        backend, names = check_model(args.adapter, args.backend)
     except (DataError, ModelError) as e:
         fail(str(e))
     Path(args.output).mkdir(parents=True, exist_ok=True)
     print(f"{len(shards)} shards, {len(shards) - len(pending)} already classified; {backend}, {args.actors} actor(s)")
-    names = json.loads((Path(args.adapter) / "training.json").read_text())["label_names"]
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # results in the shard's order
     try:
