@@ -95,6 +95,7 @@ def fp32_limit(folder, posts_file):
     import pandas as pd
     import torch
 
+    import bench.harness as H
     import model as M
 
     info = json.loads((Path(folder) / "training.json").read_text())
@@ -105,12 +106,10 @@ def fp32_limit(folder, posts_file):
     tokenizer = M.load_tokenizer(info["base_model"])
     texts = pd.read_json(posts_file, lines=True)["text"].tolist()
     tokens = sum(len(ids) for ids in tokenizer(texts, truncation=True, max_length=info["max_length"])["input_ids"])
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    mhz = [float(line.split(":")[1]) for line in cpuinfo.splitlines() if line.startswith("cpu MHz")]
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    family = next((line.split(":")[1].strip() for line in cpuinfo.splitlines() if line.startswith("cpu family")), "")
-    zen4 = "AMD" in cpuinfo and family == "25"
-    flop_per_cycle = 64 if "avx512f" in flags and not zen4 else 32
+    cpu = H.cpu_info()
+    mhz = cpu["cpu MHz"]
+    zen4 = cpu.get("vendor_id") == "AuthenticAMD" and cpu.get("cpu family") == "25"
+    flop_per_cycle = 64 if "avx512f" in cpu["flags"] and not zen4 else 32
     cores = os.cpu_count() or 1
     ghz = (sum(mhz) / len(mhz) / 1000) if mhz else None
     peak = cores * ghz * flop_per_cycle * 1e9 if ghz else None
