@@ -2,6 +2,7 @@
 that does it. Nothing heavy is imported, so that the fast ONNX path of predict.py can raise and catch them without
 loading torch."""
 
+import os
 import sys
 
 
@@ -19,7 +20,10 @@ def first_line(error):
 
 
 def fail(message):
-    """One line on stderr ("error: ..."), exit code 2: how every command line reports bad input (train.py has its own,
-    for several processes)."""
-    print(f"error: {message}", file=sys.stderr)
+    """One line on stderr ("error: ..."), exit code 2: how every command line reports bad input. In a multi-process
+    train.py run every process stops, but only the first (RANK 0) says why: the others hit the same error, and their
+    lines would interleave with its line on the shared stderr."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        sys.stderr.write(f"error: {message}\n")  # one write: one line, whatever else writes to stderr
+        sys.stderr.flush()
     sys.exit(2)

@@ -23,19 +23,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (
-    accuracy_score,
-    brier_score_loss,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
+from sklearn.metrics import brier_score_loss, roc_auc_score
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
 import data
 import inference
+import metrics
 import model as M
 import saved
 from errors import fail
@@ -200,41 +194,26 @@ def expected_calibration_error(probs, labels, bins=ECE_BINS):
     )
 
 
-def scores(probs, labels, threshold=None):
-    """The point metrics of one model on one set of posts (two classes: class 1 is the positive one)."""
+def scores(probs, labels, threshold=None, label_names=None):
+    """The point metrics of one model on one set of posts: metrics.label_metrics (the same as train.py's) and the
+    ones that need probabilities: AUC, Brier score, expected calibration error."""
     pred = predictions(probs, threshold)
     k = probs.shape[1]
-    binary = k == 2
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        labels,
-        pred,
-        average="binary" if binary else "macro",
-        pos_label=1,
-        zero_division=0,
-        labels=None if binary else list(range(k)),
-    )
-    onehot = np.eye(k)[labels]
-    both = len(set(labels.tolist())) > 1
-    auc = (
-        (
+    auc = None
+    if len(set(labels.tolist())) > 1:
+        auc = float(
             roc_auc_score(labels, probs[:, 1])
-            if binary
+            if k == 2
             else roc_auc_score(labels, probs, multi_class="ovr", labels=list(range(k)))
         )
-        if both
-        else None
-    )
     return {
         "n": int(len(labels)),
-        "accuracy": float(accuracy_score(labels, pred)),
-        "precision": float(precision),
-        "recall": float(recall),
-        "f1": float(f1),
-        "macro_f1": float(f1_score(labels, pred, average="macro", labels=list(range(k)), zero_division=0)),
-        "auc": None if auc is None else float(auc),
-        "brier": float(brier_score_loss(labels, probs[:, 1]) if binary else ((probs - onehot) ** 2).sum(1).mean()),
+        **metrics.label_metrics(pred, labels, label_names or [str(i) for i in range(k)]),
+        "auc": auc,
+        "brier": float(
+            brier_score_loss(labels, probs[:, 1]) if k == 2 else ((probs - np.eye(k)[labels]) ** 2).sum(1).mean()
+        ),
         "ece": expected_calibration_error(probs, labels),
-        "confusion_matrix": confusion_matrix(labels, pred, labels=list(range(k))).tolist(),
     }
 
 
@@ -291,7 +270,7 @@ def pair_auc(pos_scores, neg_scores):
 
 def evaluate(probs, labels, groups=None, threshold=None, pairs=(), resamples=BOOTSTRAP, seed=0, label_names=None):
     """Every metric of one model's probabilities on one set of posts (numpy arrays), as written to the JSON."""
-    result = {**scores(probs, labels, threshold), "threshold": threshold}
+    result = {**scores(probs, labels, threshold, label_names), "threshold": threshold}
     if label_names:
         result["label_names"] = list(label_names)
     if resamples:

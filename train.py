@@ -23,7 +23,6 @@ import os
 import platform
 import random
 import shutil
-import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -34,7 +33,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from safetensors.torch import load_file, save_file
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 from sklearn.utils.class_weight import compute_class_weight
 from torch.profiler import record_function
 from tqdm.auto import tqdm
@@ -43,16 +41,21 @@ from transformers.trainer_pt_utils import get_parameter_names
 from transformers.utils import logging as hf_logging
 
 import data
+import metrics
 import model as M
 import saved
+from errors import fail
 
 # Defaults, measured on the real data (7,650 posts after cleaning, 6,426 for training) with the offline
-# MiniLM on a 2-core CPU; README.md ("Choosing the defaults") has the runs behind them.
+# MiniLM on a 2-core CPU; docs/usage.md ("Choosing the defaults") has the runs behind them.
 EPOCHS = 3
 LR = {"adapter": 1e-3, "full": 5e-5}  # adapters need a far higher rate than full fine-tuning
 BATCH_SIZE = 32
-MAX_LENGTH = 64  # chosen by measurement: docs/usage.md, "Choosing the defaults"
-ATTENTION_DROPOUT = 0.0  # not the checkpoint's 0.1: docs/usage.md, "Choosing the defaults"
+MAX_LENGTH = 64
+ATTENTION_DROPOUT = 0.0  # not the checkpoint's 0.1
+WARMUP_RATIO = 0.1  # the HF example scripts' usual warm-up, weight decay and clipping
+WEIGHT_DECAY = 0.01
+MAX_GRAD_NORM = 1.0
 OUTPUT_DIR = {"adapter": "adapters", "full": "models"}
 
 
@@ -148,12 +151,17 @@ def build_parser():
         default=None,
         help=f"peak learning rate (default: {LR['adapter']} for adapter, {LR['full']} for full)",
     )
-    p.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps for linear warm-up (default: 0.1)")
+    p.add_argument(
+        "--warmup-ratio",
+        type=float,
+        default=WARMUP_RATIO,
+        help=f"share of steps for linear warm-up (default: {WARMUP_RATIO})",
+    )
     p.add_argument(
         "--weight-decay",
         type=float,
-        default=0.01,
-        help="AdamW weight decay, not applied to biases and LayerNorm weights (default: 0.01)",
+        default=WEIGHT_DECAY,
+        help=f"AdamW weight decay, not applied to biases and LayerNorm weights (default: {WEIGHT_DECAY})",
     )
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"posts per batch (default: {BATCH_SIZE})")
     p.add_argument(
@@ -265,56 +273,12 @@ def parse_args(argv=None):
     return args
 
 
-def fail(message):
-    """One line on stderr, exit 2. In a multi-process run every process stops, but only the first one (RANK 0) says
-    why: the others hit the same error, and their lines would interleave with its line on the shared stderr."""
-    if int(os.environ.get("RANK", "0")) == 0:
-        sys.stderr.write(f"error: {message}\n")  # one write: one line, whatever else writes to stderr
-        sys.stderr.flush()
-    sys.exit(2)
-
-
 def mixed_precision(choice):
     if choice != "auto":
         return choice
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "no"
-
-
-def classification_metrics(preds, labels, loss, label_names):
-    """By scikit-learn: accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix (rows: true
-    class, columns: predicted); precision/recall/F1 are the positive class's (label 1) with two classes, else the
-    macro averages."""
-    classes = list(range(len(label_names)))
-    per_class = precision_recall_fscore_support(labels, preds, labels=classes, zero_division=0)
-    binary = len(classes) == 2
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        labels,
-        preds,
-        labels=None if binary else classes,
-        pos_label=1,
-        zero_division=0,
-        average="binary" if binary else "macro",
-    )
-    return {
-        "val_loss": loss,
-        "accuracy": float(accuracy_score(labels, preds)),
-        "precision": float(precision),
-        "recall": float(recall),
-        "f1": float(f1),
-        "macro_f1": float(per_class[2].mean()),
-        "per_class": {
-            name: {
-                "precision": float(per_class[0][i]),
-                "recall": float(per_class[1][i]),
-                "f1": float(per_class[2][i]),
-                "support": int(per_class[3][i]),
-            }
-            for i, name in enumerate(label_names)
-        },
-        "confusion_matrix": confusion_matrix(labels, preds, labels=classes).tolist(),
-    }
 
 
 def evaluate(model, loader, accelerator, label_names):
@@ -332,7 +296,8 @@ def evaluate(model, loader, accelerator, label_names):
     rows = accelerator.gather_for_metrics(rows, use_gather_object=True)
     preds, labels, losses = zip(*rows)
     return {
-        **classification_metrics(list(preds), list(labels), float(np.mean(losses)), label_names),
+        "val_loss": float(np.mean(losses)),
+        **metrics.label_metrics(list(preds), list(labels), label_names),
         "val_examples": len(rows),
     }
 
@@ -359,13 +324,13 @@ def parameter_groups(model, weight_decay):
     ]
 
 
-def build_optimizer(model, lr, weight_decay=0.01, fused=True):
+def build_optimizer(model, lr, weight_decay=WEIGHT_DECAY, fused=True):
     """AdamW over parameter_groups; fused: one kernel for the whole update (CPU, CUDA, MPS), much faster than the
     per-tensor loop on a CPU (docs/speed.md)."""
     return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, fused=fused)
 
 
-def train_step(model, batch, optimizer, scheduler, accelerator, max_grad_norm=1.0, class_weights=None):
+def train_step(model, batch, optimizer, scheduler, accelerator, max_grad_norm=MAX_GRAD_NORM, class_weights=None):
     """One optimisation step (forward, backward, clipping, AdamW, schedule); returns the loss, cross-entropy weighted
     per class when class_weights (a tensor, one weight per class) is given. bench/run.py and bench/profile_step.py
     time this very function."""
@@ -387,23 +352,25 @@ def train_step(model, batch, optimizer, scheduler, accelerator, max_grad_norm=1.
 
 
 def train_epoch(model, loader, optimizer, scheduler, accelerator, epoch, epochs, class_weights=None):
-    """One pass over this process's share of the data; returns (mean training loss, posts seen, real tokens seen),
-    the last two summed over all processes."""
+    """One pass over this process's share of the data; returns the mean training loss and, summed over all
+    processes, {posts, real tokens, computed tokens (padding included)}. The sums stay on the device until the end
+    of the epoch (no wait for the GPU after each step); the bar shows the loss every 20 steps."""
     model.train()  # train_adapter() leaves the heads in eval mode
     loader.batch_sampler.set_epoch(epoch - 1)  # the epoch's order, also after --resume
-    total_loss, examples, tokens = 0.0, 0, 0
+    device = accelerator.device
+    loss_sum, real = torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device)
+    posts = computed = 0  # from the shapes: no wait for the device
     bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", disable=not accelerator.is_local_main_process, leave=True)
     for step, batch in enumerate(bar, 1):
-        loss = train_step(
-            model, batch.to(accelerator.device), optimizer, scheduler, accelerator, class_weights=class_weights
-        )
-        total_loss += loss.item()
-        examples += len(batch["labels"])
-        tokens += int(batch["attention_mask"].sum())
-        bar.set_postfix(loss=f"{total_loss / step:.4f}")
-    mean_loss = accelerator.reduce(torch.tensor(total_loss / max(len(loader), 1), device=accelerator.device), "mean")
-    counts = accelerator.reduce(torch.tensor([examples, tokens], device=accelerator.device), "sum")
-    return float(mean_loss), int(counts[0]), int(counts[1])
+        batch = batch.to(device)
+        loss_sum += train_step(model, batch, optimizer, scheduler, accelerator, class_weights=class_weights)
+        mask = batch["attention_mask"]
+        posts, computed, real = posts + len(mask), computed + mask.numel(), real + mask.sum()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss_sum.item() / step:.4f}")
+    mean_loss = accelerator.reduce(loss_sum / max(len(loader), 1), "mean")
+    counts = accelerator.reduce(torch.stack([real.new_tensor(posts), real, real.new_tensor(computed)]), "sum")
+    return float(mean_loss), dict(zip(("posts", "real_tokens", "computed_tokens"), counts.tolist()))
 
 
 def trainable_state(model):
@@ -724,16 +691,18 @@ def fit(args, accelerator, run):
             )
             break
         start = time.perf_counter()
-        train_loss, examples, tokens = train_epoch(
+        train_loss, seen = train_epoch(
             run.model, run.train_dl, run.optimizer, run.scheduler, accelerator, epoch, args.epochs, weights
         )
         train_seconds = time.perf_counter() - start + cache_seconds  # the caching pass counts in the first epoch
         metrics = evaluate(run.model, run.val_dl, accelerator, run.label_names)
         row = {
-            "epoch": epoch, "train_loss": train_loss, **metrics, "train_examples": examples,
-            "train_seconds": train_seconds, "examples_per_second": examples / train_seconds,
-            "tokens_per_second": tokens / train_seconds, "wall_seconds": time.perf_counter() - start + cache_seconds,
-            "cache_seconds": cache_seconds,
+            "epoch": epoch, "train_loss": train_loss, **metrics, "train_examples": seen["posts"],
+            "train_steps": len(run.train_dl),
+            "train_tokens": seen["real_tokens"], "train_computed_tokens": seen["computed_tokens"],
+            "train_seconds": train_seconds, "examples_per_second": seen["posts"] / train_seconds,
+            "tokens_per_second": seen["real_tokens"] / train_seconds,
+            "wall_seconds": time.perf_counter() - start + cache_seconds, "cache_seconds": cache_seconds,
         }  # fmt: skip
         cache_seconds = 0.0
         history.append(row)

@@ -12,7 +12,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 import data
 import inference
-import train
+import metrics
 
 WORDS = {
     "anxious": ["worried sick", "panic attack", "so nervous"],
@@ -98,7 +98,7 @@ def test_balanced_class_weights_are_scikit_learns(runs, three_csv):
 
 
 def test_metrics_on_a_known_case():
-    m = train.classification_metrics([0, 1, 2, 2, 1, 0], [0, 1, 2, 1, 1, 2], 0.5, ["a", "b", "c"])
+    m = metrics.label_metrics([0, 1, 2, 2, 1, 0], [0, 1, 2, 1, 1, 2], ["a", "b", "c"])
     assert m["accuracy"] == pytest.approx(4 / 6)
     assert m["confusion_matrix"] == [[1, 0, 0], [0, 2, 1], [1, 0, 1]]
     assert m["per_class"]["b"] == {
@@ -108,7 +108,7 @@ def test_metrics_on_a_known_case():
         "support": 3,
     }
     assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8 + 0.5) / 3) and m["f1"] == m["macro_f1"]
-    binary = train.classification_metrics([1, 1, 0, 0], [1, 0, 0, 1], 0.1, ["not depressive", "depressive"])
+    binary = metrics.label_metrics([1, 1, 0, 0], [1, 0, 0, 1], ["not depressive", "depressive"])
     assert binary["precision"] == 0.5 and binary["recall"] == 0.5 and binary["confusion_matrix"] == [[1, 1], [1, 1]]
 
 
