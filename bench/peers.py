@@ -14,6 +14,7 @@ take turns (pair 1: ours first, pair 2: the peer first, ...).
 """
 
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -57,29 +58,51 @@ def sample_posts(source, posts, path):
     return path
 
 
-def padded_tokens(batches, lengths):
-    """(real, computed) tokens of batches of indices padded to their longest post."""
-    real = sum(lengths[i] for batch in batches for i in batch)
-    return real, sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
+def padded_share(batches, lengths):
+    """The share of the computed tokens that is padding, for batches of indices padded to their longest post."""
+    computed = sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
+    return 1 - sum(lengths[i] for batch in batches for i in batch) / computed
+
+
+def whole_split_padding(args):
+    """Padding of each side's batch order on the data set's whole training split, from the samplers alone (no
+    training), over `epochs` epochs; and of batches of our sizes cut from one fully sorted order (the least padding
+    possible with these batch sizes). The Trainer's mega-batches hold 50 batches, or a quarter of a small data set's."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    train_ds, _, _, _ = H.load_data(args.data)
+    lengths = data.ds_lengths(data.tokenize(train_ds, M.load_tokenizer(args.model), train.MAX_LENGTH))
+    size, ours, peer = train.BATCH_SIZE, [], []
+    sampler = data.training_batches(lengths, size, H.SEED)
+    for epoch in range(args.epochs):
+        sampler.set_epoch(epoch)
+        ours += list(sampler)
+        order = list(LengthGroupedSampler(size, lengths=lengths, generator=torch.Generator().manual_seed(epoch)))
+        peer += [order[i : i + size] for i in range(0, len(order), size)]
+    by_length = sorted(range(len(lengths)), key=lengths.__getitem__)
+    ends = itertools.accumulate(len(batch) for batch in ours[: len(ours) // args.epochs])  # one epoch's sizes
+    fully_sorted = [by_length[start:end] for start, end in itertools.pairwise([0, *ends])]
+    return {
+        "train_posts": len(lengths),
+        "ours": padded_share(ours, lengths),
+        "peer": padded_share(peer, lengths),
+        "fully_sorted": padded_share(fully_sorted, lengths),
+    }
 
 
 def run_ours(args, setup, posts_file, folder):
-    """train.py itself, in this process; its epochs' train_seconds, and its batches' tokens recomputed from the
-    sampler train.py uses (same lengths, seed and epochs)."""
+    """train.py itself, in this process: its epochs' train_seconds, steps and real / computed tokens
+    (metrics.jsonl)."""
     flags = H.setup_flags(setup, args.model)
     flags += ["--model", args.model, "--data", posts_file, "--epochs", args.epochs, "--seed", H.SEED]
     train.main([*map(str, flags), "--output-dir", str(folder), "--name", "ours"])
     history = [json.loads(line) for line in (folder / "ours" / "metrics.jsonl").read_text().splitlines()]
-    train_ds, _, _, _ = H.load_data(posts_file)
-    lengths = data.ds_lengths(data.tokenize(train_ds, M.load_tokenizer(args.model), train.MAX_LENGTH))
-    sampler = data.training_batches(lengths, train.BATCH_SIZE, H.SEED)
-    batches = [batch for epoch in range(args.epochs) for batch in (sampler.set_epoch(epoch) or list(sampler))]
-    real, computed = padded_tokens(batches, lengths)
     return {
         "seconds": sum(row["train_seconds"] for row in history),
-        "steps": len(batches),
-        "real_tokens": real,
-        "computed_tokens": computed,
+        "steps": sum(row["train_steps"] for row in history),
+        "real_tokens": sum(row["train_tokens"] for row in history),
+        "computed_tokens": sum(row["train_computed_tokens"] for row in history),
         "accuracy": history[-1]["accuracy"],
     }
 
@@ -120,10 +143,10 @@ def run_peer(args, setup, posts_file, folder):
         per_device_eval_batch_size=train.BATCH_SIZE * 2,
         num_train_epochs=args.epochs,
         learning_rate=train.LR[mode],
-        weight_decay=0.01,
-        warmup_steps=int(0.1 * steps),  # train.py: int(--warmup-ratio x steps)
+        weight_decay=train.WEIGHT_DECAY,
+        warmup_steps=int(train.WARMUP_RATIO * steps),  # as train.py computes it
         lr_scheduler_type="linear",
-        max_grad_norm=1.0,
+        max_grad_norm=train.MAX_GRAD_NORM,
         optim="adamw_torch_fused",
         group_by_length=True,
         seed=H.SEED,
@@ -182,9 +205,10 @@ def markdown(result):
         "",
         f"`{result['command']}`: {result['posts']} posts sampled at random, train.py's split "
         f"({result['train_posts']} training posts), {result['epochs']} epoch(s) per run, batch {train.BATCH_SIZE}, "
-        f"max length {train.MAX_LENGTH}, fused AdamW, weight decay 0.01 (not on biases/LayerNorm), linear schedule "
-        f"with the same warm-up, clipping 1.0, fp32. Seconds: the epochs' training loops (no evaluation). Ratio: "
-        f"the peer's seconds / ours (above 1: ours faster). Pairs alternate which side runs first.",
+        f"max length {train.MAX_LENGTH}, fused AdamW, weight decay {train.WEIGHT_DECAY} (not on biases/LayerNorm), "
+        f"linear schedule with the same warm-up, clipping {train.MAX_GRAD_NORM}, fp32. Seconds: the epochs' training "
+        "loops (no evaluation). Ratio: the peer's seconds / ours (above 1: ours faster). Pairs alternate which side "
+        "runs first.",
         "",
         "| setup | peer | pair | ours s | peer s | ratio | ours computed / real tokens | peer computed / real "
         "tokens | ours accuracy | peer accuracy |",
@@ -203,6 +227,14 @@ def markdown(result):
         lines.append(
             f"| {setup} | {s['median_ratio']:.3f}x | {s['ours_padding_share']:.1%} | {s['peer_padding_share']:.1%} |"
         )
+    whole = result["whole_split_padding"]
+    lines += [
+        "",
+        f"On the data set's whole training split ({whole['train_posts']:,} posts, {result['epochs']} epoch(s), the "
+        f"batch orders alone, no training) the padding share is {whole['ours']:.1%} for ours, {whole['peer']:.1%} "
+        f"for the Trainer's (its mega-batches: 50 batches, or a quarter of a small data set) and "
+        f"{whole['fully_sorted']:.1%} for batches of our sizes cut from one fully sorted order (the least possible).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -251,6 +283,7 @@ def main(argv=None):
         "epochs": args.epochs,
         "runs": runs,
         "summary": summarize(runs),
+        "whole_split_padding": whole_split_padding(args),
     }
     H.write_results(Path(args.out) / (args.name or f"peers-{H.machine_slug()}"), result, markdown(result), chart)
 

@@ -25,6 +25,9 @@ def test_peers_train_the_same_posts_on_both_sides_and_count_their_padding(tiny_b
             assert ours["computed_tokens"] >= ours["real_tokens"] and ours["seconds"] > 0 and peer["seconds"] > 0
         summary = result["summary"][setup]
         assert summary["ratios"] == [p["peer"]["seconds"] / p["ours"]["seconds"] for p in pairs]
+    whole = result["whole_split_padding"]  # the samplers alone, on every training post of --data
+    assert whole["train_posts"] > result["train_posts"]
+    assert 0 <= whole["fully_sorted"] <= whole["ours"] + 1e-12 and whole["fully_sorted"] < whole["peer"]
     assert "| full | transformers.Trainer | 1 |" in (tmp_path / "tiny.md").read_text()
     assert (tmp_path / "tiny.png").read_bytes()[:4] == b"\x89PNG"
 
