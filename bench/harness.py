@@ -208,7 +208,7 @@ def current_memory_mb(device):
     return now if now is not None else float("nan")
 
 
-def build_setup_model(model_name, setup, label_names, attention_dropout):
+def build_setup_model(model_name, setup, label_names, attention_dropout, seed=SEED):
     mode, config, upper_half, _ = SETUPS[setup]
     return M.build_model(
         model_name,
@@ -216,6 +216,7 @@ def build_setup_model(model_name, setup, label_names, attention_dropout):
         label_names,
         config or "pfeiffer",
         leave_out=lower_half(model_name) if upper_half else None,
+        seed=seed,
         attention_dropout=attention_dropout,
     )
 

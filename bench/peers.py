@@ -39,6 +39,13 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=1, help="whole epochs each side trains (default: 1)")
     p.add_argument("--pairs", type=int, default=2, help="alternated pairs of runs per setup (default: 2)")
     p.add_argument("--setups", nargs="+", default=list(PEERS), choices=list(PEERS), help="what to compare")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=H.SEED,
+        help=f"both sides' seed of the new weights, dropout and batch order; the split stays train.py's "
+        f"(default: {H.SEED})",
+    )
     p.add_argument("--quick", action="store_true", help="300 posts, 1 pair: a check that it runs")
     p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
     p.add_argument("--data", default=data.DEFAULT_DATA, help="data set, as for train.py")
@@ -74,7 +81,7 @@ def whole_split_padding(args):
     train_ds, _, _, _ = H.load_data(args.data)
     lengths = data.ds_lengths(data.tokenize(train_ds, M.load_tokenizer(args.model), train.MAX_LENGTH))
     size, ours, peer = train.BATCH_SIZE, [], []
-    sampler = data.training_batches(lengths, size, H.SEED)
+    sampler = data.training_batches(lengths, size, args.seed)
     for epoch in range(args.epochs):
         sampler.set_epoch(epoch)
         ours += list(sampler)
@@ -95,7 +102,7 @@ def run_ours(args, setup, posts_file, folder):
     """train.py itself, in this process: its epochs' train_seconds, steps and real / computed tokens
     (metrics.jsonl)."""
     flags = H.setup_flags(setup, args.model)
-    flags += ["--model", args.model, "--data", posts_file, "--epochs", args.epochs, "--seed", H.SEED]
+    flags += ["--model", args.model, "--data", posts_file, "--epochs", args.epochs, "--seed", args.seed]
     train.main([*map(str, flags), "--output-dir", str(folder), "--name", "ours"])
     history = [json.loads(line) for line in (folder / "ours" / "metrics.jsonl").read_text().splitlines()]
     return {
@@ -117,7 +124,7 @@ def run_peer(args, setup, posts_file, folder):
     train_ds, val_ds, label_names, _ = H.load_data(posts_file)
     tokenizer = M.load_tokenizer(args.model)
     train_ds, val_ds = (data.tokenize(ds, tokenizer, train.MAX_LENGTH) for ds in (train_ds, val_ds))
-    model = H.build_setup_model(args.model, setup, label_names, train.ATTENTION_DROPOUT)
+    model = H.build_setup_model(args.model, setup, label_names, train.ATTENTION_DROPOUT, args.seed)
     steps = args.epochs * math.ceil(len(train_ds) / train.BATCH_SIZE)
     collate, counts = DataCollatorWithPadding(tokenizer), {"steps": 0, "real": 0, "computed": 0}
     clock = {"seconds": 0.0}
@@ -149,7 +156,7 @@ def run_peer(args, setup, posts_file, folder):
         max_grad_norm=train.MAX_GRAD_NORM,
         optim="adamw_torch_fused",
         group_by_length=True,
-        seed=H.SEED,
+        seed=args.seed,
         eval_strategy="no",
         logging_strategy="no",
         save_strategy="no",
@@ -176,6 +183,7 @@ def run_peer(args, setup, posts_file, folder):
 def measure(args, side, setup, posts_file):
     """One side's run in a fresh process (bench.harness.worker)."""
     cmd = ["-m", "bench.peers", "--worker", side, setup, posts_file, "--model", args.model, "--epochs", args.epochs]
+    cmd += ["--seed", args.seed]
     result = H.worker(cmd)
     print(f"  {setup:9s} {side:5s} {result['seconds']:7.1f} s  {result['steps']} steps  "
           f"{result['computed_tokens']:,} computed / {result['real_tokens']:,} real tokens", flush=True)  # fmt: skip
@@ -281,6 +289,7 @@ def main(argv=None):
         "posts": args.posts,
         "train_posts": train_posts,
         "epochs": args.epochs,
+        "seed": args.seed,
         "runs": runs,
         "summary": summarize(runs),
         "whole_split_padding": whole_split_padding(args),
