@@ -71,30 +71,42 @@ def padded_share(batches, lengths):
     return 1 - sum(lengths[i] for batch in batches for i in batch) / computed
 
 
-def whole_split_padding(args):
-    """Padding of each side's batch order on the data set's whole training split, from the samplers alone (no
-    training), over `epochs` epochs; and of batches of our sizes cut from one fully sorted order (the least padding
-    possible with these batch sizes). The Trainer's mega-batches hold 50 batches, or a quarter of a small data set's."""
+def whole_split_orders(args):
+    """Each side's batch order on the data set's whole training split, from the samplers alone (no training), over
+    `epochs` epochs: the padding share (also of batches of our sizes cut from one fully sorted order, the least
+    possible), and the share of class 1 in the last tenth of each epoch's batches. The Trainer's mega-batches hold
+    50 batches (or a quarter of a small data set), each sorted longest first, and are not shuffled: where length
+    goes with the class, as here, an epoch ends on batches of the short posts' class."""
     import torch
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     train_ds, _, _, _ = H.load_data(args.data)
     lengths = data.ds_lengths(data.tokenize(train_ds, M.load_tokenizer(args.model), train.MAX_LENGTH))
-    size, ours, peer = train.BATCH_SIZE, [], []
+    labels = train_ds["label"]
+    size, orders = train.BATCH_SIZE, {"ours": [], "peer": []}
     sampler = data.training_batches(lengths, size, args.seed)
     for epoch in range(args.epochs):
         sampler.set_epoch(epoch)
-        ours += list(sampler)
-        order = list(LengthGroupedSampler(size, lengths=lengths, generator=torch.Generator().manual_seed(epoch)))
-        peer += [order[i : i + size] for i in range(0, len(order), size)]
+        generator = torch.Generator().manual_seed(args.seed + epoch)
+        order = list(LengthGroupedSampler(size, lengths=lengths, generator=generator))
+        orders["ours"].append(list(sampler))
+        orders["peer"].append([order[i : i + size] for i in range(0, len(order), size)])
     by_length = sorted(range(len(lengths)), key=lengths.__getitem__)
-    ends = itertools.accumulate(len(batch) for batch in ours[: len(ours) // args.epochs])  # one epoch's sizes
+    ends = itertools.accumulate(len(batch) for batch in orders["ours"][0])  # our batch sizes
     fully_sorted = [by_length[start:end] for start, end in itertools.pairwise([0, *ends])]
+
+    def last_tenth_share(epochs):
+        tails = [i for batches in epochs for batch in batches[-max(1, len(batches) // 10) :] for i in batch]
+        return sum(labels[i] == 1 for i in tails) / len(tails)
+
     return {
         "train_posts": len(lengths),
-        "ours": padded_share(ours, lengths),
-        "peer": padded_share(peer, lengths),
-        "fully_sorted": padded_share(fully_sorted, lengths),
+        "class_1_share": sum(label == 1 for label in labels) / len(labels),
+        "padding": {
+            **{side: padded_share(sum(epochs, []), lengths) for side, epochs in orders.items()},
+            "fully_sorted": padded_share(fully_sorted, lengths),
+        },
+        "class_1_share_last_tenth": {side: last_tenth_share(epochs) for side, epochs in orders.items()},
     }
 
 
@@ -235,13 +247,16 @@ def markdown(result):
         lines.append(
             f"| {setup} | {s['median_ratio']:.3f}x | {s['ours_padding_share']:.1%} | {s['peer_padding_share']:.1%} |"
         )
-    whole = result["whole_split_padding"]
+    whole = result["whole_split"]
+    pad, tail = whole["padding"], whole["class_1_share_last_tenth"]
     lines += [
         "",
         f"On the data set's whole training split ({whole['train_posts']:,} posts, {result['epochs']} epoch(s), the "
-        f"batch orders alone, no training) the padding share is {whole['ours']:.1%} for ours, {whole['peer']:.1%} "
-        f"for the Trainer's (its mega-batches: 50 batches, or a quarter of a small data set) and "
-        f"{whole['fully_sorted']:.1%} for batches of our sizes cut from one fully sorted order (the least possible).",
+        f"batch orders alone, no training) the padding share is {pad['ours']:.1%} for ours, {pad['peer']:.1%} for "
+        f"the Trainer's (its mega-batches: 50 batches, or a quarter of a small data set) and {pad['fully_sorted']:.1%} "
+        f"for batches of our sizes cut from one fully sorted order (the least possible). Class 1 makes up "
+        f"{whole['class_1_share']:.1%} of the posts and {tail['ours']:.1%} (ours) against {tail['peer']:.1%} "
+        "(Trainer) of the last tenth of an epoch's batches.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -292,7 +307,7 @@ def main(argv=None):
         "seed": args.seed,
         "runs": runs,
         "summary": summarize(runs),
-        "whole_split_padding": whole_split_padding(args),
+        "whole_split": whole_split_orders(args),
     }
     H.write_results(Path(args.out) / (args.name or f"peers-{H.machine_slug()}"), result, markdown(result), chart)
 

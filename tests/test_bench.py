@@ -25,9 +25,13 @@ def test_peers_train_the_same_posts_on_both_sides_and_count_their_padding(tiny_b
             assert ours["computed_tokens"] >= ours["real_tokens"] and ours["seconds"] > 0 and peer["seconds"] > 0
         summary = result["summary"][setup]
         assert summary["ratios"] == [p["peer"]["seconds"] / p["ours"]["seconds"] for p in pairs]
-    whole = result["whole_split_padding"]  # the samplers alone, on every training post of --data
+    whole = result["whole_split"]  # the samplers alone, on every training post of --data
+    pad = whole["padding"]
     assert whole["train_posts"] > result["train_posts"]
-    assert 0 <= whole["fully_sorted"] <= whole["ours"] + 1e-12 and whole["fully_sorted"] < whole["peer"]
+    assert 0 <= pad["fully_sorted"] <= pad["ours"] + 1e-12 and pad["fully_sorted"] < pad["peer"]
+    assert 0 < whole["class_1_share"] < 1 and all(
+        0 <= share <= 1 for share in whole["class_1_share_last_tenth"].values()
+    )
     assert "| full | transformers.Trainer | 1 |" in (tmp_path / "tiny.md").read_text()
     assert (tmp_path / "tiny.png").read_bytes()[:4] == b"\x89PNG"
 
