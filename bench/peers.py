@@ -46,6 +46,13 @@ def parse_args(argv=None):
         help=f"both sides' seed of the new weights, dropout and batch order; the split stays train.py's "
         f"(default: {H.SEED})",
     )
+    p.add_argument(
+        "--peer-order",
+        default="trainer",
+        choices=["trainer", "shuffled"],
+        help="the peer's batches: its own length-grouped order (trainer), or the same batches in shuffled order, "
+        "to test what the order does to accuracy (default: trainer)",
+    )
     p.add_argument("--quick", action="store_true", help="300 posts, 1 pair: a check that it runs")
     p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
     p.add_argument("--data", default=data.DEFAULT_DATA, help="data set, as for train.py")
@@ -126,6 +133,24 @@ def run_ours(args, setup, posts_file, folder):
     }
 
 
+class ShuffledBatches:
+    """A sampler's order, cut into batches of `batch_size` and the batches shuffled (torch's seeded global
+    generator, as the Trainer's own sampler draws): the same batches, in another order."""
+
+    def __init__(self, sampler, batch_size):
+        self.sampler, self.batch_size = sampler, batch_size
+
+    def __len__(self):
+        return len(self.sampler)
+
+    def __iter__(self):
+        import torch
+
+        order = list(self.sampler)
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return iter([i for k in torch.randperm(len(batches)).tolist() for i in batches[k]])
+
+
 def run_peer(args, setup, posts_file, folder):
     """Trainer (full) or AdapterTrainer (adapter) on the same posts and settings; epochs timed by a callback, tokens
     counted in the collator."""
@@ -177,7 +202,14 @@ def run_peer(args, setup, posts_file, folder):
         remove_unused_columns=False,
         dataloader_num_workers=0,
     )
-    trainer = (Trainer if mode == "full" else AdapterTrainer)(
+    peer = Trainer if mode == "full" else AdapterTrainer
+    if args.peer_order == "shuffled":
+
+        class peer(peer):  # noqa: N801 (the same trainer, its batches shuffled)
+            def _get_train_sampler(self, *a, **kw):
+                return ShuffledBatches(super()._get_train_sampler(*a, **kw), self.args.train_batch_size)
+
+    trainer = peer(
         model=model, args=targs, train_dataset=train_ds, data_collator=counting_collate, callbacks=[EpochClock()]
     )
     trainer.train()
@@ -195,7 +227,7 @@ def run_peer(args, setup, posts_file, folder):
 def measure(args, side, setup, posts_file):
     """One side's run in a fresh process (bench.harness.worker)."""
     cmd = ["-m", "bench.peers", "--worker", side, setup, posts_file, "--model", args.model, "--epochs", args.epochs]
-    cmd += ["--seed", args.seed]
+    cmd += ["--seed", args.seed, "--peer-order", args.peer_order]
     result = H.worker(cmd)
     print(f"  {setup:9s} {side:5s} {result['seconds']:7.1f} s  {result['steps']} steps  "
           f"{result['computed_tokens']:,} computed / {result['real_tokens']:,} real tokens", flush=True)  # fmt: skip
@@ -305,6 +337,7 @@ def main(argv=None):
         "train_posts": train_posts,
         "epochs": args.epochs,
         "seed": args.seed,
+        "peer_order": args.peer_order,
         "runs": runs,
         "summary": summarize(runs),
         "whole_split": whole_split_orders(args),

@@ -1,9 +1,28 @@
+import itertools
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import REDDIT_GROUPS, run_cli
+
+
+def test_peers_shuffled_order_keeps_the_peers_batches_and_moves_them():
+    """--peer-order shuffled: the same batches as the sampler's order cut into batches, every post once, in
+    another order of batches, drawn from torch's seeded generator."""
+    import torch
+
+    from bench.peers import ShuffledBatches
+
+    order = list(range(100, 0, -1))  # a sorted order, as the Trainer's length grouping gives
+    torch.manual_seed(0)
+    shuffled = list(ShuffledBatches(order, 8))
+    assert sorted(shuffled) == sorted(order) and len(ShuffledBatches(order, 8)) == 100
+    batch_of = [order.index(i) // 8 for i in shuffled]  # 12 batches of 8 and one of 4 in the sampler's order
+    runs = [k for k, _ in itertools.groupby(batch_of)]
+    assert sorted(runs) == list(range(13)) and runs != list(range(13))  # each batch whole, the batches moved
+    torch.manual_seed(0)
+    assert list(ShuffledBatches(order, 8)) == shuffled
 
 
 def test_peers_train_the_same_posts_on_both_sides_and_count_their_padding(tiny_bert, posts_csv, tmp_path):
