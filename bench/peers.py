@@ -134,8 +134,9 @@ def run_ours(args, setup, posts_file, folder):
 
 
 class ShuffledBatches:
-    """A sampler's order, cut into batches of `batch_size` and the batches shuffled (torch's seeded global
-    generator, as the Trainer's own sampler draws): the same batches, in another order."""
+    """A sampler's order, cut into batches of `batch_size` and the full batches shuffled (torch's seeded global
+    generator, as the Trainer's own sampler draws), a last short batch kept last so that the data loader cuts the
+    same batches again: the same batches, in another order."""
 
     def __init__(self, sampler, batch_size):
         self.sampler, self.batch_size = sampler, batch_size
@@ -147,8 +148,9 @@ class ShuffledBatches:
         import torch
 
         order = list(self.sampler)
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        return iter([i for k in torch.randperm(len(batches)).tolist() for i in batches[k]])
+        full = len(order) // self.batch_size
+        batches = [order[k * self.batch_size : (k + 1) * self.batch_size] for k in range(full)]
+        return iter([i for k in torch.randperm(full).tolist() for i in batches[k]] + order[full * self.batch_size :])
 
 
 def run_peer(args, setup, posts_file, folder):
