@@ -695,9 +695,9 @@ def fit(args, accelerator, run):
             run.model, run.train_dl, run.optimizer, run.scheduler, accelerator, epoch, args.epochs, weights
         )
         train_seconds = time.perf_counter() - start + cache_seconds  # the caching pass counts in the first epoch
-        metrics = evaluate(run.model, run.val_dl, accelerator, run.label_names)
+        val = evaluate(run.model, run.val_dl, accelerator, run.label_names)
         row = {
-            "epoch": epoch, "train_loss": train_loss, **metrics, "train_examples": seen["posts"],
+            "epoch": epoch, "train_loss": train_loss, **val, "train_examples": seen["posts"],
             "train_steps": len(run.train_dl),
             "train_tokens": seen["real_tokens"], "train_computed_tokens": seen["computed_tokens"],
             "train_seconds": train_seconds, "examples_per_second": seen["posts"] / train_seconds,
@@ -706,9 +706,9 @@ def fit(args, accelerator, run):
         }  # fmt: skip
         cache_seconds = 0.0
         history.append(row)
-        log(f"epoch {epoch}: train loss {train_loss:.4f}, {format_scores(metrics, run.label_names)} "
+        log(f"epoch {epoch}: train loss {train_loss:.4f}, {format_scores(val, run.label_names)} "
             f"({train_seconds:.0f} s, {row['examples_per_second']:.1f} posts/s)")  # fmt: skip
-        if best is None or metrics[args.metric] > best[args.metric]:
+        if best is None or val[args.metric] > best[args.metric]:
             best, best_state, since_best = row, trainable_state(accelerator.unwrap_model(run.model)), 0
         else:
             since_best += 1
@@ -721,14 +721,14 @@ def fit(args, accelerator, run):
     return best, best_state, history
 
 
-def format_scores(metrics, label_names):
+def format_scores(row, label_names):
     scores = (
-        f"precision {metrics['precision']:.4f}, recall {metrics['recall']:.4f}, F1 {metrics['f1']:.4f}"
+        f"precision {row['precision']:.4f}, recall {row['recall']:.4f}, F1 {row['f1']:.4f}"
         if len(label_names) == 2
-        else f"macro-F1 {metrics['macro_f1']:.4f}"
+        else f"macro-F1 {row['macro_f1']:.4f}"
     )
-    loss = f"val loss {metrics['val_loss']:.4f}, " if "val_loss" in metrics else ""
-    return f"{loss}accuracy {metrics['accuracy']:.4f}, {scores}"
+    loss = f"val loss {row['val_loss']:.4f}, " if "val_loss" in row else ""
+    return f"{loss}accuracy {row['accuracy']:.4f}, {scores}"
 
 
 def save(args, accelerator, run, best, best_state, history):
