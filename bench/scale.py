@@ -58,7 +58,8 @@ def parse_args(argv=None):
 
 def train_processes(args, processes, folder):
     """One training run with `processes` processes at the global batch; returns its figures from metrics.jsonl."""
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)] if processes > 1 else []
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]  # a free port
+    launcher = launcher if processes > 1 else []
     command = [
         sys.executable,
         *launcher,

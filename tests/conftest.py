@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny random BERT with the real uncased BERT tokenizer, small data files, CLI runner."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,13 @@ def run_cli(*args, cwd=ROOT, stdin=None, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now (the kernel's choice), for a server or a rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def assert_clean_failure(proc, *words):

@@ -169,7 +169,7 @@ def test_levers_table_compares_variants_on_the_same_batches(tiny_bert, posts_csv
     assert "| 32 x 128 |" in report.read_text()  # the batch-shape table
 
 
-@pytest.mark.xdist_group("processes")  # torchrun: the same port as tests/test_distributed.py
+@pytest.mark.xdist_group("processes")  # two training processes: one such test at a time on 2 cores
 def test_scale_compares_process_counts_and_predict_sizes(tiny_bert, posts_csv, tmp_path):
     proc = run_cli(
         "-m",
@@ -316,33 +316,22 @@ def test_mcnemar_and_bootstrap_on_known_cases():
     assert compare.majority([{"correct": "110"}, {"correct": "101"}, {"correct": "000"}]) == "100"
 
 
-@pytest.fixture(scope="module")
-def quick_runs(tmp_path_factory):
-    return tmp_path_factory.mktemp("quick-runs")  # crossdomain.py's pfeiffer run is probes.py's too
+@pytest.fixture(scope="session")
+def quick_out(tiny_bert, posts_csv, groups_csv, tmp_path_factory):
+    """The crossdomain, probes and reddit quick results, produced once per test process by running the three
+    commands in their order (probes.py scores crossdomain.py's pfeiffer run); returns the results folder. Each
+    test below checks one step and the summary reads all three, whatever order or worker the tests run in; the
+    xdist group only keeps the three runs from being made twice."""
+    runs, out = tmp_path_factory.mktemp("quick-runs"), tmp_path_factory.mktemp("quick-out")
+    common = ["--quick", "--model", tiny_bert, "--data", posts_csv, "--reddit", groups_csv, "--out", out]
+    run_cli("-m", "bench.crossdomain", *common, "--runs", runs)
+    run_cli("-m", "bench.probes", *common, "--runs", runs)
+    run_cli("-m", "bench.reddit", *common, "--runs", out / "reddit-runs")
+    return out
 
 
-@pytest.fixture(scope="module")
-def quick_out(tmp_path_factory):
-    return tmp_path_factory.mktemp("quick-out")  # crossdomain, probes and reddit results, for bench.summary
-
-
-@pytest.mark.xdist_group("quick-results")  # one worker: they share quick_runs and quick_out, in order
-def test_crossdomain_quick_scores_every_run_on_every_group(tiny_bert, posts_csv, groups_csv, quick_runs, quick_out):
-    run_cli(
-        "-m",
-        "bench.crossdomain",
-        "--quick",
-        "--model",
-        tiny_bert,
-        "--data",
-        posts_csv,
-        "--reddit",
-        groups_csv,
-        "--runs",
-        quick_runs,
-        "--out",
-        quick_out,
-    )
+@pytest.mark.xdist_group("quick-results")  # the shared results are made once on one worker (any order works)
+def test_crossdomain_quick_scores_every_run_on_every_group(quick_out):
     result = json.loads(next(quick_out.glob("crossdomain-*-quick.json")).read_text())
     assert [(r["setup"], r["seed"]) for r in result["runs"]] == [
         ("full", 1),
@@ -362,23 +351,8 @@ def test_crossdomain_quick_scores_every_run_on_every_group(tiny_bert, posts_csv,
     assert next(quick_out.glob("crossdomain-*-quick.png")).read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.xdist_group("quick-results")  # one worker: they share quick_runs and quick_out, in order
-def test_probes_quick_reports_baselines_lengths_and_masking(tiny_bert, posts_csv, groups_csv, quick_runs, quick_out):
-    run_cli(
-        "-m",
-        "bench.probes",
-        "--quick",
-        "--model",
-        tiny_bert,
-        "--data",
-        posts_csv,
-        "--reddit",
-        groups_csv,
-        "--runs",
-        quick_runs,
-        "--out",
-        quick_out,
-    )
+@pytest.mark.xdist_group("quick-results")
+def test_probes_quick_reports_baselines_lengths_and_masking(quick_out):
     result = json.loads(next(quick_out.glob("probes-*-quick.json")).read_text())
     names = [r["name"] for r in result["probes"]]
     assert names == ["length only", "TF-IDF", "pfeiffer (seed 1)"]
@@ -388,23 +362,8 @@ def test_probes_quick_reports_baselines_lengths_and_masking(tiny_bert, posts_csv
     assert result["probes"][1]["val_accuracy"] == 1.0  # the toy posts' words give their class away
 
 
-@pytest.mark.xdist_group("quick-results")  # one worker: they share quick_runs and quick_out, in order
-def test_reddit_quick_trains_on_mapped_groups_and_reports_held_out_posts(tiny_bert, posts_csv, groups_csv, quick_out):
-    run_cli(
-        "-m",
-        "bench.reddit",
-        "--quick",
-        "--model",
-        tiny_bert,
-        "--data",
-        posts_csv,
-        "--reddit",
-        groups_csv,
-        "--runs",
-        quick_out / "reddit-runs",
-        "--out",
-        quick_out,
-    )
+@pytest.mark.xdist_group("quick-results")
+def test_reddit_quick_trains_on_mapped_groups_and_reports_held_out_posts(quick_out):
     result = json.loads(next(quick_out.glob("reddit-*-quick.json")).read_text())
     assert list(result["sets"]) == ["original", "original + all groups", "Reddit only"]
     assert result["test_posts"] == 28  # 40% of each group's 10 posts
@@ -418,7 +377,7 @@ def test_reddit_quick_trains_on_mapped_groups_and_reports_held_out_posts(tiny_be
         assert set(s["at_threshold"]) == set(REDDIT_GROUPS) and "--seed" in s["command"]
 
 
-@pytest.mark.xdist_group("quick-results")  # one worker: they share quick_runs and quick_out, in order
+@pytest.mark.xdist_group("quick-results")
 def test_summary_table_gathers_baselines_setups_and_training_sets(quick_out):
     proc = run_cli(
         "-m", "bench.summary", "--results", quick_out, "--machine", next(quick_out.glob("reddit-*.json")).stem[7:]

@@ -8,11 +8,13 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, make_posts, run_cli
+from conftest import ROOT, free_port, make_posts, run_cli
 
 import data
 
-# torchrun and accelerate launch take the default rendezvous port: one such test at a time (pytest-xdist)
+# Each launch takes a free port (torchrun --standalone, accelerate launch --main_process_port), so these tests can run
+# in any order and beside each other; the xdist group runs them one at a time only to keep 2 cores from running 4
+# training processes at once.
 pytestmark = pytest.mark.xdist_group("processes")
 
 # Full fine-tuning of the tiny BERT learns the synthetic posts within 4 epochs, so accuracies can be compared.
@@ -22,8 +24,16 @@ FULL = ["--mode", "full", "--lr", "3e-3", "--epochs", "4", "--max-length", "32"]
 def launch(launcher, processes, *args):
     """train.py under a launcher, as a user types it, without extra environment variables."""
     command = {
-        "torchrun": ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)],
-        "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)],
+        "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)],
+        "accelerate": [
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--main_process_port",
+            str(free_port()),
+        ],  # fmt: skip
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
     return subprocess.run(
@@ -36,14 +46,14 @@ def launch(launcher, processes, *args):
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def posts_400(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "posts400.csv"
     make_posts(200).to_csv(path, index=False)
     return str(path)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def two_process_adapter(tiny_bert, posts_400, tmp_path_factory):
     out = tmp_path_factory.mktemp("torchrun")
     proc = launch(

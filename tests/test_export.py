@@ -13,7 +13,7 @@ import inference
 import train
 
 TEXTS = ["i feel hopeless and empty every single day", "our team won the cup today", "short", "made pancakes"]
-pytestmark = pytest.mark.xdist_group("export")  # one worker builds the exported folders, once
+pytestmark = pytest.mark.xdist_group("export")  # one worker builds the exported folders (session-scoped), once
 SETUPS = {
     "pfeiffer": ["--mode", "adapter"],
     "full": ["--mode", "full", "--lr", "1e-3"],
@@ -21,7 +21,7 @@ SETUPS = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def exported(tiny_bert, posts_csv, tmp_path_factory):
     """A Pfeiffer adapter, a full model and a LoRA adapter on the tiny BERT (trained in this process), each exported
     by export.py as a user runs it; {setup: (folder, export.py's output)}."""

@@ -1,5 +1,6 @@
 import json
 import re
+import shutil
 
 import pytest
 from conftest import assert_clean_failure, make_posts, run_cli
@@ -93,9 +94,10 @@ def test_houlsby_trains_more_weights_than_pfeiffer(runs):
     assert houlsby > pfeiffer
 
 
-def test_trained_adapter_is_not_overwritten_without_asking(runs, tiny_bert, posts_csv):
-    out, _ = runs
+def test_trained_adapter_is_not_overwritten_without_asking(runs, tiny_bert, posts_csv, tmp_path):
+    out = tmp_path  # a copy of the shared run: the other tests read the original, in any order
     folder = out / "depression-pfeiffer"
+    shutil.copytree(runs[0] / "depression-pfeiffer", folder)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     proc = train(tiny_bert, posts_csv, out, check=False)
     assert_clean_failure(proc, "already holds a trained model", "--overwrite")
