@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from datasets import ClassLabel, Dataset, disable_progress_bars
+from datasets import ClassLabel, Dataset, concatenate_datasets, disable_progress_bars
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 from transformers import BatchEncoding, DataCollatorWithPadding
@@ -31,32 +31,79 @@ from errors import DataError
 from posts import LOCAL_READERS, TEXT_COLUMNS, find_column, normalize_text, sorted_batches  # noqa: F401 (data.X too)
 from posts import load_table as read_table
 
-# The Hub id of the data set. Machines without the Hub point DEPRESSION_DATA at a local copy.
+# The Hub id of the depression data set (the seed's). Machines without the Hub point DEPRESSION_DATA at a local copy.
 HUB_DATASET = "mrjunos/depression-reddit-cleaned"
 DEFAULT_DATA = os.environ.get("DEPRESSION_DATA", HUB_DATASET)
-LABEL_COLUMNS = ("label", "is_depression", "is_depressive")
+LABEL_COLUMNS = ("label", "is_depression", "is_depressive", "subreddit")
+
+# Reddit Mental Health Dataset sample (Low et al. 2020, CC BY 4.0), shipped with the project: corpora/README.md.
+REDDIT_MH = Path(__file__).resolve().parent / "corpora" / "reddit-mental-health-2019.parquet"
+SHIPPED_SHA256 = {REDDIT_MH: "ae76388b6000d1bb5542d5a8e1c43fb85d7fbe67e369405b14acb7b848ff94a2"}
+DEPRESSED_SUBREDDITS = ("depression", "suicidewatch")
+SUPPORT_SUBREDDITS = (
+    "EDAnonymous", "ForeverAlone", "addiction", "adhd", "alcoholism", "anxiety", "autism", "bipolarreddit", "bpd",
+    "healthanxiety", "mentalhealth", "ptsd", "socialanxiety",
+)  # fmt: skip
+CONTROL_SUBREDDITS = (
+    "UKPersonalFinance", "conspiracy", "divorce", "legaladvice", "mindfulness", "personalfinance", "unitedkingdom",
+)  # fmt: skip
+# The default label map of the shipped sample: depression and suicide posts 1, control subreddits 0, the other
+# support groups left out (chosen by measurement: docs/default-model.md). Labels 0/1 of the depression data set
+# stay as they are.
+DEFAULT_LABEL_MAP = [
+    f"1={','.join(DEPRESSED_SUBREDDITS)}",
+    f"0={','.join(CONTROL_SUBREDDITS)}",
+    f"drop={','.join(SUPPORT_SUBREDDITS)}",
+]
+# Named training data sets for train.py --data: their sources, label map and text normalisation.
+DATA_SETS = {
+    "default": {"sources": [DEFAULT_DATA, str(REDDIT_MH)], "label_map": DEFAULT_LABEL_MAP, "normalize_text": True},
+    "original": {"sources": [DEFAULT_DATA], "label_map": None, "normalize_text": False},
+}
 LABEL_NAMES = ["not depressive", "depressive"]  # names of labels 0 and 1 when the data holds 0/1
 VAL_SIZE = 0.16  # the original write-up's share of validation data
 disable_progress_bars()  # in-memory steps here take about a second; their bars would only be noise
 
 
 def load_table(source=DEFAULT_DATA):
-    """posts.load_table, by default of the depression data set (DEPRESSION_DATA, else the Hub's)."""
+    """posts.load_table, by default of the depression data set (DEPRESSION_DATA, else the Hub's); a file shipped
+    with the project is read only if its checksum is the one recorded (SHIPPED_SHA256)."""
+    check_shipped(source)
     return read_table(source)
+
+
+def check_shipped(source):
+    """DataError when `source` is a file shipped with the project whose sha256 is not the recorded one."""
+    path = Path(source).resolve()
+    if path not in SHIPPED_SHA256 or not path.is_file():
+        return
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != SHIPPED_SHA256[path]:
+        raise DataError(
+            f"{path.name} is not the file shipped with the project (sha256 {digest[:12]}..., expected "
+            f"{SHIPPED_SHA256[path][:12]}...); restore it with: git checkout -- {path.parent.name}/{path.name}"
+        )
+
+
+def source_name(source):
+    """A short name for a data source in reports: a file's name without its suffix, or a Hub id."""
+    path = Path(str(source))
+    return path.stem if path.suffix.lower() in LOCAL_READERS else str(source)
 
 
 def load_sources(sources, text_column=None, label_column=None):
     """One or more data sources (files or Hub ids) -> one DataFrame with columns text and label, the columns found
-    in each source as clean() finds them; labels kept as they are (strings where the sources disagree in type)."""
+    in each source as clean() finds them; labels kept as they are (strings where the sources disagree in type).
+    Several sources add a column `source` (source_name of each row's source): split() then splits each alone."""
     sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
     frames = []
     for source in sources:
         df = load_table(source)
         text_col = find_column(df, text_column, TEXT_COLUMNS, "text")
         label_col = find_column(df, label_column, LABEL_COLUMNS, "label")
-        frames.append(pd.DataFrame({"text": df[text_col], "label": df[label_col]}))
+        frames.append(pd.DataFrame({"text": df[text_col], "label": df[label_col], "source": source_name(source)}))
     if len(frames) == 1:
-        return frames[0]
+        return frames[0].drop(columns="source")
     kinds = {str(f["label"].dtype) for f in frames}
     if len(kinds) > 1:  # e.g. 0/1 integers in one file, group names in another: compare them as strings
         frames = [f.assign(label=f["label"].map(lambda v: v if pd.isna(v) else label_text(v))) for f in frames]
@@ -125,6 +172,8 @@ def clean(df, text_column=None, label_column=None, label_map=None, normalize=Fal
     text_col = find_column(df, text_column, TEXT_COLUMNS, "text")
     label_col = find_column(df, label_column, LABEL_COLUMNS, "label")
     out = pd.DataFrame({"text": df[text_col], "label": df[label_col]})
+    if "source" in df.columns and text_col != "source" and label_col != "source":  # load_sources' column
+        out["source"] = df["source"]
     report = {"rows": len(out)}
     if label_map:
         out["label"], dropped = map_labels(out["label"], label_map)
@@ -212,18 +261,34 @@ def check_classes(df, label_names):
 
 
 def split(df, val_size=VAL_SIZE, seed=42):
-    """Stratified, seeded train/validation split (datasets.Dataset each). Texts are unique after clean()."""
-    counts = df["label"].value_counts()
+    """Stratified, seeded train/validation split (datasets.Dataset each). Texts are unique after clean(). With a
+    column `source` (several sources, load_sources) each source is split on its own, stratified by its labels, and
+    the parts are joined in source order, each keeping a column `source`: every source is validated on in its own
+    share, and a source's split is the one it gets when trained on alone."""
     classes = int(df["label"].max()) + 1
+    if "source" not in df.columns:
+        return split_one(df, val_size, seed, classes)
+    parts = [split_one(part, val_size, seed, classes, name) for name, part in df.groupby("source", sort=False)]
+    return tuple(concatenate_datasets([p[i] for p in parts]) for i in (0, 1))
+
+
+def split_one(df, val_size, seed, classes, source=None):
+    counts = df["label"].value_counts()
     n_val = round(len(df) * val_size)
-    if n_val < max(2, classes) or len(df) - n_val < max(2, classes) or counts.min() < 2:
+    present = len(counts)
+    if n_val < max(2, present) or len(df) - n_val < max(2, present) or counts.min() < 2:
+        where = f" of {source}" if source else ""
         raise DataError(
-            f"{len(df)} rows ({counts.min()} in the smallest of {classes} classes) are too few to split "
+            f"{len(df)} rows{where} ({counts.min()} in the smallest of {present} classes) are too few to split "
             f"{val_size:.0%} off for validation with every class on both sides; use more data"
         )
-    ds = Dataset.from_pandas(df[["text", "label"]], preserve_index=False)
+    columns = ["text", "label", "source"] if source else ["text", "label"]
+    ds = Dataset.from_pandas(df[columns], preserve_index=False)
     ds = ds.cast_column("label", ClassLabel(num_classes=classes))
-    parts = ds.train_test_split(test_size=val_size, stratify_by_column="label", seed=seed)
+    if present == 1:  # a source of one class: nothing to stratify
+        parts = ds.train_test_split(test_size=val_size, seed=seed)
+    else:
+        parts = ds.train_test_split(test_size=val_size, stratify_by_column="label", seed=seed)
     return parts["train"], parts["test"]
 
 
@@ -253,6 +318,19 @@ def load_splits(
         "train_size": len(train_ds),
         "val_size": len(val_ds),
     }
+    if "source" in df.columns:
+        info["sources"] = {
+            name: {
+                "train": int(sum(s == name for s in train_ds["source"])),
+                "val": int(sum(s == name for s in val_ds["source"])),
+                "per_label": {label_names[i]: int(n) for i, n in part["label"].value_counts().sort_index().items()},
+            }
+            for name, part in df.groupby("source", sort=False)
+        }
+        print(
+            "split by source: "
+            + ", ".join(f"{n} {c['train']} train / {c['val']} validation" for n, c in info["sources"].items())
+        )
     return train_ds, val_ds, label_names, info
 
 
@@ -262,7 +340,51 @@ def tokenize(ds, tokenizer, max_length):
     def encode(batch):
         return tokenizer(batch["text"], truncation=True, max_length=max_length)
 
-    return ds.map(encode, batched=True, remove_columns=["text"], desc="tokenising")
+    drop = [c for c in ("text", "source") if c in ds.column_names]
+    return ds.map(encode, batched=True, remove_columns=drop, desc="tokenising")
+
+
+SHORT_COPY_WORDS = (8, 32)  # --short-copies: posts longer than the upper bound are also cut to 8-32 words
+PRIOR_COLUMN = "length_log_prior"  # --length-expert: the length-only model's log-probabilities of each class
+
+
+def add_short_copies(ds, seed, words=SHORT_COPY_WORDS):
+    """Every post of ds longer than words[1] words once more, cut to its first k words (k drawn uniformly from
+    words[0]..words[1] per post, seeded), with its label: length-matched augmentation, so that short posts of every
+    class are trained on. Returns (ds with the copies after its posts, number of copies)."""
+    rng = random.Random(seed)
+    low, high = words
+    copies = {name: [] for name in ds.column_names}
+    for row in ds:
+        tokens = row["text"].split()
+        if len(tokens) > high:
+            for name in ds.column_names:
+                copies[name].append(row[name])
+            copies["text"][-1] = " ".join(tokens[: rng.randint(low, high)])
+    if not copies["text"]:
+        return ds, 0
+    extra = Dataset.from_dict(copies, features=ds.features)
+    return concatenate_datasets([ds, extra]), len(extra)
+
+
+def add_length_prior(ds, num_classes):
+    """The length-only model of a product of experts (Clark et al. 2019): a logistic regression of the label on the
+    log number of tokens each tokenised post keeps, fitted on ds; its log-probabilities of every class go into
+    column PRIOR_COLUMN, which train.train_step adds to the classifier's logits. Returns (ds, the model's figures)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.log([[len(ids)] for ids in ds["input_ids"]])
+    y = np.asarray(ds["label"])
+    expert = LogisticRegression().fit(x, y)
+    log_probs = np.full((len(y), num_classes), -30.0)  # a class the training posts lack: probability ~0
+    log_probs[:, expert.classes_] = expert.predict_log_proba(x)
+    ds = ds.add_column(PRIOR_COLUMN, log_probs.astype(np.float32).tolist())
+    figures = {
+        "train_accuracy": float((expert.predict(x) == y).mean()),
+        "coef": expert.coef_.tolist(),
+        "intercept": expert.intercept_.tolist(),
+    }
+    return ds, figures
 
 
 MEGA_BATCH = 50  # batches whose posts are sorted by length together (transformers' length-grouped sampler's cap)
@@ -334,11 +456,16 @@ def training_batches(lengths, batch_size, seed, group_by_length=True, num_shards
     return LengthGroupedBatches(lengths, batch_size, seed, num_shards, shard)
 
 
-def states_loader(states, labels, batch_size, seed=None, group_by_length=True, num_shards=1, shard=0, train=True):
+def states_loader(
+    states, labels, batch_size, seed=None, group_by_length=True, num_shards=1, shard=0, train=True, priors=None
+):
     """Batches of cached hidden states (one [tokens, hidden] tensor per post, real tokens only), padded per batch
     and given as inputs_embeds with their attention mask: the same batches as train_loader (train=True) or
-    eval_loader (train=False) make from the token ids of the same posts."""
+    eval_loader (train=False) make from the token ids of the same posts (with the length-only model's
+    log-probabilities when priors are given)."""
     rows = [{"states": s, "labels": label} for s, label in zip(states, labels)]
+    for row, prior in zip(rows, priors or []):
+        row[PRIOR_COLUMN] = prior
     lengths = [len(s) for s in states]
     sampler = (
         training_batches(lengths, batch_size, seed, group_by_length, num_shards, shard)
@@ -350,13 +477,14 @@ def states_loader(states, labels, batch_size, seed=None, group_by_length=True, n
 
 def pad_states(rows):
     lengths = torch.tensor([len(r["states"]) for r in rows])
-    return BatchEncoding(
-        {
-            "inputs_embeds": pad_sequence([r["states"] for r in rows], batch_first=True),
-            "attention_mask": (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).long(),
-            "labels": torch.tensor([r["labels"] for r in rows]),
-        }
-    )
+    batch = {
+        "inputs_embeds": pad_sequence([r["states"] for r in rows], batch_first=True),
+        "attention_mask": (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).long(),
+        "labels": torch.tensor([r["labels"] for r in rows]),
+    }
+    if PRIOR_COLUMN in rows[0]:
+        batch[PRIOR_COLUMN] = torch.tensor([r[PRIOR_COLUMN] for r in rows])
+    return BatchEncoding(batch)
 
 
 def ds_lengths(ds):

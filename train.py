@@ -104,10 +104,14 @@ def build_parser():
     p.add_argument(
         "--data",
         nargs="+",
-        default=data.DEFAULT_DATA,
+        default="default",
         metavar="DATA",
-        help="a Hub data set id or a local .csv/.tsv/.json/.jsonl/.parquet file; several are read as one "
-        f"table (default: {data.DEFAULT_DATA}; from $DEPRESSION_DATA where set, else {data.HUB_DATASET})",
+        help="default: the depression data set plus the Reddit Mental Health posts shipped in corpora/ "
+        "(r/depression and r/SuicideWatch 1, 7 control subreddits 0, other support groups left out; texts "
+        "normalised); original: the depression data set alone, as the original write-up and the in-domain "
+        f"comparison (the depression data set: {data.DEFAULT_DATA}, from $DEPRESSION_DATA where set, else "
+        f"{data.HUB_DATASET}); or a Hub data set id or local .csv/.tsv/.json/.jsonl/.parquet files: several "
+        "are read as one table, each split on its own (default: default)",
     )
     p.add_argument(
         "--label-map",
@@ -124,6 +128,20 @@ def build_parser():
         help="lower-case every text and replace everything but a-z and 0-9 by spaces, as the depression data set "
         "was cleaned (for raw texts such as Reddit posts); recorded, and predict.py and evaluate.py "
         "then do the same to what they classify",
+    )
+    p.add_argument(
+        "--length-expert",
+        action="store_true",
+        help="train in a product of experts with a length-only model (logistic regression on the log token "
+        "count), so that the classifier learns what length does not explain; it is used alone afterwards "
+        "(Clark et al. 2019) (default: off; docs/default-model.md has the measurement)",
+    )
+    p.add_argument(
+        "--short-copies",
+        action="store_true",
+        help="also train on every training post longer than 32 words cut to its first 8-32 words (a number "
+        "drawn per post), so that short posts of every class are seen (default: off; docs/default-model.md "
+        "has the measurement)",
     )
     p.add_argument(
         "--text-column", default=None, help=f"text column (default: the first of {', '.join(data.TEXT_COLUMNS)})"
@@ -263,12 +281,18 @@ def parse_args(argv=None):
         fail("--patience must be at least 1 (epochs without a better validation accuracy)")
     if isinstance(args.data, list) and len(args.data) == 1:
         args.data = args.data[0]  # one source stays a plain string, as before (training.json, --resume)
+    named = data.DATA_SETS.get(args.data) if isinstance(args.data, str) else None
+    args.sources = named["sources"] if named else args.data
+    if named:  # the named data set's label map and normalisation, unless given
+        args.label_map = named["label_map"] if args.label_map is None else args.label_map
+        args.normalize_text = args.normalize_text or named["normalize_text"]
     try:
         args.label_mapping = data.parse_label_map(args.label_map)
     except data.DataError as e:
         fail(str(e))
     args.lr = args.lr or LR[args.mode]
-    args.name = args.name or f"depression-{args.adapter_config if args.mode == 'adapter' else 'full'}"
+    kind = args.adapter_config if args.mode == "adapter" else "full"
+    args.name = args.name or (f"depression-original-{kind}" if args.data == "original" else f"depression-{kind}")
     args.output = Path(args.output_dir or OUTPUT_DIR[args.mode]) / args.name
     return args
 
@@ -281,25 +305,32 @@ def mixed_precision(choice):
     return "no"
 
 
-def evaluate(model, loader, accelerator, label_names):
+def evaluate(model, loader, accelerator, label_names, sources=None):
     """Metrics over the whole validation set: each process classifies its share of the batches, and
-    gather_for_metrics brings every post's result to every process exactly once."""
+    gather_for_metrics brings every post's result to every process exactly once. sources (the data source of
+    each validation post, when there are several) adds the metrics per source."""
     model = accelerator.unwrap_model(model)  # no DDP for inference: the processes' shares differ in size
     model.eval()
     rows = []
     with torch.inference_mode():
-        for batch in loader:
+        for indices, batch in zip(loader.batch_sampler, loader):  # the posts of each batch, by validation index
             batch = batch.to(accelerator.device)
             logits = model(**batch).logits.float()
             loss = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
-            rows += zip(logits.argmax(-1).tolist(), batch["labels"].tolist(), loss.tolist())
+            positive = logits.softmax(-1)[:, -1].tolist()
+            rows += zip(indices, logits.argmax(-1).tolist(), batch["labels"].tolist(), loss.tolist(), positive)
     rows = accelerator.gather_for_metrics(rows, use_gather_object=True)
-    preds, labels, losses = zip(*rows)
-    return {
+    indices, preds, labels, losses, positive = zip(*rows)
+    result = {
         "val_loss": float(np.mean(losses)),
         **metrics.label_metrics(list(preds), list(labels), label_names),
         "val_examples": len(rows),
     }
+    if sources is not None:
+        result["by_source"] = metrics.source_metrics(
+            preds, labels, positive if len(label_names) == 2 else None, [sources[i] for i in indices], label_names
+        )
+    return result
 
 
 def class_weights(choice, labels, num_classes):
@@ -332,14 +363,17 @@ def build_optimizer(model, lr, weight_decay=WEIGHT_DECAY, fused=True):
 
 def train_step(model, batch, optimizer, scheduler, accelerator, max_grad_norm=MAX_GRAD_NORM, class_weights=None):
     """One optimisation step (forward, backward, clipping, AdamW, schedule); returns the loss, cross-entropy weighted
-    per class when class_weights (a tensor, one weight per class) is given. bench/run.py and bench/profile_step.py
-    time this very function."""
+    per class when class_weights (a tensor, one weight per class) is given, and of the product with the length-only
+    model when the batch holds its log-probabilities (--length-expert). bench/run.py and bench/profile_step.py time
+    this very function."""
     with record_function("forward"):
-        if class_weights is None:
+        prior = batch.pop(data.PRIOR_COLUMN, None)  # --length-expert: the length-only model's log-probabilities
+        if class_weights is None and prior is None:
             loss = model(**batch).loss
         else:
-            logits = model(**{key: value for key, value in batch.items() if key != "labels"}).logits
-            loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"], weight=class_weights)
+            logits = model(**{key: value for key, value in batch.items() if key != "labels"}).logits.float()
+            logits = logits if prior is None else logits + prior  # the product of experts, in log space
+            loss = torch.nn.functional.cross_entropy(logits, batch["labels"], weight=class_weights)
     with record_function("backward"):
         accelerator.backward(loss)
     with record_function("optimizer"):
@@ -558,8 +592,9 @@ def cache_frozen_layers(args, model, tokenizer, train_ds, val_ds, accelerator, s
     accelerator.print(
         f"cached layers 0-{k - 1} for {len(train_states) + len(val_states):,} posts: {size:,.0f} MB in {seconds:.1f} s"
     )
+    priors = train_ds[data.PRIOR_COLUMN] if data.PRIOR_COLUMN in train_ds.column_names else None
     train_dl = data.states_loader(
-        train_states, train_ds["label"], args.batch_size, args.seed, args.group_by_length, **shard
+        train_states, train_ds["label"], args.batch_size, args.seed, args.group_by_length, **shard, priors=priors
     )
     val_dl = data.states_loader(val_states, val_ds["label"], args.batch_size * 2, train=False, **shard)
     return k, train_dl, val_dl, seconds
@@ -613,15 +648,23 @@ def set_up(args, accelerator):
     set_seed(args.seed)
 
     train_ds, val_ds, run.label_names, run.data_info = data.load_splits(
-        args.data, args.text_column, args.label_column, args.val_size, args.split_seed, args.label_mapping,
+        args.sources, args.text_column, args.label_column, args.val_size, args.split_seed, args.label_mapping,
         args.normalize_text,
     )  # fmt: skip
     if args.max_train_samples:
         train_ds = train_ds.select(range(min(args.max_train_samples, len(train_ds))))
     if args.max_eval_samples:
         val_ds = val_ds.select(range(min(args.max_eval_samples, len(val_ds))))
+    run.val_sources = val_ds["source"] if "source" in val_ds.column_names else None
+    if args.short_copies:
+        train_ds, added = data.add_short_copies(train_ds, args.seed)
+        low, high = data.SHORT_COPY_WORDS
+        log(f"short copies: {added} training posts also seen cut to their first {low}-{high} words")
     run.tokenizer = M.load_tokenizer(args.model)
     train_ds, val_ds = (data.tokenize(ds, run.tokenizer, args.max_length) for ds in (train_ds, val_ds))
+    if args.length_expert:
+        train_ds, run.length_expert = data.add_length_prior(train_ds, len(run.label_names))
+        log(f"length expert: a length-only model gets {run.length_expert['train_accuracy']:.1%} of the training posts")
     run.train_size, run.val_size = len(train_ds), len(val_ds)
     shard = {"num_shards": processes, "shard": accelerator.process_index}
     run.train_dl = data.train_loader(train_ds, run.tokenizer, args.batch_size, args.seed, args.group_by_length, **shard)
@@ -695,7 +738,7 @@ def fit(args, accelerator, run):
             run.model, run.train_dl, run.optimizer, run.scheduler, accelerator, epoch, args.epochs, weights
         )
         train_seconds = time.perf_counter() - start + cache_seconds  # the caching pass counts in the first epoch
-        val = evaluate(run.model, run.val_dl, accelerator, run.label_names)
+        val = evaluate(run.model, run.val_dl, accelerator, run.label_names, run.val_sources)
         row = {
             "epoch": epoch, "train_loss": train_loss, **val, "train_examples": seen["posts"],
             "train_steps": len(run.train_dl),
@@ -704,6 +747,8 @@ def fit(args, accelerator, run):
             "tokens_per_second": seen["real_tokens"] / train_seconds,
             "wall_seconds": time.perf_counter() - start + cache_seconds, "cache_seconds": cache_seconds,
         }  # fmt: skip
+        if "by_source" in val:  # after the timings in metrics.jsonl, as every earlier column stays where it was
+            row["by_source"] = row.pop("by_source")
         cache_seconds = 0.0
         history.append(row)
         log(f"epoch {epoch}: train loss {train_loss:.4f}, {format_scores(val, run.label_names)} "
@@ -728,7 +773,10 @@ def format_scores(row, label_names):
         else f"macro-F1 {row['macro_f1']:.4f}"
     )
     loss = f"val loss {row['val_loss']:.4f}, " if "val_loss" in row else ""
-    return f"{loss}accuracy {row['accuracy']:.4f}, {scores}"
+    by_source = "; accuracy by source: " + ", ".join(
+        f"{name} {r['accuracy']:.4f} ({r['n']})" for name, r in row.get("by_source", {}).items()
+    )
+    return f"{loss}accuracy {row['accuracy']:.4f}, {scores}" + (by_source if "by_source" in row else "")
 
 
 def save(args, accelerator, run, best, best_state, history):
@@ -759,6 +807,8 @@ def training_info(args, accelerator, run, best, history):
         "reduction_factor": args.reduction_factor, "leave_out": args.leave_out, "label_names": run.label_names,
         "max_length": args.max_length, "label_map": args.label_map, "normalize_text": args.normalize_text,
         "metric": args.metric, "class_weights": run.weights, "attention_dropout": args.attention_dropout,
+        "data_set": args.data if isinstance(args.data, str) and args.data in data.DATA_SETS else None,
+        "length_expert": getattr(run, "length_expert", None), "short_copies": args.short_copies,
         "seed": args.seed, "split_seed": args.split_seed, "epochs": args.epochs, "epochs_run": len(history),
         "patience": args.patience, "lr": args.lr, "batch_size": args.batch_size, "num_processes": run.processes,
         "global_batch_size": args.batch_size * run.processes, "mixed_precision": accelerator.mixed_precision,

@@ -1,0 +1,253 @@
+"""
+The default training data, measured: which label map for the shipped Reddit Mental Health posts, whether a remedy
+against the length shortcut helps, and the default model against the models trained on the depression data set
+alone, on posts none of them trained on.
+
+    python -m bench.default_model --runs runs/default-model                  # the default and the seed-only model
+    python -m bench.default_model --runs runs/default-model --variants default support-as-0 support-as-1 \\
+        length-expert short-copies --modes pfeiffer --seeds 42 --name default-model-screening
+    python -m bench.default_model --quick                                    # tiny runs that exercise it (CI)
+
+Each variant is a train.py command (kept in the results); a run folder that already holds a finished run is kept.
+Per run: the best epoch's validation accuracy per source (the depression data set's 1,224 posts; the shipped
+sample's validation posts: recall of r/depression + r/SuicideWatch, the share of control posts flagged, AUC); the
+share flagged of each support-group subreddit of the shipped sample, where the variant leaves them out of training;
+on the Pirina posts (never trained on): the share flagged per group, the AUC of depressed against not-depressed
+posts and do:nd; the behaviour tests (bench/behaviour.py); and P(depressive) of the README's example post. Writes
+bench/results/<name>-<machine>[-quick].{json,md,png}.
+"""
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+import data
+import evaluate as E
+import inference
+import model as M
+from bench import behaviour
+from bench import harness as H
+
+README_EXAMPLE = "i can't get out of bed anymore and nothing feels worth it"
+DEPRESSED, SUPPORT, CONTROL = (",".join(g) for g in (data.DEPRESSED_SUBREDDITS, data.SUPPORT_SUBREDDITS,
+                                                       data.CONTROL_SUBREDDITS))  # fmt: skip
+# name -> (train.py flags, what it is)
+VARIANTS = {
+    "original": (["--data", "original"], "depression data set alone"),
+    "default": (["--data", "default"], "default: + r/depression, r/SuicideWatch 1, controls 0, support groups out"),
+    "support-as-0": (
+        ["--data", "default", "--label-map", f"1={DEPRESSED}", f"0={CONTROL},{SUPPORT}"],
+        "as default, support groups 0",
+    ),
+    "support-as-1": (
+        ["--data", "default", "--label-map", f"1={DEPRESSED},{SUPPORT}", f"0={CONTROL}"],
+        "as default, support groups 1",
+    ),
+    "length-expert": (["--data", "default", "--length-expert"], "default + product of experts with length"),
+    "short-copies": (["--data", "default", "--short-copies"], "default + short copies of long posts"),
+    "both-remedies": (
+        ["--data", "default", "--length-expert", "--short-copies"],
+        "default + product of experts + short copies",
+    ),
+    "max-length-128": (["--data", "default", "--max-length", "128"], "default at max length 128"),
+}
+MODES = {"pfeiffer": ["--mode", "adapter"], "full": ["--mode", "full"]}
+PIRINA_PAIRS = ["do:nd"]
+SOURCES = {"original": "depression-reddit-cleaned", "reddit": "reddit-mental-health-2019"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--runs", default="runs/default-model", help="folder of the training runs (kept between calls)")
+    p.add_argument(
+        "--variants", nargs="+", default=["default", "original"], choices=list(VARIANTS), help="what to train"
+    )
+    p.add_argument("--modes", nargs="+", default=["pfeiffer", "full"], choices=list(MODES), help="adapter or full")
+    p.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44], help="training seeds (split seed 42)")
+    p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
+    p.add_argument("--pirina", default=H.REDDIT_DATA, help="the Pirina posts (evaluation only)")
+    p.add_argument("--quick", action="store_true", help="1 epoch on 200 training posts, seed 1: exercises the code")
+    p.add_argument("--out", default=str(H.ROOT / "bench" / "results"), help="folder for the results")
+    p.add_argument("--name", default="default-model", help="results file name (default: default-model)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds = [1]
+    args.runs = str(Path(args.runs).resolve())  # train.py runs from the project's root
+    return args
+
+
+def train_flags(args, variant, mode, seed):
+    flags = [*MODES[mode], *VARIANTS[variant][0], "--model", args.model, "--seed", str(seed)]
+    flags += ["--output-dir", args.runs, "--name", f"{variant}-{mode}-{seed}"]
+    if args.quick:
+        flags += ["--epochs", "1", "--max-train-samples", "200", "--max-length", "32", "--batch-size", "16"]
+    return flags
+
+
+def support_posts():
+    """The shipped sample's support-group posts (left out of training by the default): texts and subreddits."""
+    table = data.load_table(data.REDDIT_MH)
+    table = table[table["subreddit"].isin(data.SUPPORT_SUBREDDITS)]
+    return table["text"].tolist(), table["subreddit"].to_numpy()
+
+
+def evaluate_run(folder, pirina, support, tests):
+    """Every figure of one run (cached in the run folder as default-model.json)."""
+    cache = Path(folder) / "default-model.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    info = json.loads((Path(folder) / "training.json").read_text())
+    loaded = inference.load(folder)
+    texts, labels, groups = pirina
+    probs = np.asarray(inference.classify(loaded, texts))
+    scored = E.evaluate(probs, labels, groups, None, PIRINA_PAIRS, resamples=0)
+    result = {
+        "train_seconds": sum(
+            json.loads(line)["train_seconds"] for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()
+        ),
+        "best_epoch": info["best_epoch"],
+        "val_accuracy": info["best"]["accuracy"],
+        "by_source": info["best"].get("by_source"),
+        "pirina": {
+            "auc": scored["auc"],
+            "groups": scored["groups"],
+            "do:nd": scored["group_auc"]["do:nd"]["auc"],
+        },
+        "behaviour": behaviour.summary_row(behaviour.run_model(loaded, tests)),
+        "readme_example": float(np.asarray(inference.classify(loaded, [README_EXAMPLE]))[0, 1]),
+    }
+    trained_on = {k for k, v in data.parse_label_map(info.get("label_map") or []).items() if v is not None}
+    if not trained_on & set(data.SUPPORT_SUBREDDITS):  # the support groups were never trained on
+        flagged = np.asarray(inference.classify(loaded, support[0]))[:, 1] >= 0.5
+        result["support_flagged"] = {g: float(flagged[support[1] == g].mean()) for g in data.SUPPORT_SUBREDDITS}
+        result["support_flagged_all"] = float(flagged.mean())
+    cache.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def figures(r):
+    """The table's figures of one run, as fractions (None where not measured)."""
+    original = (r["by_source"] or {}).get(SOURCES["original"], {})
+    reddit = (r["by_source"] or {}).get(SOURCES["reddit"], {})
+    groups = r["pirina"]["groups"]
+    return {
+        "seed val accuracy": original.get("accuracy", r["val_accuracy"] if not r["by_source"] else None),
+        "RMHD dep+sw flagged": reddit.get("class_1_flagged"),
+        "RMHD controls flagged": reddit.get("class_0_flagged"),
+        "RMHD AUC": reddit.get("auc"),
+        "support groups flagged": r.get("support_flagged_all"),
+        "Pirina AUC": r["pirina"]["auc"],
+        "Pirina ds flagged": groups["ds"],
+        "Pirina nd flagged": groups["nd"],
+        "Pirina bc flagged": groups["bc"],
+        "Pirina do:nd": r["pirina"]["do:nd"],
+        "a flagged": r["behaviour"]["a_flagged"],
+        "b flagged": r["behaviour"]["b_flagged"],
+        "c flagged": r["behaviour"]["c_flagged"],
+        "d flips": r["behaviour"]["d_flips"],
+        "e raised": r["behaviour"]["e_raised"],
+        "README example p": r["readme_example"],
+    }
+
+
+def mean_sd(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summarise(runs):
+    """Per (variant, mode): mean and sd over the seeds of every figure."""
+    out = {}
+    for key in dict.fromkeys((r["variant"], r["mode"]) for r in runs):
+        mine = [figures(r["result"]) for r in runs if (r["variant"], r["mode"]) == key]
+        out[" / ".join(key)] = {
+            "seeds": len(mine),
+            **{name: mean_sd([m[name] for m in mine]) for name in mine[0]},
+        }
+    return out
+
+
+def cell(pair, scale=100, digits=1):
+    mean, sd = pair
+    if mean is None:
+        return "-"
+    return f"{scale * mean:.{digits}f}" + (f" ± {scale * sd:.{digits}f}" if sd is not None else "")
+
+
+def markdown(result):
+    summary = result["summary"]
+    columns = list(next(iter(summary.values())))[1:]
+    lines = [
+        f"Command: `{result['command']}`",
+        "",
+        f"Device: {result['device']}. Mean ± sd over the training seeds, %, except the README example's probability. "
+        "Seed val: the depression data set's validation posts (the same 1,224 for every variant); RMHD: the "
+        "shipped sample's validation posts (r/depression + r/SuicideWatch flagged, control posts flagged, AUC); "
+        "support groups: the 13 support-group subreddits of the shipped sample where never trained on; Pirina: "
+        "never trained on; a-e: bench/behaviour.py.",
+        "",
+        "| variant / mode | seeds | " + " | ".join(columns) + " |",
+        "| --- | ---: |" + " ---: |" * len(columns),
+    ]
+    for name, row in summary.items():
+        cells = [cell(row[c], 1, 3) if c == "README example p" else cell(row[c]) for c in columns]
+        lines.append(f"| {name} | {row['seeds']} | " + " | ".join(cells) + " |")
+    lines += ["", "Variants:", ""]
+    for variant in dict.fromkeys(r["variant"] for r in result["runs"]):
+        lines.append(f"- `{variant}`: {VARIANTS[variant][1]}")
+    lines += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in result["runs"]]
+    return "\n".join(lines) + "\n"
+
+
+def draw(result):
+    import matplotlib.pyplot as plt
+
+    shown = ["seed val accuracy", "RMHD dep+sw flagged", "RMHD controls flagged", "Pirina nd flagged",
+             "Pirina bc flagged", "Pirina AUC", "a flagged", "b flagged", "c flagged", "d flips"]  # fmt: skip
+    summary = result["summary"]
+    fig, ax = plt.subplots(figsize=(11, 4))
+    width = 0.8 / len(summary)
+    for i, (name, row) in enumerate(summary.items()):
+        ax.bar([j + i * width for j in range(len(shown))], [100 * (row[c][0] or 0) for c in shown], width, label=name)
+    ax.set_xticks([j + width * (len(summary) - 1) / 2 for j in range(len(shown))], shown, rotation=30, ha="right")
+    ax.set(ylabel="%", ylim=(0, 100), title="default training data: posts never trained on")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    pirina = H.reddit_posts(args.pirina)
+    support = support_posts()
+    tests = behaviour.load_cases()
+    runs = []
+    for variant in args.variants:
+        for mode in args.modes:
+            for seed in args.seeds:
+                flags = train_flags(args, variant, mode, seed)
+                folder, command = H.run_train(flags, Path(args.runs) / f"{variant}-{mode}-{seed}")
+                print(f"{variant} / {mode} / seed {seed}: evaluating {folder}", flush=True)
+                result = evaluate_run(folder, pirina, support, tests)
+                runs.append({"variant": variant, "mode": mode, "seed": seed, "command": command, "result": result})
+    result = {
+        "command": H.command_line(__file__, argv),
+        "device": H.device_name(),
+        "runs": runs,
+        "summary": summarise(runs),
+    }
+    stem = Path(args.out) / f"{args.name}-{H.machine_slug()}{'-quick' if args.quick else ''}"
+    H.write_results(stem, result, markdown(result), draw)
+
+
+if __name__ == "__main__":
+    main()
