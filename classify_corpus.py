@@ -69,8 +69,8 @@ def check_model(folder, backend):
     chosen = inference.fastest_backend(folder) if backend == "auto" else backend
     if chosen == "torch":
         raise ModelError(f"{folder} holds no verified ONNX export; run python export.py --adapter {folder} first")
-    _, _, info = inference.load(folder, backend=chosen, threads=1)  # stale, damaged, missing: one line here
-    return chosen, info["label_names"]
+    loaded = inference.load(folder, backend=chosen, threads=1)  # stale, damaged, missing: one line here
+    return chosen, loaded.label_names
 
 
 class Classifier:

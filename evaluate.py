@@ -432,11 +432,11 @@ def main(argv=None):
                 args.group_auc,
                 args.bootstrap,
                 args.seed,
-                loaded[2]["label_names"],
+                loaded.label_names,
             ),
             "data": args.data,
             "label_map": args.label_map,
-            "normalize_text": args.normalize_text or bool(loaded[2].get("normalize_text")),
+            "normalize_text": args.normalize_text or bool(loaded.info.get("normalize_text")),
         }
     bar.close()
     table = markdown(results, command)

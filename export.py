@@ -153,7 +153,7 @@ def check(folder, backend, info, export, texts, reference):
     """The export's probabilities for `texts` (through inference.classify, as predict.py computes them) against
     `reference`'s: {largest difference, share of posts with the same label}, and the probabilities."""
     model = inference.open_onnx(folder, backend, export["pad_token_id"], info["max_length"])
-    probs = inference.classify((model, model.tokenizer, info), texts)
+    probs = inference.classify(inference.Loaded(model, model.tokenizer, info), texts)
     agreement = float((probs.argmax(1) == reference.argmax(1)).mean())
     return {"max_difference": float(np.abs(probs - reference).max()), "label_agreement": agreement}, probs
 
@@ -201,14 +201,14 @@ def main(argv=None):
     try:
         info = check_exportable(folder, args.overwrite)
         texts = check_posts(info, args.data, args.text_column, args.check_posts)
-        model, tokenizer, info = inference.load(folder, backend="torch")
+        loaded = inference.load(folder, backend="torch")
     except (DataError, ModelError) as e:
         fail(str(e))
-    model = model.cpu()
+    model, tokenizer, info = loaded.model.cpu(), loaded.tokenizer, loaded.info
     for name in inference.EXPORT_FILES:  # --overwrite: the old export goes first, so nothing stale is left
         (folder / name).unlink(missing_ok=True)
     start = time.perf_counter()
-    torch_probs = inference.classify((model, tokenizer, info), texts).numpy()
+    torch_probs = inference.classify(inference.Loaded(model, tokenizer, info), texts).numpy()
     tokenizer.backend_tokenizer.save(str(folder / inference.ONNX_TOKENIZER))
     export = {
         "trained_fingerprint": inference.trained_fingerprint(folder),

@@ -1,16 +1,20 @@
 """
-Load a folder written by train.py and classify texts: what predict.py, evaluate.py, bench/ and the notebook share.
-Two backends: PyTorch (the trained weights themselves) and ONNX Runtime (model.onnx or model.int8.onnx, written
-into the folder by export.py, checked against torch there). torch and transformers are imported only on the torch
-path, so that a one-post prediction on the ONNX path starts in about a second.
+Load a folder written by train.py and classify texts: what predict.py, evaluate.py, serve.py, bench/ and the
+notebook share. Two backends: PyTorch (the trained weights themselves) and ONNX Runtime (model.onnx or
+model.int8.onnx, written into the folder by export.py, checked against torch there). torch and transformers are
+imported only on the torch path, so that a one-post prediction on the ONNX path starts in about a second. Several
+adapter folders share one loaded base model (torch), each with its own head and settings.
 
-    loaded = load("adapters/depression-pfeiffer")                    # torch: (model, tokenizer, training info)
+    loaded = load("adapters/depression-pfeiffer")                    # torch: a Loaded (model, tokenizer, info)
     loaded = load("adapters/depression-pfeiffer", backend="auto")    # the fastest verified export, else torch
     probs = classify(loaded, ["some text", "another"])  # n_texts x n_labels (torch: a tensor, ONNX: numpy array)
+    shared = load_shared(["adapters/a", "adapters/b", "adapters/c"])  # one base model, three adapters
+    by_task = classify_shared(shared, ["some text"])    # {task name: n_texts x n_labels tensor}
 """
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from errors import ModelError
@@ -35,8 +39,45 @@ def add_backend_flag(parser, default):
     )
 
 
+@dataclass
+class Loaded:
+    """One folder written by train.py, loaded: the model (torch, or an OnnxModel), its tokenizer and training.json."""
+
+    model: object
+    tokenizer: object
+    info: dict
+
+    @property
+    def label_names(self):
+        return self.info["label_names"]
+
+
+@dataclass
+class Task:
+    """One adapter with its head in a SharedBase: its name in the model, its folder and its training.json."""
+
+    name: str
+    folder: str
+    info: dict
+
+    @property
+    def label_names(self):
+        return self.info["label_names"]
+
+
+@dataclass
+class SharedBase:
+    """Several adapters with their heads in one base model (load_shared). passes: the task names classified
+    together, one forward pass each (a Parallel pass where it holds more than one task)."""
+
+    model: object
+    tokenizer: object
+    tasks: dict  # name -> Task, in the order the folders were given
+    passes: list
+
+
 def load(folder, model_name=None, merge=True, backend="torch", threads=None):
-    """(model, tokenizer, training info) from a folder written by train.py. backend: "torch"; "onnx" or
+    """A Loaded (model, tokenizer, training info) from a folder written by train.py. backend: "torch"; "onnx" or
     "onnx-int8" (an export.py export, refused when missing, unverified or stale); "auto": the fastest of those that
     the folder holds verified and fresh (int8, fp32), else torch. On torch, LoRA-kind adapters
     (saved.MERGEABLE_CONFIGS) are folded into the base weights unless merge=False. threads: ONNX Runtime's threads
@@ -54,23 +95,76 @@ def load(folder, model_name=None, merge=True, backend="torch", threads=None):
     model, tokenizer, info = saved.load_trained(folder, model_name)
     if merge:
         saved.merge_adapter(model, info)
-    return model.to(PartialState().device), tokenizer, info
+    return Loaded(model.to(PartialState().device), tokenizer, info)
+
+
+def load_shared(folders, model_name=None):
+    """A SharedBase: one base model with the adapter and head of every folder (torch). Refused with one line
+    (ModelError): full-model folders, LoRA-kind adapters (predicted merged into the base weights, which other
+    adapters share), folders trained on different base models. Adapters of the bottleneck family with the same
+    text settings (normalisation, max length) and layers (--leave-out) are classified in one Parallel pass: the
+    batch is replicated at the first layer that holds them, so the layers below are computed once for all
+    (pass_groups); the others in one pass each over the same base."""
+    from accelerate import PartialState
+
+    import saved
+
+    model, tokenizer, infos, names = saved.load_shared(folders, model_name)
+    tasks = {name: Task(name, str(folder), info) for name, folder, info in zip(names, folders, infos)}
+    return SharedBase(model.to(PartialState().device), tokenizer, tasks, pass_groups(tasks.values()))
+
+
+# Adapter configs whose layers take a Parallel block (adapters' bottleneck family; tests/test_shared.py checks that
+# one pass gives each adapter's probabilities alone), by where their modules sit: adapters 1.3's Parallel block fails
+# where one child has a module in a place (a layer, or after attention) and another has none, so only adapters of
+# the same placement and the same layers share a pass. Other kinds run one pass each over the shared base.
+PARALLEL_CONFIGS = {
+    "pfeiffer": "seq_bn", "seq_bn": "seq_bn", "houlsby": "double_seq_bn", "double_seq_bn": "double_seq_bn",
+    "par_bn": "par_bn", "scaled_par_bn": "par_bn",
+}  # fmt: skip
+
+
+def pass_groups(tasks):
+    """Task names in passes: tasks of PARALLEL_CONFIGS with the same text settings and their modules in the same
+    places together, each other task alone."""
+    groups = {}
+    for task in tasks:
+        config = (task.info.get("adapter_config") or "").lower()
+        where = (PARALLEL_CONFIGS.get(config), tuple(sorted(task.info.get("leave_out") or [])))  # the same modules
+        key = (bool(task.info.get("normalize_text")), task.info["max_length"], where)
+        groups.setdefault(key if config in PARALLEL_CONFIGS else task.name, []).append(task.name)
+    return list(groups.values())
+
+
+def classify_shared(shared, texts, batch_size=64):
+    """{task name: class probabilities (n_texts x its labels, a tensor)} for every task of a SharedBase, each
+    pass's texts prepared as its tasks were trained (normalised, truncated at their max length)."""
+    from adapters import Parallel
+
+    out = {}
+    for names in shared.passes:
+        info = shared.tasks[names[0]].info
+        prepared = [normalize_text(t) for t in texts] if info.get("normalize_text") else list(texts)
+        shared.model.active_adapters = Parallel(*names) if len(names) > 1 else names[0]
+        probs = predict_proba(shared.model, shared.tokenizer, prepared, info["max_length"], batch_size, len(names))
+        out.update(zip(names, probs if len(names) > 1 else [probs]))
+    return {name: out[name] for name in shared.tasks}
 
 
 def classify(loaded, texts, batch_size=64):
     """Class probabilities for `texts` from what load() returned, the texts prepared as in training (normalised
     when the model was trained on normalised texts, truncated at its max length)."""
-    model, tokenizer, info = loaded
-    if info.get("normalize_text"):
+    if loaded.info.get("normalize_text"):
         texts = [normalize_text(t) for t in texts]
-    if isinstance(model, OnnxModel):
-        return model.predict_proba(texts, batch_size)
-    return predict_proba(model, tokenizer, texts, info["max_length"], batch_size)
+    if isinstance(loaded.model, OnnxModel):
+        return loaded.model.predict_proba(texts, batch_size)
+    return predict_proba(loaded.model, loaded.tokenizer, texts, loaded.info["max_length"], batch_size)
 
 
-def predict_proba(model, tokenizer, texts, max_length, batch_size=64):
+def predict_proba(model, tokenizer, texts, max_length, batch_size=64, heads=1):
     """Class probabilities (n_texts x n_labels, in the order of `texts`): tokenised once, batched by length
-    so that little padding is computed, mixed precision on CUDA, no autograd."""
+    so that little padding is computed, mixed precision on CUDA, no autograd. heads > 1: the model's active
+    adapters are a Parallel block of that many, and a list of one such tensor per head comes back."""
     import torch
     from transformers import DataCollatorWithPadding
 
@@ -79,14 +173,21 @@ def predict_proba(model, tokenizer, texts, max_length, batch_size=64):
     rows = [{k: v[i] for k, v in encoded.items()} for i in range(len(texts))]
     pad = DataCollatorWithPadding(tokenizer)  # the same dynamic padding as in training
     half = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
-    order, chunks = [], []
+    order, chunks = [], [[] for _ in range(heads)]
     model.eval()
     with torch.inference_mode(), torch.autocast(device.type, dtype=half, enabled=device.type == "cuda"):
         for batch in sorted_batches([len(r["input_ids"]) for r in rows], batch_size):
             inputs = pad([rows[i] for i in batch]).to(device)
-            chunks.append(model(**inputs).logits.float().softmax(-1).cpu())
+            output = model(**inputs)
+            outputs = output.head_outputs if heads > 1 else [output]
+            for head, out in zip(chunks, outputs):
+                head.append(out.logits.float().softmax(-1).cpu())
             order += batch
-    return torch.cat(chunks)[torch.argsort(torch.tensor(order))]
+    if not order:  # no texts: no rows
+        return torch.zeros(0, 0) if heads == 1 else [torch.zeros(0, 0)] * heads
+    back = torch.argsort(torch.tensor(order))
+    probs = [torch.cat(head)[back] for head in chunks]
+    return probs[0] if heads == 1 else probs
 
 
 def trained_fingerprint(folder):
@@ -127,8 +228,8 @@ def fastest_backend(folder):
 
 
 def load_onnx(folder, backend, model_name=None, threads=None):
-    """(OnnxModel, its tokenizer, training info) from an export.py export; ModelError when there is none, it did
-    not pass its checks, or the folder was trained again after it."""
+    """A Loaded (OnnxModel, its tokenizer, training info) from an export.py export; ModelError when there is none, it
+    did not pass its checks, or the folder was trained again after it."""
     folder = Path(folder)
     again = f"run python export.py --adapter {folder}, or pass --backend torch"
     if not (folder / "training.json").is_file():
@@ -146,7 +247,7 @@ def load_onnx(folder, backend, model_name=None, threads=None):
     if model_name and model_name != info["base_model"]:
         raise ModelError(f"the adapter in {folder} was trained on {info['base_model']}, not {model_name}; drop --model")
     model = open_onnx(folder, backend, export["pad_token_id"], info["max_length"], threads)
-    return model, model.tokenizer, info
+    return Loaded(model, model.tokenizer, info)
 
 
 def open_onnx(folder, backend, pad_token_id, max_length, threads=None):
@@ -195,3 +296,14 @@ def result_rows(texts, probs, names):
     for text, p in zip(texts, probs.tolist()):
         best = max(range(len(p)), key=p.__getitem__)
         yield {"text": text, "label": names[best], "score": p[best], "probabilities": dict(zip(names, p))}
+
+
+def shared_rows(texts, by_task, label_names):
+    """One dict per post with every task's answer: {"text", "results": {task: {label, score, probabilities}}}."""
+    answers = {task: list(result_rows(texts, probs, label_names[task])) for task, probs in by_task.items()}
+    for i, text in enumerate(texts):
+        yield {"text": text, "results": {task: drop_text(rows[i]) for task, rows in answers.items()}}
+
+
+def drop_text(row):
+    return {key: value for key, value in row.items() if key != "text"}

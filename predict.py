@@ -6,6 +6,7 @@ Classify posts with an adapter (or a fully fine-tuned model) saved by train.py.
     cat posts.txt | python predict.py -           # standard input, one post per line
     python predict.py --json "some text"          # one JSON object per line
     python predict.py --adapter adapters/depression-houlsby "some text"
+    python predict.py --adapter adapters/a adapters/b adapters/c "some text"  # every adapter, one loaded base model
     python predict.py --file posts.csv --output results.jsonl  # streams: any number of posts, kept as they come
     python predict.py --backend torch "some text"  # PyTorch even where export.py left a faster ONNX model
 
@@ -43,8 +44,12 @@ def build_parser():
     p.add_argument("--text-column", default=None, help="text column of --file (default: text or clean_text)")
     p.add_argument(
         "--adapter",
-        default=DEFAULT_ADAPTER,
-        help=f"folder written by train.py: an adapter with its head, or a full model (default: {DEFAULT_ADAPTER})",
+        nargs="+",
+        default=[DEFAULT_ADAPTER],
+        metavar="FOLDER",
+        help="folder written by train.py: an adapter with its head, or a full model; several adapter folders "
+        "trained on the same base model share one loaded base (torch), and every post gets every adapter's "
+        f"answer; posts may follow the folders (default: {DEFAULT_ADAPTER})",
     )
     p.add_argument(
         "--model",
@@ -83,6 +88,7 @@ def build_parser():
 
 def parse_args(argv=None):
     args = build_parser().parse_args(argv)
+    split_adapters_from_posts(args)
     if args.batch_size < 1 or args.chunk_size < 1:
         fail("--batch-size and --chunk-size must be at least 1")
     if args.output:
@@ -94,6 +100,18 @@ def parse_args(argv=None):
         if not output.parent.is_dir():
             fail(f"--output {output}: folder {output.parent} does not exist")
     return args
+
+
+def split_adapters_from_posts(args):
+    """`--adapter A B "some text"`: argparse gives --adapter every word; the first is a folder, the next ones are
+    folders while they are existing folders, and the words after them are posts."""
+    folders = args.adapter[:1]
+    for i, item in enumerate(args.adapter[1:], 1):
+        if not Path(item).is_dir():
+            args.texts = args.adapter[i:] + args.texts
+            break
+        folders.append(item)
+    args.adapter = folders
 
 
 def read_texts(args):
@@ -184,8 +202,10 @@ def chunks(posts, size):
         yield chunk
 
 
-def open_writer(path, names):
-    """A function that writes result rows to a .jsonl or .csv file and flushes them to disk, and the file."""
+def open_writer(path, tasks):
+    """A function that writes result rows to a .jsonl or .csv file and flushes them to disk, and the file. tasks:
+    {task name: label names}; one task gives today's columns (text, label, score, p_<label>), several give each
+    task's <task>_label, <task>_score and <task>_p_<label> columns."""
     handle = open(path, "x", newline="")  # "x": never write over a file (checked earlier, and again here)
     if path.suffix.lower() == ".jsonl":
 
@@ -194,33 +214,73 @@ def open_writer(path, names):
             handle.flush()
     else:
         table = csv.writer(handle)
-        table.writerow(["text", "label", "score", *(f"p_{name}" for name in names)])
+        single = len(tasks) == 1
+        if single:
+            table.writerow(["text", "label", "score", *task_p(next(iter(tasks.values())))])
+        else:
+            table.writerow(["text", *(f"{t}_{c}" for t, n in tasks.items() for c in ["label", "score", *task_p(n)])])
 
         def write(rows):
-            table.writerows([r["text"], r["label"], r["score"], *r["probabilities"].values()] for r in rows)
+            table.writerows(
+                [r["text"], *answer_cells(r)]
+                if single
+                else [r["text"], *(cell for answer in r["results"].values() for cell in answer_cells(answer))]
+                for r in rows
+            )
             handle.flush()
 
     return write, handle
+
+
+def task_p(label_names):
+    return [f"p_{name}" for name in label_names]
+
+
+def answer_cells(answer):
+    return [answer["label"], answer["score"], *answer["probabilities"].values()]
+
+
+def short(text, width=70):
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def print_rows(rows, as_json):
     for row in rows:
         if as_json:
             print(json.dumps(row))
+        elif "results" in row:  # several adapters: each one's answer, then the post
+            answers = " | ".join(f"{task}: {a['label']} {a['score']:.3f}" for task, a in row["results"].items())
+            print(f"{answers} | {short(row['text'], 50)}")
         else:
-            text = row["text"]
-            print(f"{row['label']:<15} {row['score']:.3f}  {text if len(text) <= 70 else text[:67] + '...'}")
+            print(f"{row['label']:<15} {row['score']:.3f}  {short(row['text'])}")
     sys.stdout.flush()
 
 
 def load_model(args):
-    """inference.load with --backend; on torch the expected "newly initialized head" notices are silenced."""
-    backend = inference.fastest_backend(args.adapter) if args.backend == "auto" else args.backend
+    """inference.load with --backend, or inference.load_shared for several adapters (torch); on torch the expected
+    "newly initialized head" notices are silenced."""
+    if len(args.adapter) > 1 and args.backend not in ("auto", "torch"):
+        raise ModelError(
+            f"--backend {args.backend} runs one exported model (base and adapter in one graph); several adapters "
+            f"share a base model on torch: drop --backend, or pass one --adapter"
+        )
+    backend = "torch" if len(args.adapter) > 1 else args.backend
+    backend = inference.fastest_backend(args.adapter[0]) if backend == "auto" else backend
     if backend == "torch":
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
-    return inference.load(args.adapter, args.model, args.merge, backend)
+    if len(args.adapter) > 1:
+        return inference.load_shared(args.adapter, args.model)
+    return inference.load(args.adapter[0], args.model, args.merge, backend)
+
+
+def classify_rows(loaded, chunk, batch_size):
+    """Result rows for a chunk of posts: one model (inference.result_rows) or every task of a SharedBase."""
+    if isinstance(loaded, inference.SharedBase):
+        by_task = inference.classify_shared(loaded, chunk, batch_size)
+        return inference.shared_rows(chunk, by_task, {n: t.label_names for n, t in loaded.tasks.items()})
+    return inference.result_rows(chunk, inference.classify(loaded, chunk, batch_size), loaded.label_names)
 
 
 def progress_bar(enabled):
@@ -242,12 +302,16 @@ def main(argv=None):
         loaded = load_model(args)
     except (DataError, ModelError) as e:
         fail(str(e))
-    names = loaded[2]["label_names"]
-    write, handle = open_writer(Path(args.output), names) if args.output else (None, None)
+    tasks = (
+        {n: t.label_names for n, t in loaded.tasks.items()}
+        if isinstance(loaded, inference.SharedBase)
+        else {"": loaded.label_names}
+    )
+    write, handle = open_writer(Path(args.output), tasks) if args.output else (None, None)
     bar = progress_bar(args.file or args.output)
     try:
         for chunk in itertools.chain([first], chunks(posts, args.chunk_size)):
-            rows = inference.result_rows(chunk, inference.classify(loaded, chunk, args.batch_size), names)
+            rows = classify_rows(loaded, chunk, args.batch_size)
             write(rows) if write else print_rows(rows, args.json)
             if bar is not None:
                 bar.update(len(chunk))

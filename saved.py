@@ -181,6 +181,51 @@ def load_trained(folder, model_name=None):
     return model.eval(), load_tokenizer(base), info
 
 
+def load_shared(folders, model_name=None):
+    """Several adapter folders into one base model -> (model in eval mode, tokenizer, training infos, task names).
+    Every folder is checked before the base model loads; refused (ModelError): a full model, a LoRA-kind adapter
+    (MERGEABLE_CONFIGS: predicted merged into the base weights, which the others share), a base model other than
+    the first folder's (or than `model_name`). Each adapter and its head get the folder's name (task_names)."""
+    folders = [Path(f) for f in folders]
+    infos = [read_training_info(folder) for folder in folders]
+    for folder, info in zip(folders, infos):
+        if info["mode"] != "adapter":
+            raise ModelError(
+                f"{folder} holds a fully fine-tuned model, which cannot share a base model with adapters; "
+                f"classify with it alone (--adapter {folder})"
+            )
+        if info.get("adapter_config") in MERGEABLE_CONFIGS:
+            raise ModelError(
+                f"{folder} holds a {info['adapter_config']} adapter, which is merged into the base weights for "
+                f"prediction, so other adapters cannot share that base; classify with it alone (--adapter {folder})"
+            )
+    base = model_name or infos[0]["base_model"]
+    for folder, info in zip(folders, infos):
+        if not same_base_model(info["base_model"], base):
+            raise ModelError(
+                f"the adapter in {folder} was trained on {info['base_model']}, not {base}: adapters share a base "
+                f"model only when they were trained on the same one"
+            )
+    names = task_names(folders)
+    model = load_base_model(base)
+    for folder, name in zip(folders, names):
+        load_adapter(model, folder, load_as=name)
+    return model.eval(), load_tokenizer(base), infos, names
+
+
+def task_names(folders):
+    """Each folder's name as its task's name (dots, which module names cannot hold, as underscores); a name that
+    two folders share is refused."""
+    names = [Path(f).name.replace(".", "_") for f in folders]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ModelError(
+            f"two adapter folders are both named {twice[0]}; each task is called by its folder's name, so give "
+            f"them different names"
+        )
+    return names
+
+
 # Configs whose trained weights are low-rank updates or scalings of existing weight matrices: merge_adapter() folds
 # them into those matrices, and the model then computes as fast as the bare base model (tests/test_methods.py:
 # same probabilities within 1e-4). mtl_lora and unipelt (gated) cannot be merged by the library.

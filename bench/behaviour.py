@@ -139,7 +139,7 @@ def run_model(loaded, tests):
     """P(depressive) of every text the tests need, from what inference.load returned."""
     import inference
 
-    if len(loaded[2]["label_names"]) != 2:
+    if len(loaded.label_names) != 2:
         raise ValueError("behaviour tests need a two-class model (class 1: depressive)")
     texts = texts_of(tests)
     probs = np.asarray(inference.classify(loaded, texts))[:, 1]

@@ -116,8 +116,8 @@ def train_and_score(args, name, seed, split_seed, folder):
     texts, labels, fingerprint = validation_posts(args, split_seed)
     if fingerprint != info["val_fingerprint"]:
         raise RuntimeError(f"{name}: train.py validated on other posts than the comparison's")
-    model, tokenizer, saved = inference.load(run)
-    probs = inference.predict_proba(model, tokenizer, texts, saved["max_length"])
+    loaded = inference.load(run)
+    probs = inference.predict_proba(loaded.model, loaded.tokenizer, texts, loaded.info["max_length"])
     predicted = probs.argmax(-1).tolist()
     correct = "".join("1" if p == y else "0" for p, y in zip(predicted, labels))
     return {

@@ -68,7 +68,7 @@ def main(argv=None):
         ]
         run, train_command = run_train(flags, tmp / "groups")
         loaded = inference.load(run)
-        names = loaded[2]["label_names"]
+        names = loaded.label_names
         test = parts["test"]
         probs = inference.classify(loaded, test["text"].astype(str).tolist()).numpy()
         labels = E.class_indices(test["label"].map(data.label_text), names, "the model")
@@ -79,7 +79,7 @@ def main(argv=None):
             train_command=train_command,
             train_posts=len(parts["train"]),
             test_posts=len(test),
-            validation_best=loaded[2]["best"],
+            validation_best=loaded.info["best"],
             per_class_f1=dict(
                 zip(
                     names,

@@ -69,15 +69,15 @@ def posts_csv(tmp_path_factory):
     return str(path)
 
 
-def run_cli(*args, cwd=ROOT, stdin=None, check=True):
-    """Run a project script in a new process, as a user would."""
+def run_cli(*args, cwd=ROOT, stdin=None, check=True, env=None):
+    """Run a project script in a new process, as a user would (env: variables to set for it)."""
     proc = subprocess.run(
         [sys.executable, *map(str, args)],
         cwd=cwd,
         input=stdin,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         timeout=900,
     )
     if check and proc.returncode != 0:

@@ -79,7 +79,8 @@ def test_method_trains_saves_reloads_and_predicts(names, tiny_bert_128, posts_60
     folder = train_one_epoch(names[0], tiny_bert_128, posts_60, tmp_path)
     info = json.loads((folder / "training.json").read_text())
     _, val, _, _ = data.load_splits(posts_60, seed=info["split_seed"])
-    model, tokenizer, _ = inference.load(folder)
+    loaded = inference.load(folder)
+    model, tokenizer = loaded.model, loaded.tokenizer
     probs = inference.predict_proba(model, tokenizer, list(val["text"]), info["max_length"])
     loss = torch.nn.functional.nll_loss(probs.log(), torch.tensor(list(val["label"])))
     assert abs(float(loss) - info["best"]["val_loss"]) < 1e-5
@@ -87,7 +88,7 @@ def test_method_trains_saves_reloads_and_predicts(names, tiny_bert_128, posts_60
     merged = [m for m in model.modules() if isinstance(m, LoRALayer) and m.merged]
     assert bool(merged) == (names[0] in saved.MERGEABLE_CONFIGS)  # predict.py merges LoRA-kind adapters by default
     if merged:
-        apart, _, _ = inference.load(folder, merge=False)
+        apart = inference.load(folder, merge=False).model
         assert not any(isinstance(m, LoRALayer) and m.merged for m in apart.modules())
         unmerged = inference.predict_proba(apart, tokenizer, list(val["text"]), info["max_length"])
         assert (unmerged - probs).abs().max() < 1e-4

@@ -1,0 +1,236 @@
+"""
+Several adapters on one base model against one model per task: resident memory and posts per second, for 1, 3 and 6
+Pfeiffer adapters on MiniLM and on a BERT-base-sized model (12 layers, hidden 768; random weights: speed and memory
+do not depend on them), with adapters in every layer and in the upper half only (their lower half computed once in
+a Parallel pass).
+
+    python -m bench.shared                       # MiniLM and BERT-base-sized, 1/3/6 tasks, 2 alternated rounds
+    python -m bench.shared --quick --model DIR   # tiny runs that exercise it (CI)
+
+Each measurement runs in a fresh process: it loads the adapters (inference.load_shared, or inference.load once per
+task as a loop over folders would), classifies the same posts for every task (the depression data set's validation
+posts, train.py's max length), and reports its resident memory after loading and after classifying, the peak, and
+posts per second with every task answered. The adapters are freshly initialised (never trained), saved as train.py
+saves them. Writes bench/results/<name>-<machine>[-quick].{json,md,png}.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import data
+import inference
+import model as M
+import saved
+import train
+from bench import harness as H
+
+BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
+PLACEMENTS = ["every layer", "upper half"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model", default=M.DEFAULT_MODEL, help="the small base model (default: the offline MiniLM)")
+    p.add_argument("--no-bert-base", dest="bert_base", action="store_false", help="leave out the BERT-base-sized model")
+    p.add_argument("--counts", nargs="+", type=int, default=[1, 3, 6], help="numbers of tasks (default: 1 3 6)")
+    p.add_argument("--posts", type=int, default=512, help="posts classified per measurement (default: 512)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds, alternating which way runs first (default: 2)")
+    p.add_argument("--data", default=data.DEFAULT_DATA, help="posts to classify: the depression data set's split")
+    p.add_argument("--work", default="/tmp/bench-shared", help="where the models and adapters are written")
+    p.add_argument("--quick", action="store_true", help="1 round, 1 and 3 tasks, 64 posts, no BERT-base")
+    p.add_argument("--out", default=str(H.ROOT / "bench" / "results"), help="folder for the results")
+    p.add_argument("--name", default="shared", help="results file name (default: shared)")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one measurement, in a fresh process
+    args = p.parse_args(argv)
+    if args.quick:
+        args.counts, args.posts, args.rounds, args.bert_base = [1, 3], 64, 1, False
+    return args
+
+
+def bert_base_folder(work, small_model):
+    """A BERT-base-sized encoder with random weights and the small model's tokenizer (same vocabulary)."""
+    from transformers import AutoConfig, BertModel
+
+    folder = Path(work) / "bert-base-random"
+    if not (folder / "model.safetensors").is_file():
+        config = AutoConfig.from_pretrained(M.resolve_model_path(small_model))
+        for key, value in BERT_BASE.items():
+            setattr(config, key, value)
+        torch.manual_seed(0)
+        BertModel(config).save_pretrained(folder)
+        M.load_tokenizer(small_model).save_pretrained(folder)
+    return str(folder)
+
+
+def adapter_folders(work, base, placement, count):
+    """`count` Pfeiffer adapters with heads (seeds 0..count-1) on `base`, saved as train.py saves them."""
+    folders = []
+    layers = H.lower_half(base) if placement == "upper half" else None
+    for i in range(count):
+        folder = Path(work) / f"{Path(base).name}-{placement.replace(' ', '-')}-{i}"
+        if not (folder / saved.TRAINING_INFO).is_file():
+            model = M.build_model(base, "adapter", data.LABEL_NAMES, "pfeiffer", leave_out=layers, seed=i)
+            folder.mkdir(parents=True, exist_ok=True)
+            saved.save_trained(model, None, folder, "adapter")
+            saved.write_training_info(folder, {
+                "mode": "adapter", "base_model": base, "adapter_config": "pfeiffer", "leave_out": layers,
+                "max_length": train.MAX_LENGTH, "label_names": list(data.LABEL_NAMES), "normalize_text": False,
+            })  # fmt: skip
+        folders.append(str(folder))
+    return folders
+
+
+def measure(spec):
+    """In a fresh process: load the tasks one way, classify the posts for every task; memory and speed."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    texts = spec["texts"]
+    start = time.perf_counter()
+    if spec["way"] == "shared":
+        shared = inference.load_shared(spec["folders"])
+        run = lambda posts: inference.classify_shared(shared, posts)  # noqa: E731
+        passes = len(shared.passes)
+    else:
+        models = [inference.load(folder) for folder in spec["folders"]]
+        run = lambda posts: [inference.classify(m, posts) for m in models]  # noqa: E731
+        passes = len(models)
+    load_seconds = time.perf_counter() - start
+    loaded_mb = H.current_memory_mb(torch.device("cpu"))
+    run(texts[:16])  # warm-up
+    start = time.perf_counter()
+    run(texts)
+    seconds = time.perf_counter() - start
+    return {
+        "load_seconds": load_seconds,
+        "resident_after_load_mb": loaded_mb,
+        "resident_mb": H.current_memory_mb(torch.device("cpu")),
+        "peak_mb": H.peak_memory_mb(torch.device("cpu")),
+        "seconds": seconds,
+        "posts_per_second": len(texts) / seconds,
+        "passes": passes,
+    }
+
+
+def measure_in_process(way, folders, texts):
+    spec = json.dumps({"way": way, "folders": folders, "texts": texts})
+    spec_file = Path(folders[0]).parent / "spec.json"
+    spec_file.write_text(spec)
+    return H.worker(["-m", "bench.shared", "--worker", str(spec_file)])
+
+
+def median(values):
+    return statistics.median(values)
+
+
+def summarise(rows):
+    """Per (base, placement, tasks): the medians of the rounds, and shared against separate."""
+    out = []
+    keys = dict.fromkeys((r["base"], r["placement"], r["tasks"]) for r in rows)
+    for base, placement, tasks in keys:
+        mine = [r for r in rows if (r["base"], r["placement"], r["tasks"]) == (base, placement, tasks)]
+        ways = {
+            way: {
+                key: median([r[key] for r in mine if r["way"] == way])
+                for key in ("resident_mb", "peak_mb", "posts_per_second", "passes")
+            }
+            for way in ("shared", "separate")
+        }
+        out.append({
+            "base": base, "placement": placement, "tasks": tasks, **ways,
+            "speed_ratio": ways["shared"]["posts_per_second"] / ways["separate"]["posts_per_second"],
+            "memory_ratio": ways["shared"]["resident_mb"] / ways["separate"]["resident_mb"],
+        })  # fmt: skip
+    one = {(r["base"], r["placement"]): r["separate"]["resident_mb"] for r in out if r["tasks"] == 1}
+    for r in out:
+        r["shared_vs_one_model_mb"] = r["shared"]["resident_mb"] - one.get((r["base"], r["placement"]), float("nan"))
+        r["shared_vs_one_model"] = r["shared"]["resident_mb"] / one.get((r["base"], r["placement"]), float("nan"))
+    return out
+
+
+def markdown(result):
+    lines = [
+        f"Command: `{result['command']}`",
+        "",
+        f"Device: {result['device']}. {result['posts']} posts per measurement, every task answering each; medians "
+        f"of {result['rounds']} rounds, the two ways alternating which runs first; resident memory (VmRSS) after "
+        "classifying, in a fresh process each. 'one model': the same base with one adapter, loaded alone.",
+        "",
+        "| base | adapters in | tasks | shared: MB | separate: MB | shared - one model, MB | shared / one model | "
+        "shared: posts/s | separate: posts/s | shared / separate, speed | passes |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["summary"]:
+        lines.append(
+            f"| {r['base']} | {r['placement']} | {r['tasks']} | {r['shared']['resident_mb']:.0f} | "
+            f"{r['separate']['resident_mb']:.0f} | {r['shared_vs_one_model_mb']:+.0f} | "
+            f"{r['shared_vs_one_model']:.2f}x | "
+            f"{r['shared']['posts_per_second']:.1f} | {r['separate']['posts_per_second']:.1f} | "
+            f"{r['speed_ratio']:.2f}x | {r['shared']['passes']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def draw(result):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for base, placement in dict.fromkeys((r["base"], r["placement"]) for r in result["summary"]):
+        rows = [r for r in result["summary"] if (r["base"], r["placement"]) == (base, placement)]
+        tasks = [r["tasks"] for r in rows]
+        label = f"{base}, {placement}"
+        axes[0].plot(tasks, [r["shared"]["resident_mb"] for r in rows], "o-", label=f"{label}: shared")
+        axes[0].plot(tasks, [r["separate"]["resident_mb"] for r in rows], "x--", label=f"{label}: separate")
+        axes[1].plot(tasks, [r["speed_ratio"] for r in rows], "o-", label=label)
+    axes[0].set(xlabel="tasks", ylabel="resident MB", title="memory")
+    axes[1].set(xlabel="tasks", ylabel="shared / separate posts/s", title="speed")
+    axes[1].axhline(1.0, color="grey", lw=0.5)
+    for ax in axes:
+        ax.legend(fontsize=6)
+    return fig
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(measure(json.loads(Path(args.worker).read_text()))))
+        return
+    _, val_ds, _, _ = data.load_splits(args.data)
+    texts = list(val_ds["text"])[: args.posts]
+    bases = {Path(M.resolve_model_path(args.model)).name if args.model != M.OFFLINE_MINILM else "MiniLM": args.model}
+    if args.bert_base:
+        bases["BERT-base-sized"] = bert_base_folder(args.work, args.model)
+    rows = []
+    for base_name, base in bases.items():
+        for placement in PLACEMENTS:
+            for tasks in args.counts:
+                folders = adapter_folders(args.work, base, placement, tasks)
+                for round_ in range(args.rounds):
+                    for way in ("shared", "separate") if round_ % 2 == 0 else ("separate", "shared"):
+                        r = measure_in_process(way, folders, texts)
+                        rows.append({"base": base_name, "placement": placement, "tasks": tasks, "way": way,
+                                     "round": round_, **r})  # fmt: skip
+                        print(f"{base_name}, {placement}, {tasks} tasks, {way}: {r['posts_per_second']:.1f} posts/s, "
+                              f"{r['resident_mb']:.0f} MB", file=sys.stderr, flush=True)  # fmt: skip
+    result = {
+        "command": H.command_line(__file__, argv),
+        "device": H.device_name(),
+        "posts": len(texts),
+        "rounds": args.rounds,
+        "runs": rows,
+        "summary": summarise(rows),
+    }
+    stem = Path(args.out) / f"{args.name}-{H.machine_slug()}{'-quick' if args.quick else ''}"
+    H.write_results(stem, result, markdown(result), draw)
+
+
+if __name__ == "__main__":
+    main()
