@@ -136,19 +136,23 @@ def pass_groups(tasks):
     return list(groups.values())
 
 
-def classify_shared(shared, texts, batch_size=64):
-    """{task name: class probabilities (n_texts x its labels, a tensor)} for every task of a SharedBase, each
-    pass's texts prepared as its tasks were trained (normalised, truncated at their max length)."""
+def classify_shared(shared, texts, batch_size=64, only=None):
+    """{task name: class probabilities (n_texts x its labels, a tensor)} for every task of a SharedBase (or the
+    tasks named in `only`), each pass's texts prepared as its tasks were trained (normalised, truncated at their
+    max length)."""
     from adapters import Parallel
 
+    wanted = list(shared.tasks) if only is None else [name for name in shared.tasks if name in only]
     out = {}
-    for names in shared.passes:
+    for names in [[n for n in p if n in wanted] for p in shared.passes]:
+        if not names:
+            continue
         info = shared.tasks[names[0]].info
         prepared = [normalize_text(t) for t in texts] if info.get("normalize_text") else list(texts)
         shared.model.active_adapters = Parallel(*names) if len(names) > 1 else names[0]
         probs = predict_proba(shared.model, shared.tokenizer, prepared, info["max_length"], batch_size, len(names))
         out.update(zip(names, probs if len(names) > 1 else [probs]))
-    return {name: out[name] for name in shared.tasks}
+    return {name: out[name] for name in wanted}
 
 
 def classify(loaded, texts, batch_size=64):

@@ -1,0 +1,165 @@
+"""
+Serve trained adapters over HTTP: one base model carries every adapter (torch), requests from many clients are
+micro-batched into one model call, and a page at / lets you try it.
+
+    pip install -r requirements-serve.txt
+    python serve.py --adapter adapters/depression-pfeiffer                   # http://127.0.0.1:8000
+    python serve.py --adapter adapters/a adapters/b adapters/c --port 8080   # three tasks on one base model
+    python serve.py --adapter adapters/depression-pfeiffer --backend onnx-int8
+    python serve.py --adapter adapters/depression-pfeiffer --ray-replicas 2  # Ray Serve replicas (docs/scale.md)
+    curl -s 127.0.0.1:8000/classify -H 'content-type: application/json' -d '{"texts": ["some text"]}'
+
+Endpoints: POST /classify, GET /adapters, GET /health, GET / (the page), GET /docs (the OpenAPI page).
+SIGTERM (or Ctrl-C) lets the requests in flight finish, then the server stops.
+This is a research and teaching tool, not a diagnostic instrument.
+"""
+
+import argparse
+import logging
+import socket
+
+import inference
+import server
+from errors import ModelError, fail
+
+DEFAULT_ADAPTER = "adapters/depression-pfeiffer"
+LIMITS = server.Limits()
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0].strip(),
+        epilog="This is a research and teaching tool, not a diagnostic instrument.",
+    )
+    p.add_argument(
+        "--adapter",
+        nargs="+",
+        default=[DEFAULT_ADAPTER],
+        metavar="FOLDER",
+        help="folders written by train.py; each is a task named by its folder's name; on torch, several adapters "
+        f"trained on one base model share it (default: {DEFAULT_ADAPTER})",
+    )
+    inference.add_backend_flag(p, default="auto")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=LIMITS.max_batch,
+        help=f"texts per model call: a batch closes when it holds this many (default: {LIMITS.max_batch})",
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=LIMITS.max_wait_ms,
+        help="or this many milliseconds after its first request arrived (default: "
+        f"{LIMITS.max_wait_ms:g}; docs/serve.md has the measurements)",
+    )
+    p.add_argument(
+        "--no-batching",
+        dest="batching",
+        action="store_false",
+        help="one request per model call (for comparison: requests wait for each other instead of sharing a call)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=LIMITS.max_queue,
+        help=f"texts that may wait for the model; beyond it requests get 503 and Retry-After (default: "
+        f"{LIMITS.max_queue})",
+    )
+    p.add_argument(
+        "--max-texts", type=int, default=LIMITS.max_texts, help=f"texts per request (default: {LIMITS.max_texts})"
+    )
+    p.add_argument(
+        "--max-chars",
+        type=int,
+        default=LIMITS.max_chars,
+        help=f"characters per text; longer texts get 413 (default: {LIMITS.max_chars:,})",
+    )
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime's threads (default: one per core)")
+    p.add_argument(
+        "--ray-replicas",
+        type=int,
+        default=0,
+        metavar="N",
+        help="serve N replicas on Ray Serve (pip install -r requirements-scale.txt; the local machine, or the "
+        "cluster at RAY_ADDRESS) instead of one uvicorn process (default: 0, uvicorn)",
+    )
+    p.error = lambda message: fail(f"{message} (see python serve.py --help)")
+    return p
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
+    numbers = {
+        "--port": (args.port, 1, 65535), "--max-batch-size": (args.max_batch_size, 1, 10_000),
+        "--max-queue": (args.max_queue, 1, 10_000_000), "--max-texts": (args.max_texts, 1, 100_000),
+        "--max-chars": (args.max_chars, 1, 10_000_000), "--ray-replicas": (args.ray_replicas, 0, 1000),
+    }  # fmt: skip
+    for flag, (value, low, high) in numbers.items():
+        if not low <= value <= high:
+            fail(f"{flag} must be between {low} and {high:,}")
+    if not 0 <= args.max_wait_ms <= 10_000:
+        fail("--max-wait-ms must be between 0 and 10000")
+    if args.max_queue < args.max_texts:
+        fail("--max-queue must hold at least one request of --max-texts texts")
+    args.limits = server.Limits(
+        max_texts=args.max_texts, max_chars=args.max_chars, max_queue=args.max_queue,
+        max_batch=args.max_batch_size, max_wait_ms=args.max_wait_ms, batching=args.batching,
+    )  # fmt: skip
+    return args
+
+
+def backend_for(args):
+    """auto: torch for several adapters (one shared base model), else the folder's fastest verified export."""
+    if len(args.adapter) > 1:
+        if args.backend not in ("auto", "torch"):
+            fail(f"--backend {args.backend} runs one exported model per folder; several adapters share a base model "
+                 "on torch: drop --backend, or serve one --adapter")  # fmt: skip
+        return "torch"
+    return inference.fastest_backend(args.adapter[0]) if args.backend == "auto" else args.backend
+
+
+def check_port(host, port):
+    """One line instead of uvicorn's traceback when the address cannot be listened on."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as e:
+        fail(f"cannot listen on {host}:{port} ({e.strerror}); pass another --port or --host")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    backend = backend_for(args)
+    check_port(args.host, args.port)
+    if args.ray_replicas:
+        try:
+            return server.deploy_on_ray(
+                args.adapter, backend, args.threads, args.limits, args.ray_replicas, args.host, args.port
+            )
+        except ModelError as e:
+            fail(str(e))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    try:
+        models = server.Models(args.adapter, backend, args.threads)
+    except ModelError as e:
+        fail(str(e))
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    print(
+        f"serving {', '.join(models.names)} ({backend}) at http://{args.host}:{args.port}/ "
+        f"(API: /docs); batches of up to {args.max_batch_size} texts, {args.max_wait_ms:g} ms"
+        + ("" if args.batching else " (batching off)"),
+        flush=True,
+    )
+    uvicorn.run(server.create_app(models, args.limits), host=args.host, port=args.port, timeout_graceful_shutdown=30)
+
+
+if __name__ == "__main__":
+    main()
