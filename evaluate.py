@@ -103,6 +103,7 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
     p.add_argument("--batch-size", type=int, default=64, help="posts per batch (default: 64)")
     inference.add_backend_flag(p, default="torch")
+    inference.add_precision_flag(p)
     p.add_argument(
         "--output",
         default=None,
@@ -418,7 +419,7 @@ def main(argv=None):
     bar = tqdm(total=len(texts) * len(args.adapter), unit=" posts", desc="classifying", file=sys.stderr)
     for folder in args.adapter:
         try:
-            loaded = inference.load(folder, backend=args.backend)
+            loaded = inference.load(folder, backend=args.backend, precision=args.precision)
         except M.ModelError as e:
             bar.close()
             fail(str(e))

@@ -201,14 +201,14 @@ def main(argv=None):
     try:
         info = check_exportable(folder, args.overwrite)
         texts = check_posts(info, args.data, args.text_column, args.check_posts)
-        loaded = inference.load(folder, backend="torch")
+        loaded = inference.load(folder, backend="torch", precision="fp32")  # the reference: full precision
     except (DataError, ModelError) as e:
         fail(str(e))
     model, tokenizer, info = loaded.model.cpu(), loaded.tokenizer, loaded.info
     for name in inference.EXPORT_FILES:  # --overwrite: the old export goes first, so nothing stale is left
         (folder / name).unlink(missing_ok=True)
     start = time.perf_counter()
-    torch_probs = inference.classify(inference.Loaded(model, tokenizer, info), texts).numpy()
+    torch_probs = inference.classify(inference.Loaded(model, tokenizer, info, "fp32"), texts).numpy()
     tokenizer.backend_tokenizer.save(str(folder / inference.ONNX_TOKENIZER))
     export = {
         "trained_fingerprint": inference.trained_fingerprint(folder),

@@ -21,6 +21,7 @@ from errors import ModelError
 from posts import normalize_text, sorted_batches
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
+PRECISIONS = ("auto", "fp32", "bf16")  # of the torch backend (ONNX exports compute as exported: fp32 or int8)
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}  # what export.py writes, by backend
 EXPORT_INFO = "onnx.json"  # what the export was made from and how it was verified
 ONNX_TOKENIZER = "onnx-tokenizer.json"  # the base model's tokenizer for the `tokenizers` package
@@ -46,6 +47,7 @@ class Loaded:
     model: object
     tokenizer: object
     info: dict
+    precision: str = "auto"  # torch: PRECISIONS
 
     @property
     def label_names(self):
@@ -74,14 +76,42 @@ class SharedBase:
     tokenizer: object
     tasks: dict  # name -> Task, in the order the folders were given
     passes: list
+    precision: str = "auto"  # PRECISIONS
 
 
-def load(folder, model_name=None, merge=True, backend="torch", threads=None):
+def add_precision_flag(parser):
+    """--precision for a command line that predicts on torch (predict.py, evaluate.py, serve.py)."""
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="torch backend: auto (default): bf16 on GPUs that have it (fp16 on older CUDA GPUs) and on CPUs with "
+        "native bf16 (AVX512-BF16 or AMX), else fp32; fp32: full precision everywhere; bf16: bf16 even where "
+        "it is emulated (slow)",
+    )
+
+
+def autocast_dtype(device_type, precision="auto"):
+    """The dtype torch.autocast computes in for `precision` on a device, or None for full precision."""
+    import torch
+
+    import hardware
+
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device_type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if device_type == "cpu" and hardware.cpu_has_bf16() else None
+
+
+def load(folder, model_name=None, merge=True, backend="torch", threads=None, precision="auto"):
     """A Loaded (model, tokenizer, training info) from a folder written by train.py. backend: "torch"; "onnx" or
     "onnx-int8" (an export.py export, refused when missing, unverified or stale); "auto": the fastest of those that
     the folder holds verified and fresh (int8, fp32), else torch. On torch, LoRA-kind adapters
     (saved.MERGEABLE_CONFIGS) are folded into the base weights unless merge=False. threads: ONNX Runtime's threads
-    (default: one per core)."""
+    (default: one per core). precision: the torch backend's (PRECISIONS)."""
     if backend == "auto":
         backend = fastest_backend(folder)
     if backend in ONNX_FILES:
@@ -95,10 +125,10 @@ def load(folder, model_name=None, merge=True, backend="torch", threads=None):
     model, tokenizer, info = saved.load_trained(folder, model_name)
     if merge:
         saved.merge_adapter(model, info)
-    return Loaded(model.to(PartialState().device), tokenizer, info)
+    return Loaded(model.to(PartialState().device), tokenizer, info, precision)
 
 
-def load_shared(folders, model_name=None):
+def load_shared(folders, model_name=None, precision="auto"):
     """A SharedBase: one base model with the adapter and head of every folder (torch). Refused with one line
     (ModelError): full-model folders, LoRA-kind adapters (predicted merged into the base weights, which other
     adapters share), folders trained on different base models. Adapters of the bottleneck family with the same
@@ -111,7 +141,7 @@ def load_shared(folders, model_name=None):
 
     model, tokenizer, infos, names = saved.load_shared(folders, model_name)
     tasks = {name: Task(name, str(folder), info) for name, folder, info in zip(names, folders, infos)}
-    return SharedBase(model.to(PartialState().device), tokenizer, tasks, pass_groups(tasks.values()))
+    return SharedBase(model.to(PartialState().device), tokenizer, tasks, pass_groups(tasks.values()), precision)
 
 
 # Adapter configs whose layers take a Parallel block (adapters' bottleneck family; tests/test_shared.py checks that
@@ -150,7 +180,9 @@ def classify_shared(shared, texts, batch_size=64, only=None):
         info = shared.tasks[names[0]].info
         prepared = [normalize_text(t) for t in texts] if info.get("normalize_text") else list(texts)
         shared.model.active_adapters = Parallel(*names) if len(names) > 1 else names[0]
-        probs = predict_proba(shared.model, shared.tokenizer, prepared, info["max_length"], batch_size, len(names))
+        probs = predict_proba(
+            shared.model, shared.tokenizer, prepared, info["max_length"], batch_size, len(names), shared.precision
+        )
         out.update(zip(names, probs if len(names) > 1 else [probs]))
     return {name: out[name] for name in wanted}
 
@@ -162,13 +194,16 @@ def classify(loaded, texts, batch_size=64):
         texts = [normalize_text(t) for t in texts]
     if isinstance(loaded.model, OnnxModel):
         return loaded.model.predict_proba(texts, batch_size)
-    return predict_proba(loaded.model, loaded.tokenizer, texts, loaded.info["max_length"], batch_size)
+    return predict_proba(
+        loaded.model, loaded.tokenizer, texts, loaded.info["max_length"], batch_size, precision=loaded.precision
+    )
 
 
-def predict_proba(model, tokenizer, texts, max_length, batch_size=64, heads=1):
+def predict_proba(model, tokenizer, texts, max_length, batch_size=64, heads=1, precision="auto"):
     """Class probabilities (n_texts x n_labels, in the order of `texts`): tokenised once, batched by length
-    so that little padding is computed, mixed precision on CUDA, no autograd. heads > 1: the model's active
-    adapters are a Parallel block of that many, and a list of one such tensor per head comes back."""
+    so that little padding is computed, under autocast where `precision` says so (autocast_dtype), no autograd.
+    heads > 1: the model's active adapters are a Parallel block of that many, and a list of one such tensor per
+    head comes back."""
     import torch
     from transformers import DataCollatorWithPadding
 
@@ -176,10 +211,10 @@ def predict_proba(model, tokenizer, texts, max_length, batch_size=64, heads=1):
     encoded = tokenizer(texts, truncation=True, max_length=max_length)
     rows = [{k: v[i] for k, v in encoded.items()} for i in range(len(texts))]
     pad = DataCollatorWithPadding(tokenizer)  # the same dynamic padding as in training
-    half = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    dtype = autocast_dtype(device.type, precision)
     order, chunks = [], [[] for _ in range(heads)]
     model.eval()
-    with torch.inference_mode(), torch.autocast(device.type, dtype=half, enabled=device.type == "cuda"):
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         for batch in sorted_batches([len(r["input_ids"]) for r in rows], batch_size):
             inputs = pad([rows[i] for i in batch]).to(device)
             output = model(**inputs)

@@ -74,6 +74,7 @@ def build_parser():
         "them before predicting (the same probabilities within 1e-4, and as fast as the base model alone)",
     )
     inference.add_backend_flag(p, default="auto")
+    inference.add_precision_flag(p)
     p.add_argument("--batch-size", type=int, default=64, help="posts per batch (default: 64)")
     p.add_argument(
         "--chunk-size",
@@ -271,8 +272,8 @@ def load_model(args):
 
         hf_logging.set_verbosity_error()
     if len(args.adapter) > 1:
-        return inference.load_shared(args.adapter, args.model)
-    return inference.load(args.adapter[0], args.model, args.merge, backend)
+        return inference.load_shared(args.adapter, args.model, args.precision)
+    return inference.load(args.adapter[0], args.model, args.merge, backend, precision=args.precision)
 
 
 def classify_rows(loaded, chunk, batch_size):

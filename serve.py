@@ -40,6 +40,7 @@ def build_parser():
         f"trained on one base model share it (default: {DEFAULT_ADAPTER})",
     )
     inference.add_backend_flag(p, default="auto")
+    inference.add_precision_flag(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument(
@@ -138,7 +139,14 @@ def main(argv=None):
     if args.ray_replicas:
         try:
             return server.deploy_on_ray(
-                args.adapter, backend, args.threads, args.limits, args.ray_replicas, args.host, args.port
+                args.adapter,
+                backend,
+                args.threads,
+                args.limits,
+                args.ray_replicas,
+                args.host,
+                args.port,
+                args.precision,
             )
         except ModelError as e:
             fail(str(e))
@@ -146,7 +154,7 @@ def main(argv=None):
 
     hf_logging.set_verbosity_error()
     try:
-        models = server.Models(args.adapter, backend, args.threads)
+        models = server.Models(args.adapter, backend, args.threads, args.precision)
     except ModelError as e:
         fail(str(e))
     import uvicorn

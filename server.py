@@ -61,18 +61,21 @@ class Models:
     model with every adapter (inference.load_shared); otherwise each folder loaded alone (inference.load: a full
     model, a merged LoRA adapter, or an ONNX export). ModelError says what is wrong with a folder."""
 
-    def __init__(self, folders, backend="torch", threads=None):
+    def __init__(self, folders, backend="torch", threads=None, precision="auto"):
         import saved
 
         self.backend = backend
         names = saved.task_names(folders)
         if backend == "torch" and len(folders) > 1:
-            self.shared = inference.load_shared(folders)
+            self.shared = inference.load_shared(folders, precision=precision)
             self.loaded = {}
             self.infos = {name: task.info for name, task in self.shared.tasks.items()}
         else:
             self.shared = None
-            self.loaded = {n: inference.load(f, backend=backend, threads=threads) for n, f in zip(names, folders)}
+            self.loaded = {
+                n: inference.load(f, backend=backend, threads=threads, precision=precision)
+                for n, f in zip(names, folders)
+            }
             self.infos = {name: loaded.info for name, loaded in self.loaded.items()}
         self.names = list(self.infos)
 
@@ -343,7 +346,7 @@ def create_app(models, limits=None):
     return app
 
 
-def deploy_on_ray(folders, backend, threads, limits, replicas, host, port):
+def deploy_on_ray(folders, backend, threads, limits, replicas, host, port, precision="auto"):
     """The same app on Ray Serve: `replicas` replicas, each loading the models and running create_app's app (its
     batcher included) as the ingress; Ray's proxy listens on host:port. Blocks until interrupted (SIGINT/SIGTERM),
     then shuts Serve down. A local Ray instance unless RAY_ADDRESS names a cluster."""
@@ -351,7 +354,7 @@ def deploy_on_ray(folders, backend, threads, limits, replicas, host, port):
     from ray import serve
 
     def build_app():  # evaluated on each replica
-        return create_app(Models(folders, backend, threads), limits)
+        return create_app(Models(folders, backend, threads, precision), limits)
 
     # Serve's proxy must report ready within 5 s by default, which a busy 2-core machine misses while it imports
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")

@@ -41,6 +41,7 @@ from transformers.trainer_pt_utils import get_parameter_names
 from transformers.utils import logging as hf_logging
 
 import data
+import hardware
 import metrics
 import model as M
 import saved
@@ -214,7 +215,9 @@ def build_parser():
         "--mixed-precision",
         choices=["auto", "no", "fp16", "bf16"],
         default="auto",
-        help="auto (default): bf16 on GPUs that have it, else fp16 on CUDA; none on CPU",
+        help="auto (default): bf16 on GPUs that have it, else fp16 on CUDA; on a CPU bf16 where it has native "
+        "bf16 (AVX512-BF16 or AMX: docs/speed.md has the measurements), else none; no: full precision "
+        "everywhere. Weights are kept and saved in fp32 either way",
     )
     p.add_argument(
         "--seed", type=int, default=42, help="seed of the new weights, dropout and the batch order (default: 42)"
@@ -298,11 +301,15 @@ def parse_args(argv=None):
 
 
 def mixed_precision(choice):
+    """--mixed-precision auto: bf16 on GPUs that have it, else fp16 on CUDA; on a CPU bf16 where it computes bf16
+    natively (hardware.cpu_has_bf16: AVX512-BF16 or AMX), else full precision (emulated bf16 is far slower)."""
     if choice != "auto":
         return choice
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
+    if torch.backends.mps.is_available():
+        return "no"
+    return "bf16" if hardware.cpu_has_bf16() else "no"
 
 
 def evaluate(model, loader, accelerator, label_names, sources=None):
@@ -312,7 +319,7 @@ def evaluate(model, loader, accelerator, label_names, sources=None):
     model = accelerator.unwrap_model(model)  # no DDP for inference: the processes' shares differ in size
     model.eval()
     rows = []
-    with torch.inference_mode():
+    with torch.inference_mode(), accelerator.autocast():  # validation in the training's precision
         for indices, batch in zip(loader.batch_sampler, loader):  # the posts of each batch, by validation index
             batch = batch.to(accelerator.device)
             logits = model(**batch).logits.float()
@@ -547,8 +554,9 @@ def set_rng_states(states):
 
 def cache_lower_layers(model, ds, tokenizer, k, batch_size, accelerator):
     """The output of the embeddings and the lowest k layers for every post of ds, computed once (no autograd,
-    those layers in eval mode: no dropout), real tokens only: a list of [tokens, hidden] tensors in ds order,
-    in fp32 on a CPU and in the training dtype on a GPU, kept on the training device."""
+    those layers in eval mode: no dropout), real tokens only: a list of [tokens, hidden] tensors in ds order, in the
+    training's precision (bf16 under bf16 or fp16 mixed precision: half the memory of fp32), kept on the training
+    device."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
     pad, states = DataCollatorWithPadding(tokenizer), [None] * len(ds)
     training = model.training

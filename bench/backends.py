@@ -22,12 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import hardware
 import inference
 
 ROOT = Path(__file__).resolve().parent.parent
 
 SETUPS = {"full": "full-42-42", "pfeiffer": "pfeiffer-42-42", "lora merged": "lora-42-42"}
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")  # torch: fp32; torch-bf16: under bf16 autocast
 ONE_POST = "i can't get out of bed anymore and nothing feels worth it"
 
 
@@ -53,7 +54,9 @@ def measure(folder, backend, posts_file, repeats):
     rows = [json.loads(line) for line in Path(posts_file).read_text().splitlines()]
     texts, labels = [r["text"] for r in rows], np.array([r["label"] for r in rows])
     start = time.perf_counter()
-    loaded = inference.load(folder, backend=backend)
+    torch_precision = {"torch": "fp32", "torch-bf16": "bf16"}
+    loaded = inference.load(folder, backend="torch" if backend in torch_precision else backend,
+                            precision=torch_precision.get(backend, "auto"))  # fmt: skip
     load_seconds = time.perf_counter() - start
     inference.classify(loaded, texts[:64])
     seconds = []
@@ -80,7 +83,9 @@ def peak_memory_mb():
 def cold_start(folder, backend):
     """Wall seconds of a one-post `python predict.py` (a new interpreter, imports and model load included)."""
     start = time.perf_counter()
-    cmd = [sys.executable, "predict.py", "--adapter", str(folder), "--backend", backend, ONE_POST]
+    flags = {"torch": ["--backend", "torch", "--precision", "fp32"], "torch-bf16": ["--backend", "torch", "--precision",
+             "bf16"]}.get(backend, ["--backend", backend])  # fmt: skip
+    cmd = [sys.executable, "predict.py", "--adapter", str(folder), *flags, ONE_POST]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
     return time.perf_counter() - start
 
@@ -95,7 +100,6 @@ def fp32_limit(folder, posts_file):
     import pandas as pd
     import torch
 
-    import bench.harness as H
     import model as M
 
     info = json.loads((Path(folder) / "training.json").read_text())
@@ -106,7 +110,7 @@ def fp32_limit(folder, posts_file):
     tokenizer = M.load_tokenizer(info["base_model"])
     texts = pd.read_json(posts_file, lines=True)["text"].tolist()
     tokens = sum(len(ids) for ids in tokenizer(texts, truncation=True, max_length=info["max_length"])["input_ids"])
-    cpu = H.cpu_info()
+    cpu = hardware.cpu_info()
     mhz = cpu["cpu MHz"]
     zen4 = cpu.get("vendor_id") == "AuthenticAMD" and cpu.get("cpu family") == "25"
     flop_per_cycle = 64 if "avx512f" in cpu["flags"] and not zen4 else 32
@@ -156,7 +160,8 @@ def markdown(result):
         "",
         f"`{result['command']}`: {result['posts']} validation posts, each backend in a fresh process, best of "
         f"{result['repeats']} passes, batch 64 sorted by length. Cold start: wall seconds of a one-post "
-        f"`python predict.py --backend B` (new interpreter). Peak memory: the process's peak resident memory.",
+        f"`python predict.py --backend B` (new interpreter). Peak memory: the process's peak resident memory. "
+        "torch: PyTorch in fp32; torch-bf16: under bf16 autocast (measured only on CPUs with native bf16).",
         "",
         "| model | backend | posts/s | x torch | accuracy | posts differing from torch | peak MB | cold start s |",
         "|---|---|---|---|---|---|---|---|",
@@ -197,11 +202,12 @@ def chart(result):
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     setups = list(result["setups"])
+    width = 0.8 / len(BACKENDS)
     for k, backend in enumerate(BACKENDS):
-        x = [i + (k - 1) * 0.27 for i in range(len(setups))]
+        x = [i + (k - (len(BACKENDS) - 1) / 2) * width for i in range(len(setups))]
         rows = [result["setups"][s].get(backend, {}) for s in setups]  # a backend export.py did not keep: no bar
-        axes[0].bar(x, [r.get("posts_per_second", 0) for r in rows], 0.27, label=backend)
-        axes[1].bar(x, [r.get("cold_start_seconds", 0) for r in rows], 0.27, label=backend)
+        axes[0].bar(x, [r.get("posts_per_second", 0) for r in rows], width, label=backend)
+        axes[1].bar(x, [r.get("cold_start_seconds", 0) for r in rows], width, label=backend)
     for ax, title in zip(axes, ["posts / s (validation posts)", "one-post predict.py, wall seconds"]):
         ax.set_xticks(range(len(setups)), setups)
         ax.set_title(title, fontsize=10)
@@ -234,7 +240,9 @@ def main(argv=None):
             subprocess.run([sys.executable, "export.py", "--adapter", str(folder)], cwd=ROOT, check=True)
             rows, checks = {}, inference.read_export_info(folder)["backends"]
             for backend in BACKENDS:
-                if backend != "torch" and not checks[backend]["verified"]:
+                if backend == "torch-bf16" and not hardware.cpu_has_bf16():
+                    continue  # emulated bf16: slower than fp32, not worth measuring (docs/speed.md)
+                if not backend.startswith("torch") and not checks[backend]["verified"]:
                     print(f"{setup:12s} {backend:10s} not kept by export.py: {checks[backend]['failed']}")
                     continue
                 r = H.worker(["-m", "bench.backends", "--runs", args.runs, "--repeats", args.repeats,

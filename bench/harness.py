@@ -23,6 +23,7 @@ from transformers import AutoConfig
 
 import data
 import evaluate as E
+import hardware
 import model as M
 import saved
 import train
@@ -123,25 +124,10 @@ def reddit_posts(path):
     return posts["text"].tolist(), posts["label"].astype(int).to_numpy(), posts["group"].to_numpy()
 
 
-def cpu_info():
-    """The first CPU's fields in /proc/cpuinfo (model name, cpu family, flags as a list, ...) and every core's
-    "cpu MHz" as a list of floats; empty on a system without /proc/cpuinfo."""
-    path = Path("/proc/cpuinfo")
-    info, mhz = {}, []
-    for line in (path.read_text() if path.exists() else "").splitlines():
-        key, _, value = (part.strip() for part in line.partition(":"))
-        if key == "cpu MHz":
-            mhz.append(float(value))
-        info.setdefault(key, value)
-    info["flags"] = info.get("flags", "").split()
-    info["cpu MHz"] = mhz
-    return info
-
-
 def device_name():
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    cpu = cpu_info()
+    cpu = hardware.cpu_info()
     marks = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu["flags"]]
     return f"CPU {cpu.get('model name') or platform.machine()}, {torch.get_num_threads()} threads" + (
         f" ({' '.join(marks)})" if marks else ""

@@ -36,7 +36,7 @@ def exported(tiny_bert, posts_csv, tmp_path_factory):
 
 
 def probabilities(folder, backend, texts=TEXTS):
-    proc = run_cli("predict.py", "--adapter", folder, "--backend", backend, "--json", *texts)
+    proc = run_cli("predict.py", "--adapter", folder, "--backend", backend, "--precision", "fp32", "--json", *texts)
     return np.array([list(json.loads(line)["probabilities"].values()) for line in proc.stdout.splitlines()])
 
 
@@ -73,7 +73,9 @@ def test_the_onnx_path_runs_without_torch_or_transformers(exported, posts_csv, t
     run_cli("-c", blocked, "--adapter", folder, "--file", posts_csv, "--output", out)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["text"] for r in rows] == pd.read_csv(posts_csv)["text"].tolist()
-    torch_rows = run_cli("predict.py", "--adapter", folder, "--backend", "torch", "--json", "--file", posts_csv)
+    torch_rows = run_cli(
+        "predict.py", "--adapter", folder, "--backend", "torch", "--precision", "fp32", "--json", "--file", posts_csv
+    )
     torch_labels = [json.loads(line)["label"] for line in torch_rows.stdout.splitlines()]
     assert [r["label"] for r in rows] == torch_labels
 
@@ -201,7 +203,8 @@ def test_evaluate_gives_the_same_metrics_on_the_onnx_backend(exported, posts_csv
     metrics = {}
     for backend in ("torch", "onnx"):
         out = tmp_path / f"{backend}.json"
-        run_cli("evaluate.py", "--adapter", folder, "--data", posts_csv, "--backend", backend, "--output", out)
+        run_cli("evaluate.py", "--adapter", folder, "--data", posts_csv, "--backend", backend, "--precision", "fp32",
+                "--output", out)  # fmt: skip
         metrics[backend] = json.loads(out.read_text())[str(folder)]
     for key in ("accuracy", "macro_f1", "confusion_matrix"):
         assert metrics["onnx"][key] == metrics["torch"][key]

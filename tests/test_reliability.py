@@ -52,11 +52,14 @@ def metrics(folder):
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_killed_run_resumes_to_the_same_result(tiny_bert, posts_1200, tmp_path):
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_killed_run_resumes_to_the_same_result(precision, tiny_bert, posts_1200, tmp_path):
+    """In full precision and in bf16 (mixed precision: weights and optimizer in fp32, compute in bf16)."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    run_cli("train.py", "--model", tiny_bert, "--data", posts_1200, "--output-dir", whole, *SLOW)
+    slow = [*SLOW, "--mixed-precision", precision]
+    run_cli("train.py", "--model", tiny_bert, "--data", posts_1200, "--output-dir", whole, *slow)
 
-    proc = start_training(tiny_bert, posts_1200, killed)
+    proc = start_training(tiny_bert, posts_1200, killed, "--mixed-precision", precision)
     staging = killed / "depression-pfeiffer.incomplete"
     wait_for(staging / "checkpoint" / "state.json", proc)
     proc.send_signal(signal.SIGKILL)
@@ -66,9 +69,9 @@ def test_killed_run_resumes_to_the_same_result(tiny_bert, posts_1200, tmp_path):
     assert (killed / "depression-pfeiffer.lock").exists()  # the dead run's lock file: taken over below
     assert not (killed / "depression-pfeiffer").exists()
 
-    again = run_cli("train.py", "--model", tiny_bert, "--data", posts_1200, "--output-dir", killed, *SLOW, check=False)
+    again = run_cli("train.py", "--model", tiny_bert, "--data", posts_1200, "--output-dir", killed, *slow, check=False)
     assert_clean_failure(again, "interrupted run", "--resume")  # without --resume nothing is thrown away
-    resumed = run_cli("train.py", "--model", tiny_bert, "--data", posts_1200, "--output-dir", killed, *SLOW, "--resume")
+    resumed = run_cli("train.py", "--model", tiny_bert, "--data", posts_1200, "--output-dir", killed, *slow, "--resume")
     assert f"resumed after epoch {done} of 4" in resumed.stdout
 
     a, b = metrics(whole / "depression-pfeiffer"), metrics(killed / "depression-pfeiffer")
@@ -79,6 +82,9 @@ def test_killed_run_resumes_to_the_same_result(tiny_bert, posts_1200, tmp_path):
     for name in ["adapter.safetensors", "model_head.safetensors"]:
         wa, wb = load_file(whole / "depression-pfeiffer" / name), load_file(killed / "depression-pfeiffer" / name)
         assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+        assert all(w.dtype == torch.float32 for w in wb.values())  # saved in fp32 whatever the compute precision
+    info = json.loads((killed / "depression-pfeiffer" / "training.json").read_text())
+    assert info["mixed_precision"] == precision
     assert sorted(p.name for p in killed.iterdir()) == ["depression-pfeiffer"]  # no .incomplete, no .lock
 
 
