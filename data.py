@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from transformers import BatchEncoding, DataCollatorWithPadding
 
 from errors import DataError
-from posts import LOCAL_READERS, TEXT_COLUMNS, find_column, normalize_text, sorted_batches  # noqa: F401 (data.X too)
+from posts import LOCAL_READERS, TEXT_COLUMNS, find_column, normalize_text, sorted_batches
 from posts import load_table as read_table
 
 # The Hub id of the depression data set (the seed's). Machines without the Hub point DEPRESSION_DATA at a local copy.
@@ -489,3 +489,38 @@ def pad_states(rows):
 
 def ds_lengths(ds):
     return [len(ids) for ids in ds["input_ids"]]
+
+
+def read_labelled(source, text_column=None, label_column=None, group_column=None, label_mapping=None):
+    """A labelled file -> DataFrame with text, label (as text, mapped) and group (if asked for); rows without a
+    text or a label, and rows the map drops, are left out. Returns (frame, rows left out)."""
+    df = load_table(source)
+    text_col = find_column(df, text_column, TEXT_COLUMNS, "text")
+    label_col = find_column(df, label_column, LABEL_COLUMNS, "label")
+    out = pd.DataFrame({"text": df[text_col], "label": df[label_col]})
+    if group_column:
+        out["group"] = df[find_column(df, group_column, [], "group")].map(label_text)
+    if label_mapping:
+        out["label"], dropped = map_labels(out["label"], label_mapping)
+    else:
+        out["label"] = out["label"].map(lambda v: None if pd.isna(v) else label_text(v))
+        dropped = pd.Series(False, index=out.index)
+    out["text"] = out["text"].astype("string").str.strip()
+    keep = ~dropped & out["label"].notna() & out["text"].notna() & (out["text"] != "")
+    out = out[keep].reset_index(drop=True)
+    out["text"] = out["text"].astype(str)
+    if out.empty:
+        raise DataError(f"{source} holds no labelled posts to evaluate")
+    return out, int((~keep).sum())
+
+
+def class_indices(labels, label_names, folder):
+    """Text labels -> the model's class indices: "0".."K-1" or a class name. Anything else -> DataError."""
+    by_name = {name: i for i, name in enumerate(label_names)} | {str(i): i for i in range(len(label_names))}
+    unknown = sorted(set(labels) - set(by_name))
+    if unknown:
+        raise DataError(
+            f"label {unknown[0]!r} is not a class of {folder} (classes: 0..{len(label_names) - 1} or "
+            f"{', '.join(label_names)}); map the labels with --label-map, e.g. 1={unknown[0]}"
+        )
+    return np.array([by_name[label] for label in labels])

@@ -1,5 +1,5 @@
 """
-Load a folder written by train.py and classify texts: what predict.py, evaluate.py, serve.py, bench/ and the
+Load a folder written by train.py and classify texts: what predict.py, assess.py, serve.py, bench/ and the
 notebook share. Two backends: PyTorch (the trained weights themselves) and ONNX Runtime (model.onnx or
 model.int8.onnx, written into the folder by export.py, checked against torch there). torch and transformers are
 imported only on the torch path, so that a one-post prediction on the ONNX path starts in about a second. Several
@@ -29,7 +29,7 @@ EXPORT_FILES = (*ONNX_FILES.values(), EXPORT_INFO, ONNX_TOKENIZER)
 
 
 def add_backend_flag(parser, default):
-    """--backend for a command line (predict.py, evaluate.py): auto, torch, onnx or onnx-int8."""
+    """--backend for a command line (predict.py, assess.py): auto, torch, onnx or onnx-int8."""
     parser.add_argument(
         "--backend",
         default=default,
@@ -80,7 +80,7 @@ class SharedBase:
 
 
 def add_precision_flag(parser):
-    """--precision for a command line that predicts on torch (predict.py, evaluate.py, serve.py)."""
+    """--precision for a command line that predicts on torch (predict.py, assess.py, serve.py)."""
     parser.add_argument(
         "--precision",
         default="auto",

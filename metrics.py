@@ -1,10 +1,25 @@
 """
-Metrics of predicted labels against true ones, by scikit-learn: what train.py reports after every epoch and
-evaluate.py for every set of posts. With two classes, precision, recall and F1 are class 1's (the positive class,
+Every metric of the project, by scikit-learn and numpy: of predicted labels against true ones (what train.py reports
+after every epoch), and of class probabilities (what assess.py reports for every set of posts, and bench/ for its
+studies): AUC, Brier score, expected calibration error, bootstrap intervals, the share of each group flagged and the
+AUC between two groups. With two classes, precision, recall and F1 are class 1's (the positive class,
 "depressive"); with more, their macro averages. macro_f1 is the mean F1 over all classes in both cases.
+
+    label_metrics(preds, labels, label_names)               # accuracy, precision, recall, F1, confusion matrix
+    probability_metrics(probs, labels, groups, pairs=["do:nd"])  # + AUC, Brier, ECE, intervals, groups
 """
 
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    brier_score_loss,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+BOOTSTRAP = 1000  # resamples for the 95% intervals
+ECE_BINS = 10
 
 
 def label_metrics(preds, labels, label_names):
@@ -49,3 +64,113 @@ def source_metrics(preds, labels, positive, sources, label_names):
                 row["auc"] = float(roc_auc_score(y, [positive[i] for i in rows]))
         out[name] = row
     return out
+
+
+def predictions(probs, threshold=None):
+    """Predicted classes: the most probable one, or (two classes) positive at P(class 1) >= threshold."""
+    if threshold is None:
+        return probs.argmax(1)
+    return (probs[:, 1] >= threshold).astype(int)
+
+
+def expected_calibration_error(probs, labels, bins=ECE_BINS):
+    """Weighted mean gap between confidence (the predicted class's probability) and accuracy over equal-width bins."""
+    confidence, correct = probs.max(1), probs.argmax(1) == labels
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    return float(
+        sum(
+            abs(correct[which == b].mean() - confidence[which == b].mean()) * (which == b).mean()
+            for b in range(bins)
+            if (which == b).any()
+        )
+    )
+
+
+def scores(probs, labels, threshold=None, label_names=None):
+    """The point metrics of one model on one set of posts: metrics.label_metrics (the same as train.py's) and the
+    ones that need probabilities: AUC, Brier score, expected calibration error."""
+    pred = predictions(probs, threshold)
+    k = probs.shape[1]
+    auc = None
+    if len(set(labels.tolist())) > 1:
+        auc = float(
+            roc_auc_score(labels, probs[:, 1])
+            if k == 2
+            else roc_auc_score(labels, probs, multi_class="ovr", labels=list(range(k)))
+        )
+    return {
+        "n": int(len(labels)),
+        **label_metrics(pred, labels, label_names or [str(i) for i in range(k)]),
+        "auc": auc,
+        "brier": float(
+            brier_score_loss(labels, probs[:, 1]) if k == 2 else ((probs - np.eye(k)[labels]) ** 2).sum(1).mean()
+        ),
+        "ece": expected_calibration_error(probs, labels),
+    }
+
+
+def interval(values):
+    values = [v for v in values if v is not None]
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if values else None
+
+
+def bootstrap(probs, labels, threshold, resamples, seed):
+    """95% percentile intervals of accuracy, F1 and AUC, the posts resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    draws = [scores(probs[i], labels[i], threshold) for i in rng.integers(0, len(labels), (resamples, len(labels)))]
+    return {f"{key}_ci": interval([d[key] for d in draws]) for key in ("accuracy", "f1", "auc")}
+
+
+def group_results(probs, groups, threshold, pairs, resamples, seed, label_names=None):
+    """Two classes: the share flagged positive per group (with an interval, each group's posts resampled) and the AUC
+    of the positive probability between the groups of each POS:NEG pair (each group resampled on its own). More
+    classes: per group, the share predicted as each class."""
+    if probs.shape[1] > 2:
+        pred = predictions(probs)
+        names = label_names or [str(i) for i in range(probs.shape[1])]
+        shares = {
+            g: {name: float((pred[groups == g] == i).mean()) for i, name in enumerate(names)}
+            for g in sorted(set(groups))
+        }
+        return shares, {g: {"n": int((groups == g).sum())} for g in shares}, {}
+    flagged = predictions(probs, threshold) == 1
+    positive = probs[:, 1]
+    rng = np.random.default_rng(seed)
+    shares, detail = {}, {}
+    for group in sorted(set(groups)):
+        mine = flagged[groups == group]
+        shares[group] = float(mine.mean())
+        draws = mine[rng.integers(0, len(mine), (resamples, len(mine)))].mean(1) if resamples else []
+        detail[group] = {"n": int(len(mine)), "flagged": shares[group], "flagged_ci": interval(list(draws))}
+    aucs = {}
+    for pair in pairs:
+        pos, neg = pair.split(":")
+        a, b = positive[groups == pos], positive[groups == neg]
+        auc = pair_auc(a, b)
+        draws = [
+            pair_auc(a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))]) for _ in range(resamples)
+        ]
+        aucs[pair] = {"auc": auc, "auc_ci": interval(draws), "n_pos": int(len(a)), "n_neg": int(len(b))}
+    return shares, detail, aucs
+
+
+def pair_auc(pos_scores, neg_scores):
+    """ROC AUC of telling posts of one group (positives) from another's by a score."""
+    y = np.r_[np.ones(len(pos_scores)), np.zeros(len(neg_scores))]
+    return float(roc_auc_score(y, np.r_[pos_scores, neg_scores]))
+
+
+def probability_metrics(
+    probs, labels, groups=None, threshold=None, pairs=(), resamples=BOOTSTRAP, seed=0, label_names=None
+):
+    """Every metric of one model's probabilities on one set of posts (numpy arrays), as written to the JSON."""
+    result = {**scores(probs, labels, threshold, label_names), "threshold": threshold}
+    if label_names:
+        result["label_names"] = list(label_names)
+    if resamples:
+        result.update(bootstrap(probs, labels, threshold, resamples, seed))
+    if groups is not None:
+        result["groups"], result["groups_detail"], result["group_auc"] = group_results(
+            probs, groups, threshold, pairs, resamples, seed, label_names
+        )
+    return result

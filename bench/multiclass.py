@@ -5,7 +5,7 @@ One real multi-class run: the 7 groups of the Reddit posts (Pirina & Coltekin 20
     python -m bench.multiclass                     # Pfeiffer adapter, 5 epochs: minutes on 2 CPU cores
 
 Every group is split once (seed 0): 80% is given to train.py (which holds 16% of it out to choose the best epoch by
-macro-F1), 20% is the test set, classified by evaluate.py's functions: accuracy, macro-F1, per-class F1 and the
+macro-F1), 20% is the test set, classified by assess.py's functions: accuracy, macro-F1, per-class F1 and the
 confusion matrix, drawn as a PNG. Writes bench/results/multiclass-<machine>[-quick].{json,md,png}.
 """
 
@@ -18,9 +18,10 @@ from sklearn.metrics import precision_recall_fscore_support
 from transformers.utils import logging as hf_logging
 
 import data
-import evaluate as E
 import inference
+import metrics
 import model as M
+import report
 from bench.harness import REDDIT_DATA, command_line, device_name, machine_slug, run_train, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,8 +72,10 @@ def main(argv=None):
         names = loaded.label_names
         test = parts["test"]
         probs = inference.classify(loaded, test["text"].astype(str).tolist()).numpy()
-        labels = E.class_indices(test["label"].map(data.label_text), names, "the model")
-        result = E.evaluate(probs, labels, resamples=0 if args.quick else E.BOOTSTRAP, label_names=names)
+        labels = data.class_indices(test["label"].map(data.label_text), names, "the model")
+        result = metrics.probability_metrics(
+            probs, labels, resamples=0 if args.quick else metrics.BOOTSTRAP, label_names=names
+        )
         result.update(
             device=device_name(),
             command=command_line("multiclass.py", argv),
@@ -119,7 +122,7 @@ def main(argv=None):
         Path(args.out) / f"multiclass-{machine_slug()}{'-quick' if args.quick else ''}",
         result,
         "\n".join(lines) + "\n",
-        lambda r: E.confusion_figure({"7 groups, test posts": r}),
+        lambda r: report.confusion_figure({"7 groups, test posts": r}),
     )
     print(f"test accuracy {np.round(100 * result['accuracy'], 1)}%, macro-F1 {np.round(100 * result['macro_f1'], 1)}%")
 

@@ -28,9 +28,10 @@ from sklearn.preprocessing import FunctionTransformer
 from transformers.utils import logging as hf_logging
 
 import data
-import evaluate as E
 import inference
+import metrics
 import model as M
+import posts
 from bench.harness import (
     COMPARED_SETUPS,
     REDDIT_DATA,
@@ -119,13 +120,13 @@ def probe(name, classify, val_texts, val_labels, texts, labels, groups):
     """Every probe of one classifier (texts -> P(depressive)): in-domain, masked, Reddit, by length."""
     has = np.array([bool(GIVEAWAY.search(t)) for t in val_texts])
     p_val, p_masked = classify(val_texts), classify(mask(val_texts))
-    p_reddit = classify([data.normalize_text(t) for t in texts])
-    reddit = E.evaluate(np.c_[1 - p_reddit, p_reddit], labels, groups, pairs=REDDIT_PAIRS, resamples=0)
+    p_reddit = classify([posts.normalize_text(t) for t in texts])
+    reddit = metrics.probability_metrics(np.c_[1 - p_reddit, p_reddit], labels, groups, pairs=REDDIT_PAIRS, resamples=0)
     correct, correct_masked = (p_val >= 0.5) == val_labels, (p_masked >= 0.5) == val_labels
     return {
         "name": name,
         "val_accuracy": float(correct.mean()),
-        "val_auc": E.pair_auc(p_val[val_labels == 1], p_val[val_labels == 0]),
+        "val_auc": metrics.pair_auc(p_val[val_labels == 1], p_val[val_labels == 0]),
         "masked_accuracy": float(correct_masked.mean()),
         "giveaway_posts": int(has.sum()),
         "giveaway_accuracy": float(correct[has].mean()) if has.any() else None,

@@ -30,9 +30,10 @@ from sklearn.metrics import roc_curve
 from transformers.utils import logging as hf_logging
 
 import data
-import evaluate as E
 import inference
+import metrics
 import model as M
+import posts
 from bench.harness import (
     REDDIT_DATA,
     REDDIT_GROUPS,
@@ -153,7 +154,7 @@ def recall_threshold(p, groups, group="ds", recall=GOAL_DS):
 def reddit_proba(loaded, texts):
     """P(depressive) of Reddit posts, normalised like the depression data set for every model (bench/crossdomain.py
     shows what raw texts change)."""
-    return inference.classify(loaded, [data.normalize_text(t) for t in texts])[:, 1].numpy()
+    return inference.classify(loaded, [posts.normalize_text(t) for t in texts])[:, 1].numpy()
 
 
 def score(loaded, paths):
@@ -173,9 +174,9 @@ def score(loaded, paths):
     for key, t in (("at_0.5", 0.5), ("at_threshold", threshold), ("at_ds90", threshold_ds)):
         flagged = p >= t
         result[key] = {g: float(flagged[groups == g].mean()) for g in REDDIT_GROUPS}
-    result["auc"] = E.pair_auc(p[labels == 1], p[labels == 0])
-    result["auc_ds_nd"] = E.pair_auc(p[groups == "ds"], p[groups == "nd"])
-    result["auc_do_nd"] = E.pair_auc(p[groups == "do"], p[groups == "nd"])
+    result["auc"] = metrics.pair_auc(p[labels == 1], p[labels == 0])
+    result["auc_ds_nd"] = metrics.pair_auc(p[groups == "ds"], p[groups == "nd"])
+    result["auc_do_nd"] = metrics.pair_auc(p[groups == "do"], p[groups == "nd"])
     result["test_posts"] = int(len(p))
     return result
 

@@ -8,6 +8,8 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 
 import data
 import model as M
+import posts
+from errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -17,13 +19,13 @@ def tokenizer():
 
 def test_columns_found_by_their_kaggle_names():
     df = pd.DataFrame({"clean_text": ["a", "b"], "is_depression": [1, 0], "other": [5, 6]})
-    assert data.find_column(df, None, data.TEXT_COLUMNS, "text") == "clean_text"
-    assert data.find_column(df, None, data.LABEL_COLUMNS, "label") == "is_depression"
-    assert data.find_column(df, "other", data.LABEL_COLUMNS, "label") == "other"
-    with pytest.raises(data.DataError, match="--text-column"):
-        data.find_column(df.drop(columns="clean_text"), None, data.TEXT_COLUMNS, "text")
-    with pytest.raises(data.DataError, match="no label column 'nope'"):
-        data.find_column(df, "nope", data.LABEL_COLUMNS, "label")
+    assert posts.find_column(df, None, posts.TEXT_COLUMNS, "text") == "clean_text"
+    assert posts.find_column(df, None, data.LABEL_COLUMNS, "label") == "is_depression"
+    assert posts.find_column(df, "other", data.LABEL_COLUMNS, "label") == "other"
+    with pytest.raises(DataError, match="--text-column"):
+        posts.find_column(df.drop(columns="clean_text"), None, posts.TEXT_COLUMNS, "text")
+    with pytest.raises(DataError, match="no label column 'nope'"):
+        posts.find_column(df, "nope", data.LABEL_COLUMNS, "label")
 
 
 def test_clean_drops_empty_duplicate_and_conflicting_texts():
@@ -72,11 +74,11 @@ def test_any_number_of_classes_keeps_integer_order_or_sorts_names():
 
 
 def test_a_single_class_or_a_class_too_small_to_split_is_refused(tmp_path):
-    with pytest.raises(data.DataError, match="at least two classes, found 1"):
+    with pytest.raises(DataError, match="at least two classes, found 1"):
         data.clean(pd.DataFrame({"text": ["a", "b"], "label": [1, 1]}))
     path = tmp_path / "rare.csv"
     pd.DataFrame({"text": [f"post {i}" for i in range(21)], "label": ["a"] * 10 + ["b"] * 10 + ["c"]}).to_csv(path)
-    with pytest.raises(data.DataError, match="class 'c' has 1 post"):
+    with pytest.raises(DataError, match="class 'c' has 1 post"):
         data.load_splits(str(path))
 
 
@@ -95,11 +97,11 @@ def test_local_files_of_each_format_load(tmp_path, suffix):
 
 
 def test_missing_or_unreadable_files_are_data_errors(tmp_path):
-    with pytest.raises(data.DataError, match="not found"):
+    with pytest.raises(DataError, match="not found"):
         data.load_table(str(tmp_path / "missing.csv"))
     bad = tmp_path / "bad.parquet"
     bad.write_text("not parquet")
-    with pytest.raises(data.DataError, match="cannot read"):
+    with pytest.raises(DataError, match="cannot read"):
         data.load_table(str(bad))
 
 
@@ -116,7 +118,7 @@ def test_split_is_stratified_seeded_and_disjoint():
 
 def test_too_few_rows_to_split_is_a_data_error():
     df, _, _ = data.clean(make_posts(2))
-    with pytest.raises(data.DataError, match="too few"):
+    with pytest.raises(DataError, match="too few"):
         data.split(df, 0.16)
 
 
@@ -213,5 +215,5 @@ def test_processes_share_every_epoch_exactly_once_in_equal_steps(tokenizer, proc
 
 def test_too_few_posts_for_the_processes_is_refused(tokenizer):
     ds = data.tokenize(data.Dataset.from_pandas(make_posts(1)), tokenizer, max_length=16)
-    with pytest.raises(data.DataError, match="cannot give each of 3 processes a batch"):
+    with pytest.raises(DataError, match="cannot give each of 3 processes a batch"):
         data.train_loader(ds, tokenizer, batch_size=8, seed=0, num_shards=3)

@@ -14,8 +14,10 @@ from conftest import REAL_DATA, assert_clean_failure, make_posts, run_cli
 
 import data
 import model as M
+import posts
 import train
 from bench import behaviour
+from errors import DataError
 
 SHARED_SAMPLE = REAL_DATA.parent / "reddit-mental-health-2019.csv"
 MAPPED = data.parse_label_map(data.DEFAULT_LABEL_MAP)
@@ -39,7 +41,7 @@ def test_a_changed_shipped_file_is_refused(tmp_path, monkeypatch):
     monkeypatch.setitem(data.SHIPPED_SHA256, copy.resolve(), data.SHIPPED_SHA256[data.REDDIT_MH])
     assert len(data.load_table(copy)) == 2859  # unchanged: loads
     copy.write_bytes(copy.read_bytes()[:-10] + b"0123456789")
-    with pytest.raises(data.DataError, match="not the file shipped with the project.*git checkout"):
+    with pytest.raises(DataError, match="not the file shipped with the project.*git checkout"):
         data.load_table(copy)
 
 
@@ -176,10 +178,10 @@ def test_behaviour_command_counts_every_case(tiny_bert, posts_csv, tmp_path):
 
 def test_every_behaviour_case_is_written_here_not_copied_from_the_training_data():
     cases = behaviour.load_cases()
-    texts = {data.normalize_text(t) for t in behaviour.texts_of(cases)}
-    trained = set(data.load_table(data.REDDIT_MH)["text"].map(data.normalize_text))
+    texts = {posts.normalize_text(t) for t in behaviour.texts_of(cases)}
+    trained = set(data.load_table(data.REDDIT_MH)["text"].map(posts.normalize_text))
     if REAL_DATA.exists():
-        trained |= set(data.load_table(str(REAL_DATA))["text"].astype(str).map(data.normalize_text))
+        trained |= set(data.load_table(str(REAL_DATA))["text"].astype(str).map(posts.normalize_text))
     assert not texts & trained
 
 

@@ -203,7 +203,7 @@ def test_evaluate_gives_the_same_metrics_on_the_onnx_backend(exported, posts_csv
     metrics = {}
     for backend in ("torch", "onnx"):
         out = tmp_path / f"{backend}.json"
-        run_cli("evaluate.py", "--adapter", folder, "--data", posts_csv, "--backend", backend, "--precision", "fp32",
+        run_cli("assess.py", "--adapter", folder, "--data", posts_csv, "--backend", backend, "--precision", "fp32",
                 "--output", out)  # fmt: skip
         metrics[backend] = json.loads(out.read_text())[str(folder)]
     for key in ("accuracy", "macro_f1", "confusion_matrix"):

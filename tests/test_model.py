@@ -3,6 +3,7 @@ import torch
 
 import model as M
 import train
+from errors import ModelError
 
 LABELS = ["not depressive", "depressive"]
 
@@ -56,11 +57,11 @@ def test_library_names_and_overrides(tiny_bert):
 
 
 def test_unknown_config_and_impossible_overrides_are_refused():
-    with pytest.raises(M.ModelError, match="unknown adapter config 'bottleneck'; choose one of"):
+    with pytest.raises(ModelError, match="unknown adapter config 'bottleneck'; choose one of"):
         M.adapter_config("bottleneck")
-    with pytest.raises(M.ModelError, match="has no reduction-factor"):
+    with pytest.raises(ModelError, match="has no reduction-factor"):
         M.adapter_config("lora", reduction_factor=8)
-    with pytest.raises(M.ModelError, match="unknown mode"):
+    with pytest.raises(ModelError, match="unknown mode"):
         M.build_model(M.OFFLINE_MINILM, "partial", LABELS)
 
 

@@ -115,7 +115,7 @@ def test_metrics_on_a_known_case():
 def test_evaluate_reports_a_three_class_confusion_matrix(runs, three_csv, tmp_path):
     out = tmp_path / "eval.json"
     run_cli(
-        "evaluate.py",
+        "assess.py",
         "--adapter",
         runs / "adapter",
         "--data",

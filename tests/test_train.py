@@ -161,12 +161,12 @@ def test_offline_hub_data_set_fails_with_a_hint(tmp_path, tiny_bert):
     assert_clean_failure(proc, "--data", "DEPRESSION_DATA")
 
 
-@pytest.mark.parametrize("script", ["train", "predict", "evaluate"])
+@pytest.mark.parametrize("script", ["train", "predict", "assess"])
 def test_help_tells_the_truth_about_every_flag(script):
     """Every flag has an explanation, and every default the help states is the default the parser uses."""
     module = __import__(script)
     parser = module.build_parser()
-    defaults = vars(parser.parse_args(["--adapter", "a", "--data", "b"] if script == "evaluate" else []))
+    defaults = vars(parser.parse_args(["--adapter", "a", "--data", "b"] if script == "assess" else []))
     for action in parser._actions:
         if action.dest == "help":
             continue

@@ -1,4 +1,4 @@
-"""evaluate.py: metrics against scikit-learn and hand-computed cases, groups, label maps, bad input; train.py with
+"""assess.py: metrics against scikit-learn and hand-computed cases, groups, label maps, bad input; train.py with
 several files, a label map and normalised texts."""
 
 import json
@@ -11,8 +11,10 @@ from conftest import assert_clean_failure, run_cli
 from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, roc_auc_score
 
 import data
-import evaluate as E
 import inference
+import metrics
+import posts
+from errors import DataError
 
 # labels and P(class 1) of six posts, worked out by hand below
 LABELS = np.array([1, 1, 0, 0, 1, 0])
@@ -20,7 +22,7 @@ P1 = np.array([0.9, 0.4, 0.2, 0.6, 0.8, 0.1])
 
 
 def test_metrics_on_a_case_worked_out_by_hand():
-    r = E.evaluate(np.c_[1 - P1, P1], LABELS, resamples=0)
+    r = metrics.probability_metrics(np.c_[1 - P1, P1], LABELS, resamples=0)
     assert r["accuracy"] == pytest.approx(4 / 6) and r["precision"] == pytest.approx(2 / 3)
     assert r["recall"] == pytest.approx(2 / 3) and r["f1"] == pytest.approx(2 / 3)
     assert r["auc"] == pytest.approx(8 / 9)  # 8 of the 9 (positive, negative) pairs are ordered right
@@ -34,7 +36,7 @@ def test_metrics_equal_scikit_learn_on_random_cases():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, 500)
     p1 = np.clip(labels * 0.3 + rng.random(500) * 0.7, 0, 1)
-    r = E.evaluate(np.c_[1 - p1, p1], labels, resamples=200, threshold=0.4)
+    r = metrics.probability_metrics(np.c_[1 - p1, p1], labels, resamples=200, threshold=0.4)
     pred = (p1 >= 0.4).astype(int)
     assert r["accuracy"] == pytest.approx(accuracy_score(labels, pred))
     assert r["f1"] == pytest.approx(f1_score(labels, pred))
@@ -47,7 +49,7 @@ def test_metrics_equal_scikit_learn_on_random_cases():
 
 def test_group_shares_and_group_auc():
     groups = np.array(["a", "a", "b", "b", "a", "b"])
-    shares, detail, aucs = E.group_results(np.c_[1 - P1, P1], groups, None, ["a:b"], 50, 0)
+    shares, detail, aucs = metrics.group_results(np.c_[1 - P1, P1], groups, None, ["a:b"], 50, 0)
     assert shares == {"a": pytest.approx(2 / 3), "b": pytest.approx(1 / 3)}
     assert detail["a"]["n"] == 3 and detail["a"]["flagged_ci"][0] <= 2 / 3 <= detail["a"]["flagged_ci"][1]
     assert aucs["a:b"]["auc"] == pytest.approx(roc_auc_score([1, 1, 1, 0, 0, 0], [0.9, 0.4, 0.8, 0.2, 0.6, 0.1]))
@@ -62,12 +64,12 @@ def test_label_maps_and_normalising():
         and labels.tolist()[3:] == ["1", "0"]
         and drop.tolist() == [False, False, True, False, False]
     )
-    with pytest.raises(data.DataError, match="'ff' is not in --label-map"):
+    with pytest.raises(DataError, match="'ff' is not in --label-map"):
         data.map_labels(pd.Series(["ds", "ff"]), mapping)
     for bad in (["1"], ["=ds"], ["1=ds", "0=ds"]):
-        with pytest.raises(data.DataError):
+        with pytest.raises(DataError):
             data.parse_label_map(bad)
-    assert data.normalize_text("I'm SO tired...  of it, 2day!") == "i m so tired of it 2day"
+    assert posts.normalize_text("I'm SO tired...  of it, 2day!") == "i m so tired of it 2day"
 
 
 def test_holdout_parts_take_every_row_once_in_each_groups_proportions():
@@ -127,11 +129,11 @@ def test_a_model_trained_on_normalised_texts_normalises_what_it_classifies(mixed
     assert np.allclose(raw.numpy(), clean.numpy())
 
 
-def test_evaluate_cli_reports_groups_and_writes_json_and_markdown(mixed_run, groups_csv, tmp_path):
+def test_assess_cli_reports_groups_and_writes_json_and_markdown(mixed_run, groups_csv, tmp_path):
     folder = mixed_run[0]
     out = tmp_path / "eval.json"
     proc = run_cli(
-        "evaluate.py",
+        "assess.py",
         "--adapter",
         folder,
         "--data",
@@ -198,7 +200,7 @@ def test_bad_input_gets_one_line_and_exit_2(problem, mixed_run, groups_csv, tmp_
         args, words = args[:4] + ["--label-map", "1ds"], ["TARGET=VALUE"]
     else:
         args, words = args + ["--group-column", "label", "--group-auc", "ds:xx"], ["'xx'"]
-    proc = run_cli("evaluate.py", *args, check=False)
+    proc = run_cli("assess.py", *args, check=False)
     assert_clean_failure(proc, *words)
     if problem == "output exists":
         assert (tmp_path / "r.json").read_text() == "{}"  # not written over
