@@ -367,10 +367,11 @@ def add_short_copies(ds, seed, words=SHORT_COPY_WORDS):
     return concatenate_datasets([ds, extra]), len(extra)
 
 
-def add_length_prior(ds, num_classes):
+def add_length_prior(ds, num_classes, weight=1.0):
     """The length-only model of a product of experts (Clark et al. 2019): a logistic regression of the label on the
-    log number of tokens each tokenised post keeps, fitted on ds; its log-probabilities of every class go into
-    column PRIOR_COLUMN, which train.train_step adds to the classifier's logits. Returns (ds, the model's figures)."""
+    log number of tokens each tokenised post keeps, fitted on ds; its log-probabilities of every class, times
+    `weight` (1: the plain product; less: a tempered length expert), go into column PRIOR_COLUMN, which
+    train.train_step adds to the classifier's logits. Returns (ds, the model's figures)."""
     from sklearn.linear_model import LogisticRegression
 
     x = np.log([[len(ids)] for ids in ds["input_ids"]])
@@ -378,8 +379,9 @@ def add_length_prior(ds, num_classes):
     expert = LogisticRegression().fit(x, y)
     log_probs = np.full((len(y), num_classes), -30.0)  # a class the training posts lack: probability ~0
     log_probs[:, expert.classes_] = expert.predict_log_proba(x)
-    ds = ds.add_column(PRIOR_COLUMN, log_probs.astype(np.float32).tolist())
+    ds = ds.add_column(PRIOR_COLUMN, (weight * log_probs).astype(np.float32).tolist())
     figures = {
+        "weight": weight,
         "train_accuracy": float((expert.predict(x) == y).mean()),
         "coef": expert.coef_.tolist(),
         "intercept": expert.intercept_.tolist(),

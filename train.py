@@ -133,10 +133,15 @@ def build_parser():
     )
     p.add_argument(
         "--length-expert",
-        action="store_true",
+        type=float,
+        nargs="?",
+        const=1.0,
+        default=None,
+        metavar="WEIGHT",
         help="train in a product of experts with a length-only model (logistic regression on the log token "
         "count), so that the classifier learns what length does not explain; it is used alone afterwards "
-        "(Clark et al. 2019) (default: off; docs/default-model.md has the measurement)",
+        "(Clark et al. 2019). WEIGHT (default 1) tempers the length model: its log-probabilities are scaled by "
+        "it (default: off; docs/default-model.md has the measurement)",
     )
     p.add_argument(
         "--short-copies",
@@ -671,9 +676,10 @@ def set_up(args, accelerator):
         log(f"short copies: {added} training posts also seen cut to their first {low}-{high} words")
     run.tokenizer = M.load_tokenizer(args.model)
     train_ds, val_ds = (data.tokenize(ds, run.tokenizer, args.max_length) for ds in (train_ds, val_ds))
-    if args.length_expert:
-        train_ds, run.length_expert = data.add_length_prior(train_ds, len(run.label_names))
-        log(f"length expert: a length-only model gets {run.length_expert['train_accuracy']:.1%} of the training posts")
+    if args.length_expert is not None:
+        train_ds, run.length_expert = data.add_length_prior(train_ds, len(run.label_names), args.length_expert)
+        log(f"length expert (weight {args.length_expert:g}): a length-only model gets "
+            f"{run.length_expert['train_accuracy']:.1%} of the training posts")  # fmt: skip
     run.train_size, run.val_size = len(train_ds), len(val_ds)
     shard = {"num_shards": processes, "shard": accelerator.process_index}
     run.train_dl = data.train_loader(train_ds, run.tokenizer, args.batch_size, args.seed, args.group_by_length, **shard)

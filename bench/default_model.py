@@ -47,6 +47,10 @@ VARIANTS = {
         "as default, support groups 1",
     ),
     "length-expert": (["--data", "default", "--length-expert"], "default + product of experts with length"),
+    "length-expert-0.5": (
+        ["--data", "default", "--length-expert", "0.5"],
+        "default + product of experts with length, tempered (weight 0.5)",
+    ),
     "short-copies": (["--data", "default", "--short-copies"], "default + short copies of long posts"),
     "both-remedies": (
         ["--data", "default", "--length-expert", "--short-copies"],
