@@ -371,7 +371,7 @@ def add_length_prior(ds, num_classes, weight=1.0):
     """The length-only model of a product of experts (Clark et al. 2019): a logistic regression of the label on the
     log number of tokens each tokenised post keeps, fitted on ds; its log-probabilities of every class, times
     `weight` (1: the plain product; less: a tempered length expert), go into column PRIOR_COLUMN, which
-    train.train_step adds to the classifier's logits. Returns (ds, the model's figures)."""
+    training.train_step adds to the classifier's logits. Returns (ds, the model's figures)."""
     from sklearn.linear_model import LogisticRegression
 
     x = np.log([[len(ids)] for ids in ds["input_ids"]])

@@ -36,7 +36,7 @@ ADAPTER_CONFIGS = sorted(set(ADAPTER_ALIASES) | set(ADAPTER_CONFIG_MAP))
 # Configs of the library that cannot be trained, saved and loaded back as the same model here -> why, what instead.
 REFUSED_CONFIGS = {
     "direft": "adapters 1.3.0 does not save its subtract_projection setting, so a reloaded direft adapter computes "
-    "something else than the trained one; use noreft or loreft",
+    "something else than the trained one; use noreft or loreft"
 }
 # add_adapter()/load_adapter() warn "adapters available but none are activated" on their way to activating it.
 logging.getLogger("adapters.model_mixin").addFilter(lambda record: "none are activated" not in record.getMessage())

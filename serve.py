@@ -76,7 +76,7 @@ def build_parser():
         "--max-chars",
         type=int,
         default=LIMITS.max_chars,
-        help=f"characters per text; longer texts get 413 (default: {LIMITS.max_chars:,})",
+        help=f"characters per text; longer texts get 413 (default: {LIMITS.max_chars})",
     )
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime's threads (default: one per core)")
     p.add_argument(

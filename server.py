@@ -275,11 +275,7 @@ def create_app(models, limits=None):
             pass
         app.state.batcher.close()
 
-    app = FastAPI(
-        title="Depression classifier (bottleneck adapters)",
-        description=NOTE,
-        lifespan=lifespan,
-    )
+    app = FastAPI(title="Depression classifier (bottleneck adapters)", description=NOTE, lifespan=lifespan)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):

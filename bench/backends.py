@@ -25,7 +25,7 @@ from pathlib import Path
 import hardware
 import inference
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # not bench.harness.ROOT: the measuring workers must not import torch
 
 SETUPS = {"full": "full-42-42", "pfeiffer": "pfeiffer-42-42", "lora merged": "lora-42-42"}
 BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")  # torch: fp32; torch-bf16: under bf16 autocast

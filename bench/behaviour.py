@@ -44,7 +44,7 @@ def build_parser():
     p.add_argument("--adapter", nargs="+", required=True, metavar="FOLDER", help="folders written by train.py")
     p.add_argument("--cases", default=str(CASES), help=f"the cases file (default: {CASES.relative_to(H.ROOT)})")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"], help="what computes the model")
-    p.add_argument("--out", default=str(H.ROOT / "bench" / "results"), help="folder for the results")
+    H.add_common_flags(p, model=False, data_set=False)
     p.add_argument("--name", default="behaviour", help="results file name (default: behaviour)")
     return p
 

@@ -29,11 +29,8 @@ from transformers.utils import logging as hf_logging
 
 import data
 import inference
-import model as M
 from bench.harness import TRAIN_SETUPS as SETUPS
-from bench.harness import command_line, device_name, machine_slug, train_setup, write_results
-
-ROOT = Path(__file__).resolve().parent.parent
+from bench.harness import add_common_flags, command_line, device_name, machine_slug, train_setup, write_results
 
 BASELINE = "full"
 SPLIT_SETUPS = ["full", "pfeiffer"]  # also trained on other splits, to set split variance beside method variance
@@ -50,8 +47,7 @@ def parse_args(argv=None):
         help="200 training and 100 validation posts, 1 epoch, seeds 1 2, "
         "split seed 3: a short run that exercises everything",
     )
-    p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
-    p.add_argument("--data", default=data.DEFAULT_DATA, help="data set, as for train.py")
+    add_common_flags(p)
     p.add_argument(
         "--setups",
         nargs="+",
@@ -80,7 +76,6 @@ def parse_args(argv=None):
         action="store_true",
         help="keep the runs already in the results file (same settings) and train only the missing ones",
     )
-    p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for the JSON, table and chart")
     args = p.parse_args(argv)
     args.seeds = args.seeds or ([1, 2] if args.quick else [42, 43, 44])
     args.split_seeds = args.split_seeds if args.split_seeds is not None else ([3] if args.quick else [43, 44])

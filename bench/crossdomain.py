@@ -30,7 +30,6 @@ from transformers.utils import logging as hf_logging
 import data
 import inference
 import metrics
-import model as M
 import posts
 import saved
 from bench.harness import (
@@ -38,6 +37,7 @@ from bench.harness import (
     REDDIT_DATA,
     REDDIT_GROUPS,
     REDDIT_PAIRS,
+    add_common_flags,
     command_line,
     device_name,
     machine_slug,
@@ -45,8 +45,6 @@ from bench.harness import (
     train_setup,
     write_results,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
 
 SETUPS = COMPARED_SETUPS
 BASELINE = "full"
@@ -62,8 +60,7 @@ def parse_args(argv=None):
         action="store_true",
         help="200 training posts, 1 epoch, seeds 1 2, full and pfeiffer, 100 bootstrap resamples",
     )
-    p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
-    p.add_argument("--data", default=data.DEFAULT_DATA, help="training data set, as for train.py")
+    add_common_flags(p, data_help="training data set, as for train.py")
     p.add_argument(
         "--reddit",
         default=REDDIT_DATA,
@@ -92,7 +89,6 @@ def parse_args(argv=None):
         help="seeds whose runs also classify the raw texts (default: the first seed)",
     )
     p.add_argument("--bootstrap", type=int, default=None, help="resamples (default: 1000, quick 100)")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for the JSON, table and chart")
     args = p.parse_args(argv)
     args.seeds = args.seeds or ([1, 2] if args.quick else [42, 43, 44])
     args.raw_seeds = args.seeds[:1] if args.raw_seeds is None else args.raw_seeds

@@ -27,7 +27,6 @@ import numpy as np
 import data
 import inference
 import metrics
-import model as M
 from bench import behaviour
 from bench import harness as H
 
@@ -73,10 +72,9 @@ def parse_args(argv=None):
     )
     p.add_argument("--modes", nargs="+", default=["pfeiffer", "full"], choices=list(MODES), help="adapter or full")
     p.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44], help="training seeds (split seed 42)")
-    p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
+    H.add_common_flags(p, data_set=False)
     p.add_argument("--pirina", default=H.REDDIT_DATA, help="the Pirina posts (evaluation only)")
     p.add_argument("--quick", action="store_true", help="1 epoch on 200 training posts, seed 1: exercises the code")
-    p.add_argument("--out", default=str(H.ROOT / "bench" / "results"), help="folder for the results")
     p.add_argument("--name", default="default-model", help="results file name (default: default-model)")
     args = p.parse_args(argv)
     if args.quick:
@@ -117,11 +115,7 @@ def evaluate_run(folder, pirina, support, tests):
         "best_epoch": info["best_epoch"],
         "val_accuracy": info["best"]["accuracy"],
         "by_source": info["best"].get("by_source"),
-        "pirina": {
-            "auc": scored["auc"],
-            "groups": scored["groups"],
-            "do:nd": scored["group_auc"]["do:nd"]["auc"],
-        },
+        "pirina": {"auc": scored["auc"], "groups": scored["groups"], "do:nd": scored["group_auc"]["do:nd"]["auc"]},
         "behaviour": behaviour.summary_row(behaviour.run_model(loaded, tests)),
         "readme_example": float(np.asarray(inference.classify(loaded, [README_EXAMPLE]))[0, 1]),
     }
@@ -171,10 +165,7 @@ def summarise(runs):
     out = {}
     for key in dict.fromkeys((r["variant"], r["mode"]) for r in runs):
         mine = [figures(r["result"]) for r in runs if (r["variant"], r["mode"]) == key]
-        out[" / ".join(key)] = {
-            "seeds": len(mine),
-            **{name: mean_sd([m[name] for m in mine]) for name in mine[0]},
-        }
+        out[" / ".join(key)] = {"seeds": len(mine), **{name: mean_sd([m[name] for m in mine]) for name in mine[0]}}
     return out
 
 

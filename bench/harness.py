@@ -1,5 +1,5 @@
 """
-What the benchmarks share (run.py, levers.py, profile_step.py, scale.py, layers.py, compare.py), taking plain
+What the benchmarks share (writeup_claims.py, levers.py, profile_step.py, scale.py, layers.py, compare.py), taking plain
 values: the setups, a training step's batches in each pipeline, the timed step, memory readings, the device's
 name, the fresh-process worker and the way results are written.
 
@@ -26,10 +26,11 @@ import hardware
 import model as M
 import report
 import saved
-import train
+import training
 from bench.writeup_pipeline import writeup_loader
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"  # where every benchmark writes <name>-<machine>.{json,md,png}
 
 SEED = 42
 # name -> (mode, adapter config, adapters only in the upper half of the layers, lower half computed once)
@@ -219,37 +220,37 @@ def prepare_training(
 ):
     """Model, optimizer, accelerator and an endless batch stream for one setup in one pipeline.
     "ours": train.py's batches and defaults; a cached setup's batches hold the lower half's output for its posts
-    (train.cache_lower_layers), the model's lower half switched to pass-through, as train.py trains it.
+    (training.cache_lower_layers), the model's lower half switched to pass-through, as train.py trains it.
     "write-up": every post padded to 512, batch 2, the checkpoint as it is (attention dropout 0.1), plain AdamW.
     bench/levers.py overrides the defaults one at a time."""
     train_ds, _, label_names, _ = load_data(data_source)
     tokenizer = M.load_tokenizer(model_name)
     ours = pipeline == "ours"
     if attention_dropout == "default":
-        attention_dropout = train.ATTENTION_DROPOUT if ours else None
+        attention_dropout = training.ATTENTION_DROPOUT if ours else None
     fused = ours if fused is None else fused
     model = build_setup_model(model_name, setup, label_names, attention_dropout)
-    accelerator = Accelerator(mixed_precision=train.mixed_precision(mixed_precision))
+    accelerator = Accelerator(mixed_precision=training.mixed_precision(mixed_precision))
     if SETUPS[setup][3]:
         if not ours:
             raise ValueError(f"{setup} runs in this project's pipeline only")
         posts = train_ds.select(range(min(max(posts_needed, CACHED_POSTS), len(train_ds))))
-        posts = data.tokenize(posts, tokenizer, train.MAX_LENGTH)
+        posts = data.tokenize(posts, tokenizer, training.MAX_LENGTH)
         k, _ = M.frozen_lower_layers(model)
-        states = train.cache_lower_layers(
-            model.to(accelerator.device), posts, tokenizer, k, 2 * train.BATCH_SIZE, accelerator
+        states = training.cache_lower_layers(
+            model.to(accelerator.device), posts, tokenizer, k, 2 * training.BATCH_SIZE, accelerator
         )
         M.skip_lower_layers(model, k)
-        loader = data.states_loader(states, posts["label"], train.BATCH_SIZE, SEED)
+        loader = data.states_loader(states, posts["label"], training.BATCH_SIZE, SEED)
     elif ours:
         loader = data.train_loader(
-            data.tokenize(train_ds, tokenizer, train.MAX_LENGTH), tokenizer, train.BATCH_SIZE, SEED
+            data.tokenize(train_ds, tokenizer, training.MAX_LENGTH), tokenizer, training.BATCH_SIZE, SEED
         )
     else:
         n = posts_needed * 2  # enough posts for the steps, without tokenising them all
         loader = writeup_loader(list(train_ds["text"])[:n], list(train_ds["label"])[:n], tokenizer)
     model.train()
-    model, optimizer = accelerator.prepare(model, train.build_optimizer(model, lr=1e-4, fused=fused))
+    model, optimizer = accelerator.prepare(model, training.build_optimizer(model, lr=1e-4, fused=fused))
     return model, optimizer, accelerator, forever(loader)
 
 
@@ -260,16 +261,27 @@ def forever(loader):
 
 
 def timed_steps(model, optimizer, accelerator, batches):
-    """train.train_step (the very step train.py runs) over `batches`; returns (seconds, posts, real tokens)."""
+    """training.train_step (the very step train.py runs) over `batches`; returns (seconds, posts, real tokens)."""
     device = accelerator.device
     if device.type == "cuda":
         torch.cuda.synchronize()
     start, posts, tokens = time.perf_counter(), 0, 0
     for batch in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
-        train.train_step(model, batch, optimizer, None, accelerator)
+        training.train_step(model, batch, optimizer, None, accelerator)
         posts += len(batch["labels"])
         tokens += int(batch["attention_mask"].sum())
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start, posts, tokens
+
+
+def add_common_flags(parser, model=True, data_set=True, out=True, data_help="data set, as for train.py"):
+    """The flags most benchmarks share: --model (the base model), --data (the depression data set, train.py's
+    split) and --out (the results folder)."""
+    if model:
+        parser.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
+    if data_set:
+        parser.add_argument("--data", default=data.DEFAULT_DATA, help=data_help)
+    if out:
+        parser.add_argument("--out", default=str(RESULTS), help="folder for the JSON, table and chart")

@@ -23,11 +23,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-import data
-import model as M
-from bench.harness import PEAK_WRAPPER, command_line, device_name, machine_slug, write_results
-
-ROOT = Path(__file__).resolve().parent.parent
+from bench.harness import PEAK_WRAPPER, ROOT, add_common_flags, command_line, device_name, machine_slug, write_results
 
 # name -> (layers that hold adapters of 6, train.py flags)
 RUNS = {
@@ -43,13 +39,11 @@ RUNS = {
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     p.add_argument("--quick", action="store_true", help="200 posts, 1 epoch: a short run")
-    p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
-    p.add_argument("--data", default=data.DEFAULT_DATA, help="data set, as for train.py")
+    add_common_flags(p)
     p.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="which runs (default: all)")
     p.add_argument("--seeds", type=int, nargs="+", default=[42], help="a run per seed (default: 42)")
     p.add_argument("--train-posts", type=int, default=None, help="first N training posts (default: all; quick 200)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: 3, quick 1)")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for the JSON, table and chart")
     args = p.parse_args(argv)
     args.train_posts = args.train_posts or (200 if args.quick else None)
     args.epochs = args.epochs or (1 if args.quick else 3)

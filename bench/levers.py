@@ -5,8 +5,8 @@ Try the speed levers one at a time on the same batches, and keep what measures b
     python -m bench.levers --setup full --variants before default
     python -m bench.levers --variants bf16      # bf16 autocast: slow on CPUs without native bf16
 
-Each variant runs in a fresh process (its own peak memory) and times train.train_step over the same batches of
-this project's pipeline (bench/run.py), after untimed warm-up steps:
+Each variant runs in a fresh process (its own peak memory) and times training.train_step over the same batches of
+this project's pipeline (bench/writeup_claims.py), after untimed warm-up steps:
 
   before      the checkpoint's attention dropout (0.1) and a plain AdamW: this project before the levers
   no-attn-dropout  attention dropout 0: scaled-dot-product attention runs a fused kernel, no random mask
@@ -27,10 +27,6 @@ from pathlib import Path
 from transformers.utils import logging as hf_logging
 
 import bench.harness as H
-import data
-import model as M
-
-ROOT = H.ROOT
 
 VARIANTS = ["before", "no-attn-dropout", "default", "no-dropout", "compile", "one-thread"]
 SHAPES = [(32, 16), (64, 16), (32, 32), (32, 64), (16, 128), (32, 128)]
@@ -46,8 +42,7 @@ def parse_args(argv=None):
         choices=VARIANTS + ["bf16"],
         help=f"what to try (default: {' '.join(VARIANTS)})",
     )
-    p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
-    p.add_argument("--data", default=data.DEFAULT_DATA, help="data set, as for train.py")
+    H.add_common_flags(p)
     p.add_argument("--steps", type=int, default=12, help="timed steps per variant (default: 12)")
     p.add_argument(
         "--warmup-steps",
@@ -56,7 +51,6 @@ def parse_args(argv=None):
         help="untimed steps first (default: 2; give compile more, it compiles again for new shapes)",
     )
     p.add_argument("--no-shapes", dest="shapes", action="store_false", help="skip the tokens/s by batch shape table")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for the report")
     p.add_argument("--variant", help=argparse.SUPPRESS)  # worker mode
     p.add_argument("--shape-worker", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)

@@ -37,7 +37,7 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--adapter", required=True, help="a folder written by train.py and exported by export.py")
-    p.add_argument("--data", default=data.DEFAULT_DATA, help="posts to send: the depression data set's split")
+    H.add_common_flags(p, model=False, data_help="posts to send: the depression data set's split")
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32, 128], help="clients at once")
     p.add_argument("--backends", nargs="+", default=["torch", "onnx-int8"], help="serve.py --backend values")
     p.add_argument("--requests", type=int, default=1000, help="requests per run at most (default: 1000)")
@@ -46,7 +46,6 @@ def parse_args(argv=None):
     p.add_argument("--overload-seconds", type=float, default=30, help="length of the overload run (default: 30)")
     p.add_argument("--soak-seconds", type=float, default=300, help="length of the soak run (default: 300)")
     p.add_argument("--quick", action="store_true", help="a few seconds per run, small counts (CI)")
-    p.add_argument("--out", default=str(H.ROOT / "bench" / "results"), help="folder for the results")
     p.add_argument("--name", default="load", help="results file name (default: load)")
     args = p.parse_args(argv)
     if args.quick:

@@ -20,11 +20,16 @@ from transformers.utils import logging as hf_logging
 import data
 import inference
 import metrics
-import model as M
 import report
-from bench.harness import REDDIT_DATA, command_line, device_name, machine_slug, run_train, write_results
-
-ROOT = Path(__file__).resolve().parent.parent
+from bench.harness import (
+    REDDIT_DATA,
+    add_common_flags,
+    command_line,
+    device_name,
+    machine_slug,
+    run_train,
+    write_results,
+)
 
 
 def parse_args(argv=None):
@@ -32,11 +37,10 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--quick", action="store_true", help="1 epoch")
-    p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
+    add_common_flags(p, data_set=False)
     p.add_argument("--reddit", default=REDDIT_DATA, help=f"the Reddit posts (default: {REDDIT_DATA})")
     p.add_argument("--mode", choices=["adapter", "full"], default="adapter", help="train.py --mode (default: adapter)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: 5, quick 1)")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for the JSON, table and chart")
     args = p.parse_args(argv)
     args.epochs = args.epochs or (1 if args.quick else 5)
     return args

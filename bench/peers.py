@@ -29,6 +29,7 @@ import bench.harness as H
 import data
 import model as M
 import train
+import training
 
 PEERS = {"full": "transformers.Trainer", "pfeiffer": "adapters.AdapterTrainer"}
 
@@ -54,9 +55,7 @@ def parse_args(argv=None):
         "to test what the order does to accuracy (default: trainer)",
     )
     p.add_argument("--quick", action="store_true", help="300 posts, 1 pair: a check that it runs")
-    p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
-    p.add_argument("--data", default=data.DEFAULT_DATA, help="data set, as for train.py")
-    p.add_argument("--out", default=str(H.ROOT / "bench" / "results"), help="folder for the JSON, table and chart")
+    H.add_common_flags(p)
     p.add_argument("--name", default=None, help="file name stem (default: peers-<machine>)")
     p.add_argument("--worker", nargs=3, metavar=("SIDE", "SETUP", "POSTS_FILE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -88,9 +87,9 @@ def whole_split_orders(args):
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     train_ds, _, _, _ = H.load_data(args.data)
-    lengths = data.ds_lengths(data.tokenize(train_ds, M.load_tokenizer(args.model), train.MAX_LENGTH))
+    lengths = data.ds_lengths(data.tokenize(train_ds, M.load_tokenizer(args.model), training.MAX_LENGTH))
     labels = train_ds["label"]
-    size, orders = train.BATCH_SIZE, {"ours": [], "peer": []}
+    size, orders = training.BATCH_SIZE, {"ours": [], "peer": []}
     sampler = data.training_batches(lengths, size, args.seed)
     for epoch in range(args.epochs):
         sampler.set_epoch(epoch)
@@ -162,9 +161,9 @@ def run_peer(args, setup, posts_file, folder):
     mode = "full" if setup == "full" else "adapter"
     train_ds, val_ds, label_names, _ = H.load_data(posts_file)
     tokenizer = M.load_tokenizer(args.model)
-    train_ds, val_ds = (data.tokenize(ds, tokenizer, train.MAX_LENGTH) for ds in (train_ds, val_ds))
-    model = H.build_setup_model(args.model, setup, label_names, train.ATTENTION_DROPOUT, args.seed)
-    steps = args.epochs * math.ceil(len(train_ds) / train.BATCH_SIZE)
+    train_ds, val_ds = (data.tokenize(ds, tokenizer, training.MAX_LENGTH) for ds in (train_ds, val_ds))
+    model = H.build_setup_model(args.model, setup, label_names, training.ATTENTION_DROPOUT, args.seed)
+    steps = args.epochs * math.ceil(len(train_ds) / training.BATCH_SIZE)
     collate, counts = DataCollatorWithPadding(tokenizer), {"steps": 0, "real": 0, "computed": 0}
     clock = {"seconds": 0.0}
 
@@ -185,14 +184,14 @@ def run_peer(args, setup, posts_file, folder):
 
     targs = TrainingArguments(
         str(folder),
-        per_device_train_batch_size=train.BATCH_SIZE,
-        per_device_eval_batch_size=train.BATCH_SIZE * 2,
+        per_device_train_batch_size=training.BATCH_SIZE,
+        per_device_eval_batch_size=training.BATCH_SIZE * 2,
         num_train_epochs=args.epochs,
-        learning_rate=train.LR[mode],
-        weight_decay=train.WEIGHT_DECAY,
-        warmup_steps=int(train.WARMUP_RATIO * steps),  # as train.py computes it
+        learning_rate=training.LR[mode],
+        weight_decay=training.WEIGHT_DECAY,
+        warmup_steps=int(training.WARMUP_RATIO * steps),  # as train.py computes it
         lr_scheduler_type="linear",
-        max_grad_norm=train.MAX_GRAD_NORM,
+        max_grad_norm=training.MAX_GRAD_NORM,
         optim="adamw_torch_fused",
         group_by_length=True,
         seed=args.seed,
@@ -258,11 +257,11 @@ def markdown(result):
         f"# This project's loop against the Trainer, identical work ({result['device']})",
         "",
         f"`{result['command']}`: {result['posts']} posts sampled at random, train.py's split "
-        f"({result['train_posts']} training posts), {result['epochs']} epoch(s) per run, batch {train.BATCH_SIZE}, "
-        f"max length {train.MAX_LENGTH}, fused AdamW, weight decay {train.WEIGHT_DECAY} (not on biases/LayerNorm), "
-        f"linear schedule with the same warm-up, clipping {train.MAX_GRAD_NORM}, fp32. Seconds: the epochs' training "
-        "loops (no evaluation). Ratio: the peer's seconds / ours (above 1: ours faster). Pairs alternate which side "
-        "runs first.",
+        f"({result['train_posts']} training posts), {result['epochs']} epoch(s) per run, batch "
+        f"{training.BATCH_SIZE}, max length {training.MAX_LENGTH}, fused AdamW, weight decay {training.WEIGHT_DECAY} "
+        f"(not on biases/LayerNorm), linear schedule with the same warm-up, clipping {training.MAX_GRAD_NORM}, fp32. "
+        "Seconds: the epochs' training loops (no evaluation). Ratio: the peer's seconds / ours (above 1: ours "
+        "faster). Pairs alternate which side runs first.",
         "",
         "| setup | peer | pair | ours s | peer s | ratio | ours computed / real tokens | peer computed / real "
         "tokens | ours accuracy | peer accuracy |",

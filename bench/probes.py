@@ -30,7 +30,6 @@ from transformers.utils import logging as hf_logging
 import data
 import inference
 import metrics
-import model as M
 import posts
 from bench.harness import (
     COMPARED_SETUPS,
@@ -38,6 +37,7 @@ from bench.harness import (
     REDDIT_GROUPS,
     REDDIT_PAIRS,
     SEED,
+    add_common_flags,
     command_line,
     device_name,
     machine_slug,
@@ -45,8 +45,6 @@ from bench.harness import (
     train_setup,
     write_results,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
 
 SETUPS = COMPARED_SETUPS
 GIVEAWAY = re.compile(r"\b(depress|suicid)\w*")
@@ -59,8 +57,7 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--quick", action="store_true", help="200 training posts, 1 epoch, seed 1, pfeiffer only")
-    p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
-    p.add_argument("--data", default=data.DEFAULT_DATA, help="training data set, as for train.py")
+    add_common_flags(p, data_help="training data set, as for train.py")
     p.add_argument("--reddit", default=REDDIT_DATA, help=f"the Reddit posts (default: {REDDIT_DATA})")
     p.add_argument("--runs", default=None, help="folder of bench/crossdomain.py's runs (default: a temporary one)")
     p.add_argument(
@@ -68,7 +65,6 @@ def parse_args(argv=None):
     )
     p.add_argument("--seed", type=int, default=None, help="training seed of the runs (default: 42, quick 1)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of the runs (default: 2, quick 1)")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for the JSON, table and chart")
     args = p.parse_args(argv)
     args.setups = args.setups or (["pfeiffer"] if args.quick else SETUPS)
     args.seed = args.seed if args.seed is not None else (1 if args.quick else 42)

@@ -4,7 +4,7 @@ Profile one training setup of the benchmark: where a step's time goes, and where
     python -m bench.profile_step --setup pfeiffer          # -> bench/results/profile-<machine>-pfeiffer.txt
     python -m bench.profile_step --setup full --steps 10
 
-It runs the very step train.py runs (train.train_step) on the benchmark's batches (bench/run.py), under
+It runs the very step train.py runs (training.train_step) on the benchmark's batches (bench/writeup_claims.py), under
 torch.profiler, and writes:
 - seconds per step in forward, backward and optimizer (the record_function ranges of train_step);
 - the operators that take the most time (self CPU or CUDA time);
@@ -18,10 +18,6 @@ from pathlib import Path
 from transformers.utils import logging as hf_logging
 
 import bench.harness as H
-import data
-import model as M
-
-ROOT = H.ROOT
 
 STAGES = {}
 
@@ -36,12 +32,10 @@ def parse_args(argv=None):
     p.add_argument(
         "--pipeline", choices=["ours", "write-up"], default="ours", help="whose input pipeline (default: ours)"
     )
-    p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
-    p.add_argument("--data", default=data.DEFAULT_DATA, help="data set, as for train.py")
+    H.add_common_flags(p)
     p.add_argument("--steps", type=int, default=8, help="profiled steps (default: 8)")
     p.add_argument("--warmup-steps", type=int, default=2, help="unprofiled steps first (default: 2)")
     p.add_argument("--rows", type=int, default=20, help="operators listed (default: 20)")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for the report")
     return p.parse_args(argv)
 
 
@@ -80,7 +74,7 @@ def main(argv=None):
         f"{args.steps} steps, {examples} posts, {tokens} real tokens, {seconds:.2f} s under the profiler "
         f"({examples / seconds:.1f} posts/s; the profiler itself costs a little)",
         "",
-        "seconds per step (train.train_step ranges):",
+        "seconds per step (training.train_step ranges):",
     ]
     lines += [
         f"  {k:<10} {ranges.get(k, 0):7.3f} s  ({100 * ranges.get(k, 0) / max(sum(ranges.values()), 1e-9):4.1f}%)"

@@ -32,13 +32,13 @@ from transformers.utils import logging as hf_logging
 import data
 import inference
 import metrics
-import model as M
 import posts
 from bench.harness import (
     REDDIT_DATA,
     REDDIT_GROUPS,
     REDDIT_MAP,
     SEED,
+    add_common_flags,
     command_line,
     device_name,
     machine_slug,
@@ -46,8 +46,6 @@ from bench.harness import (
     run_train,
     write_results,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
 
 PARTS = {"train": 0.4, "threshold": 0.2, "test": 0.4}  # of every Reddit group
 SOME_GROUPS = ["1=ds,dsf", "0=bc,ff,ndf", "drop=do,nd"]  # the first trial: do and nd never trained on
@@ -77,8 +75,7 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--quick", action="store_true", help="seed 1, 1 epoch, 200 training posts, three training sets")
-    p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
-    p.add_argument("--data", default=data.DEFAULT_DATA, help="the depression data set, as for train.py")
+    add_common_flags(p, data_help="the depression data set, as for train.py")
     p.add_argument("--reddit", default=REDDIT_DATA, help=f"the Reddit posts (default: {REDDIT_DATA})")
     p.add_argument("--runs", default=None, help="folder that keeps the split files and the runs (default: temporary)")
     p.add_argument(
@@ -92,7 +89,6 @@ def parse_args(argv=None):
     )
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: 42 43 44)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: 3, train.py's; quick 1)")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for the JSON, table and chart")
     args = p.parse_args(argv)
     args.sets = args.sets or (["original", "original + all groups", "Reddit only"] if args.quick else DEFAULT_SETS)
     args.seeds = args.seeds or ([1] if args.quick else [42, 43, 44])

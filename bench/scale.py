@@ -27,16 +27,13 @@ from transformers import BertConfig, BertModel
 
 import data
 import model as M
-from bench.harness import PEAK_WRAPPER, command_line, device_name, machine_slug, write_results
-
-ROOT = Path(__file__).resolve().parent.parent
+from bench.harness import PEAK_WRAPPER, ROOT, add_common_flags, command_line, device_name, machine_slug, write_results
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     p.add_argument("--quick", action="store_true", help="small sizes: a short run on a CPU")
-    p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model for training (default: the offline MiniLM)")
-    p.add_argument("--data", default=data.DEFAULT_DATA, help="data set, as for train.py")
+    add_common_flags(p)
     p.add_argument("--processes", type=int, default=2, help="processes to compare with one (default: 2)")
     p.add_argument("--global-batch", type=int, default=32, help="posts per step over all processes (default: 32)")
     p.add_argument("--train-posts", type=int, default=None, help="training posts (default: 1500, quick 128)")
@@ -48,7 +45,6 @@ def parse_args(argv=None):
         default=None,
         help="input sizes for predict.py (default: 30000 300000, quick 2000 20000)",
     )
-    p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for the JSON, table and chart")
     args = p.parse_args(argv)
     args.train_posts = args.train_posts or (128 if args.quick else 1500)
     args.epochs = args.epochs or (1 if args.quick else 2)

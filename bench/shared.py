@@ -27,7 +27,7 @@ import data
 import inference
 import model as M
 import saved
-import train
+import training
 from bench import harness as H
 
 BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
@@ -38,15 +38,13 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--model", default=M.DEFAULT_MODEL, help="the small base model (default: the offline MiniLM)")
+    H.add_common_flags(p, data_help="posts to classify: the depression data set's split")
     p.add_argument("--no-bert-base", dest="bert_base", action="store_false", help="leave out the BERT-base-sized model")
     p.add_argument("--counts", nargs="+", type=int, default=[1, 3, 6], help="numbers of tasks (default: 1 3 6)")
     p.add_argument("--posts", type=int, default=512, help="posts classified per measurement (default: 512)")
     p.add_argument("--rounds", type=int, default=2, help="rounds, alternating which way runs first (default: 2)")
-    p.add_argument("--data", default=data.DEFAULT_DATA, help="posts to classify: the depression data set's split")
     p.add_argument("--work", default="/tmp/bench-shared", help="where the models and adapters are written")
     p.add_argument("--quick", action="store_true", help="1 round, 1 and 3 tasks, 64 posts, no BERT-base")
-    p.add_argument("--out", default=str(H.ROOT / "bench" / "results"), help="folder for the results")
     p.add_argument("--name", default="shared", help="results file name (default: shared)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one measurement, in a fresh process
     args = p.parse_args(argv)
@@ -82,7 +80,7 @@ def adapter_folders(work, base, placement, count):
             saved.save_trained(model, None, folder, "adapter")
             saved.write_training_info(folder, {
                 "mode": "adapter", "base_model": base, "adapter_config": "pfeiffer", "leave_out": layers,
-                "max_length": train.MAX_LENGTH, "label_names": list(data.LABEL_NAMES), "normalize_text": False,
+                "max_length": training.MAX_LENGTH, "label_names": list(data.LABEL_NAMES), "normalize_text": False,
             })  # fmt: skip
         folders.append(str(folder))
     return folders

@@ -16,9 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.harness import machine_slug
+from bench.harness import ROOT, machine_slug
 
-ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- accuracy table: python -m bench.summary --readme -->", "<!-- end of the accuracy table -->"
 
 

@@ -85,6 +85,11 @@ def run_cli(*args, cwd=ROOT, stdin=None, check=True, env=None):
     return proc
 
 
+def run_train(model, data, out, *flags, check=True, env=None):
+    """`python train.py --model MODEL --data DATA --output-dir OUT FLAGS...` in a new process, as a user runs it."""
+    return run_cli("train.py", "--model", model, "--data", data, "--output-dir", out, *flags, check=check, env=env)
+
+
 def free_port():
     """A TCP port on 127.0.0.1 that nothing listens on now (the kernel's choice), for a server or a rendezvous."""
     with socket.socket() as s:

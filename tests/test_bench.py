@@ -58,7 +58,7 @@ def test_peers_train_the_same_posts_on_both_sides_and_count_their_padding(tiny_b
 def test_quick_benchmark_writes_table_json_and_chart(tiny_bert, posts_csv, tmp_path):
     proc = run_cli(
         "-m",
-        "bench.run",
+        "bench.writeup_claims",
         "--quick",
         "--model",
         tiny_bert,
@@ -100,7 +100,7 @@ def test_quick_benchmark_writes_table_json_and_chart(tiny_bert, posts_csv, tmp_p
     }
     assert 0 <= result["tfidf"]["accuracy"] <= 1
     assert result["command"] == (
-        f"python -m bench.run --quick --model {tiny_bert} --data {posts_csv} --out {tmp_path} "
+        f"python -m bench.writeup_claims --quick --model {tiny_bert} --data {posts_csv} --out {tmp_path} "
         "--name tiny --steps 2 --predict-posts 10"
     )  # as run, every flag
     table = (tmp_path / "tiny.md").read_text()

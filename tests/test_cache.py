@@ -12,7 +12,7 @@ from transformers import DataCollatorWithPadding
 
 import data
 import model as M
-import train
+import training
 
 LABELS = ["not depressive", "depressive"]
 
@@ -54,7 +54,7 @@ def test_cached_step_equals_the_uncached_step(config, precision, tiny_bert, post
     rows = [{key: ds[i][key] for key in ("input_ids", "attention_mask", "token_type_ids", "label")} for i in batch]
     logits, loss, grads = step(DataCollatorWithPadding(tokenizer)(rows))
 
-    states = train.cache_lower_layers(model, ds, tokenizer, k, batch_size=4, accelerator=accelerator)
+    states = training.cache_lower_layers(model, ds, tokenizer, k, batch_size=4, accelerator=accelerator)
     assert [len(s) for s in states] == data.ds_lengths(ds)  # real tokens only
     assert {s.dtype for s in states} == {torch.bfloat16 if precision == "bf16" else torch.float32}
     restore = M.skip_lower_layers(model, k)

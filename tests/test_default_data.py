@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REAL_DATA, assert_clean_failure, make_posts, run_cli
+from accelerate import Accelerator
+from conftest import REAL_DATA, assert_clean_failure, make_posts, run_cli, run_train
 
 import data
 import model as M
 import posts
-import train
+import training
 from bench import behaviour
 from errors import DataError
 
@@ -142,14 +143,14 @@ def test_the_length_expert_is_a_product_of_experts_in_the_training_loss(tiny_ber
     inputs = {k: v for k, v in batch.items() if k not in ("labels", data.PRIOR_COLUMN)}
     model.eval()  # no dropout: the same logits twice
     expected = torch.nn.functional.cross_entropy(model(**inputs).logits + batch[data.PRIOR_COLUMN], batch["labels"])
-    accelerator = train.Accelerator(cpu=True)
+    accelerator = Accelerator(cpu=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    loss = train.train_step(model, dict(batch), optimizer, None, accelerator)
+    loss = training.train_step(model, dict(batch), optimizer, None, accelerator)
     assert abs(float(loss) - float(expected.detach())) < 1e-5
 
 
 def test_behaviour_command_counts_every_case(tiny_bert, posts_csv, tmp_path):
-    run_cli("train.py", "--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path, "--epochs", "1")
+    run_train(tiny_bert, posts_csv, tmp_path, "--epochs", "1")
     folder = tmp_path / "depression-pfeiffer"
     run_cli("-m", "bench.behaviour", "--adapter", folder, "--out", tmp_path, "--name", "tiny")
     [result_file] = tmp_path.glob("tiny-*.json")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, free_port, make_posts, run_cli
+from conftest import ROOT, free_port, make_posts, run_cli, run_train
 
 import data
 
@@ -116,18 +116,7 @@ def test_one_and_two_processes_with_the_same_global_batch_agree(tiny_bert, posts
     """1 x 32 and 2 x 16: the same posts per step and the same learning rate, so the same best accuracy within
     0.05. (Not the same losses: the batches differ, since each process takes its share of the length-grouped
     order, and the random tiny BERT's loss curves are too steep for a tight tolerance.)"""
-    run_cli(
-        "train.py",
-        "--model",
-        tiny_bert,
-        "--data",
-        posts_400,
-        "--output-dir",
-        tmp_path / "one",
-        *FULL,
-        "--batch-size",
-        "32",
-    )
+    run_train(tiny_bert, posts_400, tmp_path / "one", *FULL, "--batch-size", "32")
     proc = launch(
         "torchrun",
         2,

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import model as M
-import train
+import training
 from errors import ModelError
 
 LABELS = ["not depressive", "depressive"]
@@ -82,9 +82,9 @@ def test_attention_dropout_override_reaches_every_attention_layer(tiny_bert):
 
 @pytest.mark.parametrize("mode, config", [("full", None), ("adapter", "pfeiffer"), ("adapter", "lora")])
 def test_weight_decay_spares_biases_and_layernorm_weights(tiny_bert, mode, config):
-    """train.build_optimizer: AdamW groups as transformers.Trainer makes them; frozen weights in neither group."""
+    """training.build_optimizer: AdamW groups as transformers.Trainer makes them; frozen weights in neither group."""
     model = M.build_model(tiny_bert, mode, LABELS, config or "pfeiffer")
-    optimizer = train.build_optimizer(model, lr=1e-3, weight_decay=0.01)
+    optimizer = training.build_optimizer(model, lr=1e-3, weight_decay=0.01)
     names = {id(p): name for name, p in model.named_parameters()}
     decayed, undecayed = ({names[id(p)] for p in group["params"]} for group in optimizer.param_groups)
     assert [group["weight_decay"] for group in optimizer.param_groups] == [0.01, 0.0]

@@ -7,11 +7,11 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, run_train
 
 import hardware
 import inference
-import train
+import training
 
 CPUS = {
     "AVX2 only (AMD EPYC Zen 3)": (["fpu", "sse2", "avx2", "fma"], "no"),
@@ -29,15 +29,15 @@ def test_auto_follows_the_cpus_capabilities(cpu, monkeypatch):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     monkeypatch.setattr(hardware, "cpu_info", lambda: {"flags": flags})
     assert hardware.cpu_has_bf16() == (expected == "bf16")
-    assert train.mixed_precision("auto") == expected
+    assert training.mixed_precision("auto") == expected
     assert inference.autocast_dtype("cpu", "auto") == (torch.bfloat16 if expected == "bf16" else None)
     for choice in ("no", "bf16", "fp16"):  # explicit choices are the user's, whatever the CPU
-        assert train.mixed_precision(choice) == choice
+        assert training.mixed_precision(choice) == choice
     assert inference.autocast_dtype("cpu", "fp32") is None and inference.autocast_dtype("cpu", "bf16") == torch.bfloat16
 
 
 def test_prediction_in_bf16_and_held_in_fp32(tiny_bert, posts_csv, tmp_path):
-    run_cli("train.py", "--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path, "--epochs", "2",
+    run_train(tiny_bert, posts_csv, tmp_path, "--epochs", "2",
             "--lr", "1e-2", "--mixed-precision", "bf16")  # fmt: skip
     folder = tmp_path / "depression-pfeiffer"
     info = json.loads((folder / "training.json").read_text())

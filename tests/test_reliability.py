@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, assert_clean_failure, make_posts, run_cli
+from conftest import ROOT, assert_clean_failure, make_posts, run_cli, run_train
 from safetensors.torch import load_file, save_file
 
 import saved
@@ -57,7 +57,7 @@ def test_killed_run_resumes_to_the_same_result(precision, tiny_bert, posts_1200,
     """In full precision and in bf16 (mixed precision: weights and optimizer in fp32, compute in bf16)."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     slow = [*SLOW, "--mixed-precision", precision]
-    run_cli("train.py", "--model", tiny_bert, "--data", posts_1200, "--output-dir", whole, *slow)
+    run_train(tiny_bert, posts_1200, whole, *slow)
 
     proc = start_training(tiny_bert, posts_1200, killed, "--mixed-precision", precision)
     staging = killed / "depression-pfeiffer.incomplete"
@@ -69,9 +69,9 @@ def test_killed_run_resumes_to_the_same_result(precision, tiny_bert, posts_1200,
     assert (killed / "depression-pfeiffer.lock").exists()  # the dead run's lock file: taken over below
     assert not (killed / "depression-pfeiffer").exists()
 
-    again = run_cli("train.py", "--model", tiny_bert, "--data", posts_1200, "--output-dir", killed, *slow, check=False)
+    again = run_train(tiny_bert, posts_1200, killed, *slow, check=False)
     assert_clean_failure(again, "interrupted run", "--resume")  # without --resume nothing is thrown away
-    resumed = run_cli("train.py", "--model", tiny_bert, "--data", posts_1200, "--output-dir", killed, *slow, "--resume")
+    resumed = run_train(tiny_bert, posts_1200, killed, *slow, "--resume")
     assert f"resumed after epoch {done} of 4" in resumed.stdout
 
     a, b = metrics(whole / "depression-pfeiffer"), metrics(killed / "depression-pfeiffer")
@@ -89,20 +89,7 @@ def test_killed_run_resumes_to_the_same_result(precision, tiny_bert, posts_1200,
 
 
 def test_resume_with_other_arguments_or_nothing_to_resume(tiny_bert, posts_csv, tmp_path):
-    proc = run_cli(
-        "train.py",
-        "--model",
-        tiny_bert,
-        "--data",
-        posts_csv,
-        "--output-dir",
-        tmp_path,
-        "--epochs",
-        "1",
-        "--max-length",
-        "32",
-        "--resume",
-    )
+    proc = run_train(tiny_bert, posts_csv, tmp_path, "--epochs", "1", "--max-length", "32", "--resume")
     assert "nothing to resume" in proc.stdout and "starting afresh" in proc.stdout
     assert (tmp_path / "depression-pfeiffer" / "training.json").is_file()
 
@@ -127,19 +114,7 @@ def test_second_run_into_the_same_folder_is_refused_and_the_first_finishes(tiny_
     wait_for(tmp_path / "depression-pfeiffer.incomplete" / "checkpoint" / "state.json", first)
     first.send_signal(signal.SIGSTOP)  # paused, still holding its lock: on a busy machine it could else finish
     try:  # before the second run has even started, and the race would test nothing
-        second = run_cli(
-            "train.py",
-            "--model",
-            tiny_bert,
-            "--data",
-            posts_1200,
-            "--output-dir",
-            tmp_path,
-            *SLOW,
-            "--seed",
-            "7",
-            check=False,
-        )
+        second = run_train(tiny_bert, posts_1200, tmp_path, *SLOW, "--seed", "7", check=False)
         assert_clean_failure(second, f"another training run (pid {first.pid}) is writing")
     finally:
         first.send_signal(signal.SIGCONT)
@@ -152,22 +127,8 @@ def test_second_run_into_the_same_folder_is_refused_and_the_first_finishes(tiny_
 
 
 def test_patience_stops_when_accuracy_stops_improving(tiny_bert, posts_csv, tmp_path):
-    proc = run_cli(
-        "train.py",
-        "--model",
-        tiny_bert,
-        "--data",
-        posts_csv,
-        "--output-dir",
-        tmp_path,
-        "--epochs",
-        "6",
-        "--batch-size",
-        "8",
-        "--max-length",
-        "32",
-        "--patience",
-        "1",
+    proc = run_train(
+        tiny_bert, posts_csv, tmp_path, "--epochs", "6", "--batch-size", "8", "--max-length", "32", "--patience", "1"
     )
     folder = tmp_path / "depression-pfeiffer"
     rows, info = metrics(folder), json.loads((folder / "training.json").read_text())

@@ -3,13 +3,13 @@ import re
 import shutil
 
 import pytest
-from conftest import assert_clean_failure, make_posts, run_cli
+from conftest import assert_clean_failure, make_posts, run_cli, run_train
 
 QUICK = ["--epochs", "2", "--batch-size", "8", "--max-length", "32"]
 
 
 def train(tiny_bert, data, out, *extra, check=True):
-    return run_cli("train.py", "--model", tiny_bert, "--data", data, "--output-dir", out, *QUICK, *extra, check=check)
+    return run_train(tiny_bert, data, out, *QUICK, *extra, check=check)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_adapter_run_writes_adapter_head_metrics_and_training_info(runs, tiny_be
     info = json.loads((folder / "training.json").read_text())
     assert info["mode"] == "adapter" and info["base_model"] == tiny_bert and info["adapter_config"] == "pfeiffer"
     assert info["label_names"] == ["not depressive", "depressive"] and info["max_length"] == 32
-    assert info["attention_dropout"] == 0.0  # the default (train.ATTENTION_DROPOUT)
+    assert info["attention_dropout"] == 0.0  # the default (training.ATTENTION_DROPOUT)
     assert info["train_size"] + info["val_size"] == 80 and info["seed"] == 42
     assert info["best"]["accuracy"] == max(r["accuracy"] for r in rows)
     assert {"torch", "transformers", "adapters"} <= set(info["versions"])
@@ -161,7 +161,7 @@ def test_offline_hub_data_set_fails_with_a_hint(tmp_path, tiny_bert):
     assert_clean_failure(proc, "--data", "DEPRESSION_DATA")
 
 
-@pytest.mark.parametrize("script", ["train", "predict", "assess"])
+@pytest.mark.parametrize("script", ["train", "predict", "assess", "serve"])
 def test_help_tells_the_truth_about_every_flag(script):
     """Every flag has an explanation, and every default the help states is the default the parser uses."""
     module = __import__(script)
@@ -173,7 +173,10 @@ def test_help_tells_the_truth_about_every_flag(script):
         assert action.help and len(action.help) > 15, action.option_strings
         stated = re.search(r"\(default: ([^;)]+)", action.help)
         if stated and action.default not in (None, False):
-            assert str(defaults[action.dest]) in stated.group(1), (action.option_strings, stated.group(1))
+            default = defaults[action.dest]
+            shown = " ".join(map(str, default)) if isinstance(default, list) else str(default)  # nargs="+"
+            shown = f"{default:g}" if isinstance(default, float) else shown  # 5.0 may read 5
+            assert shown in stated.group(1), (action.option_strings, stated.group(1))
     proc = run_cli(f"{script}.py", "--help")
     assert proc.returncode == 0 and proc.stderr == ""
     assert all(opt in proc.stdout for a in parser._actions for opt in a.option_strings)

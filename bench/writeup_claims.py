@@ -11,8 +11,8 @@ Measure the write-up's claims side by side, on one machine, in one run, on the s
    adapter (merged into the base weights and not), against transformers.pipeline at batch size 1 and 64;
 5. accuracy of the full-data training runs (their metrics.jsonl) beside a TF-IDF + logistic regression baseline.
 
-    python -m bench.run --quick   # a few minutes on a CPU
-    python -m bench.run           # the full run; writes bench/results/<machine>.{json,md,png}
+    python -m bench.writeup_claims --quick   # a few minutes on a CPU
+    python -m bench.writeup_claims           # the full run; writes bench/results/<machine>.{json,md,png}
 
 Each training measurement runs in a fresh process, so that its peak memory is its own.
 """
@@ -29,13 +29,11 @@ from transformers import pipeline
 from transformers.utils import logging as hf_logging
 
 import bench.harness as H
-import data
 import inference
 import model as M
 import saved
-import train
+import training
 
-ROOT = H.ROOT
 PIPELINES = {
     "full": ["ours", "write-up"],
     "pfeiffer": ["ours", "write-up"],
@@ -54,14 +52,12 @@ RUNS = {
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="few steps and posts: a short run on a CPU")
-    p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
-    p.add_argument("--data", default=data.DEFAULT_DATA, help="data set, as for train.py")
+    H.add_common_flags(p)
     p.add_argument(
         "--steps", type=int, default=None, help="timed training steps per measurement (default: 20, quick 4)"
     )
     p.add_argument("--warmup-steps", type=int, default=None, help="untimed steps first (default: 3, quick 1)")
     p.add_argument("--predict-posts", type=int, default=None, help="posts for inference (default: 1000, quick 200)")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for the JSON, table and chart")
     p.add_argument("--name", default=None, help="file name stem (default: the machine's name)")
     p.add_argument("--measure", nargs=2, metavar=("SETUP", "PIPELINE"), help=argparse.SUPPRESS)  # worker mode
     args = p.parse_args(argv)
@@ -74,7 +70,7 @@ def parse_args(argv=None):
 def measure_training(args, setup, pipeline_name):
     """One training measurement (run in its own process): warm-up, then timed steps; returns its figures."""
     model, optimizer, accelerator, batches = H.prepare_training(
-        args.model, args.data, setup, pipeline_name, posts_needed=(args.steps + args.warmup_steps) * train.BATCH_SIZE
+        args.model, args.data, setup, pipeline_name, posts_needed=(args.steps + args.warmup_steps) * training.BATCH_SIZE
     )
     device = accelerator.device
     base_memory = H.peak_memory_mb(device)
@@ -100,7 +96,7 @@ def run_measurement(args, setup, pipeline_name):
     return H.worker(
         [
             "-m",
-            "bench.run",
+            "bench.writeup_claims",
             "--measure",
             setup,
             pipeline_name,
@@ -149,7 +145,7 @@ def measure_inference(args, val_ds, label_names):
         results["posts_per_second"][name] = len(texts) / (time.perf_counter() - start)
         return out
 
-    ours = lambda model: lambda t: inference.predict_proba(model, tokenizer, t, train.MAX_LENGTH)  # noqa: E731
+    ours = lambda model: lambda t: inference.predict_proba(model, tokenizer, t, training.MAX_LENGTH)  # noqa: E731
     full = M.build_model(args.model, "full", label_names).to(device).eval()
     probs = time_it("predict.py full", ours(full))
     for name, config, merge in [
@@ -165,7 +161,7 @@ def measure_inference(args, val_ds, label_names):
     for batch_size in (1, 64):
         theirs = time_it(
             f"pipeline full, batch {batch_size}",
-            lambda t: classify(t, truncation=True, max_length=train.MAX_LENGTH, batch_size=batch_size),
+            lambda t: classify(t, truncation=True, max_length=training.MAX_LENGTH, batch_size=batch_size),
         )
     p1 = torch.tensor([next(s["score"] for s in row if s["label"] == label_names[1]) for row in theirs])
     results["max_probability_difference"] = float((p1 - probs[:, 1]).abs().max())
@@ -195,13 +191,13 @@ def read_training_runs(split_key):
     those were validated on the same posts."""
     runs = {}
     for setup, folder in RUNS.items():
-        info_file = ROOT / folder / saved.TRAINING_INFO
+        info_file = H.ROOT / folder / saved.TRAINING_INFO
         if not info_file.is_file():
             continue
         info = json.loads(info_file.read_text())
         if (info.get("data_fingerprint"), info.get("split_seed", info.get("seed")), info.get("val_size")) != split_key:
             continue  # another data set, split or a subset: not comparable
-        rows = [json.loads(line) for line in (ROOT / folder / "metrics.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in (H.ROOT / folder / "metrics.jsonl").read_text().splitlines()]
         runs[setup] = {
             "accuracy": info["best"]["accuracy"],
             "f1": info["best"]["f1"],
@@ -330,7 +326,7 @@ def main(argv=None):
             training.append(t)
     result = {
         "device": H.device_name(),
-        "command": H.command_line("run.py", argv),
+        "command": H.command_line("writeup_claims.py", argv),
         "date": time.strftime("%Y-%m-%d"),
         "model": args.model,
         "quick": args.quick,
@@ -342,7 +338,7 @@ def main(argv=None):
         "inference": measure_inference(args, val_ds, label_names),
         "tfidf": tfidf_baseline(train_ds, val_ds),
         "accuracy": read_training_runs((info["data_fingerprint"], H.SEED, info["val_size"])),
-        "versions": train.library_versions(),
+        "versions": training.library_versions(),
     }
     stem = args.name or H.machine_slug() + ("-quick" if args.quick else "")
     H.write_results(Path(args.out) / stem, result, markdown(result), chart)

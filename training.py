@@ -1,0 +1,415 @@
+"""
+The training loop that train.py runs, on accelerate: the defaults it was measured with, one optimisation step and
+one epoch, validation, the epochs with their checkpoints and random states (so that --resume continues exactly),
+and the frozen lower layers computed once. train.py holds the command line and the set-up; bench/ times these very
+functions and reads the defaults here.
+
+    run = Run(...)                                    # what train.py's set_up prepares
+    best, best_state, history = fit(run, accelerator, epochs=3, metric="accuracy")
+    train_step(model, batch, optimizer, scheduler, accelerator)   # one step: forward, backward, clip, AdamW
+"""
+
+import json
+import os
+import platform
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate.utils import broadcast_object_list
+from safetensors.torch import load_file, save_file
+from sklearn.utils.class_weight import compute_class_weight
+from torch.profiler import record_function
+from tqdm.auto import tqdm
+from transformers import DataCollatorWithPadding
+from transformers.trainer_pt_utils import get_parameter_names
+
+import data
+import hardware
+import metrics
+import model as M
+import posts
+import saved
+from errors import ModelError
+
+# Defaults, measured on the real data (7,650 posts after cleaning, 6,426 for training) with the offline
+# MiniLM on a 2-core CPU; docs/usage.md ("Choosing the defaults") has the runs behind them.
+EPOCHS = 3
+LR = {"adapter": 1e-3, "full": 5e-5}  # adapters need a far higher rate than full fine-tuning
+BATCH_SIZE = 32
+MAX_LENGTH = 64
+ATTENTION_DROPOUT = 0.0  # not the checkpoint's 0.1
+WARMUP_RATIO = 0.1  # the HF example scripts' usual warm-up, weight decay and clipping
+WEIGHT_DECAY = 0.01
+MAX_GRAD_NORM = 1.0
+
+
+def mixed_precision(choice):
+    """--mixed-precision auto: bf16 on GPUs that have it, else fp16 on CUDA; on a CPU bf16 where it computes bf16
+    natively (hardware.cpu_has_bf16: AVX512-BF16 or AMX), else full precision (emulated bf16 is far slower)."""
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if torch.backends.mps.is_available():
+        return "no"
+    return "bf16" if hardware.cpu_has_bf16() else "no"
+
+
+def validate(model, loader, accelerator, label_names, sources=None):
+    """Metrics over the whole validation set: each process classifies its share of the batches, and
+    gather_for_metrics brings every post's result to every process exactly once. sources (the data source of
+    each validation post, when there are several) adds the metrics per source."""
+    model = accelerator.unwrap_model(model)  # no DDP for inference: the processes' shares differ in size
+    model.eval()
+    rows = []
+    with torch.inference_mode(), accelerator.autocast():  # validation in the training's precision
+        for indices, batch in zip(loader.batch_sampler, loader):  # the posts of each batch, by validation index
+            batch = batch.to(accelerator.device)
+            logits = model(**batch).logits.float()
+            loss = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
+            positive = logits.softmax(-1)[:, -1].tolist()
+            rows += zip(indices, logits.argmax(-1).tolist(), batch["labels"].tolist(), loss.tolist(), positive)
+    rows = accelerator.gather_for_metrics(rows, use_gather_object=True)
+    indices, preds, labels, losses, positive = zip(*rows)
+    result = {
+        "val_loss": float(np.mean(losses)),
+        **metrics.label_metrics(list(preds), list(labels), label_names),
+        "val_examples": len(rows),
+    }
+    if sources is not None:
+        result["by_source"] = metrics.source_metrics(
+            preds, labels, positive if len(label_names) == 2 else None, [sources[i] for i in indices], label_names
+        )
+    return result
+
+
+def class_weights(choice, labels, num_classes):
+    """None for plain cross-entropy; 'balanced': n / (num_classes x count) per class (scikit-learn's), as a list."""
+    if choice == "none":
+        return None
+    return compute_class_weight("balanced", classes=np.arange(num_classes), y=np.asarray(labels)).tolist()
+
+
+NO_DECAY = ["bias", "layernorm", "rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]  # Trainer's name patterns
+
+
+def parameter_groups(model, weight_decay):
+    """The trainable weights in two AdamW groups, as transformers.Trainer and the example scripts make them: biases
+    and LayerNorm weights without weight decay, all others with it. Frozen weights are left out (no gradient, no
+    optimizer state)."""
+    decayed = set(get_parameter_names(model, [torch.nn.LayerNorm], NO_DECAY))
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    return [
+        {"params": [p for name, p in trainable if name in decayed], "weight_decay": weight_decay},
+        {"params": [p for name, p in trainable if name not in decayed], "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model, lr, weight_decay=WEIGHT_DECAY, fused=True):
+    """AdamW over parameter_groups; fused: one kernel for the whole update (CPU, CUDA, MPS), much faster than the
+    per-tensor loop on a CPU (docs/speed.md)."""
+    return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, fused=fused)
+
+
+def train_step(model, batch, optimizer, scheduler, accelerator, max_grad_norm=MAX_GRAD_NORM, class_weights=None):
+    """One optimisation step (forward, backward, clipping, AdamW, schedule); returns the loss, cross-entropy weighted
+    per class when class_weights (a tensor, one weight per class) is given, and of the product with the length-only
+    model when the batch holds its log-probabilities (--length-expert). bench/writeup_claims.py and
+    bench/profile_step.py time this very function."""
+    with record_function("forward"):
+        prior = batch.pop(data.PRIOR_COLUMN, None)  # --length-expert: the length-only model's log-probabilities
+        if class_weights is None and prior is None:
+            loss = model(**batch).loss
+        else:
+            logits = model(**{key: value for key, value in batch.items() if key != "labels"}).logits.float()
+            logits = logits if prior is None else logits + prior  # the product of experts, in log space
+            loss = torch.nn.functional.cross_entropy(logits, batch["labels"], weight=class_weights)
+    with record_function("backward"):
+        accelerator.backward(loss)
+    with record_function("optimizer"):
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def train_epoch(model, loader, optimizer, scheduler, accelerator, epoch, epochs, class_weights=None):
+    """One pass over this process's share of the data; returns the mean training loss and, summed over all
+    processes, {posts, real tokens, computed tokens (padding included)}. The sums stay on the device until the end
+    of the epoch (no wait for the GPU after each step); the bar shows the loss every 20 steps."""
+    model.train()  # train_adapter() leaves the heads in eval mode
+    loader.batch_sampler.set_epoch(epoch - 1)  # the epoch's order, also after --resume
+    device = accelerator.device
+    loss_sum, real = torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device)
+    posts = computed = 0  # from the shapes: no wait for the device
+    bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", disable=not accelerator.is_local_main_process, leave=True)
+    for step, batch in enumerate(bar, 1):
+        batch = batch.to(device)
+        loss_sum += train_step(model, batch, optimizer, scheduler, accelerator, class_weights=class_weights)
+        mask = batch["attention_mask"]
+        posts, computed, real = posts + len(mask), computed + mask.numel(), real + mask.sum()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss_sum.item() / step:.4f}")
+    mean_loss = accelerator.reduce(loss_sum / max(len(loader), 1), "mean")
+    counts = accelerator.reduce(torch.stack([real.new_tensor(posts), real, real.new_tensor(computed)]), "sum")
+    return float(mean_loss), dict(zip(("posts", "real_tokens", "computed_tokens"), counts.tolist()))
+
+
+def trainable_state(model):
+    """A CPU copy of the trained weights (adapter + head, or everything in full mode): the best epoch's."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def library_versions():
+    names = ["torch", "transformers", "adapters", "accelerate", "datasets"]
+    return {"python": platform.python_version(), **{n: version(n) for n in names}}
+
+
+def on_main_process(accelerator, work, *args):
+    """work(*args) on the main process; its ModelError (one line) is raised on every process, so that all of
+    them stop alike instead of the others waiting for ever. Returns work's result on the main process."""
+    result, message = None, None
+    if accelerator.is_main_process:
+        try:
+            result = work(*args)
+        except ModelError as e:
+            message = str(e)
+    if accelerator.num_processes > 1:
+        message = broadcast_object_list([message])[0]
+    if message:
+        raise ModelError(message)
+    return result
+
+
+def save_checkpoint(staging, accelerator, model, optimizer, scheduler, best_state, state):
+    """The state after a finished epoch, for --resume: trainable weights and the best epoch's (safetensors),
+    optimizer, scheduler, each process's RNG states, and state.json (epoch, metrics, best). Written beside the
+    last checkpoint and swapped in whole."""
+    new = staging / "checkpoint.new"
+    if accelerator.is_main_process:
+        shutil.rmtree(new, ignore_errors=True)
+        new.mkdir()
+    accelerator.wait_for_everyone()
+    torch.save(rng_states(), new / f"rng-{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_file(trainable_state(accelerator.unwrap_model(model)), new / "trainable.safetensors")
+        save_file(best_state, new / "best.safetensors")
+        torch.save(optimizer.state_dict(), new / "optimizer.pt")
+        torch.save(scheduler.state_dict(), new / "scheduler.pt")
+        (new / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+        saved.swap_in(new, staging / "checkpoint")
+        write_metrics(staging / "metrics.jsonl", state["history"])
+    accelerator.wait_for_everyone()
+
+
+def load_checkpoint(staging, accelerator, model, optimizer, scheduler):
+    """Restore what save_checkpoint() wrote; returns (state, best_state). The RNG states come last."""
+    folder = staging / "checkpoint"
+    state = json.loads((folder / "state.json").read_text())
+    load_trainable(accelerator.unwrap_model(model), load_file(folder / "trainable.safetensors"), folder)
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    set_rng_states(torch.load(folder / f"rng-{accelerator.process_index}.pt", weights_only=True))
+    return state, load_file(folder / "best.safetensors")
+
+
+def load_trainable(model, weights, source):
+    """Put saved trainable weights into `model`, checking that every trainable weight was among them."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if unexpected or trainable - set(weights):
+        raise ModelError(
+            f"{source} does not hold this model's trainable weights "
+            f"(e.g. {(unexpected or sorted(trainable - set(weights)))[0]}); start over with --overwrite"
+        )
+
+
+def rng_states():
+    """Python's, numpy's and torch's random states, in types torch.load(weights_only=True) reads back."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states):
+    random.setstate((states["python"][0], tuple(states["python"][1]), states["python"][2]))
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states:
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def cache_lower_layers(model, ds, tokenizer, k, batch_size, accelerator):
+    """The output of the embeddings and the lowest k layers for every post of ds, computed once (no autograd,
+    those layers in eval mode: no dropout), real tokens only: a list of [tokens, hidden] tensors in ds order, in the
+    training's precision (bf16 under bf16 or fp16 mixed precision: half the memory of fp32), kept on the training
+    device."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+    pad, states = DataCollatorWithPadding(tokenizer), [None] * len(ds)
+    training = model.training
+    model.eval()
+    with torch.no_grad(), M.lower_layers_only(model, k) as lower, accelerator.autocast():
+        for batch in posts.sorted_batches(data.ds_lengths(ds), batch_size):
+            inputs = pad(
+                [
+                    {
+                        key: ds[i][key]
+                        for key in ("input_ids", "attention_mask", "token_type_ids")
+                        if key in ds.column_names
+                    }
+                    for i in batch
+                ]
+            ).to(accelerator.device)
+            hidden = lower(**inputs).last_hidden_state.to(dtype)
+            for row, i in enumerate(batch):
+                states[i] = hidden[row, : int(inputs["attention_mask"][row].sum())].clone()
+    model.train(training)
+    return states
+
+
+def cache_frozen_layers(model, tokenizer, train_ds, val_ds, accelerator, shard, batch_size, seed, group_by_length):
+    """Where the lowest layers of an adapter model are frozen: (k, train loader, validation loader, seconds) over
+    their cached output, the model's lowest k layers switched to pass-through (train.py's batches: batch_size,
+    seed, group_by_length); else (0, None, None, 0.0), saying why if it is unsafe."""
+    k, unsafe = M.frozen_lower_layers(model)
+    if unsafe:
+        accelerator.print(f"frozen layers not cached: {unsafe}; every layer runs every epoch")
+    if not k:
+        return 0, None, None, 0.0
+    start = time.perf_counter()
+    model.to(accelerator.device)
+    train_states, val_states = (
+        cache_lower_layers(model, ds, tokenizer, k, batch_size * 2, accelerator) for ds in (train_ds, val_ds)
+    )
+    seconds = time.perf_counter() - start
+    size = sum(s.numel() * s.element_size() for s in train_states + val_states) / 1e6
+    accelerator.print(
+        f"cached layers 0-{k - 1} for {len(train_states) + len(val_states):,} posts: {size:,.0f} MB in {seconds:.1f} s"
+    )
+    priors = train_ds[data.PRIOR_COLUMN] if data.PRIOR_COLUMN in train_ds.column_names else None
+    train_dl = data.states_loader(
+        train_states, train_ds["label"], batch_size, seed, group_by_length, **shard, priors=priors
+    )
+    val_dl = data.states_loader(val_states, val_ds["label"], batch_size * 2, train=False, **shard)
+    return k, train_dl, val_dl, seconds
+
+
+def write_metrics(path, history):
+    path.write_text("".join(json.dumps(row) + "\n" for row in history))
+
+
+def use_cpu_processes():
+    """True when torchrun/accelerate launch started several processes on a machine without CUDA: accelerate
+    then joins them with gloo only if told to use the CPU (else each process would train alone)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def fit(run, accelerator, epochs, metric="accuracy", patience=None):
+    """The epochs (after the resumed checkpoint's, if any), validating after each and keeping the best by `metric`;
+    a checkpoint after every epoch; stopping after `patience` epochs without a better one. Returns (best epoch's
+    metrics, its trainable weights, every epoch's metrics)."""
+    log = accelerator.print
+    best, best_state, history, since_best = None, None, [], 0
+    if run.resume:
+        state, best_state = load_checkpoint(run.staging, accelerator, run.model, run.optimizer, run.scheduler)
+        if state["data_fingerprint"] != run.data_info["data_fingerprint"]:
+            raise ModelError(
+                f"--resume: the data differs from the checkpoint's in {run.staging}; "
+                f"pass the same --data, or --overwrite instead of --resume to start over"
+            )
+        best, history, since_best = state["best"], state["history"], state["since_best"]
+        log(f"resumed after epoch {state['epoch']} of {epochs} from {run.staging}/checkpoint")
+    weights = None if run.weights is None else torch.tensor(run.weights, device=accelerator.device)
+    cache_seconds = run.cache_seconds
+    for epoch in range(len(history) + 1, epochs + 1):
+        if patience and since_best >= patience:
+            log(f"no better validation {metric} for {since_best} epochs: stopping before epoch {epoch} (--patience)")
+            break
+        start = time.perf_counter()
+        train_loss, seen = train_epoch(
+            run.model, run.train_dl, run.optimizer, run.scheduler, accelerator, epoch, epochs, weights
+        )
+        train_seconds = time.perf_counter() - start + cache_seconds  # the caching pass counts in the first epoch
+        val = validate(run.model, run.val_dl, accelerator, run.label_names, run.val_sources)
+        row = {
+            "epoch": epoch, "train_loss": train_loss, **val, "train_examples": seen["posts"],
+            "train_steps": len(run.train_dl),
+            "train_tokens": seen["real_tokens"], "train_computed_tokens": seen["computed_tokens"],
+            "train_seconds": train_seconds, "examples_per_second": seen["posts"] / train_seconds,
+            "tokens_per_second": seen["real_tokens"] / train_seconds,
+            "wall_seconds": time.perf_counter() - start + cache_seconds, "cache_seconds": cache_seconds,
+        }  # fmt: skip
+        if "by_source" in val:  # after the timings in metrics.jsonl, as every earlier column stays where it was
+            row["by_source"] = row.pop("by_source")
+        cache_seconds = 0.0
+        history.append(row)
+        log(f"epoch {epoch}: train loss {train_loss:.4f}, {format_scores(val, run.label_names)} "
+            f"({train_seconds:.0f} s, {row['examples_per_second']:.1f} posts/s)")  # fmt: skip
+        if best is None or val[metric] > best[metric]:
+            best, best_state, since_best = row, trainable_state(accelerator.unwrap_model(run.model)), 0
+        else:
+            since_best += 1
+        state = {
+            "epoch": epoch, "config": run.config,
+            "data_fingerprint": run.data_info["data_fingerprint"], "best": best, "since_best": since_best,
+            "history": history,
+        }  # fmt: skip
+        save_checkpoint(run.staging, accelerator, run.model, run.optimizer, run.scheduler, best_state, state)
+    return best, best_state, history
+
+
+def format_scores(row, label_names):
+    scores = (
+        f"precision {row['precision']:.4f}, recall {row['recall']:.4f}, F1 {row['f1']:.4f}"
+        if len(label_names) == 2
+        else f"macro-F1 {row['macro_f1']:.4f}"
+    )
+    loss = f"val loss {row['val_loss']:.4f}, " if "val_loss" in row else ""
+    by_source = "; accuracy by source: " + ", ".join(
+        f"{name} {r['accuracy']:.4f} ({r['n']})" for name, r in row.get("by_source", {}).items()
+    )
+    return f"{loss}accuracy {row['accuracy']:.4f}, {scores}" + (by_source if "by_source" in row else "")
+
+
+@dataclass
+class Run:
+    """One training run's state, as train.py's set-up leaves it for fit(): where it writes, the data and its
+    loaders, the model, optimizer and schedule (prepared by accelerate), what the cache and the class weights are."""
+
+    processes: int
+    resume: bool
+    staging: Path
+    config: dict  # the settings a checkpoint must agree on with the command that resumes it
+    label_names: list
+    data_info: dict
+    tokenizer: object
+    train_size: int
+    val_size: int
+    train_dl: object
+    val_dl: object
+    val_sources: list | None
+    model: object = None
+    optimizer: object = None
+    scheduler: object = None
+    weights: list | None = None  # --class-weights
+    params: dict = field(default_factory=dict)  # parameter counts
+    cached: int = 0  # lower layers computed once
+    restore_layers: object = None  # puts the cached layers back
+    cache_seconds: float = 0.0
+    length_expert: dict | None = None  # --length-expert's model
