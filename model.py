@@ -92,15 +92,19 @@ def build_model(
     leave_out=None,
     seed=42,
     attention_dropout=None,
+    attention=None,
 ):
     """A classifier over `label_names`: mode 'full' trains every weight, mode 'adapter' only adapter + head.
 
     attention_dropout replaces the checkpoint's dropout on the attention probabilities (BERT's
     attention_probs_dropout_prob, 0.1); None keeps it. At 0, PyTorch's scaled-dot-product attention runs a fused
-    kernel instead of drawing a random mask over every (head, token, token) triple (train.py, --attention-dropout)."""
+    kernel instead of drawing a random mask over every (head, token, token) triple (train.py, --attention-dropout).
+    attention: transformers' attn_implementation ("eager", "sdpa"); None keeps the library's choice (sdpa)."""
     path = resolve_model_path(model_name)
     id2label = dict(enumerate(label_names))
     overrides = {} if attention_dropout is None else {"attention_probs_dropout_prob": attention_dropout}
+    if attention:  # transformers' attn_implementation: "eager", "sdpa", ...
+        overrides["attn_implementation"] = attention
     if mode == "full":
         torch.manual_seed(seed)  # the head is random at creation
         return AutoModelForSequenceClassification.from_pretrained(

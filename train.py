@@ -420,9 +420,10 @@ def set_up(args, accelerator):
     if run.weights is not None:
         log("class weights: " + ", ".join(f"{n} {w:.3f}" for n, w in zip(run.label_names, run.weights)))
 
+    run.attention = training.attention_for(accelerator)
     model = M.build_model(
         args.model, args.mode, run.label_names, args.adapter_config, args.reduction_factor, args.leave_out, args.seed,
-        args.attention_dropout,
+        args.attention_dropout, run.attention,
     )  # fmt: skip
     run.params = M.count_parameters(model)
     log(
@@ -442,7 +443,9 @@ def set_up(args, accelerator):
     run.scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * steps), steps)
     run.model, run.optimizer = accelerator.prepare(model, optimizer)
     log(
-        f"device: {accelerator.device}, {processes} process(es), mixed precision: {accelerator.mixed_precision}, "
+        f"device: {accelerator.device}, {processes} process(es), mixed precision: {accelerator.mixed_precision}"
+        + (f" (attention: {run.attention})" if run.attention else "")
+        + ", "
         f"global batch {args.batch_size * processes} = {processes} x {args.batch_size}, learning rate {args.lr:g}"
     )
     if processes == 1 and accelerator.device.type == "cpu" and torch.get_num_threads() < (os.cpu_count() or 1):
@@ -487,6 +490,7 @@ def training_info(args, accelerator, run, best, history):
         "seed": args.seed, "split_seed": args.split_seed, "epochs": args.epochs, "epochs_run": len(history),
         "patience": args.patience, "lr": args.lr, "batch_size": args.batch_size, "num_processes": run.processes,
         "global_batch_size": args.batch_size * run.processes, "mixed_precision": accelerator.mixed_precision,
+        "attention": run.attention or "sdpa",
         "device": str(accelerator.device), **run.data_info, "train_size": run.train_size, "val_size": run.val_size,
         "parameters": run.params, "best_epoch": best["epoch"], "best": best, "versions": training.library_versions(),
     }  # fmt: skip

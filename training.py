@@ -61,6 +61,13 @@ def mixed_precision(choice):
     return "bf16" if hardware.cpu_has_bf16() else "no"
 
 
+def attention_for(accelerator):
+    """The attention implementation to train with: "eager" under bf16 on a CPU, where PyTorch's fused
+    (flash) attention computes its backward pass about 8x slower than in fp32 and an eager matmul-softmax-matmul
+    runs fast in bf16 (docs/speed.md, "bf16 on the CPU"); else None, the library's default (sdpa)."""
+    return "eager" if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu" else None
+
+
 def validate(model, loader, accelerator, label_names, sources=None):
     """Metrics over the whole validation set: each process classifies its share of the batches, and
     gather_for_metrics brings every post's result to every process exactly once. sources (the data source of
@@ -413,3 +420,4 @@ class Run:
     restore_layers: object = None  # puts the cached layers back
     cache_seconds: float = 0.0
     length_expert: dict | None = None  # --length-expert's model
+    attention: str | None = None  # the attention implementation trained with (attention_for)
