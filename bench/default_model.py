@@ -56,6 +56,7 @@ VARIANTS = {
         "default + product of experts + short copies",
     ),
     "max-length-128": (["--data", "default", "--max-length", "128"], "default at max length 128"),
+    "5-epochs": (["--data", "default", "--epochs", "5"], "default, 5 epochs instead of 3"),
 }
 MODES = {"pfeiffer": ["--mode", "adapter"], "full": ["--mode", "full"]}
 PIRINA_PAIRS = ["do:nd"]
