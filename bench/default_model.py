@@ -75,6 +75,11 @@ def parse_args(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44], help="training seeds (split seed 42)")
     H.add_common_flags(p, data_set=False)
     p.add_argument("--pirina", default=H.REDDIT_DATA, help="the Pirina posts (evaluation only)")
+    p.add_argument(
+        "--mixed-precision",
+        default="no",
+        help="train.py's --mixed-precision for every run (default: no, full precision, as every run measured here)",
+    )
     p.add_argument("--quick", action="store_true", help="1 epoch on 200 training posts, seed 1: exercises the code")
     p.add_argument("--name", default="default-model", help="results file name (default: default-model)")
     args = p.parse_args(argv)
@@ -86,6 +91,7 @@ def parse_args(argv=None):
 
 def train_flags(args, variant, mode, seed):
     flags = [*MODES[mode], *VARIANTS[variant][0], "--model", args.model, "--seed", str(seed)]
+    flags += ["--mixed-precision", args.mixed_precision]
     flags += ["--output-dir", args.runs, "--name", f"{variant}-{mode}-{seed}"]
     if args.quick:
         flags += ["--epochs", "1", "--max-train-samples", "200", "--max-length", "32", "--batch-size", "16"]
