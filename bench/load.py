@@ -7,7 +7,7 @@ torch and ONNX int8; an overload run far past the queue; a soak run; memory of o
 
 Every loop is bounded in requests and in seconds, and every server listens on 127.0.0.1 only. Per run: requests/s,
 posts/s, latency p50/p95/p99, errors by status, the server's peak resident memory (VmHWM), and the same posts through
-`predict.py --backend onnx-int8 --file` for comparison. The overload run samples the server's memory while clients
+`predict.py --file` on the same backend (ONNX int8 where measured) for comparison. The overload run samples the server's memory while clients
 far outnumber its queue; the soak run keeps 16 clients busy for --soak-seconds. Writes
 bench/results/<name>-<machine>[-quick].{json,md,png}.
 """
@@ -207,7 +207,7 @@ def markdown(result):
                  f"{r['server_peak_mb']:.0f}"]  # fmt: skip
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     ref = result["predict_py"]
-    lines += ["", f"`predict.py --backend onnx-int8 --file` on the same {ref['posts']} posts: "
+    lines += ["", f"`predict.py --backend {result['reference_backend']} --file` on the same {ref['posts']} posts: "
               f"{ref['posts'] / ref['seconds']:.1f} posts/s ({ref['seconds']:.1f} s, start-up included)."]  # fmt: skip
     for name in ("overload", "soak"):
         r = result[name]
@@ -276,6 +276,7 @@ def main(argv=None):
     args = parse_args(argv)
     _, val_ds, _, _ = data.load_splits(args.data)
     posts = [t for t in val_ds["text"] if t.strip()]
+    reference = "onnx-int8" if "onnx-int8" in args.backends else args.backends[-1]  # overload, soak, predict.py
     runs = []
     for backend in args.backends:
         for batching in (True, False):
@@ -295,13 +296,14 @@ def main(argv=None):
         "requests": args.requests,
         "seconds": args.seconds,
         "runs": runs,
-        "predict_py": predict_py_rate(args.adapter, posts[: max(args.requests, 200)], "onnx-int8"),
+        "reference_backend": reference,
+        "predict_py": predict_py_rate(args.adapter, posts[: max(args.requests, 200)], reference),
     }
     for name, flags, clients, seconds in (
         ("overload", ["--max-queue", "64", "--max-texts", "8"], args.overload_clients, args.overload_seconds),
         ("soak", [], 16, args.soak_seconds),
     ):
-        server = Server("--adapter", args.adapter, "--backend", "onnx-int8", *flags)
+        server = Server("--adapter", args.adapter, "--backend", reference, *flags)
         try:
             latencies, statuses, took, samples = asyncio.run(drive(server.url, posts, clients, 10**9, seconds, server))
             alive = server.alive() and httpx.get(f"{server.url}/health", timeout=10).status_code == 200

@@ -54,6 +54,18 @@ def parse_args(argv=None):
         help="the peer's batches: its own length-grouped order (trainer), or the same batches in shuffled order, "
         "to test what the order does to accuracy (default: trainer)",
     )
+    p.add_argument(
+        "--precision",
+        default="no",
+        choices=["no", "bf16", "auto"],
+        help="train.py's --mixed-precision (default: no, full precision on both sides, identical work)",
+    )
+    p.add_argument(
+        "--peer-precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="the peer's precision: fp32 (its default) or bf16 (TrainingArguments(bf16=True)) (default: fp32)",
+    )
     p.add_argument("--quick", action="store_true", help="300 posts, 1 pair: a check that it runs")
     H.add_common_flags(p)
     p.add_argument("--name", default=None, help="file name stem (default: peers-<machine>)")
@@ -121,6 +133,7 @@ def run_ours(args, setup, posts_file, folder):
     (metrics.jsonl)."""
     flags = H.setup_flags(setup, args.model)
     flags += ["--model", args.model, "--data", posts_file, "--epochs", args.epochs, "--seed", args.seed]
+    flags += ["--mixed-precision", args.precision]
     train.main([*map(str, flags), "--output-dir", str(folder), "--name", "ours"])
     history = [json.loads(line) for line in (folder / "ours" / "metrics.jsonl").read_text().splitlines()]
     return {
@@ -202,6 +215,7 @@ def run_peer(args, setup, posts_file, folder):
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        bf16=args.peer_precision == "bf16",
     )
     peer = Trainer if mode == "full" else AdapterTrainer
     if args.peer_order == "shuffled":
@@ -229,6 +243,7 @@ def measure(args, side, setup, posts_file):
     """One side's run in a fresh process (bench.harness.worker)."""
     cmd = ["-m", "bench.peers", "--worker", side, setup, posts_file, "--model", args.model, "--epochs", args.epochs]
     cmd += ["--seed", args.seed, "--peer-order", args.peer_order]
+    cmd += ["--precision", args.precision, "--peer-precision", args.peer_precision]
     result = H.worker(cmd)
     print(f"  {setup:9s} {side:5s} {result['seconds']:7.1f} s  {result['steps']} steps  "
           f"{result['computed_tokens']:,} computed / {result['real_tokens']:,} real tokens", flush=True)  # fmt: skip
@@ -259,7 +274,8 @@ def markdown(result):
         f"`{result['command']}`: {result['posts']} posts sampled at random, train.py's split "
         f"({result['train_posts']} training posts), {result['epochs']} epoch(s) per run, batch "
         f"{training.BATCH_SIZE}, max length {training.MAX_LENGTH}, fused AdamW, weight decay {training.WEIGHT_DECAY} "
-        f"(not on biases/LayerNorm), linear schedule with the same warm-up, clipping {training.MAX_GRAD_NORM}, fp32. "
+        f"(not on biases/LayerNorm), linear schedule with the same warm-up, clipping {training.MAX_GRAD_NORM}; "
+        f"precision: ours --mixed-precision {result['precision']['ours']}, the peer's {result['precision']['peer']}. "
         "Seconds: the epochs' training loops (no evaluation). Ratio: the peer's seconds / ours (above 1: ours "
         "faster). Pairs alternate which side runs first.",
         "",
@@ -339,6 +355,7 @@ def main(argv=None):
         "epochs": args.epochs,
         "seed": args.seed,
         "peer_order": args.peer_order,
+        "precision": {"ours": args.precision, "peer": args.peer_precision},
         "runs": runs,
         "summary": summarize(runs),
         "whole_split": whole_split_orders(args),

@@ -404,3 +404,16 @@ def test_multiclass_quick_trains_seven_groups_and_draws_the_confusion_matrix(tin
     assert np.array(result["confusion_matrix"]).shape == (7, 7) and np.sum(result["confusion_matrix"]) == 14
     assert "--metric macro_f1" in result["train_command"]
     assert next(tmp_path.glob("multiclass-*-quick.png")).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_precision_times_fp32_against_bf16_per_setup(tiny_bert, posts_csv, tmp_path):
+    run_cli("-m", "bench.precision", "--quick", "--model", tiny_bert, "--data", posts_csv, "--out", tmp_path)
+    [result_file] = tmp_path.glob("precision-*-quick.json")
+    result = json.loads(result_file.read_text())
+    assert list(result["speed"]) == ["full", "pfeiffer", "pfeiffer-upper-half"]
+    for pairs in result["speed"].values():
+        [pair] = pairs
+        assert pair["no"]["mixed_precision"] == "no" and pair["bf16"]["mixed_precision"] == "bf16"
+        assert pair["bf16"]["attention"] == "eager" and pair["no"]["attention"] == "sdpa"  # bf16 trains eager
+        assert pair["no"]["seconds"] > 0 and pair["bf16"]["seconds"] > 0
+    assert result["accuracy"] == {} and "| pfeiffer-upper-half | 1 |" in result_file.with_suffix(".md").read_text()

@@ -276,3 +276,19 @@ def test_ray_serve_replicas_answer_as_uvicorn_does(adapters):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
+
+
+def test_load_benchmark_runs_every_part_bounded(adapters, posts_csv, tmp_path):
+    """bench/load.py --quick on the tiny adapter: every run, the overload and soak runs, the memory of three
+    adapters on one base, and the goals it checks, within its bounds."""
+    run_cli("-m", "bench.load", "--quick", "--adapter", adapters / "first", "--data", posts_csv, "--backends",
+            "onnx", "--out", tmp_path)  # fmt: skip
+    [result_file] = tmp_path.glob("load-*-quick.json")
+    result = json.loads(result_file.read_text())
+    assert [(r["batching"], r["clients"]) for r in result["runs"]] == [(True, 1), (True, 8), (False, 1), (False, 8)]
+    for r in result["runs"]:
+        assert r["requests"] <= result["requests"] and r["errors"] == 0 and r["p99_ms"] >= r["p50_ms"] > 0
+    for name in ("overload", "soak"):
+        assert result[name]["alive_after"] and result[name]["stop"]["tracebacks"] == 0
+    assert result["memory"]["three_adapters_mb"] > 0 and "soak: 0 failed requests" in result["goals"]
+    assert result_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
