@@ -6,10 +6,10 @@ torch and ONNX int8; an overload run far past the queue; a soak run; memory of o
     python -m bench.load --adapter DIR --quick                           # seconds, not minutes (CI)
 
 Every loop is bounded in requests and in seconds, and every server listens on 127.0.0.1 only. Per run: requests/s,
-posts/s, latency p50/p95/p99, errors by status, the server's peak resident memory (VmHWM), and the same posts through
-`predict.py --file` on the same backend (ONNX int8 where measured) for comparison. The overload run samples the server's memory while clients
-far outnumber its queue; the soak run keeps 16 clients busy for --soak-seconds. Writes
-bench/results/<name>-<machine>[-quick].{json,md,png}.
+posts/s, latency p50/p95/p99, errors by status, the server's peak resident memory (VmHWM), and the same posts
+through `predict.py --file` on the same backend (ONNX int8 where measured) for comparison. The overload run samples
+the server's memory while clients far outnumber its queue; the soak run keeps 16 clients busy for --soak-seconds.
+Writes bench/results/<name>-<machine>[-quick].{json,md,png}.
 """
 
 import argparse
