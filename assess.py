@@ -31,7 +31,7 @@ import posts
 import report
 import saved
 from errors import DataError, ModelError, fail
-from report import pct
+from report import markdown_table, pct
 
 CHUNK = 256  # posts classified between two updates of the progress bar
 
@@ -150,63 +150,42 @@ def ci(pair):
 
 
 def markdown(results, command):
+    first = next(iter(results.values()))
     lines = [
         f"Command: `{command}`",
         "",
         "Precision, recall and F1: the positive class's with two classes, else macro averages. Confusion matrix: "
         "rows are the true classes, columns the predicted ones (two classes: [[TN, FP], [FN, TP]]).",
         "",
-        "| model | posts | accuracy % | precision % | recall % | F1 % | macro-F1 % | AUC % | Brier | ECE | confusion |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for folder, r in results.items():
-        lines.append(
-            f"| {folder} | {r['n']} | {pct(r['accuracy'])}{ci(r.get('accuracy_ci'))} | {pct(r['precision'])} | "
-            f"{pct(r['recall'])} | {pct(r['f1'])}{ci(r.get('f1_ci'))} | {pct(r['macro_f1'])} | "
-            f"{pct(r['auc'])}{ci(r.get('auc_ci'))} | {r['brier']:.3f} | {r['ece']:.3f} | {r['confusion_matrix']} |"
-        )
-    first = next(iter(results.values()))
-    if "groups" in first and isinstance(next(iter(first["groups"].values())), dict):  # more than two classes
+        markdown_table(
+            ["model", "posts", "accuracy %", "precision %", "recall %", "F1 %", "macro-F1 %", "AUC %", "Brier", "ECE",
+             "confusion"],
+            [[folder, r["n"], pct(r["accuracy"]) + ci(r.get("accuracy_ci")), pct(r["precision"]), pct(r["recall"]),
+              pct(r["f1"]) + ci(r.get("f1_ci")), pct(r["macro_f1"]), pct(r["auc"]) + ci(r.get("auc_ci")),
+              f"{r['brier']:.3f}", f"{r['ece']:.3f}", r["confusion_matrix"]] for folder, r in results.items()],
+        ),
+    ]  # fmt: skip
+    groups = list(first.get("groups", {}))
+    if groups and isinstance(first["groups"][groups[0]], dict):  # more than two classes
+        top = lambda shares: max(shares.items(), key=lambda kv: kv[1])  # noqa: E731
+        rows = [[folder, *(f"{top(r['groups'][g])[0]} ({pct(top(r['groups'][g])[1])})" for g in groups)]
+                for folder, r in results.items()]  # fmt: skip
         lines += [
             "",
             "Per group, the class predicted most often (its share, %):",
             "",
-            "| model | " + " | ".join(first["groups"]) + " |",
-            "| --- |" + " ---: |" * len(first["groups"]),
+            markdown_table(["model", *groups], rows),
         ]
-        for folder, r in results.items():
-            top = {g: max(shares.items(), key=lambda kv: kv[1]) for g, shares in r["groups"].items()}
-            lines.append(f"| {folder} | " + " | ".join(f"{name} ({pct(share)})" for name, share in top.values()) + " |")
-    elif "groups" in first:
-        names = list(first["groups"])
-        lines += [
-            "",
-            "Share flagged positive per group, % [95% CI]:",
-            "",
-            "| model | " + " | ".join(f"{g} (n={first['groups_detail'][g]['n']})" for g in names) + " |",
-            "| --- |" + " ---: |" * len(names),
-        ]
-        for folder, r in results.items():
-            lines.append(
-                f"| {folder} | "
-                + " | ".join(f"{pct(r['groups'][g])}{ci(r['groups_detail'][g]['flagged_ci'])}" for g in names)
-                + " |"
-            )
+    elif groups:
+        header = ["model", *(f"{g} (n={first['groups_detail'][g]['n']})" for g in groups)]
+        rows = [[folder, *(pct(r["groups"][g]) + ci(r["groups_detail"][g]["flagged_ci"]) for g in groups)]
+                for folder, r in results.items()]  # fmt: skip
+        lines += ["", "Share flagged positive per group, % [95% CI]:", "", markdown_table(header, rows)]
     if first.get("group_auc"):
         pairs = list(first["group_auc"])
-        lines += [
-            "",
-            "AUC between groups, % [95% CI] (50 = chance):",
-            "",
-            "| model | " + " | ".join(pairs) + " |",
-            "| --- |" + " ---: |" * len(pairs),
-        ]
-        for folder, r in results.items():
-            lines.append(
-                f"| {folder} | "
-                + " | ".join(f"{pct(r['group_auc'][p]['auc'])}{ci(r['group_auc'][p]['auc_ci'])}" for p in pairs)
-                + " |"
-            )
+        rows = [[folder, *(pct(r["group_auc"][p]["auc"]) + ci(r["group_auc"][p]["auc_ci"]) for p in pairs)]
+                for folder, r in results.items()]  # fmt: skip
+        lines += ["", "AUC between groups, % [95% CI] (50 = chance):", "", markdown_table(["model", *pairs], rows)]
     return "\n".join(lines) + "\n"
 
 

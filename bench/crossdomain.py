@@ -45,6 +45,7 @@ from bench.harness import (
     train_setup,
     write_results,
 )
+from report import markdown_table
 
 SETUPS = COMPARED_SETUPS
 BASELINE = "full"
@@ -267,15 +268,9 @@ def report(result):
             )
             + " |"
         )
-    lines += [
-        "",
-        "Raw texts (case and punctuation kept) instead of normalised, share flagged (first seed):",
-        "",
-        "| setup | " + " | ".join(REDDIT_GROUPS) + " |",
-        "| --- |" + " ---: |" * len(REDDIT_GROUPS),
-    ]
-    for name, s in result["setups"].items():
-        lines.append(f"| {name} | " + " | ".join(ms(s["flagged_raw"][g]) for g in REDDIT_GROUPS) + " |")
+    rows = [[name, *(ms(s["flagged_raw"][g]) for g in REDDIT_GROUPS)] for name, s in result["setups"].items()]
+    lines += ["", "Raw texts (case and punctuation kept) instead of normalised, share flagged (first seed):", "",
+              markdown_table(["setup", *REDDIT_GROUPS], rows)]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

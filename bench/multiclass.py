@@ -30,6 +30,7 @@ from bench.harness import (
     run_train,
     write_results,
 )
+from report import markdown_table
 
 
 def parse_args(argv=None):
@@ -110,18 +111,12 @@ def main(argv=None):
         )
         + f", macro-F1 {100 * result['macro_f1']:.1f}% (chance: {100 / len(names):.1f}%).",
         "",
-        "| class | F1 % |",
-        "| --- | ---: |",
-    ]
-    lines += [f"| {n} | {100 * f:.1f} |" for n, f in result["per_class_f1"].items()]
-    lines += [
+        markdown_table(["class", "F1 %"], [[n, f"{100 * f:.1f}"] for n, f in result["per_class_f1"].items()]),
         "",
         "Confusion matrix (rows: true group, columns: predicted):",
         "",
-        "| | " + " | ".join(names) + " |",
-        "| --- |" + " ---: |" * len(names),
+        markdown_table(["", *names], [[n, *row] for n, row in zip(names, result["confusion_matrix"])]),
     ]
-    lines += [f"| {n} | " + " | ".join(map(str, row)) + " |" for n, row in zip(names, result["confusion_matrix"])]
     write_results(
         Path(args.out) / f"multiclass-{machine_slug()}{'-quick' if args.quick else ''}",
         result,

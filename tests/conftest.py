@@ -85,6 +85,9 @@ def run_cli(*args, cwd=ROOT, stdin=None, check=True, env=None):
     return proc
 
 
+ONE_QUICK_EPOCH = ["--epochs", "1", "--batch-size", "8", "--max-length", "32"]  # train.py flags of a quick run
+
+
 def run_train(model, data, out, *flags, check=True, env=None):
     """`python train.py --model MODEL --data DATA --output-dir OUT FLAGS...` in a new process, as a user runs it."""
     return run_cli("train.py", "--model", model, "--data", data, "--output-dir", out, *flags, check=check, env=env)

@@ -87,22 +87,8 @@ def test_layers_that_cannot_be_cached_are_named(tiny_bert):
 
 
 def test_train_caches_by_default_where_it_applies_and_not_when_told(tiny_bert, posts_csv, tmp_path):
-    common = [
-        "--model",
-        tiny_bert,
-        "--data",
-        posts_csv,
-        "--output-dir",
-        tmp_path,
-        "--epochs",
-        "2",
-        "--batch-size",
-        "8",
-        "--max-length",
-        "32",
-        "--leave-out",
-        "0",
-    ]
+    common = ["--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path, "--epochs", "2", "--batch-size", "8"]
+    common += ["--max-length", "32", "--leave-out", "0"]
     cached = run_cli("train.py", *common)
     assert "cached layers 0-0 for 80 posts" in cached.stdout
     rows = [json.loads(line) for line in (tmp_path / "depression-pfeiffer" / "metrics.jsonl").read_text().splitlines()]

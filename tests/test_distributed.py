@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, free_port, make_posts, run_cli, run_train
+from conftest import ONE_QUICK_EPOCH, ROOT, free_port, make_posts, run_cli, run_train
 
 import data
 
@@ -140,20 +140,7 @@ def test_one_and_two_processes_with_the_same_global_batch_agree(tiny_bert, posts
 
 def test_accelerate_launch_forms_a_gloo_group_on_cpu(tiny_bert, posts_csv, tmp_path):
     proc = launch(
-        "accelerate",
-        2,
-        "--model",
-        tiny_bert,
-        "--data",
-        posts_csv,
-        "--output-dir",
-        tmp_path,
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--max-length",
-        "32",
+        "accelerate", 2, "--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path, *ONE_QUICK_EPOCH
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout
@@ -162,20 +149,8 @@ def test_accelerate_launch_forms_a_gloo_group_on_cpu(tiny_bert, posts_csv, tmp_p
 
 
 def test_too_little_data_for_the_processes_stops_every_rank_with_one_line(tiny_bert, posts_csv, tmp_path):
-    proc = launch(
-        "torchrun",
-        2,
-        "--model",
-        tiny_bert,
-        "--data",
-        posts_csv,
-        "--output-dir",
-        tmp_path,
-        "--max-train-samples",
-        "1",
-        "--epochs",
-        "1",
-    )
+    flags = ["--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path, "--max-train-samples", "1"]
+    proc = launch("torchrun", 2, *flags, "--epochs", "1")
     assert proc.returncode != 0
     # the main process alone says it, in one line of its own (the other rank's line could interleave with it)
     assert proc.stderr.count("cannot give each of 2 processes") == 1, proc.stderr[-3000:]

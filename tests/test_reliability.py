@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, assert_clean_failure, make_posts, run_cli, run_train
+from conftest import ONE_QUICK_EPOCH, ROOT, assert_clean_failure, make_posts, run_cli, run_train
 from safetensors.torch import load_file, save_file
 
 import saved
@@ -201,21 +201,7 @@ def saved_folders(tiny_bert, posts_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("saved")
     for mode in ["adapter", "full"]:
         run_cli(
-            "train.py",
-            "--mode",
-            mode,
-            "--model",
-            tiny_bert,
-            "--data",
-            posts_csv,
-            "--output-dir",
-            out,
-            "--epochs",
-            "1",
-            "--batch-size",
-            "8",
-            "--max-length",
-            "32",
+            "train.py", "--mode", mode, "--model", tiny_bert, "--data", posts_csv, "--output-dir", out, *ONE_QUICK_EPOCH
         )
     return out
 
