@@ -344,27 +344,7 @@ def tokenize(ds, tokenizer, max_length):
     return ds.map(encode, batched=True, remove_columns=drop, desc="tokenising")
 
 
-SHORT_COPY_WORDS = (8, 32)  # --short-copies: posts longer than the upper bound are also cut to 8-32 words
 PRIOR_COLUMN = "length_log_prior"  # --length-expert: the length-only model's log-probabilities of each class
-
-
-def add_short_copies(ds, seed, words=SHORT_COPY_WORDS):
-    """Every post of ds longer than words[1] words once more, cut to its first k words (k drawn uniformly from
-    words[0]..words[1] per post, seeded), with its label: length-matched augmentation, so that short posts of every
-    class are trained on. Returns (ds with the copies after its posts, number of copies)."""
-    rng = random.Random(seed)
-    low, high = words
-    copies = {name: [] for name in ds.column_names}
-    for row in ds:
-        tokens = row["text"].split()
-        if len(tokens) > high:
-            for name in ds.column_names:
-                copies[name].append(row[name])
-            copies["text"][-1] = " ".join(tokens[: rng.randint(low, high)])
-    if not copies["text"]:
-        return ds, 0
-    extra = Dataset.from_dict(copies, features=ds.features)
-    return concatenate_datasets([ds, extra]), len(extra)
 
 
 def add_length_prior(ds, num_classes, weight=1.0):

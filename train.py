@@ -88,13 +88,6 @@ def build_parser():
         "it (default: off; docs/default-model.md has the measurement)",
     )
     inputs.add_argument(
-        "--short-copies",
-        action="store_true",
-        help="also train on every training post longer than 32 words cut to its first 8-32 words (a number "
-        "drawn per post), so that short posts of every class are seen (default: off; docs/default-model.md "
-        "has the measurement)",
-    )
-    inputs.add_argument(
         "--text-column", default=None, help=f"text column (default: the first of {', '.join(posts.TEXT_COLUMNS)})"
     )
     inputs.add_argument(
@@ -393,10 +386,6 @@ def set_up(args, accelerator):
     if args.max_eval_samples:
         val_ds = val_ds.select(range(min(args.max_eval_samples, len(val_ds))))
     val_sources = val_ds["source"] if "source" in val_ds.column_names else None
-    if args.short_copies:
-        train_ds, added = data.add_short_copies(train_ds, args.seed)
-        low, high = data.SHORT_COPY_WORDS
-        log(f"short copies: {added} training posts also seen cut to their first {low}-{high} words")
     tokenizer = M.load_tokenizer(args.model)
     train_ds, val_ds = (data.tokenize(ds, tokenizer, args.max_length) for ds in (train_ds, val_ds))
     length_expert = None
@@ -486,7 +475,7 @@ def training_info(args, accelerator, run, best, history):
         "max_length": args.max_length, "label_map": args.label_map, "normalize_text": args.normalize_text,
         "metric": args.metric, "class_weights": run.weights, "attention_dropout": args.attention_dropout,
         "data_set": args.data if isinstance(args.data, str) and args.data in data.DATA_SETS else None,
-        "length_expert": run.length_expert, "short_copies": args.short_copies,
+        "length_expert": run.length_expert,
         "seed": args.seed, "split_seed": args.split_seed, "epochs": args.epochs, "epochs_run": len(history),
         "patience": args.patience, "lr": args.lr, "batch_size": args.batch_size, "num_processes": run.processes,
         "global_batch_size": args.batch_size * run.processes, "mixed_precision": accelerator.mixed_precision,

@@ -5,7 +5,7 @@ alone, on posts none of them trained on.
 
     python -m bench.default_model --runs runs/default-model                  # the default and the seed-only model
     python -m bench.default_model --runs runs/default-model --variants default support-as-0 support-as-1 \\
-        length-expert short-copies --modes pfeiffer --seeds 42 --name default-model-screening
+        length-expert --modes pfeiffer --seeds 42 --name default-model-screening
     python -m bench.default_model --quick                                    # tiny runs that exercise it (CI)
 
 Each variant is a train.py command (kept in the results); a run folder that already holds a finished run is kept.
@@ -49,11 +49,6 @@ VARIANTS = {
     "length-expert-0.5": (
         ["--data", "default", "--length-expert", "0.5"],
         "default + product of experts with length, tempered (weight 0.5)",
-    ),
-    "short-copies": (["--data", "default", "--short-copies"], "default + short copies of long posts"),
-    "both-remedies": (
-        ["--data", "default", "--length-expert", "--short-copies"],
-        "default + product of experts + short copies",
     ),
     "max-length-128": (["--data", "default", "--max-length", "128"], "default at max length 128"),
     "5-epochs": (["--data", "default", "--epochs", "5"], "default, 5 epochs instead of 3"),

@@ -118,15 +118,6 @@ def make_csv(tmp_path):
     return path
 
 
-def test_short_copies_cut_long_posts_to_a_few_words():
-    long_post = " ".join(f"w{i}" for i in range(100))
-    ds = data.Dataset.from_dict({"text": ["short post here", long_post], "label": [0, 1]})
-    out, added = data.add_short_copies(ds, seed=0)
-    assert added == 1 and out["text"][:2] == ds["text"] and out["label"] == [0, 1, 1]
-    words = out["text"][2].split()
-    assert 8 <= len(words) <= 32 and words == long_post.split()[: len(words)]
-
-
 def test_the_length_expert_is_a_product_of_experts_in_the_training_loss(tiny_bert):
     tokenizer = M.load_tokenizer(tiny_bert)
     texts = ["a b c", "a b c d e f g h i j k l", "x y", "p q r s t u v w x y z a b c d"] * 4

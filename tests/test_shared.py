@@ -120,12 +120,12 @@ def test_predict_prints_every_tasks_answer_per_post(folders, tmp_path):
 
 
 def test_a_folder_saved_before_this_change_still_loads(folders, tmp_path):
-    """training.json as train.py wrote it before the shared base (no data_set, length_expert, short_copies,
+    """training.json as train.py wrote it before the shared base (no data_set, length_expert,
     by_source): the folder loads alone and beside another, with the same probabilities."""
     old = tmp_path / "old"
     shutil.copytree(folders / "a", old)
     info = json.loads((old / "training.json").read_text())
-    for key in ("data_set", "length_expert", "short_copies"):
+    for key in ("data_set", "length_expert", "attention"):
         info.pop(key)
     info["best"].pop("by_source", None)
     (old / "training.json").write_text(json.dumps(info))
