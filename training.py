@@ -269,7 +269,7 @@ def cache_lower_layers(model, ds, tokenizer, k, batch_size, accelerator):
     device."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
     pad, states = DataCollatorWithPadding(tokenizer), [None] * len(ds)
-    training = model.training
+    was_training = model.training
     model.eval()
     with torch.no_grad(), M.lower_layers_only(model, k) as lower, accelerator.autocast():
         for batch in posts.sorted_batches(data.ds_lengths(ds), batch_size):
@@ -286,7 +286,7 @@ def cache_lower_layers(model, ds, tokenizer, k, batch_size, accelerator):
             hidden = lower(**inputs).last_hidden_state.to(dtype)
             for row, i in enumerate(batch):
                 states[i] = hidden[row, : int(inputs["attention_mask"][row].sum())].clone()
-    model.train(training)
+    model.train(was_training)
     return states
 
 

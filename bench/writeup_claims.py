@@ -208,9 +208,9 @@ def read_training_runs(split_key):
     return runs
 
 
-def ratios(training):
+def ratios(runs):
     """Pairwise ratios, each inside this run."""
-    by = {(t["setup"], t["pipeline"]): t for t in training}
+    by = {(t["setup"], t["pipeline"]): t for t in runs}
     eps = lambda s, p="ours": by[(s, p)]["examples_per_second"]  # noqa: E731
     out = {f"ours_vs_writeup_{s}": eps(s) / eps(s, "write-up") for s in H.SETUPS if (s, "write-up") in by}
     for s in [s for s in H.SETUPS if s != "full"]:
@@ -315,7 +315,7 @@ def main(argv=None):
         print(json.dumps(measure_training(args, *args.measure)))
         return
     train_ds, val_ds, label_names, info = H.load_data(args.data)
-    training = []
+    runs = []
     for setup, pipes in PIPELINES.items():
         for pipe in pipes:
             t = run_measurement(args, setup, pipe)
@@ -323,7 +323,7 @@ def main(argv=None):
                 f"{setup:<27} {pipe:<9} {t['examples_per_second']:7.1f} posts/s peak {t['peak_memory_mb']:6.0f} MB",
                 flush=True,
             )
-            training.append(t)
+            runs.append(t)
     result = {
         "device": H.device_name(),
         "command": H.command_line("writeup_claims.py", argv),
@@ -332,8 +332,8 @@ def main(argv=None):
         "quick": args.quick,
         "data_fingerprint": info["data_fingerprint"],
         "val_fingerprint": info["val_fingerprint"],
-        "training": training,
-        "ratios": ratios(training),
+        "training": runs,
+        "ratios": ratios(runs),
         "sizes": measure_sizes(args, label_names),
         "inference": measure_inference(args, val_ds, label_names),
         "tfidf": tfidf_baseline(train_ds, val_ds),
