@@ -209,13 +209,13 @@ def draw(result):
     shown = ["seed val accuracy", "RMHD dep+sw flagged", "RMHD controls flagged", "Pirina nd flagged",
              "Pirina bc flagged", "Pirina AUC", "a flagged", "b flagged", "c flagged", "d flips"]  # fmt: skip
     summary = result["summary"]
-    fig, ax = plt.subplots(figsize=(11, 4))
+    fig, ax = plt.subplots(figsize=(13, 4.2))
     width = 0.8 / len(summary)
     for i, (name, row) in enumerate(summary.items()):
         ax.bar([j + i * width for j in range(len(shown))], [100 * (row[c][0] or 0) for c in shown], width, label=name)
     ax.set_xticks([j + width * (len(summary) - 1) / 2 for j in range(len(shown))], shown, rotation=30, ha="right")
     ax.set(ylabel="%", ylim=(0, 100), title="default training data: posts never trained on")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
