@@ -1,9 +1,9 @@
 """
-The table of README.md's "What the accuracy means", made from the results of bench/probes.py, bench/crossdomain.py
-and bench/reddit.py (it trains nothing).
+The table of docs/reddit.md's models trained on the depression data set and on Pirina's Reddit groups, made from
+the results of bench/probes.py, bench/crossdomain.py and bench/reddit.py (it trains nothing).
 
     python -m bench.summary                  # print the table
-    python -m bench.summary --readme         # and write it into README.md between its two marker lines
+    python -m bench.summary --write          # and write it into docs/reddit.md between its two marker lines
 
 Rows: the baselines that see only a post's length or its words, every setup trained on the depression data set
 (mean over seeds), and every training set of bench/reddit.py. Columns: accuracy on the depression data set's
@@ -18,7 +18,8 @@ from pathlib import Path
 
 from bench.harness import ROOT, machine_slug
 
-START, END = "<!-- accuracy table: python -m bench.summary --readme -->", "<!-- end of the accuracy table -->"
+START, END = "<!-- accuracy table: python -m bench.summary --write -->", "<!-- end of the accuracy table -->"
+PAGE = ROOT / "docs" / "reddit.md"
 
 
 def parse_args(argv=None):
@@ -27,7 +28,7 @@ def parse_args(argv=None):
     )
     p.add_argument("--results", default=str(ROOT / "bench" / "results"), help="folder of the results files")
     p.add_argument("--machine", default=None, help="machine part of the file names (default: this machine's)")
-    p.add_argument("--readme", action="store_true", help="write the table into README.md between its marker lines")
+    p.add_argument("--write", action="store_true", help="write the table into docs/reddit.md between its marker lines")
     return p.parse_args(argv)
 
 
@@ -90,14 +91,13 @@ def main(argv=None):
     machine = args.machine or machine_slug()
     text = table(*(read(args.results, n, machine) for n in ("probes", "crossdomain", "reddit")))
     print(text)
-    if args.readme:
-        readme = ROOT / "README.md"
-        old = readme.read_text()
+    if args.write:
+        old = PAGE.read_text()
         if START not in old or END not in old:
-            raise SystemExit(f"error: README.md lacks the marker lines {START} and {END}")
+            raise SystemExit(f"error: {PAGE.name} lacks the marker lines {START} and {END}")
         head, rest = old.split(START, 1)
-        readme.write_text(head + START + "\n" + text + rest[rest.index(END) :])
-        print("wrote the table into README.md")
+        PAGE.write_text(head + START + "\n" + text + rest[rest.index(END) :])
+        print(f"wrote the table into {PAGE.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
