@@ -39,6 +39,17 @@ def make_posts(n_per_class=40):
     return pd.DataFrame(rows, columns=["text", "label"])
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate keeps one state per process and refuses another mixed precision in it (train.run in-process
+    picks bf16 on CPUs that have it, the cache tests ask for fp32 and bf16): every test leaves it fresh, so that the
+    next one, or a session fixture that trains, starts as a new process would, whatever ran before it."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
     """A randomly initialised 2-layer BERT (hidden 32) saved like a Hub checkpoint, with the real tokenizer."""
