@@ -168,6 +168,7 @@ class ShuffledBatches:
 def run_peer(args, setup, posts_file, folder):
     """Trainer (full) or AdapterTrainer (adapter) on the same posts and settings; epochs timed by a callback, tokens
     counted in the collator."""
+    import torch
     from adapters import AdapterTrainer
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
@@ -216,6 +217,7 @@ def run_peer(args, setup, posts_file, folder):
         remove_unused_columns=False,
         dataloader_num_workers=0,
         bf16=args.peer_precision == "bf16",
+        use_cpu=not torch.cuda.is_available(),  # the Trainer refuses bf16 on a machine without a GPU unless told
     )
     peer = Trainer if mode == "full" else AdapterTrainer
     if args.peer_order == "shuffled":

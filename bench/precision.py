@@ -154,9 +154,21 @@ def markdown(result):
                              f"{p['bf16_seconds']:.0f}"])  # fmt: skip
             sd = r["sd_difference_points"]
             rows.append(
-                [mode, "mean", "", "", f"{r['mean_difference_points']:+.2f}" + (f" ± {sd:.2f}" if sd else ""), "", ""]
+                [
+                    mode,
+                    "mean",
+                    "",
+                    "",
+                    f"{r['mean_difference_points']:+.2f}" + (f" ± {sd:.2f}" if sd is not None else ""),
+                    "",
+                    "",
+                ]
             )
-        lines += ["Accuracy (best epoch, 1,224 validation posts), paired by seed; seconds per epoch of those runs:", ""]
+        lines += [
+            "Accuracy (best epoch, 1,224 validation posts), paired by seed; seconds per epoch of those runs, "
+            "which shared the machine with other runs (one thread each): not a speed measurement.",
+            "",
+        ]
         lines += [markdown_table(["mode", "seed", "fp32 %", "bf16 %", "bf16 - fp32, points", "fp32 s/epoch",
                                   "bf16 s/epoch"], rows), ""]  # fmt: skip
     if result["prediction"]:
