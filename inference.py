@@ -180,8 +180,9 @@ def classify_shared(shared, texts, batch_size=64, only=None):
         info = shared.tasks[names[0]].info
         prepared = [normalize_text(t) for t in texts] if info.get("normalize_text") else list(texts)
         shared.model.active_adapters = Parallel(*names) if len(names) > 1 else names[0]
+        rows = max(1, batch_size // len(names))  # a Parallel pass replicates the batch: as many rows as one model's
         probs = predict_proba(
-            shared.model, shared.tokenizer, prepared, info["max_length"], batch_size, len(names), shared.precision
+            shared.model, shared.tokenizer, prepared, info["max_length"], rows, len(names), shared.precision
         )
         out.update(zip(names, probs if len(names) > 1 else [probs]))
     return {name: out[name] for name in wanted}

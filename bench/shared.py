@@ -29,6 +29,7 @@ import model as M
 import saved
 import training
 from bench import harness as H
+from report import markdown_table
 
 BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
 PLACEMENTS = ["every layer", "upper half"]
@@ -96,12 +97,13 @@ def measure(spec):
     if spec["way"] == "shared":
         shared = inference.load_shared(spec["folders"])
         run = lambda posts: inference.classify_shared(shared, posts)  # noqa: E731
-        passes = len(shared.passes)
+        passes, weights = len(shared.passes), list(shared.model.parameters())
     else:
         models = [inference.load(folder) for folder in spec["folders"]]
         run = lambda posts: [inference.classify(m, posts) for m in models]  # noqa: E731
-        passes = len(models)
+        passes, weights = len(models), [p for m in models for p in m.model.parameters()]
     load_seconds = time.perf_counter() - start
+    sum(float(p.detach().sum()) for p in weights)  # every weight read once: resident, as safetensors maps them lazily
     loaded_mb = H.current_memory_mb(torch.device("cpu"))
     run(texts[:16])  # warm-up
     start = time.perf_counter()
@@ -138,7 +140,7 @@ def summarise(rows):
         ways = {
             way: {
                 key: median([r[key] for r in mine if r["way"] == way])
-                for key in ("resident_mb", "peak_mb", "posts_per_second", "passes")
+                for key in ("resident_after_load_mb", "resident_mb", "peak_mb", "posts_per_second", "passes")
             }
             for way in ("shared", "separate")
         }
@@ -147,34 +149,38 @@ def summarise(rows):
             "speed_ratio": ways["shared"]["posts_per_second"] / ways["separate"]["posts_per_second"],
             "memory_ratio": ways["shared"]["resident_mb"] / ways["separate"]["resident_mb"],
         })  # fmt: skip
-    one = {(r["base"], r["placement"]): r["separate"]["resident_mb"] for r in out if r["tasks"] == 1}
-    for r in out:
-        r["shared_vs_one_model_mb"] = r["shared"]["resident_mb"] - one.get((r["base"], r["placement"]), float("nan"))
-        r["shared_vs_one_model"] = r["shared"]["resident_mb"] / one.get((r["base"], r["placement"]), float("nan"))
+    for key, name in (("resident_after_load_mb", "loaded"), ("resident_mb", "working")):
+        one = {(r["base"], r["placement"]): r["separate"][key] for r in out if r["tasks"] == 1}
+        for r in out:
+            base = one.get((r["base"], r["placement"]), float("nan"))
+            r[f"{name}_vs_one_model_mb"] = r["shared"][key] - base
+            r[f"{name}_vs_one_model"] = r["shared"][key] / base
     return out
 
 
 def markdown(result):
-    lines = [
+    rows = [
+        [r["base"], r["placement"], r["tasks"], f"{r['shared']['resident_after_load_mb']:.0f}",
+         f"{r['separate']['resident_after_load_mb']:.0f}", f"{r['loaded_vs_one_model_mb']:+.0f}",
+         f"{r['loaded_vs_one_model']:.2f}x", f"{r['shared']['resident_mb']:.0f}", f"{r['separate']['resident_mb']:.0f}",
+         f"{r['shared']['posts_per_second']:.1f}", f"{r['separate']['posts_per_second']:.1f}",
+         f"{r['speed_ratio']:.2f}x", f"{r['shared']['passes']:.0f}"]
+        for r in result["summary"]
+    ]  # fmt: skip
+    header = ["base", "adapters in", "tasks", "loaded: shared MB", "loaded: separate MB", "shared - one model, MB",
+              "shared / one model", "working: shared MB", "working: separate MB", "shared: posts/s",
+              "separate: posts/s", "shared / separate, speed", "passes"]  # fmt: skip
+    return "\n".join([
         f"Command: `{result['command']}`",
         "",
         f"Device: {result['device']}. {result['posts']} posts per measurement, every task answering each; medians "
-        f"of {result['rounds']} rounds, the two ways alternating which runs first; resident memory (VmRSS) after "
-        "classifying, in a fresh process each. 'one model': the same base with one adapter, loaded alone.",
+        f"of {result['rounds']} rounds, the two ways alternating which runs first, a fresh process each. Loaded: "
+        "resident memory (VmRSS) with every weight read once, before classifying (the models); working: after "
+        "classifying (the models and the buffers of the passes). 'one model': the same base with one adapter, "
+        "loaded alone.",
         "",
-        "| base | adapters in | tasks | shared: MB | separate: MB | shared - one model, MB | shared / one model | "
-        "shared: posts/s | separate: posts/s | shared / separate, speed | passes |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in result["summary"]:
-        lines.append(
-            f"| {r['base']} | {r['placement']} | {r['tasks']} | {r['shared']['resident_mb']:.0f} | "
-            f"{r['separate']['resident_mb']:.0f} | {r['shared_vs_one_model_mb']:+.0f} | "
-            f"{r['shared_vs_one_model']:.2f}x | "
-            f"{r['shared']['posts_per_second']:.1f} | {r['separate']['posts_per_second']:.1f} | "
-            f"{r['speed_ratio']:.2f}x | {r['shared']['passes']:.0f} |"
-        )
-    return "\n".join(lines) + "\n"
+        markdown_table(header, rows),
+    ]) + "\n"  # fmt: skip
 
 
 def draw(result):
@@ -185,10 +191,10 @@ def draw(result):
         rows = [r for r in result["summary"] if (r["base"], r["placement"]) == (base, placement)]
         tasks = [r["tasks"] for r in rows]
         label = f"{base}, {placement}"
-        axes[0].plot(tasks, [r["shared"]["resident_mb"] for r in rows], "o-", label=f"{label}: shared")
-        axes[0].plot(tasks, [r["separate"]["resident_mb"] for r in rows], "x--", label=f"{label}: separate")
+        axes[0].plot(tasks, [r["shared"]["resident_after_load_mb"] for r in rows], "o-", label=f"{label}: shared")
+        axes[0].plot(tasks, [r["separate"]["resident_after_load_mb"] for r in rows], "x--", label=f"{label}: separate")
         axes[1].plot(tasks, [r["speed_ratio"] for r in rows], "o-", label=label)
-    axes[0].set(xlabel="tasks", ylabel="resident MB", title="memory")
+    axes[0].set(xlabel="tasks", ylabel="resident MB, models loaded", title="memory")
     axes[1].set(xlabel="tasks", ylabel="shared / separate posts/s", title="speed")
     axes[1].axhline(1.0, color="grey", lw=0.5)
     for ax in axes:
