@@ -292,3 +292,16 @@ def test_load_benchmark_runs_every_part_bounded(adapters, posts_csv, tmp_path):
         assert result[name]["alive_after"] and result[name]["stop"]["tracebacks"] == 0
     assert result["memory"]["three_adapters_mb"] > 0 and "soak: 0 failed requests" in result["goals"]
     assert result_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_batch_sizes_benchmark_measures_every_backend_and_size(adapters, posts_csv, tmp_path):
+    """bench/batch_sizes.py --quick: posts/s for every backend and group size, a table row each, and a chart."""
+    run_cli("-m", "bench.batch_sizes", "--quick", "--adapter", adapters / "first", "--data", posts_csv, "--backends",
+            "torch", "onnx", "--out", tmp_path)  # fmt: skip
+    [result_file] = tmp_path.glob("batch-sizes-*-quick.json")
+    result = json.loads(result_file.read_text())
+    assert result["sizes"] == [1, 8] and set(result["rates"]) == {"torch", "onnx"}
+    assert all(rate > 0 for rates in result["rates"].values() for rate in rates.values())
+    table = result_file.with_suffix(".md").read_text()
+    assert "| torch |" in table and "| onnx |" in table
+    assert result_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
