@@ -9,7 +9,6 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 import bench.harness as H
 import data
@@ -24,8 +23,7 @@ def parse_args(argv=None):
     p.add_argument("--sizes", nargs="+", type=int, default=[1, 4, 8, 16, 32, 64], help="group sizes (posts per call)")
     p.add_argument("--posts", type=int, default=512, help="posts per measurement (default: 512)")
     p.add_argument("--rounds", type=int, default=2, help="alternated rounds over the sizes; the best is kept")
-    p.add_argument("--quick", action="store_true", help="a few posts, one round (CI)")
-    p.add_argument("--name", default="batch-sizes", help="results file name")
+    H.add_run_flags(p, "batch-sizes", "a few posts, one round (CI)")
     args = p.parse_args(argv)
     if args.quick:
         args.posts, args.rounds, args.sizes = 16, 1, [1, 8]
@@ -91,7 +89,7 @@ def main(argv=None):
         "sizes": args.sizes,
         "rates": rates,
     }
-    stem = Path(args.out) / f"{args.name}-{H.machine_slug()}{'-quick' if args.quick else ''}"
+    stem = H.results_stem(args)
     H.write_results(stem, result, markdown(result), draw)
 
 

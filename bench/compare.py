@@ -30,7 +30,7 @@ from transformers.utils import logging as hf_logging
 import data
 import inference
 from bench.harness import TRAIN_SETUPS as SETUPS
-from bench.harness import add_common_flags, command_line, device_name, machine_slug, train_setup, write_results
+from bench.harness import add_common_flags, command_line, device_name, results_stem, train_setup, write_results
 
 BASELINE = "full"
 SPLIT_SETUPS = ["full", "pfeiffer"]  # also trained on other splits, to set split variance beside method variance
@@ -312,7 +312,7 @@ def chart(result):
 def main(argv=None):
     args = parse_args(argv)
     hf_logging.set_verbosity_error()
-    stem = Path(args.out) / f"compare-{machine_slug()}{'-quick' if args.quick else ''}"
+    stem = results_stem(args, "compare")
     settings = {
         "model": args.model,
         "data": args.data,

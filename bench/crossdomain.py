@@ -40,8 +40,8 @@ from bench.harness import (
     add_common_flags,
     command_line,
     device_name,
-    machine_slug,
     reddit_posts,
+    results_stem,
     train_setup,
     write_results,
 )
@@ -320,7 +320,7 @@ def main(argv=None):
         "bootstrap": args.bootstrap,
         "runs": [],
     }
-    stem = Path(args.out) / f"crossdomain-{machine_slug()}{'-quick' if args.quick else ''}"
+    stem = results_stem(args, "crossdomain")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.runs or tmp)
         plan = [(name, seed) for seed in args.seeds for name in args.setups]

@@ -75,8 +75,7 @@ def parse_args(argv=None):
         default="no",
         help="train.py's --mixed-precision for every run (default: no, full precision, as every run measured here)",
     )
-    p.add_argument("--quick", action="store_true", help="1 epoch on 200 training posts, seed 1: exercises the code")
-    p.add_argument("--name", default="default-model", help="results file name (default: default-model)")
+    H.add_run_flags(p, "default-model", "1 epoch on 200 training posts, seed 1: exercises the code")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds = [1]
@@ -242,7 +241,7 @@ def main(argv=None):
         "runs": runs,
         "summary": summarise(runs),
     }
-    stem = Path(args.out) / f"{args.name}-{H.machine_slug()}{'-quick' if args.quick else ''}"
+    stem = H.results_stem(args)
     H.write_results(stem, result, markdown(result), draw)
 
 

@@ -276,6 +276,17 @@ def timed_steps(model, optimizer, accelerator, batches):
     return time.perf_counter() - start, posts, tokens
 
 
+def add_run_flags(parser, name, quick_help):
+    """--quick (a short run, for the tests) and --name (the results file name, default `name`)."""
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--name", default=name, help=f"results file name (default: {name})")
+
+
+def results_stem(args, name=None):
+    """<out>/<name>-<machine>[-quick]: where a benchmark writes its .json, .md and .png."""
+    return Path(args.out) / f"{name or args.name}-{machine_slug()}{'-quick' if args.quick else ''}"
+
+
 def add_common_flags(parser, model=True, data_set=True, out=True, data_help="data set, as for train.py"):
     """The flags most benchmarks share: --model (the base model), --data (the depression data set, train.py's
     split) and --out (the results folder)."""

@@ -45,8 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--overload-clients", type=int, default=512, help="clients in the overload run (default: 512)")
     p.add_argument("--overload-seconds", type=float, default=30, help="length of the overload run (default: 30)")
     p.add_argument("--soak-seconds", type=float, default=300, help="length of the soak run (default: 300)")
-    p.add_argument("--quick", action="store_true", help="a few seconds per run, small counts (CI)")
-    p.add_argument("--name", default="load", help="results file name (default: load)")
+    H.add_run_flags(p, "load", "a few seconds per run, small counts (CI)")
     args = p.parse_args(argv)
     if args.quick:
         args.concurrency, args.requests, args.seconds = [1, 8], 40, 20
@@ -317,7 +316,7 @@ def main(argv=None):
         print(f"{name}: {statuses}, alive {alive}", file=sys.stderr, flush=True)
     result["memory"] = memory_of_three(args, posts)
     result["goals"] = goals(result)
-    stem = Path(args.out) / f"{args.name}-{H.machine_slug()}{'-quick' if args.quick else ''}"
+    stem = H.results_stem(args)
     H.write_results(stem, result, markdown(result), draw)
 
 

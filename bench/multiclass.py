@@ -26,7 +26,7 @@ from bench.harness import (
     add_common_flags,
     command_line,
     device_name,
-    machine_slug,
+    results_stem,
     run_train,
     write_results,
 )
@@ -118,7 +118,7 @@ def main(argv=None):
         markdown_table(["", *names], [[n, *row] for n, row in zip(names, result["confusion_matrix"])]),
     ]
     write_results(
-        Path(args.out) / f"multiclass-{machine_slug()}{'-quick' if args.quick else ''}",
+        results_stem(args, "multiclass"),
         result,
         "\n".join(lines) + "\n",
         lambda r: report.confusion_figure({"7 groups, test posts": r}),

@@ -44,8 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--pairs", type=int, default=2, help="alternated fp32/bf16 pairs per setup (default: 2)")
     p.add_argument("--runs", default=None, help="folder of fp32 runs to pair with bf16 runs (no folder: no accuracy)")
     p.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44], help="training seeds of the accuracy runs")
-    p.add_argument("--quick", action="store_true", help="64 training posts, 1 pair, no accuracy runs")
-    p.add_argument("--name", default="precision", help="results file name (default: precision)")
+    H.add_run_flags(p, "precision", "64 training posts, 1 pair, no accuracy runs")
     args = p.parse_args(argv)
     if args.quick:
         args.pairs, args.runs = 1, None
@@ -207,7 +206,7 @@ def main(argv=None):
         "accuracy": accuracy(args) if args.runs else {},
     }
     result["prediction"] = prediction(args)
-    stem = Path(args.out) / f"{args.name}-{H.machine_slug()}{'-quick' if args.quick else ''}"
+    stem = H.results_stem(args)
     H.write_results(stem, result, markdown(result), draw)
 
 

@@ -40,8 +40,8 @@ from bench.harness import (
     add_common_flags,
     command_line,
     device_name,
-    machine_slug,
     reddit_posts,
+    results_stem,
     train_setup,
     write_results,
 )
@@ -267,7 +267,7 @@ def main(argv=None):
                 )
             )
             print(f"{setup}: validation accuracy {pct(result['probes'][-1]['val_accuracy'])}%", flush=True)
-    stem = Path(args.out) / f"probes-{machine_slug()}{'-quick' if args.quick else ''}"
+    stem = results_stem(args, "probes")
     write_results(stem, result, report(result), chart)
 
 

@@ -41,8 +41,8 @@ from bench.harness import (
     add_common_flags,
     command_line,
     device_name,
-    machine_slug,
     reddit_posts,
+    results_stem,
     run_train,
     write_results,
 )
@@ -295,12 +295,7 @@ def main(argv=None):
                     flush=True,
                 )
                 summarise(result)  # written after every run: a stopped measurement keeps what it finished
-                write_results(
-                    Path(args.out) / f"reddit-{machine_slug()}{'-quick' if args.quick else ''}",
-                    result,
-                    report(result),
-                    chart,
-                )
+                write_results(results_stem(args, "reddit"), result, report(result), chart)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from transformers import BertConfig, BertModel
 
 import data
 import model as M
-from bench.harness import PEAK_WRAPPER, ROOT, add_common_flags, command_line, device_name, machine_slug, write_results
+from bench.harness import PEAK_WRAPPER, ROOT, add_common_flags, command_line, device_name, results_stem, write_results
 
 
 def parse_args(argv=None):
@@ -238,9 +238,7 @@ def main(argv=None):
         for posts in args.predict_posts:
             print(f"predict.py on {posts:,} posts...", flush=True)
             results["predict"].append(predict_memory(adapter, texts, posts, tmp))
-    write_results(
-        Path(args.out) / f"scale-{machine_slug()}{'-quick' if args.quick else ''}", results, report(results), chart
-    )
+    write_results(results_stem(args, "scale"), results, report(results), chart)
 
 
 if __name__ == "__main__":

@@ -45,8 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--posts", type=int, default=512, help="posts classified per measurement (default: 512)")
     p.add_argument("--rounds", type=int, default=2, help="rounds, alternating which way runs first (default: 2)")
     p.add_argument("--work", default="/tmp/bench-shared", help="where the models and adapters are written")
-    p.add_argument("--quick", action="store_true", help="1 round, 1 and 3 tasks, 64 posts, no BERT-base")
-    p.add_argument("--name", default="shared", help="results file name (default: shared)")
+    H.add_run_flags(p, "shared", "1 round, 1 and 3 tasks, 64 posts, no BERT-base")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one measurement, in a fresh process
     args = p.parse_args(argv)
     if args.quick:
@@ -232,7 +231,7 @@ def main(argv=None):
         "runs": rows,
         "summary": summarise(rows),
     }
-    stem = Path(args.out) / f"{args.name}-{H.machine_slug()}{'-quick' if args.quick else ''}"
+    stem = H.results_stem(args)
     H.write_results(stem, result, markdown(result), draw)
 
 
