@@ -366,7 +366,8 @@ def train_and_save(args, accelerator):
     if accelerator.is_main_process:
         save(args, accelerator, run, best, best_state, history)
     accelerator.wait_for_everyone()
-    return accelerator.unwrap_model(run.model), history
+    # a plain model, without accelerate's autocast wrapper: it predicts in the caller's precision, as the saved one
+    return accelerator.unwrap_model(run.model, keep_fp32_wrapper=False), history
 
 
 def set_up(args, accelerator):

@@ -15,6 +15,7 @@ import model as M
 import predict
 import train
 
+FP32 = ("--precision", "fp32")
 TEXTS = [
     "i feel hopeless and empty every single day",
     "our team won the cup today",
@@ -36,13 +37,15 @@ def trained(posts_csv, tmp_path_factory):
 
 
 def predict_json(folder, *args, stdin=None):
-    proc = run_cli("predict.py", "--adapter", folder, "--json", *args, stdin=stdin)
+    """predict.py --json in full precision: these tests compare answers within 1e-5, which bf16 (the default on
+    CPUs with native bf16) does not keep across batchings; bf16 prediction is tested in test_precision.py."""
+    proc = run_cli("predict.py", "--adapter", folder, "--json", *FP32, *args, stdin=stdin)
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
 def test_saved_adapter_predicts_like_the_model_in_memory(trained):
     model, tokenizer, folder = trained
-    expected = inference.predict_proba(model, tokenizer, TEXTS, max_length=32)
+    expected = inference.predict_proba(model, tokenizer, TEXTS, max_length=32, precision="fp32")
     rows = predict_json(folder, *TEXTS)  # a new process: fresh base model + load_adapter
     got = torch.tensor([[r["probabilities"]["not depressive"], r["probabilities"]["depressive"]] for r in rows])
     assert [r["text"] for r in rows] == TEXTS
@@ -52,8 +55,9 @@ def test_saved_adapter_predicts_like_the_model_in_memory(trained):
 
 def test_predict_proba_keeps_input_order_whatever_the_batching(trained):
     model, tokenizer, _ = trained
-    one_by_one = torch.cat([inference.predict_proba(model, tokenizer, [t], 32) for t in TEXTS])
-    assert torch.allclose(inference.predict_proba(model, tokenizer, TEXTS, 32, batch_size=3), one_by_one, atol=1e-5)
+    one_by_one = torch.cat([inference.predict_proba(model, tokenizer, [t], 32, precision="fp32") for t in TEXTS])
+    in_threes = inference.predict_proba(model, tokenizer, TEXTS, 32, batch_size=3, precision="fp32")
+    assert torch.allclose(in_threes, one_by_one, atol=1e-5)
 
 
 def test_json_fields_follow_the_pipeline_names(trained):
@@ -99,12 +103,14 @@ def test_output_file_holds_every_result_in_input_order(trained, tmp_path):
         "3",
         "--output",
         tmp_path / "out.jsonl",
+        *FP32,
     )
     assert proc.stdout == "" and "classifying" in proc.stderr  # results go to the file, the bar to stderr
     written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["text"] for r in written] == posts
     assert all(abs(a["score"] - b["score"]) < 1e-5 and a["label"] == b["label"] for a, b in zip(written, printed))
-    run_cli("predict.py", "--adapter", folder, "--file", tmp_path / "posts.txt", "--output", tmp_path / "out.csv")
+    posts_file, csv_file = tmp_path / "posts.txt", tmp_path / "out.csv"
+    run_cli("predict.py", "--adapter", folder, "--file", posts_file, "--output", csv_file, *FP32)
     table = pd.read_csv(tmp_path / "out.csv")
     assert list(table.columns) == ["text", "label", "score", "p_not depressive", "p_depressive"]
     assert table["text"].tolist() == posts and (table["score"] - [r["score"] for r in printed]).abs().max() < 1e-5
