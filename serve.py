@@ -15,6 +15,7 @@ This is a research and teaching tool, not a diagnostic instrument.
 """
 
 import argparse
+import dataclasses
 import logging
 import socket
 
@@ -57,10 +58,12 @@ def build_parser():
         f"{LIMITS.max_wait_ms:g}; docs/serve.md has the measurements)",
     )
     p.add_argument(
-        "--no-batching",
-        dest="batching",
-        action="store_false",
-        help="one request per model call (for comparison: requests wait for each other instead of sharing a call)",
+        "--batching",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="micro-batching of concurrent requests into one model call; --no-batching: one request per call "
+        "(default: on, but off for onnx-int8, whose answers would depend on other clients' posts and which was no "
+        "faster batched on a 2-core CPU: docs/serve.md)",
     )
     p.add_argument(
         "--max-queue",
@@ -107,7 +110,7 @@ def parse_args(argv=None):
         fail("--max-queue must hold at least one request of --max-texts texts")
     args.limits = server.Limits(
         max_texts=args.max_texts, max_chars=args.max_chars, max_queue=args.max_queue,
-        max_batch=args.max_batch_size, max_wait_ms=args.max_wait_ms, batching=args.batching,
+        max_batch=args.max_batch_size, max_wait_ms=args.max_wait_ms, batching=args.batching is not False,
     )  # fmt: skip
     return args
 
@@ -120,6 +123,14 @@ def backend_for(args):
                  "on torch: drop --backend, or serve one --adapter")  # fmt: skip
         return "torch"
     return inference.fastest_backend(args.adapter[0]) if args.backend == "auto" else args.backend
+
+
+def limits_for(args, backend):
+    """The limits, batching resolved: unless a flag says otherwise, onnx-int8 runs one request per call (it quantises
+    activations per call, so a batched post's answer would depend on the others'; measured no faster batched)."""
+    if args.batching is None and backend == "onnx-int8":
+        return dataclasses.replace(args.limits, batching=False)
+    return args.limits
 
 
 def check_port(host, port):
@@ -135,6 +146,7 @@ def check_port(host, port):
 def main(argv=None):
     args = parse_args(argv)
     backend = backend_for(args)
+    args.limits = limits_for(args, backend)
     check_port(args.host, args.port)
     if args.ray_replicas:
         try:
@@ -163,7 +175,7 @@ def main(argv=None):
     print(
         f"serving {', '.join(models.names)} ({backend}) at http://{args.host}:{args.port}/ "
         f"(API: /docs); batches of up to {args.max_batch_size} texts, {args.max_wait_ms:g} ms"
-        + ("" if args.batching else " (batching off)"),
+        + ("" if args.limits.batching else " (batching off)"),
         flush=True,
     )
     uvicorn.run(server.create_app(models, args.limits), host=args.host, port=args.port, timeout_graceful_shutdown=30)

@@ -279,7 +279,7 @@ def main(argv=None):
     runs = []
     for backend in args.backends:
         for batching in (True, False):
-            flags = ["--adapter", args.adapter, "--backend", backend] + ([] if batching else ["--no-batching"])
+            flags = ["--adapter", args.adapter, "--backend", backend, "--batching" if batching else "--no-batching"]
             server = Server(*flags)
             try:
                 for clients in args.concurrency:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, assert_clean_failure, free_port, run_cli
 
+import serve
 import train
 
 POSTS = [f"{text} {i}" for i, text in enumerate(["I feel hopeless and EMPTY!", "our team won the cup today",
@@ -305,3 +306,14 @@ def test_batch_sizes_benchmark_measures_every_backend_and_size(adapters, posts_c
     table = result_file.with_suffix(".md").read_text()
     assert "| torch |" in table and "| onnx |" in table
     assert result_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_int8_is_served_without_batching_unless_asked(tmp_path):
+    """Batching is on by default but for onnx-int8 (its answers would depend on other clients' posts); the flags
+    decide where given."""
+    folder = str(tmp_path / "any")
+    cases = [([], "torch", True), ([], "onnx", True), ([], "onnx-int8", False), (["--batching"], "onnx-int8", True),
+             (["--no-batching"], "torch", False)]  # fmt: skip
+    for flags, backend, expected in cases:
+        args = serve.parse_args(["--adapter", folder, *flags])
+        assert serve.limits_for(args, backend).batching is expected, (flags, backend)
