@@ -167,9 +167,12 @@ def markdown(results, command):
     ]  # fmt: skip
     groups = list(first.get("groups", {}))
     if groups and isinstance(first["groups"][groups[0]], dict):  # more than two classes
-        top = lambda shares: max(shares.items(), key=lambda kv: kv[1])  # noqa: E731
-        rows = [[folder, *(f"{top(r['groups'][g])[0]} ({pct(top(r['groups'][g])[1])})" for g in groups)]
-                for folder, r in results.items()]  # fmt: skip
+
+        def top(shares):  # the class predicted most often, with its share
+            name, share = max(shares.items(), key=lambda kv: kv[1])
+            return f"{name} ({pct(share)})"
+
+        rows = [[folder, *(top(r["groups"][g]) for g in groups)] for folder, r in results.items()]
         lines += [
             "",
             "Per group, the class predicted most often (its share, %):",

@@ -15,7 +15,6 @@ This is a research and teaching tool, not a diagnostic instrument.
 """
 
 import argparse
-import dataclasses
 import logging
 import socket
 
@@ -108,10 +107,6 @@ def parse_args(argv=None):
         fail("--max-wait-ms must be between 0 and 10000")
     if args.max_queue < args.max_texts:
         fail("--max-queue must hold at least one request of --max-texts texts")
-    args.limits = server.Limits(
-        max_texts=args.max_texts, max_chars=args.max_chars, max_queue=args.max_queue,
-        max_batch=args.max_batch_size, max_wait_ms=args.max_wait_ms, batching=args.batching is not False,
-    )  # fmt: skip
     return args
 
 
@@ -126,11 +121,13 @@ def backend_for(args):
 
 
 def limits_for(args, backend):
-    """The limits, batching resolved: unless a flag says otherwise, onnx-int8 runs one request per call (it quantises
+    """The server's limits from the flags; batching unless a flag says otherwise, but not on onnx-int8 (it quantises
     activations per call, so a batched post's answer would depend on the others'; measured no faster batched)."""
-    if args.batching is None and backend == "onnx-int8":
-        return dataclasses.replace(args.limits, batching=False)
-    return args.limits
+    batching = backend != "onnx-int8" if args.batching is None else args.batching
+    return server.Limits(
+        max_texts=args.max_texts, max_chars=args.max_chars, max_queue=args.max_queue,
+        max_batch=args.max_batch_size, max_wait_ms=args.max_wait_ms, batching=batching,
+    )  # fmt: skip
 
 
 def check_port(host, port):
@@ -146,19 +143,12 @@ def check_port(host, port):
 def main(argv=None):
     args = parse_args(argv)
     backend = backend_for(args)
-    args.limits = limits_for(args, backend)
+    limits = limits_for(args, backend)
     check_port(args.host, args.port)
     if args.ray_replicas:
         try:
             return server.deploy_on_ray(
-                args.adapter,
-                backend,
-                args.threads,
-                args.limits,
-                args.ray_replicas,
-                args.host,
-                args.port,
-                args.precision,
+                args.adapter, backend, args.threads, limits, args.ray_replicas, args.host, args.port, args.precision
             )
         except ModelError as e:
             fail(str(e))
@@ -175,10 +165,10 @@ def main(argv=None):
     print(
         f"serving {', '.join(models.names)} ({backend}) at http://{args.host}:{args.port}/ "
         f"(API: /docs); batches of up to {args.max_batch_size} texts, {args.max_wait_ms:g} ms"
-        + ("" if args.limits.batching else " (batching off)"),
+        + ("" if limits.batching else " (batching off)"),
         flush=True,
     )
-    uvicorn.run(server.create_app(models, args.limits), host=args.host, port=args.port, timeout_graceful_shutdown=30)
+    uvicorn.run(server.create_app(models, limits), host=args.host, port=args.port, timeout_graceful_shutdown=30)
 
 
 if __name__ == "__main__":
