@@ -50,6 +50,23 @@ def fresh_accelerate_state():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
+@pytest.fixture(autouse=True)
+def no_python_process_in_the_fast_tier(request, monkeypatch):
+    """A test not marked slow runs in this process: starting another Python (a command line, a benchmark, a
+    kernel) fails it, so that the fast tier stays fast and a slow test cannot hide in it unmarked."""
+    if request.node.get_closest_marker("slow"):
+        return
+    start = subprocess.Popen._execute_child
+
+    def refuse_python(self, args, *rest, **kwargs):
+        program = args[0] if isinstance(args, (list, tuple)) else str(args).split()[0]
+        if Path(str(program)).name.startswith("python"):
+            raise AssertionError(f"{request.node.nodeid} starts {args}: mark it @pytest.mark.slow")
+        return start(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse_python)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
     """A randomly initialised 2-layer BERT (hidden 32) saved like a Hub checkpoint, with the real tokenizer."""

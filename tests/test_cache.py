@@ -86,6 +86,7 @@ def test_layers_that_cannot_be_cached_are_named(tiny_bert):
     assert k == 0 and "outside the encoder layers" in unsafe
 
 
+@pytest.mark.slow
 def test_train_caches_by_default_where_it_applies_and_not_when_told(tiny_bert, posts_csv, tmp_path):
     common = ["--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path, "--epochs", "2", "--batch-size", "8"]
     common += ["--max-length", "32", "--leave-out", "0"]

@@ -82,6 +82,7 @@ def test_several_sources_are_split_each_on_its_own(tmp_path):
         assert sum(labels) * 2 == len(labels)
 
 
+@pytest.mark.slow
 def test_training_on_the_default_data_reports_validation_per_source(tiny_bert, tmp_path):
     args = ["--model", tiny_bert, "--output-dir", tmp_path, "--epochs", "1", "--max-length", "16"]
     proc = run_cli("train.py", *args, "--max-train-samples", "64", "--batch-size", "16")
@@ -99,6 +100,7 @@ def test_training_on_the_default_data_reports_validation_per_source(tiny_bert, t
     assert "by_source" not in info["best"] and info["val_size"] == 1224
 
 
+@pytest.mark.slow
 def test_a_missing_or_bad_data_file_gets_one_line_and_exit_2(tiny_bert, tmp_path):
     common = ["--model", tiny_bert, "--output-dir", tmp_path, "--epochs", "1"]
     proc = run_cli("train.py", *common, "--data", tmp_path / "missing.parquet", check=False)
@@ -140,6 +142,7 @@ def test_the_length_expert_is_a_product_of_experts_in_the_training_loss(tiny_ber
     assert abs(float(loss) - float(expected.detach())) < 1e-5
 
 
+@pytest.mark.slow
 def test_behaviour_command_counts_every_case(tiny_bert, posts_csv, tmp_path):
     run_train(tiny_bert, posts_csv, tmp_path, "--epochs", "1")
     folder = tmp_path / "depression-pfeiffer"
@@ -177,6 +180,7 @@ def test_every_behaviour_case_is_written_here_not_copied_from_the_training_data(
     assert not texts & trained
 
 
+@pytest.mark.slow
 def test_default_model_study_quick(tiny_bert, groups_csv, tmp_path):
     run_cli(
         "-m", "bench.default_model", "--quick", "--model", tiny_bert, "--pirina", groups_csv,

@@ -15,7 +15,7 @@ import data
 # Each launch takes a free port (torchrun --standalone, accelerate launch --main_process_port), so these tests can run
 # in any order and beside each other; the xdist group runs them one at a time only to keep 2 cores from running 4
 # training processes at once.
-pytestmark = pytest.mark.xdist_group("processes")
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]
 
 # Full fine-tuning of the tiny BERT learns the synthetic posts within 4 epochs, so accuracies can be compared.
 FULL = ["--mode", "full", "--lr", "3e-3", "--epochs", "4", "--max-length", "32"]

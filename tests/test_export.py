@@ -13,7 +13,8 @@ import inference
 import train
 
 TEXTS = ["i feel hopeless and empty every single day", "our team won the cup today", "short", "made pancakes"]
-pytestmark = pytest.mark.xdist_group("export")  # one worker builds the exported folders (session-scoped), once
+# one worker builds the exported folders (session-scoped), once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("export")]
 SETUPS = {
     "pfeiffer": ["--mode", "adapter"],
     "full": ["--mode", "full", "--lr", "1e-3"],

@@ -67,10 +67,11 @@ def test_every_listed_name_is_covered_once():
         [n for n in M.ADAPTER_CONFIGS if n not in M.REFUSED_CONFIGS]
     ) + sorted(M.REFUSED_CONFIGS)
     assert ["pfeiffer", "seq_bn"] in GROUPS and ["double_seq_bn", "houlsby"] in GROUPS
-    help_text = " ".join(run_cli("train.py", "--help").stdout.split())
+    help_text = " ".join(train.build_parser().format_help().split())  # the command's --help: tests/test_train.py
     assert all(name in help_text for name in M.ADAPTER_CONFIGS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("names", GROUPS, ids=[g[0] for g in GROUPS])
 def test_method_trains_saves_reloads_and_predicts(names, tiny_bert_128, posts_60, tmp_path):
     """One epoch through train.py's main (in this process: ~20 methods x a fresh interpreter's imports would
@@ -120,6 +121,7 @@ def train_one_epoch(name, model_path, posts, out):
     return out / f"depression-{name}"
 
 
+@pytest.mark.slow
 def test_prefix_tuning_through_the_command_lines(tiny_bert_128, posts_60, tmp_path):
     """Prefix tuning's pool is shared by every layer: saved once, loaded back into all of them (it used to crash
     at save)."""
@@ -134,6 +136,7 @@ def test_prefix_tuning_through_the_command_lines(tiny_bert_128, posts_60, tmp_pa
     assert sum(".prefix_tunings." in k for k in keys) == 5  # one pool (embedding + 2-layer MLP), not one per layer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, flags, expected",
     [

@@ -68,6 +68,7 @@ def runs(tiny_bert, three_csv, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["adapter", "full"])
 def test_three_classes_train_save_reload_and_predict(runs, three_csv, mode):
     folder = runs / mode
@@ -89,6 +90,7 @@ def test_three_classes_train_save_reload_and_predict(runs, three_csv, mode):
     assert set(row["probabilities"]) == {"anxious", "glad", "sad"} and row["label"] in row["probabilities"]
 
 
+@pytest.mark.slow
 def test_balanced_class_weights_are_scikit_learns(runs, three_csv):
     info = json.loads((runs / "adapter" / "training.json").read_text())
     train_ds, _, _, _ = data.load_splits(str(three_csv), seed=info["split_seed"])
@@ -112,6 +114,7 @@ def test_metrics_on_a_known_case():
     assert binary["precision"] == 0.5 and binary["recall"] == 0.5 and binary["confusion_matrix"] == [[1, 1], [1, 1]]
 
 
+@pytest.mark.slow
 def test_evaluate_reports_a_three_class_confusion_matrix(runs, three_csv, tmp_path):
     out = tmp_path / "eval.json"
     run_cli(
@@ -133,6 +136,7 @@ def test_evaluate_reports_a_three_class_confusion_matrix(runs, three_csv, tmp_pa
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", ["one class", "a class of one post"])
 def test_a_class_that_cannot_be_trained_is_refused_with_one_line(problem, tiny_bert, tmp_path):
     df = (

@@ -1,10 +1,12 @@
 import nbformat
+import pytest
 from conftest import ROOT
 from nbclient import NotebookClient
 
 NOTEBOOK = ROOT / "notebooks" / "bottleneck_adapters.ipynb"
 
 
+@pytest.mark.slow
 def test_notebook_runs_top_to_bottom(tiny_bert, posts_csv, tmp_path, monkeypatch):
     """The walkthrough, executed as committed but in its quick setting (tiny model, small data), must not fail."""
     for key, value in {

@@ -36,6 +36,7 @@ def test_auto_follows_the_cpus_capabilities(cpu, monkeypatch):
     assert inference.autocast_dtype("cpu", "fp32") is None and inference.autocast_dtype("cpu", "bf16") == torch.bfloat16
 
 
+@pytest.mark.slow
 def test_prediction_in_bf16_and_held_in_fp32(tiny_bert, posts_csv, tmp_path):
     run_train(tiny_bert, posts_csv, tmp_path, "--epochs", "2",
             "--lr", "1e-2", "--mixed-precision", "bf16")  # fmt: skip

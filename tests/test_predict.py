@@ -15,6 +15,8 @@ import model as M
 import predict
 import train
 
+pytestmark = pytest.mark.slow  # every test here runs the command lines in new processes
+
 FP32 = ("--precision", "fp32")
 TEXTS = [
     "i feel hopeless and empty every single day",

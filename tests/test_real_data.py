@@ -5,6 +5,8 @@ import json
 import pytest
 from conftest import REAL_DATA, run_cli
 
+pytestmark = pytest.mark.slow  # every test here runs the command lines in new processes
+
 
 @pytest.mark.skipif(not REAL_DATA.exists(), reason="needs ../shared/data/depression-reddit-cleaned.csv")
 def test_pfeiffer_adapter_on_real_posts_reaches_90_percent(tmp_path):

@@ -52,6 +52,7 @@ def metrics(folder):
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["no", "bf16"])
 def test_killed_run_resumes_to_the_same_result(precision, tiny_bert, posts_1200, tmp_path):
     """In full precision and in bf16 (mixed precision: weights and optimizer in fp32, compute in bf16)."""
@@ -88,6 +89,7 @@ def test_killed_run_resumes_to_the_same_result(precision, tiny_bert, posts_1200,
     assert sorted(p.name for p in killed.iterdir()) == ["depression-pfeiffer"]  # no .incomplete, no .lock
 
 
+@pytest.mark.slow
 def test_resume_with_other_arguments_or_nothing_to_resume(tiny_bert, posts_csv, tmp_path):
     proc = run_train(tiny_bert, posts_csv, tmp_path, "--epochs", "1", "--max-length", "32", "--resume")
     assert "nothing to resume" in proc.stdout and "starting afresh" in proc.stdout
@@ -109,6 +111,7 @@ def test_every_flag_is_a_resume_setting_but_where_the_result_goes():
     assert {"label_map", "normalize_text", "class_weights", "metric", "lr", "seed"} <= set(train.resume_keys())
 
 
+@pytest.mark.slow
 def test_second_run_into_the_same_folder_is_refused_and_the_first_finishes(tiny_bert, posts_1200, tmp_path):
     first = start_training(tiny_bert, posts_1200, tmp_path)
     wait_for(tmp_path / "depression-pfeiffer.incomplete" / "checkpoint" / "state.json", first)
@@ -126,6 +129,7 @@ def test_second_run_into_the_same_folder_is_refused_and_the_first_finishes(tiny_
     saved.load_trained(folder)
 
 
+@pytest.mark.slow
 def test_patience_stops_when_accuracy_stops_improving(tiny_bert, posts_csv, tmp_path):
     proc = run_train(
         tiny_bert, posts_csv, tmp_path, "--epochs", "6", "--batch-size", "8", "--max-length", "32", "--patience", "1"
@@ -256,6 +260,7 @@ def damage(folder, problem):
     raise AssertionError(problem)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "mode, problem",
     [
@@ -283,6 +288,7 @@ def test_damaged_folder_is_refused_with_one_line(mode, problem, saved_folders, t
     assert proc.stdout == ""
 
 
+@pytest.mark.slow
 def test_undamaged_folders_still_load(saved_folders):
     for name in ["depression-pfeiffer", "depression-full"]:
         rows = run_cli("predict.py", "--adapter", saved_folders / name, "--json", "some text").stdout.splitlines()

@@ -22,7 +22,8 @@ import train
 
 POSTS = [f"{text} {i}" for i, text in enumerate(["I feel hopeless and EMPTY!", "our team won the cup today",
          "nothing matters anymore, i cannot sleep", "made pancakes for the whole family"] * 6)]  # fmt: skip
-pytestmark = pytest.mark.xdist_group("serve")  # one worker trains the adapters (session-scoped), once
+# one worker trains the adapters (session-scoped), once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve")]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 STOPPED = (0, -signal.SIGTERM)  # uvicorn finishes its shutdown, then ends by the signal it was sent, as asked
 

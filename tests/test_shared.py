@@ -14,7 +14,8 @@ import train
 from errors import ModelError
 
 TEXTS = ["I feel hopeless and empty every day", "our team won the cup today!", "short", "a b c d e f g h i j"] * 3
-pytestmark = pytest.mark.xdist_group("shared")  # one worker trains the adapters (session-scoped), once
+# one worker trains the adapters (session-scoped), once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("shared")]
 
 
 @pytest.fixture(scope="session")

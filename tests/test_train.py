@@ -5,6 +5,8 @@ import shutil
 import pytest
 from conftest import assert_clean_failure, make_posts, run_cli, run_train
 
+pytestmark = pytest.mark.slow  # every test here runs the command lines in new processes
+
 QUICK = ["--epochs", "2", "--batch-size", "8", "--max-length", "32"]
 
 
