@@ -6,7 +6,7 @@ of this CPU, and the cold start of a one-post `python predict.py`. Then classify
 actors.
 
     python -m bench.backends --runs /work/runs     # folders full-42-42, pfeiffer-42-42, lora-42-42 (crossdomain.py's)
-    python -m bench.backends --quick --runs R      # 64 posts, no Ray: a check that it runs
+    python -m bench.backends --quick --runs R      # 64 posts, torch and ONNX fp32 only, no Ray: a check that it runs
 
 The folders are copied to a temporary folder and exported there (export.py's checks on 512 training posts); the
 originals are not touched. A backend that export.py did not keep is left out of the table, with the reason printed.
@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent  # not bench.harness.ROOT: the mea
 
 SETUPS = {"full": "full-42-42", "pfeiffer": "pfeiffer-42-42", "lora merged": "lora-42-42"}
 BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")  # torch: fp32; torch-bf16: under bf16 autocast
+QUICK_BACKENDS = ("torch", "onnx")  # --quick: one torch and one ONNX path, no int8 quantisation
 ONE_POST = "i can't get out of bed anymore and nothing feels worth it"
 
 
@@ -38,7 +39,9 @@ def parse_args(argv=None):
     p.add_argument("--data", default=None, help="data set whose validation posts are classified (default: train.py's)")
     p.add_argument("--repeats", type=int, default=2, help="timed passes over the posts; the best counts (default 2)")
     p.add_argument("--ray-posts", type=int, default=20000, help="posts in the Ray corpus (default: 20000)")
-    p.add_argument("--quick", action="store_true", help="64 posts, 1 pass, no Ray: a check that it runs")
+    p.add_argument(
+        "--quick", action="store_true", help="64 posts, 1 pass, torch and ONNX fp32 only, no Ray: a check that it runs"
+    )
     p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for the JSON, table and chart")
     p.add_argument("--name", default=None, help="file name stem (default: backends-<machine>)")
     p.add_argument("--worker", nargs=3, metavar=("FOLDER", "BACKEND", "POSTS"), help=argparse.SUPPRESS)
@@ -237,9 +240,10 @@ def main(argv=None):
         for setup, run in SETUPS.items():
             folder = Path(tmp) / run
             shutil.copytree(Path(args.runs) / run, folder, ignore=shutil.ignore_patterns("*onnx*"))
-            subprocess.run([sys.executable, "export.py", "--adapter", str(folder)], cwd=ROOT, check=True)
+            quick = ["--no-int8"] if args.quick else []
+            subprocess.run([sys.executable, "export.py", "--adapter", str(folder), *quick], cwd=ROOT, check=True)
             rows, checks = {}, inference.read_export_info(folder)["backends"]
-            for backend in BACKENDS:
+            for backend in QUICK_BACKENDS if args.quick else BACKENDS:
                 if backend == "torch-bf16" and not hardware.cpu_has_bf16():
                     continue  # emulated bf16: slower than fp32, not worth measuring (docs/speed.md)
                 if not backend.startswith("torch") and not checks[backend]["verified"]:

@@ -1,5 +1,8 @@
 """Shared fixtures: a tiny random BERT with the real uncased BERT tokenizer, small data files, CLI runner."""
 
+import contextlib
+import importlib
+import io
 import os
 import socket
 import subprocess
@@ -111,6 +114,28 @@ def run_cli(*args, cwd=ROOT, stdin=None, check=True, env=None):
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def run_main(script, *args, stdin="", check=True):
+    """`python SCRIPT.py ARGS...` in this process: the script's main() with the same arguments, its stdout and
+    stderr caught, the exit code taken from SystemExit, as a CompletedProcess like run_cli's. Seconds quicker than a
+    new process (no fresh imports of torch and transformers); for the many bad-input cases of each command, while
+    every command keeps real runs in new processes (run_cli)."""
+    main = importlib.import_module(script).main
+    out, err, stdin_before, code = io.StringIO(), io.StringIO(), sys.stdin, 0
+    sys.stdin = io.StringIO(stdin)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        if isinstance(e.code, str):
+            err.write(e.code + "\n")  # sys.exit("message") prints it
+    finally:
+        sys.stdin = stdin_before
+    if check and code != 0:
+        raise AssertionError(f"{script} {args} exited {code}:\n{out.getvalue()}\n{err.getvalue()}")
+    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
 
 
 ONE_QUICK_EPOCH = ["--epochs", "1", "--batch-size", "8", "--max-length", "32"]  # train.py flags of a quick run

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REDDIT_GROUPS as GROUPS
-from conftest import assert_clean_failure, run_cli
+from conftest import assert_clean_failure, run_cli, run_main
 from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, roc_auc_score
 
 import data
@@ -204,7 +204,7 @@ def test_bad_input_gets_one_line_and_exit_2(problem, mixed_run, groups_csv, tmp_
         args, words = args[:4] + ["--label-map", "1ds"], ["TARGET=VALUE"]
     else:
         args, words = args + ["--group-column", "label", "--group-auc", "ds:xx"], ["'xx'"]
-    proc = run_cli("assess.py", *args, check=False)
+    proc = run_main("assess", *args, check=False)
     assert_clean_failure(proc, *words)
     if problem == "output exists":
         assert (tmp_path / "r.json").read_text() == "{}"  # not written over

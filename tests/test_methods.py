@@ -7,7 +7,7 @@ import pytest
 import torch
 from adapters import AdapterConfig
 from adapters.methods.lora import LoRALayer
-from conftest import assert_clean_failure, make_posts, run_cli, run_train
+from conftest import assert_clean_failure, make_posts, run_cli, run_main, run_train
 from safetensors import safe_open
 
 import data
@@ -136,7 +136,6 @@ def test_prefix_tuning_through_the_command_lines(tiny_bert_128, posts_60, tmp_pa
     assert sum(".prefix_tunings." in k for k in keys) == 5  # one pool (embedding + 2-layer MLP), not one per layer
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, flags, expected",
     [
@@ -146,18 +145,7 @@ def test_prefix_tuning_through_the_command_lines(tiny_bert_128, posts_60, tmp_pa
     ],
 )
 def test_method_that_cannot_work_is_refused_before_training(name, flags, expected, tiny_bert, posts_csv, tmp_path):
-    proc = run_train(
-        tiny_bert,
-        posts_csv,
-        tmp_path,
-        "--epochs",
-        "1",
-        "--mode",
-        "adapter",
-        "--adapter-config",
-        name,
-        *flags,
-        check=False,
-    )
+    args = ["--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path, "--epochs", "1", "--mode", "adapter"]
+    proc = run_main("train", *args, "--adapter-config", name, *flags, check=False)
     assert_clean_failure(proc, expected)
     assert "epoch 1" not in proc.stdout and not any(tmp_path.iterdir())

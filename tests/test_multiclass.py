@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import assert_clean_failure, run_cli
+from conftest import assert_clean_failure, run_cli, run_main
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from sklearn.utils.class_weight import compute_class_weight
 
@@ -136,7 +136,6 @@ def test_evaluate_reports_a_three_class_confusion_matrix(runs, three_csv, tmp_pa
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("problem", ["one class", "a class of one post"])
 def test_a_class_that_cannot_be_trained_is_refused_with_one_line(problem, tiny_bert, tmp_path):
     df = (
@@ -145,8 +144,8 @@ def test_a_class_that_cannot_be_trained_is_refused_with_one_line(problem, tiny_b
         else three_classes({"anxious": 10, "glad": 0, "sad": 0})
     )
     df.to_csv(tmp_path / "d.csv", index=False)
-    proc = run_cli(
-        "train.py", "--model", tiny_bert, "--data", tmp_path / "d.csv", "--output-dir", tmp_path / "out", check=False
+    proc = run_main(
+        "train", "--model", tiny_bert, "--data", tmp_path / "d.csv", "--output-dir", tmp_path / "out", check=False
     )
     assert_clean_failure(proc, "found 1: anxious" if problem == "one class" else "class 'glad' has 1 post")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.safetensors"))

@@ -8,14 +8,11 @@ import time
 import pandas as pd
 import pytest
 import torch
-from conftest import ONE_QUICK_EPOCH, ROOT, assert_clean_failure, run_cli, run_train
+from conftest import ONE_QUICK_EPOCH, ROOT, assert_clean_failure, run_cli, run_main, run_train
 
 import inference
 import model as M
-import predict
 import train
-
-pytestmark = pytest.mark.slow  # every test here runs the command lines in new processes
 
 FP32 = ("--precision", "fp32")
 TEXTS = [
@@ -45,6 +42,7 @@ def predict_json(folder, *args, stdin=None):
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
+@pytest.mark.slow
 def test_saved_adapter_predicts_like_the_model_in_memory(trained):
     model, tokenizer, folder = trained
     expected = inference.predict_proba(model, tokenizer, TEXTS, max_length=32, precision="fp32")
@@ -55,6 +53,7 @@ def test_saved_adapter_predicts_like_the_model_in_memory(trained):
     assert (expected[:, 1] - expected[0, 1]).abs().max() > 1e-3  # the texts really get different answers
 
 
+@pytest.mark.slow
 def test_predict_proba_keeps_input_order_whatever_the_batching(trained):
     model, tokenizer, _ = trained
     one_by_one = torch.cat([inference.predict_proba(model, tokenizer, [t], 32, precision="fp32") for t in TEXTS])
@@ -62,6 +61,7 @@ def test_predict_proba_keeps_input_order_whatever_the_batching(trained):
     assert torch.allclose(in_threes, one_by_one, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_json_fields_follow_the_pipeline_names(trained):
     row = predict_json(trained[2], TEXTS[0])[0]
     assert set(row) == {"text", "label", "score", "probabilities"}
@@ -70,6 +70,7 @@ def test_json_fields_follow_the_pipeline_names(trained):
     assert abs(sum(row["probabilities"].values()) - 1) < 1e-5
 
 
+@pytest.mark.slow
 def test_plain_output_has_label_and_probability_per_text(trained):
     proc = run_cli("predict.py", "--adapter", trained[2], *TEXTS[:2])
     lines = proc.stdout.splitlines()
@@ -81,6 +82,7 @@ def test_plain_output_has_label_and_probability_per_text(trained):
     assert proc.stderr.count("overwrit") == 0 and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_text_file_csv_file_and_stdin(trained, tmp_path):
     folder = trained[2]
     (tmp_path / "posts.txt").write_text(f"{TEXTS[0]}\n\n{TEXTS[1]}\n")
@@ -90,6 +92,7 @@ def test_text_file_csv_file_and_stdin(trained, tmp_path):
     assert [r["text"] for r in predict_json(folder, "-", stdin="\n".join(TEXTS) + "\n")] == TEXTS
 
 
+@pytest.mark.slow
 def test_output_file_holds_every_result_in_input_order(trained, tmp_path):
     folder = trained[2]
     posts = [f"{TEXTS[i % 4]} {i}" for i in range(11)]
@@ -118,6 +121,7 @@ def test_output_file_holds_every_result_in_input_order(trained, tmp_path):
     assert table["text"].tolist() == posts and (table["score"] - [r["score"] for r in printed]).abs().max() < 1e-5
 
 
+@pytest.mark.slow
 def test_results_stream_out_chunk_by_chunk_and_a_killed_run_keeps_them(trained, tmp_path):
     """With --chunk-size 2, the first two posts' results arrive while stdin is still open; killed then,
     the --output file keeps them, whole."""
@@ -148,17 +152,20 @@ def test_results_stream_out_chunk_by_chunk_and_a_killed_run_keeps_them(trained, 
         assert [json.loads(line)["text"] for line in lines] == TEXTS[:2]
 
 
+@pytest.mark.slow
 def test_full_model_folder_predicts_too(tiny_bert, posts_csv, tmp_path):
     run_train(tiny_bert, posts_csv, tmp_path, "--mode", "full", *ONE_QUICK_EPOCH)
     rows = predict_json(tmp_path / "depression-full", *TEXTS)
     assert len(rows) == 4 and all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in rows)
 
 
-def test_without_a_trained_adapter_it_says_how_to_train_one(tmp_path):
-    proc = run_cli(predict.__file__, "some text", cwd=tmp_path, check=False)  # default adapters/... is missing
+def test_without_a_trained_adapter_it_says_how_to_train_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default adapters/... is missing here
+    proc = run_main("predict", "some text", check=False)
     assert_clean_failure(proc, "python train.py --mode adapter")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "problem",
     [
@@ -207,7 +214,7 @@ def test_bad_input_gets_one_line_and_exit_2(problem, trained, tmp_path):
         (tmp_path / "blank.txt").write_text("\n  \n")
         args, words = ["--file", tmp_path / "blank.txt"], ["holds no posts"]
     before = {p.name: p.read_bytes() for p in trained[2].iterdir()}
-    proc = run_cli("predict.py", "--adapter", folder, *args, check=False, stdin="")
+    proc = run_main("predict", "--adapter", folder, *args, check=False)
     assert_clean_failure(proc, *words)
     assert {p.name: p.read_bytes() for p in trained[2].iterdir()} == before
     if problem == "output exists":
@@ -215,4 +222,4 @@ def test_bad_input_gets_one_line_and_exit_2(problem, trained, tmp_path):
 
 
 def test_help_mentions_responsible_use():
-    assert "not a diagnostic instrument" in run_cli("predict.py", "--help").stdout
+    assert "not a diagnostic instrument" in run_main("predict", "--help").stdout

@@ -3,9 +3,7 @@ import re
 import shutil
 
 import pytest
-from conftest import assert_clean_failure, make_posts, run_cli, run_train
-
-pytestmark = pytest.mark.slow  # every test here runs the command lines in new processes
+from conftest import assert_clean_failure, make_posts, run_main, run_train
 
 QUICK = ["--epochs", "2", "--batch-size", "8", "--max-length", "32"]
 
@@ -23,6 +21,7 @@ def runs(tiny_bert, posts_csv, tmp_path_factory):
     return out, procs
 
 
+@pytest.mark.slow
 def test_adapter_run_writes_adapter_head_metrics_and_training_info(runs, tiny_bert):
     out, procs = runs
     folder = out / "depression-pfeiffer"
@@ -59,6 +58,7 @@ def test_adapter_run_writes_adapter_head_metrics_and_training_info(runs, tiny_be
     assert len(info["data_fingerprint"]) == 64
 
 
+@pytest.mark.slow
 def test_train_prints_parameters_progress_and_epoch_metrics(runs):
     proc = runs[1]["adapter"]
     assert "trainable (" in proc.stdout and "parameters:" in proc.stdout
@@ -68,6 +68,7 @@ def test_train_prints_parameters_progress_and_epoch_metrics(runs):
     assert "saved to" in proc.stdout and "duplicate texts" in proc.stdout
 
 
+@pytest.mark.slow
 def test_full_run_saves_model_and_tokenizer(runs):
     out, procs = runs
     folder = out / "depression-full"
@@ -78,6 +79,7 @@ def test_full_run_saves_model_and_tokenizer(runs):
     assert json.loads((folder / "config.json").read_text())["attention_probs_dropout_prob"] == 0.0
 
 
+@pytest.mark.slow
 def test_every_mode_sees_the_same_split(runs):
     out, _ = runs
     infos = [
@@ -87,6 +89,7 @@ def test_every_mode_sees_the_same_split(runs):
     assert len({(i["val_fingerprint"], i["data_fingerprint"], i["train_size"]) for i in infos}) == 1
 
 
+@pytest.mark.slow
 def test_houlsby_trains_more_weights_than_pfeiffer(runs):
     out, _ = runs
     pfeiffer, houlsby = (
@@ -96,6 +99,7 @@ def test_houlsby_trains_more_weights_than_pfeiffer(runs):
     assert houlsby > pfeiffer
 
 
+@pytest.mark.slow
 def test_trained_adapter_is_not_overwritten_without_asking(runs, tiny_bert, posts_csv, tmp_path):
     out = tmp_path  # a copy of the shared run: the other tests read the original, in any order
     folder = out / "depression-pfeiffer"
@@ -151,14 +155,16 @@ def test_bad_input_gets_one_line_and_exit_2(problem, tmp_path, tiny_bert, posts_
         extra, words = ["--epochs", "0"], ["--epochs"]
     elif problem == "bad attention dropout":
         extra, words = ["--attention-dropout", "1.5"], ["--attention-dropout"]
-    proc = train(tiny_bert, data, tmp_path / "out", *extra, check=False)
+    proc = run_main(
+        "train", "--model", tiny_bert, "--data", data, "--output-dir", tmp_path / "out", *QUICK, *extra, check=False
+    )
     assert_clean_failure(proc, *words)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.safetensors"))
 
 
 def test_offline_hub_data_set_fails_with_a_hint(tmp_path, tiny_bert):
-    proc = run_cli(
-        "train.py", "--model", tiny_bert, "--data", "someone/not-cached-here", "--output-dir", tmp_path, check=False
+    proc = run_main(
+        "train", "--model", tiny_bert, "--data", "someone/not-cached-here", "--output-dir", tmp_path, check=False
     )
     assert_clean_failure(proc, "--data", "DEPRESSION_DATA")
 
@@ -179,6 +185,6 @@ def test_help_tells_the_truth_about_every_flag(script):
             shown = " ".join(map(str, default)) if isinstance(default, list) else str(default)  # nargs="+"
             shown = f"{default:g}" if isinstance(default, float) else shown  # 5.0 may read 5
             assert shown in stated.group(1), (action.option_strings, stated.group(1))
-    proc = run_cli(f"{script}.py", "--help")
+    proc = run_main(script, "--help")
     assert proc.returncode == 0 and proc.stderr == ""
     assert all(opt in proc.stdout for a in parser._actions for opt in a.option_strings)
