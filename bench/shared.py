@@ -41,15 +41,19 @@ def parse_args(argv=None):
     )
     H.add_common_flags(p, data_help="posts to classify: the depression data set's split")
     p.add_argument("--no-bert-base", dest="bert_base", action="store_false", help="leave out the BERT-base-sized model")
-    p.add_argument("--counts", nargs="+", type=int, default=[1, 3, 6], help="numbers of tasks (default: 1 3 6)")
-    p.add_argument("--posts", type=int, default=512, help="posts classified per measurement (default: 512)")
-    p.add_argument("--rounds", type=int, default=2, help="rounds, alternating which way runs first (default: 2)")
+    p.add_argument("--counts", nargs="+", type=int, default=None, help="numbers of tasks (default: 1 3 6; quick 1 3)")
+    p.add_argument("--posts", type=int, default=None, help="posts classified per measurement (default: 512; quick 64)")
+    p.add_argument(
+        "--rounds", type=int, default=None, help="rounds, alternating which way runs first (default: 2; quick 1)"
+    )
     p.add_argument("--work", default="/tmp/bench-shared", help="where the models and adapters are written")
     H.add_run_flags(p, "shared", "1 round, 1 and 3 tasks, 64 posts, no BERT-base")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one measurement, in a fresh process
     args = p.parse_args(argv)
-    if args.quick:
-        args.counts, args.posts, args.rounds, args.bert_base = [1, 3], 64, 1, False
+    args.counts = args.counts or ([1, 3] if args.quick else [1, 3, 6])  # a flag given wins over --quick's value
+    args.posts = args.posts or (64 if args.quick else 512)
+    args.rounds = args.rounds or (1 if args.quick else 2)
+    args.bert_base = args.bert_base and not args.quick
     return args
 
 

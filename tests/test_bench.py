@@ -237,7 +237,6 @@ def test_layers_bench_runs_train_py_per_setup_and_seed(posts_csv, tmp_path):
         "--runs",
         "full",
         "upper-3",
-        "upper-3-uncached",
         "--seeds",
         "1",
         "2",
@@ -246,9 +245,7 @@ def test_layers_bench_runs_train_py_per_setup_and_seed(posts_csv, tmp_path):
     )
     [result_file] = tmp_path.glob("layers-*-quick.json")
     result = json.loads(result_file.read_text())
-    assert [(r["run"], r["seed"]) for r in result["runs"]] == [
-        (n, s) for s in (1, 2) for n in ("full", "upper-3", "upper-3-uncached")
-    ]
+    assert [(r["run"], r["seed"]) for r in result["runs"]] == [(n, s) for s in (1, 2) for n in ("full", "upper-3")]
     cached = [r for r in result["runs"] if r["run"] == "upper-3"]
     assert all(r["cache_seconds"] > 0 for r in cached)
     assert all(r["cache_seconds"] == 0 for r in result["runs"] if r["run"] != "upper-3")
@@ -261,7 +258,7 @@ def test_layers_bench_runs_train_py_per_setup_and_seed(posts_csv, tmp_path):
 
 @pytest.mark.slow
 def test_compare_pairs_every_setup_with_full_fine_tuning_post_by_post(tiny_bert, posts_csv, tmp_path):
-    """--quick on the tiny BERT: 3 training seeds of full and Pfeiffer on one split, one more split seed; the
+    """--quick on the tiny BERT: 2 training seeds of full and Pfeiffer on one split, one more split seed; the
     results file has the issue's shape, and the re-predicted accuracy of every saved run equals its own."""
     run_cli(
         "-m",
@@ -277,7 +274,6 @@ def test_compare_pairs_every_setup_with_full_fine_tuning_post_by_post(tiny_bert,
         "--seeds",
         "1",
         "2",
-        "3",
         "--split-seeds",
         "5",
         "--out",
@@ -287,10 +283,10 @@ def test_compare_pairs_every_setup_with_full_fine_tuning_post_by_post(tiny_bert,
     result = json.loads(result_file.read_text())
     assert result["complete"] and set(result["setups"]) == {"full", "pfeiffer"}
     pfeiffer = result["setups"]["pfeiffer"]
-    assert pfeiffer["seeds"] == [1, 2, 3] and len(pfeiffer["accuracy"]) == len(pfeiffer["f1"]) == 3
+    assert pfeiffer["seeds"] == [1, 2] and len(pfeiffer["accuracy"]) == len(pfeiffer["f1"]) == 2
     assert all(s > 0 for s in pfeiffer["seconds_per_epoch"]) and pfeiffer["trainable"] > 0
     paired = result["paired"]["pfeiffer"]
-    assert 0 <= paired["mcnemar_p"] <= 1 and len(paired["mcnemar_p_per_seed"]) == 3
+    assert 0 <= paired["mcnemar_p"] <= 1 and len(paired["mcnemar_p_per_seed"]) == 2
     lo, hi = paired["diff_ci95"]
     assert lo <= paired["diff_mean"] <= hi
     assert set(result["split_spread"]) == {"full", "pfeiffer"}
@@ -299,10 +295,10 @@ def test_compare_pairs_every_setup_with_full_fine_tuning_post_by_post(tiny_bert,
         assert abs(run["predicted_accuracy"] - run["best_accuracy"]) < 1e-6 and len(run["correct"]) == 13
     assert "python train.py --mode adapter --adapter-config pfeiffer" in result["runs"][1]["command"]
     table = result_file.with_suffix(".md").read_text()
-    assert "| pfeiffer | 1, 2, 3 |" in table and "Spread across split seeds" in table
+    assert "| pfeiffer | 1, 2 |" in table and "Spread across split seeds" in table
     assert result["commands"] == [
         f"python -m bench.compare --quick --model {tiny_bert} --data {posts_csv} --setups "
-        f"full pfeiffer --seeds 1 2 3 --split-seeds 5 --out {tmp_path}"
+        f"full pfeiffer --seeds 1 2 --split-seeds 5 --out {tmp_path}"
     ]
     assert result_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
@@ -420,10 +416,12 @@ def test_multiclass_quick_trains_seven_groups_and_draws_the_confusion_matrix(tin
 
 @pytest.mark.slow
 def test_precision_times_fp32_against_bf16_per_setup(tiny_bert, posts_csv, tmp_path):
-    run_cli("-m", "bench.precision", "--quick", "--model", tiny_bert, "--data", posts_csv, "--out", tmp_path)
+    """Two of the three setups (a full run in bf16 and fp32 is one more pair of the same code path)."""
+    run_cli("-m", "bench.precision", "--quick", "--model", tiny_bert, "--data", posts_csv, "--out", tmp_path,
+            "--setups", "pfeiffer", "pfeiffer-upper-half")  # fmt: skip
     [result_file] = tmp_path.glob("precision-*-quick.json")
     result = json.loads(result_file.read_text())
-    assert list(result["speed"]) == ["full", "pfeiffer", "pfeiffer-upper-half"]
+    assert list(result["speed"]) == ["pfeiffer", "pfeiffer-upper-half"]
     for pairs in result["speed"].values():
         [pair] = pairs
         assert pair["no"]["mixed_precision"] == "no" and pair["bf16"]["mixed_precision"] == "bf16"

@@ -25,13 +25,15 @@ SETUPS = {
 @pytest.fixture(scope="session")
 def exported(tiny_bert, posts_csv, tmp_path_factory):
     """A Pfeiffer adapter, a full model and a LoRA adapter on the tiny BERT (trained in this process), each exported
-    by export.py as a user runs it; {setup: (folder, export.py's output)}."""
+    by export.py (the first in a new process, as a user runs it; the others in this one); {setup: (folder, export.py's
+    output)}."""
     out = tmp_path_factory.mktemp("exported")
     folders = {}
     for name, flags in SETUPS.items():
         args = [*flags, "--model", tiny_bert, "--data", posts_csv, "--output-dir", str(out), "--name", name]
         train.run(train.parse_args([*args, "--epochs", "3", "--batch-size", "8", "--max-length", "32"]))
-        proc = run_cli("export.py", "--adapter", out / name, "--data", posts_csv)
+        export = run_cli if name == "pfeiffer" else run_main
+        proc = export("export.py" if name == "pfeiffer" else "export", "--adapter", out / name, "--data", posts_csv)
         folders[name] = (out / name, proc.stdout)
     return folders
 

@@ -39,9 +39,9 @@ def three_csv(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runs(tiny_bert, three_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("k-runs")
-    for mode in ("adapter", "full"):
-        run_cli(
-            "train.py",
+    for mode in ("adapter", "full"):  # in this process (train.py in new processes: tests/test_train.py)
+        run_main(
+            "train",
             "--model",
             tiny_bert,
             "--data",
@@ -85,7 +85,7 @@ def test_three_classes_train_save_reload_and_predict(runs, three_csv, mode):
     assert best["confusion_matrix"] == confusion_matrix(truth, pred, labels=[0, 1, 2]).tolist()
     assert set(best["per_class"]) == {"anxious", "glad", "sad"}
     assert sum(c["support"] for c in best["per_class"].values()) == len(val)
-    proc = run_cli("predict.py", "--adapter", folder, "--json", "i feel panic attack today")
+    proc = run_main("predict", "--adapter", folder, "--json", "i feel panic attack today")
     row = json.loads(proc.stdout)
     assert set(row["probabilities"]) == {"anxious", "glad", "sad"} and row["label"] in row["probabilities"]
 

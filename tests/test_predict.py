@@ -8,7 +8,7 @@ import time
 import pandas as pd
 import pytest
 import torch
-from conftest import ONE_QUICK_EPOCH, ROOT, assert_clean_failure, run_cli, run_main, run_train
+from conftest import ONE_QUICK_EPOCH, ROOT, assert_clean_failure, run_cli, run_main
 
 import inference
 import model as M
@@ -35,10 +35,12 @@ def trained(posts_csv, tmp_path_factory):
     return model, tokenizer, out / "depression-pfeiffer"
 
 
-def predict_json(folder, *args, stdin=None):
-    """predict.py --json in full precision: these tests compare answers within 1e-5, which bf16 (the default on
-    CPUs with native bf16) does not keep across batchings; bf16 prediction is tested in test_precision.py."""
-    proc = run_cli("predict.py", "--adapter", folder, "--json", *FP32, *args, stdin=stdin)
+def predict_json(folder, *args, stdin="", new_process=False):
+    """predict.py --json in full precision (in this process unless new_process): these tests compare answers within
+    1e-5, which bf16 (the default on CPUs with native bf16) does not keep across batchings; bf16 prediction is tested
+    in test_precision.py."""
+    run = run_cli if new_process else run_main
+    proc = run("predict.py" if new_process else "predict", "--adapter", folder, "--json", *FP32, *args, stdin=stdin)
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
@@ -46,7 +48,7 @@ def predict_json(folder, *args, stdin=None):
 def test_saved_adapter_predicts_like_the_model_in_memory(trained):
     model, tokenizer, folder = trained
     expected = inference.predict_proba(model, tokenizer, TEXTS, max_length=32, precision="fp32")
-    rows = predict_json(folder, *TEXTS)  # a new process: fresh base model + load_adapter
+    rows = predict_json(folder, *TEXTS, new_process=True)  # a fresh base model + load_adapter
     got = torch.tensor([[r["probabilities"]["not depressive"], r["probabilities"]["depressive"]] for r in rows])
     assert [r["text"] for r in rows] == TEXTS
     assert torch.allclose(got, expected, atol=1e-5), (got, expected)
@@ -98,24 +100,16 @@ def test_output_file_holds_every_result_in_input_order(trained, tmp_path):
     posts = [f"{TEXTS[i % 4]} {i}" for i in range(11)]
     (tmp_path / "posts.txt").write_text("\n".join(posts) + "\n")
     printed = predict_json(folder, "--file", tmp_path / "posts.txt")
-    proc = run_cli(
-        "predict.py",
-        "--adapter",
-        folder,
-        "--file",
-        tmp_path / "posts.txt",
-        "--chunk-size",
-        "3",
-        "--output",
-        tmp_path / "out.jsonl",
-        *FP32,
-    )
+    proc = run_main(
+        "predict", "--adapter", folder, "--file", tmp_path / "posts.txt", "--chunk-size", "3",
+        "--output", tmp_path / "out.jsonl", *FP32,
+    )  # fmt: skip
     assert proc.stdout == "" and "classifying" in proc.stderr  # results go to the file, the bar to stderr
     written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["text"] for r in written] == posts
     assert all(abs(a["score"] - b["score"]) < 1e-5 and a["label"] == b["label"] for a, b in zip(written, printed))
     posts_file, csv_file = tmp_path / "posts.txt", tmp_path / "out.csv"
-    run_cli("predict.py", "--adapter", folder, "--file", posts_file, "--output", csv_file, *FP32)
+    run_main("predict", "--adapter", folder, "--file", posts_file, "--output", csv_file, *FP32)
     table = pd.read_csv(tmp_path / "out.csv")
     assert list(table.columns) == ["text", "label", "score", "p_not depressive", "p_depressive"]
     assert table["text"].tolist() == posts and (table["score"] - [r["score"] for r in printed]).abs().max() < 1e-5
@@ -154,7 +148,8 @@ def test_results_stream_out_chunk_by_chunk_and_a_killed_run_keeps_them(trained, 
 
 @pytest.mark.slow
 def test_full_model_folder_predicts_too(tiny_bert, posts_csv, tmp_path):
-    run_train(tiny_bert, posts_csv, tmp_path, "--mode", "full", *ONE_QUICK_EPOCH)
+    run_main("train", "--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path, "--mode", "full",
+             *ONE_QUICK_EPOCH)  # fmt: skip
     rows = predict_json(tmp_path / "depression-full", *TEXTS)
     assert len(rows) == 4 and all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in rows)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import ROOT, assert_clean_failure, free_port, run_cli
+from conftest import ROOT, assert_clean_failure, free_port, run_cli, run_main
 
 import serve
 import train
@@ -86,7 +86,8 @@ def two(adapters):
 
 
 def predict_py(folder, texts, backend="torch"):
-    proc = run_cli("predict.py", "--adapter", folder, "--backend", backend, "--json", *texts)
+    """predict.py's probabilities (its main() in this process: predict.py's new processes are tested elsewhere)."""
+    proc = run_main("predict", "--adapter", folder, "--backend", backend, "--json", *texts)
     return np.array([list(json.loads(line)["probabilities"].values()) for line in proc.stdout.splitlines()])
 
 
@@ -205,12 +206,12 @@ def test_onnx_backend_answers_as_predict_py(adapters):
 
 def test_bad_flags_and_folders_get_one_line(adapters, tmp_path):
     proc = run_cli("serve.py", "--adapter", tmp_path / "missing", "--port", str(free_port()), check=False)
-    assert_clean_failure(proc, "no trained adapter")
+    assert_clean_failure(proc, "no trained adapter")  # in a new process; the others in this one (nothing listens)
     port = free_port()
-    proc = run_cli("serve.py", "--adapter", adapters / "first", adapters / "second", "--backend", "onnx",
-                   "--port", str(port), check=False)  # fmt: skip
+    proc = run_main("serve", "--adapter", adapters / "first", adapters / "second", "--backend", "onnx",
+                    "--port", str(port), check=False)  # fmt: skip
     assert_clean_failure(proc, "--backend onnx", "torch")
-    proc = run_cli("serve.py", "--max-queue", "4", "--max-texts", "8", check=False)
+    proc = run_main("serve", "--max-queue", "4", "--max-texts", "8", check=False)
     assert_clean_failure(proc, "--max-queue")
 
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import assert_clean_failure, run_cli
+from conftest import assert_clean_failure, run_cli, run_main
 
 import inference
 import train
@@ -81,12 +81,12 @@ def test_combinations_that_cannot_share_a_base_are_refused_with_one_line(folders
         inference.load_shared([folders / n for n in names])
     for word in words:
         assert word in str(error.value)
-    proc = run_cli("predict.py", "--adapter", *[folders / n for n in names], "some post", check=False)
+    proc = run_main("predict", "--adapter", *[folders / n for n in names], "some post", check=False)
     assert_clean_failure(proc, *words)
 
 
 def test_several_adapters_need_the_torch_backend(folders):
-    proc = run_cli("predict.py", "--adapter", folders / "a", folders / "c", "--backend", "onnx", "x", check=False)
+    proc = run_main("predict", "--adapter", folders / "a", folders / "c", "--backend", "onnx", "x", check=False)
     assert_clean_failure(proc, "--backend onnx", "share a base model on torch")
 
 
@@ -96,7 +96,7 @@ def test_predict_prints_every_tasks_answer_per_post(folders, tmp_path):
     proc = run_cli("predict.py", "--adapter", a, c, *TEXTS[:2])  # the posts follow the folders
     lines = proc.stdout.splitlines()
     assert len(lines) == 2 and lines[0].startswith("a: ") and " | c: " in lines[0] and lines[0].endswith(TEXTS[0])
-    rows = [json.loads(line) for line in run_cli("predict.py", "--adapter", a, c, "--json", *TEXTS).stdout.splitlines()]
+    rows = [json.loads(line) for line in run_main("predict", "--adapter", a, c, "--json", *TEXTS).stdout.splitlines()]
     assert [r["text"] for r in rows] == TEXTS
     for i, row in enumerate(rows):
         assert list(row["results"]) == ["a", "c"]
@@ -106,7 +106,7 @@ def test_predict_prints_every_tasks_answer_per_post(folders, tmp_path):
             assert answer["label"] == ["not depressive", "depressive"][p.index(max(p))]
     posts = tmp_path / "posts.txt"
     posts.write_text("\n".join(TEXTS) + "\n")
-    run_cli("predict.py", "--adapter", a, c, "--file", posts, "--output", tmp_path / "out.csv", "--chunk-size", "5")
+    run_main("predict", "--adapter", a, c, "--file", posts, "--output", tmp_path / "out.csv", "--chunk-size", "5")
     with open(tmp_path / "out.csv") as handle:
         table = list(csv.reader(handle))
     assert table[0] == [
@@ -115,7 +115,7 @@ def test_predict_prints_every_tasks_answer_per_post(folders, tmp_path):
     ]  # fmt: skip
     assert [r[0] for r in table[1:]] == TEXTS  # every post once, in order, across chunks of 5
     assert all(abs(float(r[4]) - float(expected["a"][i, 1])) < 1e-5 for i, r in enumerate(table[1:]))
-    run_cli("predict.py", "--adapter", a, c, "--file", posts, "--output", tmp_path / "out.jsonl")
+    run_main("predict", "--adapter", a, c, "--file", posts, "--output", tmp_path / "out.jsonl")
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert len(rows) == len(TEXTS) and all(list(r["results"]) == ["a", "c"] for r in rows)
 
@@ -137,17 +137,16 @@ def test_a_folder_saved_before_this_change_still_loads(folders, tmp_path):
 
 
 def test_shared_benchmark_measures_both_ways_on_the_same_posts(tiny_bert, tmp_path):
-    run_cli("-m", "bench.shared", "--quick", "--model", tiny_bert, "--work", tmp_path / "work", "--out", tmp_path)
+    run_cli("-m", "bench.shared", "--quick", "--model", tiny_bert, "--counts", "2", "--work", tmp_path / "work",
+            "--out", tmp_path)  # fmt: skip
     [result_file] = tmp_path.glob("shared-*-quick.json")
     result = json.loads(result_file.read_text())
     assert result["posts"] == 64
     runs = {(r["placement"], r["tasks"], r["way"]) for r in result["runs"]}
-    assert runs == {(p, n, w) for p in ("every layer", "upper half") for n in (1, 3) for w in ("shared", "separate")}
+    assert runs == {(p, 2, w) for p in ("every layer", "upper half") for w in ("shared", "separate")}
     for r in result["runs"]:
         assert r["posts_per_second"] > 0 and r["resident_mb"] > 0 and r["peak_mb"] >= r["resident_mb"] * 0.5
         assert r["passes"] == (1 if r["way"] == "shared" else r["tasks"])  # one Parallel pass for all tasks
-    assert [(r["placement"], r["tasks"]) for r in result["summary"]] == [
-        ("every layer", 1), ("every layer", 3), ("upper half", 1), ("upper half", 3)
-    ]  # fmt: skip
-    assert "| tiny-bert0 | upper half | 3 |" in result_file.with_suffix(".md").read_text()
+    assert [(r["placement"], r["tasks"]) for r in result["summary"]] == [("every layer", 2), ("upper half", 2)]
+    assert "| tiny-bert0 | upper half | 2 |" in result_file.with_suffix(".md").read_text()
     assert result_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"

@@ -105,11 +105,12 @@ def test_trained_adapter_is_not_overwritten_without_asking(runs, tiny_bert, post
     folder = out / "depression-pfeiffer"
     shutil.copytree(runs[0] / "depression-pfeiffer", folder)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    proc = train(tiny_bert, posts_csv, out, check=False)
+    args = ["--model", tiny_bert, "--data", posts_csv, "--output-dir", out, *QUICK]
+    proc = run_main("train", *args, check=False)
     assert_clean_failure(proc, "already holds a trained model", "--overwrite")
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     split = json.loads((folder / "training.json").read_text())["val_fingerprint"]
-    train(tiny_bert, posts_csv, out, "--overwrite", "--epochs", "1", "--seed", "7")
+    run_main("train", *args, "--overwrite", "--epochs", "1", "--seed", "7")
     info = json.loads((folder / "training.json").read_text())
     assert info["seed"] == 7 and info["split_seed"] == 42 and info["val_fingerprint"] == split  # --seed keeps the split
 
