@@ -197,12 +197,12 @@ def main(argv=None):
     hf_logging.set_verbosity_error()
     command = shlex.join(["python", "assess.py", *(sys.argv[1:] if argv is None else argv)])
     try:
-        posts, left_out = data.read_labelled(
+        labelled, left_out = data.read_labelled(
             args.data, args.text_column, args.label_column, args.group_column, args.label_mapping
         )
         infos = {folder: saved.read_training_info(folder) for folder in args.adapter}  # every folder checked first
-        labels = {f: data.class_indices(posts["label"], info["label_names"], f) for f, info in infos.items()}
-        groups = posts["group"].to_numpy() if args.group_column else None
+        labels = {f: data.class_indices(labelled["label"], info["label_names"], f) for f, info in infos.items()}
+        groups = labelled["group"].to_numpy() if args.group_column else None
         for pair in args.group_auc:
             missing = [g for g in pair.split(":") if g not in set(groups)]
             if missing:
@@ -214,7 +214,7 @@ def main(argv=None):
             raise DataError("--threshold and --group-auc need models with two classes")
     except (DataError, ModelError) as e:
         fail(str(e))
-    texts = posts["text"].tolist()
+    texts = labelled["text"].tolist()
     if args.normalize_text:
         texts = [posts.normalize_text(t) for t in texts]
     print(

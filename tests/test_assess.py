@@ -169,6 +169,31 @@ def test_assess_cli_reports_groups_and_writes_json_and_markdown(mixed_run, group
 
 
 @pytest.mark.slow
+def test_assess_normalises_the_texts_when_asked(mixed_run, groups_csv, tmp_path):
+    """--normalize-text runs (it used to crash: the table of posts hid the posts module) and, for a model that
+    normalises what it classifies itself, changes nothing."""
+    folder = mixed_run[0]
+    args = [
+        "--adapter",
+        folder,
+        "--data",
+        groups_csv,
+        "--label-map",
+        "1=ds,dsf,do",
+        "0=bc,ff,ndf,nd",
+        "--bootstrap",
+        "0",
+    ]
+    results = {}
+    for flags in ([], ["--normalize-text"]):
+        out = tmp_path / f"{len(flags)}.json"
+        run_main("assess", *args, *flags, "--output", out)
+        results[bool(flags)] = json.loads(out.read_text())[str(folder)]
+    assert results[True]["n"] == 70
+    assert results[True]["accuracy"] == results[False]["accuracy"] and results[True]["auc"] == results[False]["auc"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "problem",
     [

@@ -291,6 +291,7 @@ def test_damaged_folder_is_refused_with_one_line(mode, problem, saved_folders, t
 
 @pytest.mark.slow
 def test_undamaged_folders_still_load(saved_folders):
-    for name in ["depression-pfeiffer", "depression-full"]:
-        rows = run_cli("predict.py", "--adapter", saved_folders / name, "--json", "some text").stdout.splitlines()
+    for name, run in [("depression-pfeiffer", run_cli), ("depression-full", run_main)]:  # a new process, this one
+        script = "predict.py" if run is run_cli else "predict"
+        rows = run(script, "--adapter", saved_folders / name, "--json", "some text").stdout.splitlines()
         assert len(rows) == 1 and json.loads(rows[0])["label"] in ("depressive", "not depressive")
