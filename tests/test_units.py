@@ -390,7 +390,7 @@ def parse(body):
         (b"", 400, "not a JSON object"),
         (b"{texts: [", 400, "not a JSON object"),
         (b"[1, 2]", 422, "body: Input should be an object"),
-        ({"text": ["a"]}, 422, "text: Extra inputs are not permitted"),
+        ({"text": ["a"]}, 422, ("text: Extra inputs are not permitted", "texts: Field required")),  # pydantic's order
         ({"adapters": ["pfeiffer"]}, 422, "texts: Field required"),
         ({"texts": "one post"}, 422, "texts: Input should be a valid array"),
         ({"texts": [1, 2]}, 422, "texts.0: Input should be a valid string"),
@@ -406,7 +406,8 @@ def parse(body):
 )
 def test_a_bad_request_is_refused_with_its_status_and_reason(body, status, words):
     parsed, refusal = parse(body)
-    assert parsed is None and refusal[0] == status and words in refusal[1], refusal
+    either = words if isinstance(words, tuple) else (words,)  # a body with two faults: the first pydantic reports
+    assert parsed is None and refusal[0] == status and any(w in refusal[1] for w in either), refusal
 
 
 def test_a_good_request_names_every_adapter_once():
