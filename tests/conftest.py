@@ -117,11 +117,11 @@ def run_cli(*args, cwd=ROOT, stdin=None, check=True, env=None):
 
 
 def run_main(script, *args, stdin="", check=True):
-    """`python SCRIPT.py ARGS...` in this process: the script's main() with the same arguments, its stdout and
-    stderr caught, the exit code taken from SystemExit, as a CompletedProcess like run_cli's. Seconds quicker than a
-    new process (no fresh imports of torch and transformers); for the many bad-input cases of each command, while
-    every command keeps real runs in new processes (run_cli)."""
-    main = importlib.import_module(script).main
+    """`python SCRIPT ARGS...` in this process: the script's main() with the same arguments, its stdout and stderr
+    caught, the exit code taken from SystemExit, as a CompletedProcess like run_cli's (same arguments, so that a test
+    can pick either). Seconds quicker than a new process (no fresh imports of torch and transformers); for the many
+    bad-input cases of each command, while every command keeps real runs in new processes (run_cli)."""
+    main = importlib.import_module(Path(script).stem).main
     out, err, stdin_before, code = io.StringIO(), io.StringIO(), sys.stdin, 0
     sys.stdin = io.StringIO(stdin)
     try:

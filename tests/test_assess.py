@@ -187,7 +187,7 @@ def test_assess_normalises_the_texts_when_asked(mixed_run, groups_csv, tmp_path)
     results = {}
     for flags in ([], ["--normalize-text"]):
         out = tmp_path / f"{len(flags)}.json"
-        run_main("assess", *args, *flags, "--output", out)
+        run_main("assess.py", *args, *flags, "--output", out)
         results[bool(flags)] = json.loads(out.read_text())[str(folder)]
     assert results[True]["n"] == 70
     assert results[True]["accuracy"] == results[False]["accuracy"] and results[True]["auc"] == results[False]["auc"]
@@ -229,7 +229,7 @@ def test_bad_input_gets_one_line_and_exit_2(problem, mixed_run, groups_csv, tmp_
         args, words = args[:4] + ["--label-map", "1ds"], ["TARGET=VALUE"]
     else:
         args, words = args + ["--group-column", "label", "--group-auc", "ds:xx"], ["'xx'"]
-    proc = run_main("assess", *args, check=False)
+    proc = run_main("assess.py", *args, check=False)
     assert_clean_failure(proc, *words)
     if problem == "output exists":
         assert (tmp_path / "r.json").read_text() == "{}"  # not written over

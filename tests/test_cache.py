@@ -90,13 +90,13 @@ def test_layers_that_cannot_be_cached_are_named(tiny_bert):
 def test_train_caches_by_default_where_it_applies_and_not_when_told(tiny_bert, posts_csv, tmp_path):
     common = ["--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path, "--epochs", "2", "--batch-size", "8"]
     common += ["--max-length", "32", "--leave-out", "0"]
-    cached = run_main("train", *common)
+    cached = run_main("train.py", *common)
     assert "cached layers 0-0 for 80 posts" in cached.stdout
     rows = [json.loads(line) for line in (tmp_path / "depression-pfeiffer" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["cache_seconds"] > 0 and rows[1]["cache_seconds"] == 0  # counted in the first epoch
     assert rows[0]["train_seconds"] >= rows[0]["cache_seconds"]
-    predicted = run_main("predict", "--adapter", tmp_path / "depression-pfeiffer", "--json", "some text")
+    predicted = run_main("predict.py", "--adapter", tmp_path / "depression-pfeiffer", "--json", "some text")
     assert json.loads(predicted.stdout)["label"] in LABELS  # the saved adapter loads into the whole model
-    plain = run_main("train", *common, "--name", "plain", "--no-cache-frozen")
+    plain = run_main("train.py", *common, "--name", "plain", "--no-cache-frozen")
     assert "cached layers" not in plain.stdout
     assert json.loads((tmp_path / "plain" / "training.json").read_text())["best"]["cache_seconds"] == 0

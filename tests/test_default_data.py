@@ -85,7 +85,7 @@ def test_several_sources_are_split_each_on_its_own(tmp_path):
 @pytest.mark.slow
 def test_training_on_the_default_data_reports_validation_per_source(tiny_bert, tmp_path):
     args = ["--model", tiny_bert, "--output-dir", tmp_path, "--epochs", "1", "--max-length", "16"]
-    proc = run_main("train", *args, "--max-train-samples", "64", "--batch-size", "16")  # DEPRESSION_DATA as set
+    proc = run_main("train.py", *args, "--max-train-samples", "64", "--batch-size", "16")  # DEPRESSION_DATA as set
     assert "split by source: depression-reddit-cleaned 6426 train / 1224 validation" in proc.stdout
     info = json.loads((tmp_path / "depression-pfeiffer" / "training.json").read_text())
     assert info["data_set"] == "default" and info["normalize_text"] and info["label_map"] == data.DEFAULT_LABEL_MAP
@@ -94,7 +94,7 @@ def test_training_on_the_default_data_reports_validation_per_source(tiny_bert, t
     assert by_source["depression-reddit-cleaned"]["n"] == 1224 and by_source["reddit-mental-health-2019"]["n"] == 188
     assert sum(r["n"] for r in by_source.values()) == info["val_size"] == info["best"]["val_examples"]
     assert set(by_source["reddit-mental-health-2019"]) == {"n", "accuracy", "class_0_flagged", "class_1_flagged", "auc"}
-    proc = run_main("train", *args, "--data", "original", "--max-train-samples", "64", "--batch-size", "16")
+    proc = run_main("train.py", *args, "--data", "original", "--max-train-samples", "64", "--batch-size", "16")
     info = json.loads((tmp_path / "depression-original-pfeiffer" / "training.json").read_text())
     assert info["data_set"] == "original" and not info["normalize_text"] and info["label_map"] is None
     assert "by_source" not in info["best"] and info["val_size"] == 1224
@@ -102,11 +102,11 @@ def test_training_on_the_default_data_reports_validation_per_source(tiny_bert, t
 
 def test_a_missing_or_bad_data_file_gets_one_line_and_exit_2(tiny_bert, tmp_path):
     common = ["--model", tiny_bert, "--output-dir", tmp_path, "--epochs", "1"]
-    proc = run_main("train", *common, "--data", tmp_path / "missing.parquet", check=False)
+    proc = run_main("train.py", *common, "--data", tmp_path / "missing.parquet", check=False)
     assert_clean_failure(proc, "not found")
     bad = tmp_path / "bad.parquet"
     bad.write_text("not parquet")
-    proc = run_main("train", *common, "--data", make_csv(tmp_path), bad, check=False)
+    proc = run_main("train.py", *common, "--data", make_csv(tmp_path), bad, check=False)
     assert_clean_failure(proc, "cannot read", "bad.parquet")
     assert not any(tmp_path.rglob("*.safetensors"))
 
@@ -150,7 +150,7 @@ def test_the_length_expert_is_a_product_of_experts_in_the_training_loss(tiny_ber
 
 @pytest.mark.slow
 def test_behaviour_command_counts_every_case(tiny_bert, posts_csv, tmp_path):
-    run_main("train", "--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path, "--epochs", "1")
+    run_main("train.py", "--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path, "--epochs", "1")
     folder = tmp_path / "depression-pfeiffer"
     run_cli("-m", "bench.behaviour", "--adapter", folder, "--out", tmp_path, "--name", "tiny")
     [result_file] = tmp_path.glob("tiny-*.json")

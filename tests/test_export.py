@@ -33,13 +33,13 @@ def exported(tiny_bert, posts_csv, tmp_path_factory):
         args = [*flags, "--model", tiny_bert, "--data", posts_csv, "--output-dir", str(out), "--name", name]
         train.run(train.parse_args([*args, "--epochs", "3", "--batch-size", "8", "--max-length", "32"]))
         export = run_cli if name == "pfeiffer" else run_main
-        proc = export("export.py" if name == "pfeiffer" else "export", "--adapter", out / name, "--data", posts_csv)
+        proc = export("export.py", "--adapter", out / name, "--data", posts_csv)
         folders[name] = (out / name, proc.stdout)
     return folders
 
 
 def probabilities(folder, backend, texts=TEXTS):
-    proc = run_main("predict", "--adapter", folder, "--backend", backend, "--precision", "fp32", "--json", *texts)
+    proc = run_main("predict.py", "--adapter", folder, "--backend", backend, "--precision", "fp32", "--json", *texts)
     return np.array([list(json.loads(line)["probabilities"].values()) for line in proc.stdout.splitlines()])
 
 
@@ -89,10 +89,10 @@ def test_a_folder_trained_again_after_its_export_is_refused(exported, tmp_path):
     info = json.loads((folder / "training.json").read_text())
     (folder / "training.json").write_text(json.dumps({**info, "seed": info["seed"] + 1}))  # as a new run writes
     for backend in ("onnx", "onnx-int8", "auto"):
-        proc = run_main("predict", "--adapter", folder, "--backend", backend, "hello", check=False)
+        proc = run_main("predict.py", "--adapter", folder, "--backend", backend, "hello", check=False)
         assert_clean_failure(proc, "stale", "export.py")
-    assert run_main("predict", "--adapter", folder, "--backend", "torch", "hello").stdout  # torch still works
-    proc = run_main("export", "--adapter", folder, "--overwrite", "--check-posts", "4", "--no-int8")
+    assert run_main("predict.py", "--adapter", folder, "--backend", "torch", "hello").stdout  # torch still works
+    proc = run_main("export.py", "--adapter", folder, "--overwrite", "--check-posts", "4", "--no-int8")
     assert "model.onnx: kept" in proc.stdout and not (folder / "model.int8.onnx").exists()
     assert inference.fastest_backend(folder) == "onnx"
 
@@ -100,13 +100,13 @@ def test_a_folder_trained_again_after_its_export_is_refused(exported, tmp_path):
 def test_unexportable_and_missing_exports_get_one_line(exported, tiny_bert, posts_csv, tmp_path):
     args = ["--model", tiny_bert, "--data", posts_csv, "--output-dir", str(tmp_path), "--epochs", "1"]
     train.run(train.parse_args([*args, "--mode", "adapter", "--adapter-config", "prefix_tuning", "--name", "prefix"]))
-    proc = run_main("export", "--adapter", tmp_path / "prefix", check=False)
+    proc = run_main("export.py", "--adapter", tmp_path / "prefix", check=False)
     assert_clean_failure(proc, "cannot export a 'prefix_tuning' adapter", "pfeiffer", "lora")
     assert not any(p.suffix == ".onnx" for p in (tmp_path / "prefix").iterdir())
-    assert_clean_failure(run_main("export", "--adapter", exported["full"][0], check=False), "--overwrite")
-    assert_clean_failure(run_main("export", "--adapter", tmp_path / "none", check=False), "no trained adapter")
+    assert_clean_failure(run_main("export.py", "--adapter", exported["full"][0], check=False), "--overwrite")
+    assert_clean_failure(run_main("export.py", "--adapter", tmp_path / "none", check=False), "no trained adapter")
     for backend in ("onnx", "onnx-int8"):  # a folder never exported
-        proc = run_main("predict", "--adapter", tmp_path / "prefix", "--backend", backend, "hi", check=False)
+        proc = run_main("predict.py", "--adapter", tmp_path / "prefix", "--backend", backend, "hi", check=False)
         assert_clean_failure(proc, "no ONNX export", "python export.py")
 
 
@@ -122,9 +122,9 @@ def test_bad_input_gets_one_line_through_every_backend(exported, backend, tmp_pa
         (["--file", tmp_path / "other.csv"], ["no text column"]),
         ([], ["no text to predict"]),
     ]:
-        proc = run_main("predict", "--adapter", folder, "--backend", backend, *args, check=False)
+        proc = run_main("predict.py", "--adapter", folder, "--backend", backend, *args, check=False)
         assert_clean_failure(proc, *words)
-    proc = run_main("predict", "--adapter", tmp_path / "nowhere", "--backend", backend, "hi", check=False)
+    proc = run_main("predict.py", "--adapter", tmp_path / "nowhere", "--backend", backend, "hi", check=False)
     assert_clean_failure(proc)
 
 
@@ -136,10 +136,10 @@ def test_export_checks_on_the_folders_own_training_data_by_default(exported, tmp
     make_posts(20).to_csv(data_file, index=False)
     info = json.loads((folder / "training.json").read_text())
     (folder / "training.json").write_text(json.dumps({**info, "data": str(data_file)}))
-    proc = run_main("export", "--adapter", folder, "--overwrite", "--no-int8")
+    proc = run_main("export.py", "--adapter", folder, "--overwrite", "--no-int8")
     assert "on 40 posts" in proc.stdout
     data_file.unlink()
-    proc = run_main("export", "--adapter", folder, "--overwrite", check=False)
+    proc = run_main("export.py", "--adapter", folder, "--overwrite", check=False)
     assert_clean_failure(proc, "not found")
     assert (folder / "model.onnx").exists()  # the refused export left the earlier one in place
 
@@ -164,7 +164,7 @@ def test_a_corpus_on_ray_gives_predict_pys_results_and_resumes(exported, tmp_pat
     assert (results / "d.jsonl").read_text() == ""
     for shard in ("a.jsonl", "b.jsonl", "c.parquet"):
         ray_rows = [json.loads(line) for line in (results / f"{shard.split('.')[0]}.jsonl").read_text().splitlines()]
-        proc = run_main("predict", "--adapter", folder, "--backend", "onnx", "--json", "--file", corpus / shard)
+        proc = run_main("predict.py", "--adapter", folder, "--backend", "onnx", "--json", "--file", corpus / shard)
         own_rows = [json.loads(line) for line in proc.stdout.splitlines()]
         assert len(ray_rows) == len(own_rows) == 20
         assert [r["text"] for r in ray_rows] == [r["text"] for r in own_rows]
@@ -176,12 +176,11 @@ def test_a_corpus_on_ray_gives_predict_pys_results_and_resumes(exported, tmp_pat
     assert "4 shards, 3 already classified" in proc.stdout and "b.jsonl ->" in proc.stdout
     assert "a.jsonl ->" not in proc.stdout and (results / "a.jsonl").read_text() == kept
     assert len((results / "b.jsonl").read_text().splitlines()) == 20
-    bad_folder = ["classify_corpus", *args[1:4], tmp_path / "none", *args[5:]]
-    assert_clean_failure(run_main(*bad_folder, check=False), "is not a folder")
+    assert_clean_failure(run_main(*args[:4], tmp_path / "none", *args[5:], check=False), "is not a folder")
     unexported = tmp_path / "plain"
     shutil.copytree(folder, unexported, ignore=shutil.ignore_patterns("*onnx*"))
     proc = run_main(
-        "classify_corpus", "--adapter", unexported, "--input", corpus, "--output", tmp_path / "r2", check=False
+        "classify_corpus.py", "--adapter", unexported, "--input", corpus, "--output", tmp_path / "r2", check=False
     )
     assert_clean_failure(proc, "no verified ONNX export", "export.py")
 
@@ -207,7 +206,7 @@ def test_evaluate_gives_the_same_metrics_on_the_onnx_backend(exported, posts_csv
     metrics = {}
     for backend in ("torch", "onnx"):
         out = tmp_path / f"{backend}.json"
-        run_main("assess", "--adapter", folder, "--data", posts_csv, "--backend", backend, "--precision", "fp32",
+        run_main("assess.py", "--adapter", folder, "--data", posts_csv, "--backend", backend, "--precision", "fp32",
                 "--output", out)  # fmt: skip
         metrics[backend] = json.loads(out.read_text())[str(folder)]
     for key in ("accuracy", "macro_f1", "confusion_matrix"):

@@ -125,7 +125,7 @@ def train_one_epoch(name, model_path, posts, out):
 def test_prefix_tuning_through_the_command_lines(tiny_bert_128, posts_60, tmp_path):
     """Prefix tuning's pool is shared by every layer: saved once, loaded back into all of them (it used to crash
     at save)."""
-    run_main("train", "--model", tiny_bert_128, "--data", posts_60, "--output-dir", tmp_path, "--epochs", "1",
+    run_main("train.py", "--model", tiny_bert_128, "--data", posts_60, "--output-dir", tmp_path, "--epochs", "1",
              "--mode", "adapter", "--adapter-config", "prefix_tuning")  # fmt: skip
     folder = tmp_path / "depression-prefix_tuning"
     proc = run_cli("predict.py", "--adapter", folder, "--json", "i feel hopeless and empty", "what a great game")
@@ -145,6 +145,6 @@ def test_prefix_tuning_through_the_command_lines(tiny_bert_128, posts_60, tmp_pa
 )
 def test_method_that_cannot_work_is_refused_before_training(name, flags, expected, tiny_bert, posts_csv, tmp_path):
     args = ["--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path, "--epochs", "1", "--mode", "adapter"]
-    proc = run_main("train", *args, "--adapter-config", name, *flags, check=False)
+    proc = run_main("train.py", *args, "--adapter-config", name, *flags, check=False)
     assert_clean_failure(proc, expected)
     assert "epoch 1" not in proc.stdout and not any(tmp_path.iterdir())

@@ -41,7 +41,7 @@ def runs(tiny_bert, three_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("k-runs")
     for mode in ("adapter", "full"):  # in this process (train.py in new processes: tests/test_train.py)
         run_main(
-            "train",
+            "train.py",
             "--model",
             tiny_bert,
             "--data",
@@ -85,7 +85,7 @@ def test_three_classes_train_save_reload_and_predict(runs, three_csv, mode):
     assert best["confusion_matrix"] == confusion_matrix(truth, pred, labels=[0, 1, 2]).tolist()
     assert set(best["per_class"]) == {"anxious", "glad", "sad"}
     assert sum(c["support"] for c in best["per_class"].values()) == len(val)
-    proc = run_main("predict", "--adapter", folder, "--json", "i feel panic attack today")
+    proc = run_main("predict.py", "--adapter", folder, "--json", "i feel panic attack today")
     row = json.loads(proc.stdout)
     assert set(row["probabilities"]) == {"anxious", "glad", "sad"} and row["label"] in row["probabilities"]
 
@@ -145,7 +145,7 @@ def test_a_class_that_cannot_be_trained_is_refused_with_one_line(problem, tiny_b
     )
     df.to_csv(tmp_path / "d.csv", index=False)
     proc = run_main(
-        "train", "--model", tiny_bert, "--data", tmp_path / "d.csv", "--output-dir", tmp_path / "out", check=False
+        "train.py", "--model", tiny_bert, "--data", tmp_path / "d.csv", "--output-dir", tmp_path / "out", check=False
     )
     assert_clean_failure(proc, "found 1: anxious" if problem == "one class" else "class 'glad' has 1 post")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.safetensors"))

@@ -38,7 +38,7 @@ def test_auto_follows_the_cpus_capabilities(cpu, monkeypatch):
 
 @pytest.mark.slow
 def test_prediction_in_bf16_and_held_in_fp32(tiny_bert, posts_csv, tmp_path):
-    run_main("train", "--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path, "--epochs", "2",
+    run_main("train.py", "--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path, "--epochs", "2",
              "--lr", "1e-2", "--mixed-precision", "bf16")  # fmt: skip
     folder = tmp_path / "depression-pfeiffer"
     info = json.loads((folder / "training.json").read_text())
@@ -46,8 +46,8 @@ def test_prediction_in_bf16_and_held_in_fp32(tiny_bert, posts_csv, tmp_path):
     texts = ["i feel hopeless and empty every day", "our team won the cup today", "short"]
     rows = {}
     for precision in ("fp32", "bf16"):  # bf16 in a new process, as a user runs it; fp32 in this one
-        run, script = (run_cli, "predict.py") if precision == "bf16" else (run_main, "predict")
-        proc = run(script, "--adapter", folder, "--backend", "torch", "--precision", precision, "--json", *texts)
+        run = run_cli if precision == "bf16" else run_main
+        proc = run("predict.py", "--adapter", folder, "--backend", "torch", "--precision", precision, "--json", *texts)
         rows[precision] = torch.tensor(
             [list(json.loads(line)["probabilities"].values()) for line in proc.stdout.splitlines()]
         )

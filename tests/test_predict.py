@@ -40,7 +40,7 @@ def predict_json(folder, *args, stdin="", new_process=False):
     1e-5, which bf16 (the default on CPUs with native bf16) does not keep across batchings; bf16 prediction is tested
     in test_precision.py."""
     run = run_cli if new_process else run_main
-    proc = run("predict.py" if new_process else "predict", "--adapter", folder, "--json", *FP32, *args, stdin=stdin)
+    proc = run("predict.py", "--adapter", folder, "--json", *FP32, *args, stdin=stdin)
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
@@ -101,7 +101,7 @@ def test_output_file_holds_every_result_in_input_order(trained, tmp_path):
     (tmp_path / "posts.txt").write_text("\n".join(posts) + "\n")
     printed = predict_json(folder, "--file", tmp_path / "posts.txt")
     proc = run_main(
-        "predict", "--adapter", folder, "--file", tmp_path / "posts.txt", "--chunk-size", "3",
+        "predict.py", "--adapter", folder, "--file", tmp_path / "posts.txt", "--chunk-size", "3",
         "--output", tmp_path / "out.jsonl", *FP32,
     )  # fmt: skip
     assert proc.stdout == "" and "classifying" in proc.stderr  # results go to the file, the bar to stderr
@@ -109,7 +109,7 @@ def test_output_file_holds_every_result_in_input_order(trained, tmp_path):
     assert [r["text"] for r in written] == posts
     assert all(abs(a["score"] - b["score"]) < 1e-5 and a["label"] == b["label"] for a, b in zip(written, printed))
     posts_file, csv_file = tmp_path / "posts.txt", tmp_path / "out.csv"
-    run_main("predict", "--adapter", folder, "--file", posts_file, "--output", csv_file, *FP32)
+    run_main("predict.py", "--adapter", folder, "--file", posts_file, "--output", csv_file, *FP32)
     table = pd.read_csv(tmp_path / "out.csv")
     assert list(table.columns) == ["text", "label", "score", "p_not depressive", "p_depressive"]
     assert table["text"].tolist() == posts and (table["score"] - [r["score"] for r in printed]).abs().max() < 1e-5
@@ -148,7 +148,7 @@ def test_results_stream_out_chunk_by_chunk_and_a_killed_run_keeps_them(trained, 
 
 @pytest.mark.slow
 def test_full_model_folder_predicts_too(tiny_bert, posts_csv, tmp_path):
-    run_main("train", "--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path, "--mode", "full",
+    run_main("train.py", "--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path, "--mode", "full",
              *ONE_QUICK_EPOCH)  # fmt: skip
     rows = predict_json(tmp_path / "depression-full", *TEXTS)
     assert len(rows) == 4 and all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in rows)
@@ -156,7 +156,7 @@ def test_full_model_folder_predicts_too(tiny_bert, posts_csv, tmp_path):
 
 def test_without_a_trained_adapter_it_says_how_to_train_one(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default adapters/... is missing here
-    proc = run_main("predict", "some text", check=False)
+    proc = run_main("predict.py", "some text", check=False)
     assert_clean_failure(proc, "python train.py --mode adapter")
 
 
@@ -209,7 +209,7 @@ def test_bad_input_gets_one_line_and_exit_2(problem, trained, tmp_path):
         (tmp_path / "blank.txt").write_text("\n  \n")
         args, words = ["--file", tmp_path / "blank.txt"], ["holds no posts"]
     before = {p.name: p.read_bytes() for p in trained[2].iterdir()}
-    proc = run_main("predict", "--adapter", folder, *args, check=False)
+    proc = run_main("predict.py", "--adapter", folder, *args, check=False)
     assert_clean_failure(proc, *words)
     assert {p.name: p.read_bytes() for p in trained[2].iterdir()} == before
     if problem == "output exists":
@@ -217,4 +217,4 @@ def test_bad_input_gets_one_line_and_exit_2(problem, trained, tmp_path):
 
 
 def test_help_mentions_responsible_use():
-    assert "not a diagnostic instrument" in run_main("predict", "--help").stdout
+    assert "not a diagnostic instrument" in run_main("predict.py", "--help").stdout

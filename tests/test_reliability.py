@@ -58,7 +58,7 @@ def test_killed_run_resumes_to_the_same_result(precision, tiny_bert, posts_1200,
     """In full precision and in bf16 (mixed precision: weights and optimizer in fp32, compute in bf16)."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     slow = [*SLOW, "--mixed-precision", precision]
-    run_main("train", "--model", tiny_bert, "--data", posts_1200, "--output-dir", whole, *slow)  # in this process
+    run_main("train.py", "--model", tiny_bert, "--data", posts_1200, "--output-dir", whole, *slow)  # in this process
 
     proc = start_training(tiny_bert, posts_1200, killed, "--mixed-precision", precision)
     staging = killed / "depression-pfeiffer.incomplete"
@@ -70,7 +70,7 @@ def test_killed_run_resumes_to_the_same_result(precision, tiny_bert, posts_1200,
     assert (killed / "depression-pfeiffer.lock").exists()  # the dead run's lock file: taken over below
     assert not (killed / "depression-pfeiffer").exists()
 
-    again = run_main("train", "--model", tiny_bert, "--data", posts_1200, "--output-dir", killed, *slow, check=False)
+    again = run_main("train.py", "--model", tiny_bert, "--data", posts_1200, "--output-dir", killed, *slow, check=False)
     assert_clean_failure(again, "interrupted run", "--resume")  # without --resume nothing is thrown away
     resumed = run_train(tiny_bert, posts_1200, killed, *slow, "--resume")
     assert f"resumed after epoch {done} of 4" in resumed.stdout
@@ -92,7 +92,7 @@ def test_killed_run_resumes_to_the_same_result(precision, tiny_bert, posts_1200,
 @pytest.mark.slow
 def test_resume_with_other_arguments_or_nothing_to_resume(tiny_bert, posts_csv, tmp_path):
     args = ["--model", tiny_bert, "--data", posts_csv, "--output-dir", str(tmp_path)]
-    proc = run_main("train", *args, "--epochs", "1", "--max-length", "32", "--resume")
+    proc = run_main("train.py", *args, "--epochs", "1", "--max-length", "32", "--resume")
     assert "nothing to resume" in proc.stdout and "starting afresh" in proc.stdout
     assert (tmp_path / "depression-pfeiffer" / "training.json").is_file()
 
@@ -101,7 +101,7 @@ def test_resume_with_other_arguments_or_nothing_to_resume(tiny_bert, posts_csv, 
     args += ["--adapter-config", "houlsby"]
     config = {**train.resume_config(train.parse_args(args), 1), "lr": 0.5}  # a checkpoint made with --lr 0.5
     (staging / "state.json").write_text(json.dumps({"epoch": 1, "config": config}))
-    proc = run_main("train", *args, "--resume", check=False)
+    proc = run_main("train.py", *args, "--resume", check=False)
     assert_clean_failure(proc, "--resume", "lr = 0.5, not 0.001")
 
 
@@ -118,7 +118,7 @@ def test_second_run_into_the_same_folder_is_refused_and_the_first_finishes(tiny_
     wait_for(tmp_path / "depression-pfeiffer.incomplete" / "checkpoint" / "state.json", first)
     first.send_signal(signal.SIGSTOP)  # paused, still holding its lock: on a busy machine it could else finish
     try:  # before the second run has even started, and the race would test nothing
-        second = run_main("train", "--model", tiny_bert, "--data", posts_1200, "--output-dir", tmp_path, *SLOW,
+        second = run_main("train.py", "--model", tiny_bert, "--data", posts_1200, "--output-dir", tmp_path, *SLOW,
                           "--seed", "7", check=False)  # fmt: skip
         assert_clean_failure(second, f"another training run (pid {first.pid}) is writing")
     finally:
@@ -134,7 +134,7 @@ def test_second_run_into_the_same_folder_is_refused_and_the_first_finishes(tiny_
 @pytest.mark.slow
 def test_patience_stops_when_accuracy_stops_improving(tiny_bert, posts_csv, tmp_path):
     args = ["--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path]
-    proc = run_main("train", *args, "--epochs", "6", "--batch-size", "8", "--max-length", "32", "--patience", "1")
+    proc = run_main("train.py", *args, "--epochs", "6", "--batch-size", "8", "--max-length", "32", "--patience", "1")
     folder = tmp_path / "depression-pfeiffer"
     rows, info = metrics(folder), json.loads((folder / "training.json").read_text())
     accuracies = [r["accuracy"] for r in rows]
@@ -206,7 +206,7 @@ def saved_folders(tiny_bert, posts_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("saved")
     for mode in ["adapter", "full"]:  # in this process: the runs that train.py saves in new processes are tested above
         run_main(
-            "train", "--mode", mode, "--model", tiny_bert, "--data", posts_csv, "--output-dir", out, *ONE_QUICK_EPOCH
+            "train.py", "--mode", mode, "--model", tiny_bert, "--data", posts_csv, "--output-dir", out, *ONE_QUICK_EPOCH
         )
     return out
 
@@ -284,7 +284,7 @@ def test_damaged_folder_is_refused_with_one_line(mode, problem, saved_folders, t
     folder = tmp_path / "copy"
     shutil.copytree(saved_folders / ("depression-pfeiffer" if mode == "adapter" else "depression-full"), folder)
     words = damage(folder, problem)
-    proc = run_main("predict", "--adapter", folder, "some text", check=False)
+    proc = run_main("predict.py", "--adapter", folder, "some text", check=False)
     assert_clean_failure(proc, *words)
     assert proc.stdout == ""
 
@@ -292,6 +292,5 @@ def test_damaged_folder_is_refused_with_one_line(mode, problem, saved_folders, t
 @pytest.mark.slow
 def test_undamaged_folders_still_load(saved_folders):
     for name, run in [("depression-pfeiffer", run_cli), ("depression-full", run_main)]:  # a new process, this one
-        script = "predict.py" if run is run_cli else "predict"
-        rows = run(script, "--adapter", saved_folders / name, "--json", "some text").stdout.splitlines()
+        rows = run("predict.py", "--adapter", saved_folders / name, "--json", "some text").stdout.splitlines()
         assert len(rows) == 1 and json.loads(rows[0])["label"] in ("depressive", "not depressive")

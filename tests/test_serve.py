@@ -87,7 +87,7 @@ def two(adapters):
 
 def predict_py(folder, texts, backend="torch"):
     """predict.py's probabilities (its main() in this process: predict.py's new processes are tested elsewhere)."""
-    proc = run_main("predict", "--adapter", folder, "--backend", backend, "--json", *texts)
+    proc = run_main("predict.py", "--adapter", folder, "--backend", backend, "--json", *texts)
     return np.array([list(json.loads(line)["probabilities"].values()) for line in proc.stdout.splitlines()])
 
 
@@ -208,10 +208,10 @@ def test_bad_flags_and_folders_get_one_line(adapters, tmp_path):
     proc = run_cli("serve.py", "--adapter", tmp_path / "missing", "--port", str(free_port()), check=False)
     assert_clean_failure(proc, "no trained adapter")  # in a new process; the others in this one (nothing listens)
     port = free_port()
-    proc = run_main("serve", "--adapter", adapters / "first", adapters / "second", "--backend", "onnx",
+    proc = run_main("serve.py", "--adapter", adapters / "first", adapters / "second", "--backend", "onnx",
                     "--port", str(port), check=False)  # fmt: skip
     assert_clean_failure(proc, "--backend onnx", "torch")
-    proc = run_main("serve", "--max-queue", "4", "--max-texts", "8", check=False)
+    proc = run_main("serve.py", "--max-queue", "4", "--max-texts", "8", check=False)
     assert_clean_failure(proc, "--max-queue")
 
 

@@ -81,12 +81,12 @@ def test_combinations_that_cannot_share_a_base_are_refused_with_one_line(folders
         inference.load_shared([folders / n for n in names])
     for word in words:
         assert word in str(error.value)
-    proc = run_main("predict", "--adapter", *[folders / n for n in names], "some post", check=False)
+    proc = run_main("predict.py", "--adapter", *[folders / n for n in names], "some post", check=False)
     assert_clean_failure(proc, *words)
 
 
 def test_several_adapters_need_the_torch_backend(folders):
-    proc = run_main("predict", "--adapter", folders / "a", folders / "c", "--backend", "onnx", "x", check=False)
+    proc = run_main("predict.py", "--adapter", folders / "a", folders / "c", "--backend", "onnx", "x", check=False)
     assert_clean_failure(proc, "--backend onnx", "share a base model on torch")
 
 
@@ -96,7 +96,9 @@ def test_predict_prints_every_tasks_answer_per_post(folders, tmp_path):
     proc = run_cli("predict.py", "--adapter", a, c, *TEXTS[:2])  # the posts follow the folders
     lines = proc.stdout.splitlines()
     assert len(lines) == 2 and lines[0].startswith("a: ") and " | c: " in lines[0] and lines[0].endswith(TEXTS[0])
-    rows = [json.loads(line) for line in run_main("predict", "--adapter", a, c, "--json", *TEXTS).stdout.splitlines()]
+    rows = [
+        json.loads(line) for line in run_main("predict.py", "--adapter", a, c, "--json", *TEXTS).stdout.splitlines()
+    ]
     assert [r["text"] for r in rows] == TEXTS
     for i, row in enumerate(rows):
         assert list(row["results"]) == ["a", "c"]
@@ -106,7 +108,7 @@ def test_predict_prints_every_tasks_answer_per_post(folders, tmp_path):
             assert answer["label"] == ["not depressive", "depressive"][p.index(max(p))]
     posts = tmp_path / "posts.txt"
     posts.write_text("\n".join(TEXTS) + "\n")
-    run_main("predict", "--adapter", a, c, "--file", posts, "--output", tmp_path / "out.csv", "--chunk-size", "5")
+    run_main("predict.py", "--adapter", a, c, "--file", posts, "--output", tmp_path / "out.csv", "--chunk-size", "5")
     with open(tmp_path / "out.csv") as handle:
         table = list(csv.reader(handle))
     assert table[0] == [
@@ -115,7 +117,7 @@ def test_predict_prints_every_tasks_answer_per_post(folders, tmp_path):
     ]  # fmt: skip
     assert [r[0] for r in table[1:]] == TEXTS  # every post once, in order, across chunks of 5
     assert all(abs(float(r[4]) - float(expected["a"][i, 1])) < 1e-5 for i, r in enumerate(table[1:]))
-    run_main("predict", "--adapter", a, c, "--file", posts, "--output", tmp_path / "out.jsonl")
+    run_main("predict.py", "--adapter", a, c, "--file", posts, "--output", tmp_path / "out.jsonl")
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert len(rows) == len(TEXTS) and all(list(r["results"]) == ["a", "c"] for r in rows)
 

@@ -18,7 +18,7 @@ def runs(tiny_bert, posts_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     procs = {mode: train(tiny_bert, posts_csv, out, "--mode", mode) for mode in ["adapter", "full"]}
     houlsby = ["--model", tiny_bert, "--data", posts_csv, "--output-dir", out, *QUICK, "--adapter-config", "houlsby"]
-    procs["houlsby"] = run_main("train", *houlsby)  # in this process: the two above are the new-process runs
+    procs["houlsby"] = run_main("train.py", *houlsby)  # in this process: the two above are the new-process runs
     return out, procs
 
 
@@ -107,11 +107,11 @@ def test_trained_adapter_is_not_overwritten_without_asking(runs, tiny_bert, post
     shutil.copytree(runs[0] / "depression-pfeiffer", folder)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     args = ["--model", tiny_bert, "--data", posts_csv, "--output-dir", out, *QUICK]
-    proc = run_main("train", *args, check=False)
+    proc = run_main("train.py", *args, check=False)
     assert_clean_failure(proc, "already holds a trained model", "--overwrite")
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     split = json.loads((folder / "training.json").read_text())["val_fingerprint"]
-    run_main("train", *args, "--overwrite", "--epochs", "1", "--seed", "7")
+    run_main("train.py", *args, "--overwrite", "--epochs", "1", "--seed", "7")
     info = json.loads((folder / "training.json").read_text())
     assert info["seed"] == 7 and info["split_seed"] == 42 and info["val_fingerprint"] == split  # --seed keeps the split
 
@@ -158,7 +158,7 @@ def test_bad_input_gets_one_line_and_exit_2(problem, tmp_path, tiny_bert, posts_
     elif problem == "bad attention dropout":
         extra, words = ["--attention-dropout", "1.5"], ["--attention-dropout"]
     proc = run_main(
-        "train", "--model", tiny_bert, "--data", data, "--output-dir", tmp_path / "out", *QUICK, *extra, check=False
+        "train.py", "--model", tiny_bert, "--data", data, "--output-dir", tmp_path / "out", *QUICK, *extra, check=False
     )
     assert_clean_failure(proc, *words)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.safetensors"))
@@ -166,7 +166,7 @@ def test_bad_input_gets_one_line_and_exit_2(problem, tmp_path, tiny_bert, posts_
 
 def test_offline_hub_data_set_fails_with_a_hint(tmp_path, tiny_bert):
     proc = run_main(
-        "train", "--model", tiny_bert, "--data", "someone/not-cached-here", "--output-dir", tmp_path, check=False
+        "train.py", "--model", tiny_bert, "--data", "someone/not-cached-here", "--output-dir", tmp_path, check=False
     )
     assert_clean_failure(proc, "--data", "DEPRESSION_DATA")
 
@@ -187,6 +187,6 @@ def test_help_tells_the_truth_about_every_flag(script):
             shown = " ".join(map(str, default)) if isinstance(default, list) else str(default)  # nargs="+"
             shown = f"{default:g}" if isinstance(default, float) else shown  # 5.0 may read 5
             assert shown in stated.group(1), (action.option_strings, stated.group(1))
-    proc = run_main(script, "--help")
+    proc = run_main(f"{script}.py", "--help")
     assert proc.returncode == 0 and proc.stderr == ""
     assert all(opt in proc.stdout for a in parser._actions for opt in a.option_strings)
