@@ -1,18 +1,25 @@
 """
-What the machine computes fast, read from the machine itself (no torch import): the CPU's fields and flags from
-/proc/cpuinfo, and whether the CPU does bf16 arithmetic natively. train.py's --mixed-precision auto, the torch
-prediction path and bench/ read it here.
+What the machine computes fast, read from the machine itself: the CPU's fields and flags from /proc/cpuinfo,
+whether the CPU does bf16 arithmetic natively, whether torch sees a CUDA GPU, and the one rule for automatic
+precision that train.py's --mixed-precision auto, the torch prediction path (predict.py, assess.py, serve.py) and
+bench/ share. torch is imported only where a GPU is asked about and a GPU driver is present.
 
     cpu_info()["flags"]      # ["fpu", ..., "avx512_bf16", "amx_bf16", ...]
     cpu_has_bf16()           # True on AVX512-BF16 / AMX processors (AMD Zen 4+, Intel Sapphire Rapids+)
+    cuda_visible()           # True where torch can compute on a CUDA (or ROCm) GPU
+    auto_precision("cuda")   # "bf16" on compute capability 8.0 and up, "fp16" below (T4, V100)
 """
 
+import sys
 from pathlib import Path
 
 # Flags of CPUs with bf16 instructions: AVX512-BF16 (AMD Zen 4 and later, Intel Cooper Lake, Sapphire Rapids and
 # later) and AMX-BF16 (Intel Sapphire Rapids and later). Without them PyTorch emulates bf16 and a training step is
 # about 20x slower than in fp32 (docs/speed.md); with them it is faster (docs/speed.md, "bf16 on the CPU").
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+# Where a GPU driver shows itself (NVIDIA's, AMD's ROCm): without one, cuda_visible() answers without importing torch.
+GPU_DRIVER_PATHS = ("/proc/driver/nvidia/gpus", "/dev/nvidia0", "/dev/kfd")
 
 
 def cpu_info():
@@ -33,3 +40,28 @@ def cpu_info():
 def cpu_has_bf16():
     """Whether the CPU computes bf16 natively (BF16_FLAGS); False where it cannot be told (no /proc/cpuinfo)."""
     return any(flag in cpu_info()["flags"] for flag in BF16_FLAGS)
+
+
+def cuda_visible():
+    """Whether torch can compute on a CUDA (or ROCm) GPU here. torch is imported only when it already is, or when a
+    GPU driver is present (GPU_DRIVER_PATHS), so that the ONNX path of a machine without a GPU stays torch-free."""
+    if "torch" not in sys.modules and not any(Path(path).exists() for path in GPU_DRIVER_PATHS):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def auto_precision(device_type):
+    """The precision "auto" means on a device ("cuda", "cpu", "mps", ...): "bf16" where the device computes bf16
+    natively (a CUDA GPU of compute capability 8.0 and up, Ampere and later, or a ROCm GPU; a CPU with
+    BF16_FLAGS); "fp16" on older CUDA GPUs (T4, V100: training adds a gradient scaler), where torch would emulate
+    bf16 slowly; "no" (full precision) elsewhere. The same rule for training, prediction and serving."""
+    if device_type == "cuda":
+        import torch
+
+        # torch counts emulated bf16 as supported by default (True on a T4); only the native kind is fast
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    if device_type == "cpu":
+        return "bf16" if cpu_has_bf16() else "no"
+    return "no"  # Apple's MPS and other devices: full precision

@@ -85,9 +85,9 @@ def add_precision_flag(parser):
         "--precision",
         default="auto",
         choices=PRECISIONS,
-        help="torch backend: auto (default): bf16 on GPUs that have it (fp16 on older CUDA GPUs) and on CPUs with "
-        "native bf16 (AVX512-BF16 or AMX), else fp32; fp32: full precision everywhere; bf16: bf16 even where "
-        "it is emulated (slow)",
+        help="torch backend: auto (default): bf16 on CUDA GPUs of compute capability 8.0 and up (fp16 on older "
+        "ones: T4, V100) and on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32; fp32: full precision "
+        "everywhere; bf16: bf16 even where it is emulated (slow)",
     )
 
 
@@ -101,9 +101,7 @@ def autocast_dtype(device_type, precision="auto"):
         return None
     if precision == "bf16":
         return torch.bfloat16
-    if device_type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if device_type == "cpu" and hardware.cpu_has_bf16() else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(hardware.auto_precision(device_type))
 
 
 def load(folder, model_name=None, merge=True, backend="torch", threads=None, precision="auto"):
@@ -254,8 +252,14 @@ def read_export_info(folder):
 
 
 def fastest_backend(folder):
-    """The fastest backend the folder holds an export of that passed its checks (int8, then fp32); else torch. A
-    stale export is refused, not skipped (load_onnx says why)."""
+    """What --backend auto runs. Where torch sees a CUDA GPU: torch, on the GPU (an export runs there only when
+    asked for by name, on onnxruntime-gpu's CUDA provider where it is installed: onnx_providers). Elsewhere the
+    fastest backend the folder holds an export of that passed its checks (int8, then fp32), else torch. A stale
+    export is refused, not skipped (load_onnx says why)."""
+    import hardware
+
+    if hardware.cuda_visible():
+        return "torch"
     export = read_export_info(folder)
     for backend in ("onnx-int8", "onnx"):
         if (
@@ -302,9 +306,37 @@ def open_onnx(folder, backend, pad_token_id, max_length, threads=None):
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default, one thread per core
     session = onnxruntime.InferenceSession(
-        str(Path(folder) / ONNX_FILES[backend]), options, providers=["CPUExecutionProvider"]
+        str(Path(folder) / ONNX_FILES[backend]), options, providers=onnx_providers(backend)
     )
     return OnnxModel(session, tokenizer, pad_token_id, backend)
+
+
+def onnx_providers(backend, available=None):
+    """ONNX Runtime's execution providers for an export, best first: CUDA for the fp32 export where the installed
+    onnxruntime offers it (onnxruntime-gpu; ONNX Runtime falls back to the CPU where it cannot start), then the
+    CPU. int8 stays on the CPU: its dynamic quantisation is made for CPU integer instructions. available:
+    onnxruntime.get_available_providers() unless given."""
+    if available is None:
+        import onnxruntime
+
+        available = onnxruntime.get_available_providers()
+    cuda = backend == "onnx" and "CUDAExecutionProvider" in available
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+
+
+def cpu_beside_gpu_note(loaded):
+    """One line where an ONNX session computes on the CPU while torch sees a CUDA GPU (a backend asked for by
+    name: --backend auto takes torch there), else None. predict.py and serve.py print it."""
+    import hardware
+
+    model = getattr(loaded, "model", None)
+    if not isinstance(model, OnnxModel) or model.device != "cpu" or not hardware.cuda_visible():
+        return None
+    how = "int8 is a CPU format" if model.backend == "onnx-int8" else "pip install onnxruntime-gpu to run it there"
+    return (
+        f"note: --backend {model.backend} computes on the CPU beside a CUDA GPU ({how}); "
+        "--backend torch (or auto) computes on the GPU"
+    )
 
 
 class OnnxModel:
@@ -312,6 +344,7 @@ class OnnxModel:
 
     def __init__(self, session, tokenizer, pad_token_id, backend):
         self.session, self.tokenizer, self.pad_token_id, self.backend = session, tokenizer, pad_token_id, backend
+        self.device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"  # where it computes
 
     def predict_proba(self, texts, batch_size=64):
         """Class probabilities (numpy, n_texts x n_labels, in the order of `texts`), batched by length as on torch."""

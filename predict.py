@@ -273,7 +273,10 @@ def load_model(args):
         hf_logging.set_verbosity_error()
     if len(args.adapter) > 1:
         return inference.load_shared(args.adapter, args.model, args.precision)
-    return inference.load(args.adapter[0], args.model, args.merge, backend, precision=args.precision)
+    loaded = inference.load(args.adapter[0], args.model, args.merge, backend, precision=args.precision)
+    if note := inference.cpu_beside_gpu_note(loaded):  # an export asked for by name, on the CPU beside a GPU
+        print(note, file=sys.stderr)
+    return loaded
 
 
 def classify_rows(loaded, chunk, batch_size):

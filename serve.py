@@ -162,8 +162,10 @@ def main(argv=None):
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    if models.loaded and (note := inference.cpu_beside_gpu_note(next(iter(models.loaded.values())))):
+        print(note, flush=True)
     print(
-        f"serving {', '.join(models.names)} ({backend}) at http://{args.host}:{args.port}/ "
+        f"serving {', '.join(models.names)} ({backend} on {models.device}) at http://{args.host}:{args.port}/ "
         f"(API: /docs); batches of up to {args.max_batch_size} texts, {args.max_wait_ms:g} ms"
         + ("" if limits.batching else " (batching off)"),
         flush=True,

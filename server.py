@@ -12,6 +12,7 @@ are keys of what was loaded at start.
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import threading
@@ -78,6 +79,7 @@ class Models:
             }
             self.infos = {name: loaded.info for name, loaded in self.loaded.items()}
         self.names = list(self.infos)
+        self.device = models_device(self.shared or next(iter(self.loaded.values())))
 
     def classify(self, texts, names):
         """{task name: class probabilities (numpy, n_texts x its labels)} for the tasks named."""
@@ -106,6 +108,12 @@ class Models:
             }
             for name, info in self.infos.items()
         ]
+
+
+def models_device(loaded):
+    """Where a Loaded or SharedBase computes: "cuda", "cpu", ... (an ONNX session's device, or the torch weights')."""
+    model = loaded.model
+    return model.device if isinstance(model, inference.OnnxModel) else next(model.parameters()).device.type
 
 
 class QueueFull(Exception):
@@ -333,7 +341,8 @@ def create_app(models, limits=None):
         """Whether the server answers, and how much waits."""
         batcher = request.app.state.batcher
         return {"status": "ok", "adapters": len(models.names), "queued_texts": batcher.waiting,
-                "batches": batcher.batches, "backend": models.backend, "time": time.time()}  # fmt: skip
+                "batches": batcher.batches, "backend": models.backend, "device": models.device,
+                "time": time.time()}  # fmt: skip
 
     @app.get("/", include_in_schema=False)
     async def page():
@@ -342,9 +351,20 @@ def create_app(models, limits=None):
     return app
 
 
+def replica_gpus(backend, cluster_gpus, replicas):
+    """The GPUs each Ray Serve replica asks for: on torch, one each where the cluster has as many GPUs as
+    replicas, else an equal share (Ray places replicas with a fraction of a GPU together on one); none for ONNX
+    (its sessions compute on the replicas' CPUs) or where the cluster has no GPU. Ray hides from a replica every
+    GPU it did not ask for, so a replica without any computes on its CPUs."""
+    if backend != "torch" or not cluster_gpus:
+        return 0
+    return min(1, math.floor(cluster_gpus / replicas * 100) / 100)
+
+
 def deploy_on_ray(folders, backend, threads, limits, replicas, host, port, precision="auto"):
     """The same app on Ray Serve: `replicas` replicas, each loading the models and running create_app's app (its
-    batcher included) as the ingress; Ray's proxy listens on host:port. Blocks until interrupted (SIGINT/SIGTERM),
+    batcher included) as the ingress, each with a GPU (or a share of one) where the cluster has GPUs and the
+    backend is torch (replica_gpus); Ray's proxy listens on host:port. Blocks until interrupted (SIGINT/SIGTERM),
     then shuts Serve down. A local Ray instance unless RAY_ADDRESS names a cluster."""
     import ray
     from ray import serve
@@ -356,13 +376,22 @@ def deploy_on_ray(folders, backend, threads, limits, replicas, host, port, preci
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
     ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     try:
+        cluster_gpus = ray.cluster_resources().get("GPU", 0)
+        gpus = replica_gpus(backend, cluster_gpus, replicas)
         serve.start(http_options={"host": host, "port": port})
-        deployment = serve.deployment(serve.ingress(build_app)(), name="classifier", num_replicas=replicas)
+        deployment = serve.deployment(
+            serve.ingress(build_app)(), name="classifier", num_replicas=replicas, ray_actor_options={"num_gpus": gpus}
+        )
         serve.run(deployment.bind(), name="classifier", route_prefix="/")
     except Exception as e:  # a replica that cannot load its models, a proxy that cannot listen, ...
         ray.shutdown()
         raise ModelError(f"Ray Serve did not start ({type(e).__name__}: {first_line(e)})") from None
-    print(f"serving on Ray Serve: {replicas} replica(s) at http://{host}:{port}/ (Ctrl-C or SIGTERM stops)", flush=True)
+    where = (
+        f"{gpus:g} GPU each" if gpus else
+        f"{backend} on their CPUs" + (" (the cluster has no GPU)" if backend == "torch" else "")
+    )  # fmt: skip
+    print(f"serving on Ray Serve: {replicas} replica(s), {where}, at http://{host}:{port}/ (Ctrl-C or SIGTERM stops)",
+          flush=True)  # fmt: skip
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -218,9 +218,10 @@ def build_parser():
         "--mixed-precision",
         choices=["auto", "no", "fp16", "bf16"],
         default="auto",
-        help="auto (default): bf16 on GPUs that have it, else fp16 on CUDA; on a CPU bf16 where it has native "
-        "bf16 (AVX512-BF16 or AMX: docs/speed.md has the measurements), else none; no: full precision "
-        "everywhere. Weights are kept and saved in fp32 either way",
+        help="auto (default): bf16 on CUDA GPUs of compute capability 8.0 and up (Ampere and later), fp16 with a "
+        "gradient scaler on older ones (T4, V100); on a CPU bf16 where it has native bf16 (AVX512-BF16 or AMX: "
+        "docs/speed.md has the measurements), else none; no: full precision everywhere. Weights are kept and "
+        "saved in fp32 either way",
     )
     loop.add_argument(
         "--seed", type=int, default=42, help="seed of the new weights, dropout and the batch order (default: 42)"

@@ -50,15 +50,13 @@ MAX_GRAD_NORM = 1.0
 
 
 def mixed_precision(choice):
-    """--mixed-precision auto: bf16 on GPUs that have it, else fp16 on CUDA; on a CPU bf16 where it computes bf16
-    natively (hardware.cpu_has_bf16: AVX512-BF16 or AMX), else full precision (emulated bf16 is far slower)."""
+    """--mixed-precision auto: hardware.auto_precision on the device accelerate trains on (a CUDA GPU, else
+    Apple's MPS, else the CPU): bf16 where it is native (compute capability 8.0+; a CPU with AVX512-BF16 or AMX),
+    fp16 with a gradient scaler on older CUDA GPUs, else full precision (emulated bf16 is far slower)."""
     if choice != "auto":
         return choice
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if torch.backends.mps.is_available():
-        return "no"
-    return "bf16" if hardware.cpu_has_bf16() else "no"
+    device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    return hardware.auto_precision(device)
 
 
 def attention_for(accelerator):
@@ -205,7 +203,7 @@ def save_checkpoint(staging, accelerator, model, optimizer, scheduler, best_stat
         shutil.rmtree(new, ignore_errors=True)
         new.mkdir()
     accelerator.wait_for_everyone()
-    torch.save(rng_states(), new / f"rng-{accelerator.process_index}.pt")
+    torch.save(rng_states(accelerator.device), new / f"rng-{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_file(trainable_state(accelerator.unwrap_model(model)), new / "trainable.safetensors")
@@ -219,13 +217,16 @@ def save_checkpoint(staging, accelerator, model, optimizer, scheduler, best_stat
 
 
 def load_checkpoint(staging, accelerator, model, optimizer, scheduler):
-    """Restore what save_checkpoint() wrote; returns (state, best_state). The RNG states come last."""
-    folder = staging / "checkpoint"
+    """Restore what save_checkpoint() wrote; returns (state, best_state). Every tensor is mapped to this process's
+    device, whichever device wrote it (a checkpoint from a GPU machine resumes on a CPU, rank 1's on cuda:1). The
+    RNG states come last."""
+    folder, device = staging / "checkpoint", accelerator.device
     state = json.loads((folder / "state.json").read_text())
     load_trainable(accelerator.unwrap_model(model), load_file(folder / "trainable.safetensors"), folder)
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    set_rng_states(torch.load(folder / f"rng-{accelerator.process_index}.pt", weights_only=True))
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", map_location=device, weights_only=True))
+    rng = torch.load(folder / f"rng-{accelerator.process_index}.pt", map_location="cpu", weights_only=True)
+    set_rng_states(rng, device)  # generator states are CPU byte tensors, on every device
     return state, load_file(folder / "best.safetensors")
 
 
@@ -240,26 +241,29 @@ def load_trainable(model, weights, source):
         )
 
 
-def rng_states():
-    """Python's, numpy's and torch's random states, in types torch.load(weights_only=True) reads back."""
+def rng_states(device):
+    """Python's, numpy's and torch's random states, and the GPU's where the process trains on one (its own device's
+    only: each process saves its own file), in types torch.load(weights_only=True) reads back."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     states = {
         "python": random.getstate(),
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
     return states
 
 
-def set_rng_states(states):
+def set_rng_states(states, device):
+    """Restore rng_states(); the GPU's state only where this process trains on a GPU (a checkpoint from a GPU
+    machine resumes on a CPU with the same Python, numpy and torch states)."""
     random.setstate((states["python"][0], tuple(states["python"][1]), states["python"][2]))
     kind, keys, pos, has_gauss, gauss = states["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(states["torch"])
-    if "cuda" in states:
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if "cuda" in states and device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"], device)
 
 
 def cache_lower_layers(model, ds, tokenizer, k, batch_size, accelerator):

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -144,6 +145,19 @@ ONE_QUICK_EPOCH = ["--epochs", "1", "--batch-size", "8", "--max-length", "32"]  
 def run_train(model, data, out, *flags, check=True, env=None):
     """`python train.py --model MODEL --data DATA --output-dir OUT FLAGS...` in a new process, as a user runs it."""
     return run_cli("train.py", "--model", model, "--data", data, "--output-dir", out, *flags, check=check, env=env)
+
+
+def fake_gpu(monkeypatch, capability=(8, 0), name="NVIDIA A100"):
+    """A CUDA GPU of that compute capability, as torch.cuda describes it, on a CPU-only machine: torch's own
+    is_bf16_supported then answers as on that card (True on a T4 too, where bf16 is emulated)."""
+    import torch
+
+    properties = SimpleNamespace(major=capability[0], minor=capability[1], name=name)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: properties)
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)  # emulation works
 
 
 def free_port():

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import fake_gpu
 from sklearn.metrics import (
     accuracy_score,
     brier_score_loss,
@@ -432,9 +433,11 @@ def test_answers_name_the_most_probable_label_of_each_task():
 # --- the choice of precision, attention and backend for a described device
 
 
-def described(monkeypatch, cuda=False, bf16=False, mps=False, cpu_flags=()):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+def described(monkeypatch, cuda=None, mps=False, cpu_flags=()):
+    """cuda: a GPU's compute capability (conftest.fake_gpu), or None for none."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if cuda:
+        fake_gpu(monkeypatch, cuda)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
     monkeypatch.setattr(hardware, "cpu_info", lambda: {"flags": list(cpu_flags)})
 
@@ -442,8 +445,8 @@ def described(monkeypatch, cuda=False, bf16=False, mps=False, cpu_flags=()):
 @pytest.mark.parametrize(
     "device, train, predict",
     [
-        (dict(cuda=True, bf16=True), "bf16", torch.bfloat16),  # a GPU with bf16 (Ampere and later)
-        (dict(cuda=True, bf16=False), "fp16", torch.float16),  # an older CUDA GPU: fp16
+        (dict(cuda=(8, 0)), "bf16", torch.bfloat16),  # a GPU with bf16 (Ampere and later)
+        (dict(cuda=(7, 5)), "fp16", torch.float16),  # an older CUDA GPU: fp16 (tests/test_cuda.py has more)
         (dict(mps=True, cpu_flags=["avx512_bf16"]), "no", None),  # Apple's GPU: full precision
         (dict(cpu_flags=["avx512_bf16"]), "bf16", torch.bfloat16),
         (dict(cpu_flags=["avx2"]), "no", None),
@@ -469,12 +472,12 @@ def test_eager_attention_only_for_bf16_on_a_cpu(precision, device, attention):
 
 
 def test_cpu_processes_join_with_gloo_only_without_cuda(monkeypatch):
-    described(monkeypatch, cuda=False)
+    described(monkeypatch)
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert training.use_cpu_processes()
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert not training.use_cpu_processes()
-    described(monkeypatch, cuda=True)
+    described(monkeypatch, cuda=(8, 0))
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert not training.use_cpu_processes()
 
