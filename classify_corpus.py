@@ -66,10 +66,12 @@ def result_path(output_folder, shard):
 def check_model(folder, backend):
     """The ONNX backend to run ("auto": the fastest verified export) and the model's label names; refused with one
     line when there is no usable export."""
-    chosen = inference.fastest_backend(folder) if backend == "auto" else backend
-    if chosen == "torch":
+    chosen = inference.fastest_export(folder) if backend == "auto" else backend
+    if chosen is None:
         raise ModelError(f"{folder} holds no verified ONNX export; run python export.py --adapter {folder} first")
     loaded = inference.load(folder, backend=chosen, threads=1)  # stale, damaged, missing: one line here
+    if note := inference.cpu_beside_gpu_note(loaded, instead=""):  # the actors' sessions, on the CPU beside a GPU
+        print(note, flush=True)
     return chosen, loaded.label_names
 
 

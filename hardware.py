@@ -45,10 +45,12 @@ def cpu_has_bf16():
 def cuda_visible():
     """Whether torch can compute on a CUDA (or ROCm) GPU here. torch is imported only when it already is, or when a
     GPU driver is present (GPU_DRIVER_PATHS), so that the ONNX path of a machine without a GPU stays torch-free."""
-    if "torch" not in sys.modules and not any(Path(path).exists() for path in GPU_DRIVER_PATHS):
+    if sys.modules.get("torch") is None and not any(Path(path).exists() for path in GPU_DRIVER_PATHS):
         return False
-    import torch
-
+    try:
+        import torch
+    except ImportError:  # an ONNX-only install: nothing here computes on a GPU through torch
+        return False
     return torch.cuda.is_available()
 
 

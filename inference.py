@@ -254,12 +254,17 @@ def read_export_info(folder):
 def fastest_backend(folder):
     """What --backend auto runs. Where torch sees a CUDA GPU: torch, on the GPU (an export runs there only when
     asked for by name, on onnxruntime-gpu's CUDA provider where it is installed: onnx_providers). Elsewhere the
-    fastest backend the folder holds an export of that passed its checks (int8, then fp32), else torch. A stale
-    export is refused, not skipped (load_onnx says why)."""
+    fastest verified export (fastest_export), else torch."""
     import hardware
 
     if hardware.cuda_visible():
         return "torch"
+    return fastest_export(folder) or "torch"
+
+
+def fastest_export(folder):
+    """The fastest backend the folder holds an export of that passed its checks (int8, then fp32), or None. A stale
+    export is refused, not skipped (load_onnx says why)."""
     export = read_export_info(folder)
     for backend in ("onnx-int8", "onnx"):
         if (
@@ -268,7 +273,7 @@ def fastest_backend(folder):
             and (Path(folder) / ONNX_FILES[backend]).is_file()
         ):
             return backend
-    return "torch"
+    return None
 
 
 def load_onnx(folder, backend, model_name=None, threads=None):
@@ -324,19 +329,17 @@ def onnx_providers(backend, available=None):
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
 
 
-def cpu_beside_gpu_note(loaded):
+def cpu_beside_gpu_note(loaded, instead="; --backend torch (or auto) computes on the GPU"):
     """One line where an ONNX session computes on the CPU while torch sees a CUDA GPU (a backend asked for by
-    name: --backend auto takes torch there), else None. predict.py and serve.py print it."""
+    name: --backend auto takes torch there), ending with `instead`; else None. predict.py, serve.py and
+    classify_corpus.py print it."""
     import hardware
 
     model = getattr(loaded, "model", None)
     if not isinstance(model, OnnxModel) or model.device != "cpu" or not hardware.cuda_visible():
         return None
     how = "int8 is a CPU format" if model.backend == "onnx-int8" else "pip install onnxruntime-gpu to run it there"
-    return (
-        f"note: --backend {model.backend} computes on the CPU beside a CUDA GPU ({how}); "
-        "--backend torch (or auto) computes on the GPU"
-    )
+    return f"note: {model.backend} computes on the CPU beside a CUDA GPU ({how}){instead}"
 
 
 class OnnxModel:

@@ -65,6 +65,10 @@ def test_without_a_gpu_driver_cuda_visible_answers_without_importing_torch(tmp_p
     monkeypatch.setattr(hardware, "GPU_DRIVER_PATHS", (str(tmp_path / "nvidia0"),))
     monkeypatch.delitem(sys.modules, "torch")  # as on predict.py's ONNX path, which never imports torch
     assert not hardware.cuda_visible() and "torch" not in sys.modules
+    monkeypatch.setitem(sys.modules, "torch", None)  # torch cannot be imported (tests/test_export.py runs predict so)
+    assert not hardware.cuda_visible()
+    (tmp_path / "nvidia0").touch()  # a driver, but no torch to ask
+    assert not hardware.cuda_visible()
 
 
 @pytest.mark.parametrize(
@@ -90,7 +94,8 @@ def test_an_onnx_session_on_the_cpu_beside_a_gpu_is_said(monkeypatch):
     assert inference.cpu_beside_gpu_note(onnx_loaded("CPUExecutionProvider")) is None  # no GPU: nothing to say
     fake_gpu(monkeypatch, (8, 0), "A100")
     note = inference.cpu_beside_gpu_note(onnx_loaded("CPUExecutionProvider"))
-    assert note.startswith("note: --backend onnx computes on the CPU beside a CUDA GPU") and "onnxruntime-gpu" in note
+    assert note.startswith("note: onnx computes on the CPU beside a CUDA GPU") and "onnxruntime-gpu" in note
+    assert note.endswith("--backend torch (or auto) computes on the GPU")
     assert "int8 is a CPU format" in inference.cpu_beside_gpu_note(onnx_loaded("CPUExecutionProvider", "onnx-int8"))
     assert onnx_loaded("CUDAExecutionProvider").model.device == "cuda"
     assert inference.cpu_beside_gpu_note(onnx_loaded("CUDAExecutionProvider")) is None
