@@ -388,7 +388,7 @@ def deploy_on_ray(folders, backend, threads, limits, replicas, host, port, preci
         raise ModelError(f"Ray Serve did not start ({type(e).__name__}: {first_line(e)})") from None
     where = (
         f"{gpus:g} GPU each" if gpus else
-        f"{backend} on their CPUs" + (" (the cluster has no GPU)" if backend == "torch" else "")
+        f"{backend} on their CPUs" + (" (the cluster has no GPU)" if backend == "torch" and not cluster_gpus else "")
     )  # fmt: skip
     print(f"serving on Ray Serve: {replicas} replica(s), {where}, at http://{host}:{port}/ (Ctrl-C or SIGTERM stops)",
           flush=True)  # fmt: skip
