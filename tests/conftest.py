@@ -142,9 +142,10 @@ def run_main(script, *args, stdin="", check=True):
 ONE_QUICK_EPOCH = ["--epochs", "1", "--batch-size", "8", "--max-length", "32"]  # train.py flags of a quick run
 
 
-def run_train(model, data, out, *flags, check=True, env=None):
-    """`python train.py --model MODEL --data DATA --output-dir OUT FLAGS...` in a new process, as a user runs it."""
-    return run_cli("train.py", "--model", model, "--data", data, "--output-dir", out, *flags, check=check, env=env)
+def run_train(model, data, out, *flags, run=None, **options):
+    """`python train.py --model MODEL --data DATA --output-dir OUT FLAGS...`: in a new process, as a user runs it
+    (run_cli, the default; options: check, env), or in this one (run=run_main; options: check)."""
+    return (run or run_cli)("train.py", "--model", model, "--data", data, "--output-dir", out, *flags, **options)
 
 
 def fake_gpu(monkeypatch, capability=(8, 0), name="NVIDIA A100"):

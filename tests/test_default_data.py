@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import REAL_DATA, assert_clean_failure, make_posts, run_cli, run_main
+from conftest import REAL_DATA, assert_clean_failure, make_posts, run_cli, run_main, run_train
 
 import data
 import model as M
@@ -150,7 +150,7 @@ def test_the_length_expert_is_a_product_of_experts_in_the_training_loss(tiny_ber
 
 @pytest.mark.slow
 def test_behaviour_command_counts_every_case(tiny_bert, posts_csv, tmp_path):
-    run_main("train.py", "--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path, "--epochs", "1")
+    run_train(tiny_bert, posts_csv, tmp_path, "--epochs", "1", run=run_main)
     folder = tmp_path / "depression-pfeiffer"
     run_cli("-m", "bench.behaviour", "--adapter", folder, "--out", tmp_path, "--name", "tiny")
     [result_file] = tmp_path.glob("tiny-*.json")

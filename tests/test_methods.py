@@ -7,7 +7,7 @@ import pytest
 import torch
 from adapters import AdapterConfig
 from adapters.methods.lora import LoRALayer
-from conftest import assert_clean_failure, make_posts, run_cli, run_main
+from conftest import assert_clean_failure, make_posts, run_cli, run_main, run_train
 from safetensors import safe_open
 
 import data
@@ -125,8 +125,8 @@ def train_one_epoch(name, model_path, posts, out):
 def test_prefix_tuning_through_the_command_lines(tiny_bert_128, posts_60, tmp_path):
     """Prefix tuning's pool is shared by every layer: saved once, loaded back into all of them (it used to crash
     at save)."""
-    run_main("train.py", "--model", tiny_bert_128, "--data", posts_60, "--output-dir", tmp_path, "--epochs", "1",
-             "--mode", "adapter", "--adapter-config", "prefix_tuning")  # fmt: skip
+    run_train(tiny_bert_128, posts_60, tmp_path, "--epochs", "1", "--mode", "adapter", "--adapter-config",
+              "prefix_tuning", run=run_main)  # fmt: skip
     folder = tmp_path / "depression-prefix_tuning"
     proc = run_cli("predict.py", "--adapter", folder, "--json", "i feel hopeless and empty", "what a great game")
     rows = [json.loads(line) for line in proc.stdout.splitlines()]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli, run_main
+from conftest import run_cli, run_main, run_train
 
 import hardware
 import inference
@@ -38,8 +38,8 @@ def test_auto_follows_the_cpus_capabilities(cpu, monkeypatch):
 
 @pytest.mark.slow
 def test_prediction_in_bf16_and_held_in_fp32(tiny_bert, posts_csv, tmp_path):
-    run_main("train.py", "--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path, "--epochs", "2",
-             "--lr", "1e-2", "--mixed-precision", "bf16")  # fmt: skip
+    flags = ["--epochs", "2", "--lr", "1e-2", "--mixed-precision", "bf16"]
+    run_train(tiny_bert, posts_csv, tmp_path, *flags, run=run_main)
     folder = tmp_path / "depression-pfeiffer"
     info = json.loads((folder / "training.json").read_text())
     assert info["mixed_precision"] == "bf16"

@@ -8,7 +8,7 @@ import time
 import pandas as pd
 import pytest
 import torch
-from conftest import ONE_QUICK_EPOCH, ROOT, assert_clean_failure, run_cli, run_main
+from conftest import ONE_QUICK_EPOCH, ROOT, assert_clean_failure, run_cli, run_main, run_train
 
 import inference
 import model as M
@@ -148,8 +148,7 @@ def test_results_stream_out_chunk_by_chunk_and_a_killed_run_keeps_them(trained, 
 
 @pytest.mark.slow
 def test_full_model_folder_predicts_too(tiny_bert, posts_csv, tmp_path):
-    run_main("train.py", "--model", tiny_bert, "--data", posts_csv, "--output-dir", tmp_path, "--mode", "full",
-             *ONE_QUICK_EPOCH)  # fmt: skip
+    run_train(tiny_bert, posts_csv, tmp_path, "--mode", "full", *ONE_QUICK_EPOCH, run=run_main)
     rows = predict_json(tmp_path / "depression-full", *TEXTS)
     assert len(rows) == 4 and all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in rows)
 

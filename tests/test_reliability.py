@@ -58,7 +58,7 @@ def test_killed_run_resumes_to_the_same_result(precision, tiny_bert, posts_1200,
     """In full precision and in bf16 (mixed precision: weights and optimizer in fp32, compute in bf16)."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     slow = [*SLOW, "--mixed-precision", precision]
-    run_main("train.py", "--model", tiny_bert, "--data", posts_1200, "--output-dir", whole, *slow)  # in this process
+    run_train(tiny_bert, posts_1200, whole, *slow, run=run_main)  # in this process
 
     proc = start_training(tiny_bert, posts_1200, killed, "--mixed-precision", precision)
     staging = killed / "depression-pfeiffer.incomplete"
@@ -70,7 +70,7 @@ def test_killed_run_resumes_to_the_same_result(precision, tiny_bert, posts_1200,
     assert (killed / "depression-pfeiffer.lock").exists()  # the dead run's lock file: taken over below
     assert not (killed / "depression-pfeiffer").exists()
 
-    again = run_main("train.py", "--model", tiny_bert, "--data", posts_1200, "--output-dir", killed, *slow, check=False)
+    again = run_train(tiny_bert, posts_1200, killed, *slow, run=run_main, check=False)
     assert_clean_failure(again, "interrupted run", "--resume")  # without --resume nothing is thrown away
     resumed = run_train(tiny_bert, posts_1200, killed, *slow, "--resume")
     assert f"resumed after epoch {done} of 4" in resumed.stdout
@@ -118,8 +118,7 @@ def test_second_run_into_the_same_folder_is_refused_and_the_first_finishes(tiny_
     wait_for(tmp_path / "depression-pfeiffer.incomplete" / "checkpoint" / "state.json", first)
     first.send_signal(signal.SIGSTOP)  # paused, still holding its lock: on a busy machine it could else finish
     try:  # before the second run has even started, and the race would test nothing
-        second = run_main("train.py", "--model", tiny_bert, "--data", posts_1200, "--output-dir", tmp_path, *SLOW,
-                          "--seed", "7", check=False)  # fmt: skip
+        second = run_train(tiny_bert, posts_1200, tmp_path, *SLOW, "--seed", "7", run=run_main, check=False)
         assert_clean_failure(second, f"another training run (pid {first.pid}) is writing")
     finally:
         first.send_signal(signal.SIGCONT)
