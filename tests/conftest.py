@@ -3,6 +3,7 @@
 import contextlib
 import importlib
 import io
+import json
 import os
 import socket
 import subprocess
@@ -146,6 +147,18 @@ def run_train(model, data, out, *flags, run=None, **options):
     """`python train.py --model MODEL --data DATA --output-dir OUT FLAGS...`: in a new process, as a user runs it
     (run_cli, the default; options: check, env), or in this one (run=run_main; options: check)."""
     return (run or run_cli)("train.py", "--model", model, "--data", data, "--output-dir", out, *flags, **options)
+
+
+def export_folder(folder, backends, files=()):
+    """A folder as export.py leaves it, for the choice of backend: onnx.json's record of each backend's checks
+    ({"onnx": {"verified": True}, ...}) and placeholder files of those names."""
+    import inference
+
+    folder.mkdir(exist_ok=True)
+    (folder / inference.EXPORT_INFO).write_text(json.dumps({"backends": backends}))
+    for name in files:
+        (folder / name).write_bytes(b"onnx")
+    return folder
 
 
 def fake_gpu(monkeypatch, capability=(8, 0), name="NVIDIA A100"):

@@ -2,7 +2,6 @@
 about it (torch.cuda's device properties, ONNX Runtime's providers, the Ray cluster's resources, the device a
 checkpoint's tensors were saved on), and the project's own code runs. Fast tier: no subprocess, no training."""
 
-import json
 import random
 import signal
 import sys
@@ -11,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import fake_gpu
+from conftest import export_folder, fake_gpu
 
 import hardware
 import inference
@@ -44,17 +43,9 @@ def test_auto_precision_on_a_gpu_follows_its_compute_capability(capability, name
 # --- backend auto: torch on a visible GPU, never a CPU ONNX session unless asked for by name
 
 
-def verified_export(folder):
-    folder.mkdir()
-    backends = {"onnx": {"verified": True}, "onnx-int8": {"verified": True}}
-    (folder / inference.EXPORT_INFO).write_text(json.dumps({"backends": backends}))
-    for name in inference.ONNX_FILES.values():
-        (folder / name).write_bytes(b"onnx")
-    return folder
-
-
 def test_auto_backend_is_torch_where_a_cuda_gpu_is_visible(tmp_path, monkeypatch):
-    folder = verified_export(tmp_path / "exported")
+    verified = {"onnx": {"verified": True}, "onnx-int8": {"verified": True}}
+    folder = export_folder(tmp_path / "exported", verified, inference.ONNX_FILES.values())
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert inference.fastest_backend(folder) == "onnx-int8"  # a CPU machine: the fastest verified export
     fake_gpu(monkeypatch, (7, 5), "Tesla T4")

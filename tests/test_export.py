@@ -56,9 +56,9 @@ def test_each_backend_gives_torchs_probabilities(exported, setup):
     assert int8["label_agreement"] >= 0.995 if int8["verified"] else "failed" in int8
     if int8["verified"]:
         assert (probabilities(folder, "onnx-int8").argmax(1) == torch_probs.argmax(1)).mean() >= 0.75
-        assert inference.fastest_backend(folder) == "onnx-int8"
+        assert inference.fastest_export(folder) == "onnx-int8"
     else:  # not kept: not on disk, and auto falls back to fp32
-        assert not (folder / "model.int8.onnx").exists() and inference.fastest_backend(folder) == "onnx"
+        assert not (folder / "model.int8.onnx").exists() and inference.fastest_export(folder) == "onnx"
 
 
 def test_the_onnx_path_runs_without_torch_or_transformers(exported, posts_csv, tmp_path):
@@ -94,7 +94,7 @@ def test_a_folder_trained_again_after_its_export_is_refused(exported, tmp_path):
     assert run_main("predict.py", "--adapter", folder, "--backend", "torch", "hello").stdout  # torch still works
     proc = run_main("export.py", "--adapter", folder, "--overwrite", "--check-posts", "4", "--no-int8")
     assert "model.onnx: kept" in proc.stdout and not (folder / "model.int8.onnx").exists()
-    assert inference.fastest_backend(folder) == "onnx"
+    assert inference.fastest_export(folder) == "onnx"
 
 
 def test_unexportable_and_missing_exports_get_one_line(exported, tiny_bert, posts_csv, tmp_path):

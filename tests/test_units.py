@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import fake_gpu
+from conftest import export_folder, fake_gpu
 from sklearn.metrics import (
     accuracy_score,
     brier_score_loss,
@@ -496,12 +496,6 @@ def test_cpu_info_reads_the_first_cpus_fields_and_every_cores_clock(tmp_path, mo
     assert hardware.cpu_info()["flags"] == [] and not hardware.cpu_has_bf16()
 
 
-def export_folder(folder, **backends):
-    folder.mkdir(exist_ok=True)
-    (folder / inference.EXPORT_INFO).write_text(json.dumps({"backends": backends}))
-    return folder
-
-
 @pytest.mark.parametrize(
     "backends, files, expected",
     [
@@ -513,14 +507,13 @@ def export_folder(folder, **backends):
     ],
     ids=["int8-first", "int8-unverified", "int8-file-gone", "nothing-verified", "no-backends"],
 )
-def test_auto_backend_takes_the_fastest_verified_export(backends, files, expected, tmp_path):
-    folder = export_folder(tmp_path / "f", **backends)
-    for name in files:
-        (folder / name).write_bytes(b"onnx")
-    assert inference.fastest_backend(folder) == expected
+def test_auto_backend_takes_the_fastest_verified_export(backends, files, expected, tmp_path, monkeypatch):
+    described(monkeypatch)  # no GPU (beside one, auto is torch: tests/test_cuda.py)
+    assert inference.fastest_backend(export_folder(tmp_path / "f", backends, files)) == expected
 
 
-def test_auto_backend_without_an_export_is_torch_and_a_damaged_record_is_refused(tmp_path):
+def test_auto_backend_without_an_export_is_torch_and_a_damaged_record_is_refused(tmp_path, monkeypatch):
+    described(monkeypatch)
     assert inference.fastest_backend(tmp_path) == "torch"
     (tmp_path / inference.EXPORT_INFO).write_text("{oops")
     with pytest.raises(ModelError, match="onnx.json is damaged"):
