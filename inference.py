@@ -335,7 +335,7 @@ def cpu_beside_gpu_note(loaded, instead="; --backend torch (or auto) computes on
     classify_corpus.py print it."""
     import hardware
 
-    model = getattr(loaded, "model", None)
+    model = loaded.model
     if not isinstance(model, OnnxModel) or model.device != "cpu" or not hardware.cuda_visible():
         return None
     how = "int8 is a CPU format" if model.backend == "onnx-int8" else "pip install onnxruntime-gpu to run it there"
