@@ -300,13 +300,14 @@ def load_splits(
     seed=42,
     label_map=None,
     normalize=False,
+    log=print,
 ):
-    """load_sources + clean + split, printing the cleaning report. `source` is one source or a list of them (read
-    as one table). Returns (train, val, label_names, info)."""
+    """load_sources + clean + split, printing the cleaning report with `log` (train.py: the main process's print
+    only). `source` is one source or a list of them (read as one table). Returns (train, val, label_names, info)."""
     df, label_names, report = clean(
         load_sources(source, text_column, label_column), label_map=label_map, normalize=normalize
     )
-    print(format_report(report))
+    log(format_report(report))
     check_classes(df, label_names)
     train_ds, val_ds = split(df, val_size, seed)
     sources = [source] if isinstance(source, (str, Path)) else list(source)
@@ -327,7 +328,7 @@ def load_splits(
             }
             for name, part in df.groupby("source", sort=False)
         }
-        print(
+        log(
             "split by source: "
             + ", ".join(f"{n} {c['train']} train / {c['val']} validation" for n, c in info["sources"].items())
         )
@@ -384,17 +385,25 @@ class LengthGroupedBatches:
     lockstep; nothing is dropped or repeated to even them out). transformers' get_length_grouped_indices sorts
     within groups of min(posts / (4 x batch_size), 50) batches, which on small training sets leaves groups of a
     few batches and much padding; docs/speed.md has the padding both give.
+
+    fixed_shards: each process keeps the same posts every epoch (`posts`: a seeded 1/num_shards of them), batched
+    as above among themselves, for the same number of steps: what a process holds of the frozen-layer cache is
+    then all it needs (train.py caches each process's own posts only).
     """
 
-    def __init__(self, lengths, batch_size, seed, num_shards=1, shard=0):
+    def __init__(self, lengths, batch_size, seed, num_shards=1, shard=0, fixed_shards=False):
         self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
-        self.num_shards, self.shard = num_shards, shard
+        self.num_shards, self.shard, self.fixed_shards = num_shards, shard, fixed_shards and num_shards > 1
         self.num_batches = num_shards * math.ceil(len(self.lengths) / (batch_size * num_shards))
         if len(self.lengths) < num_shards:
             posts = f"{len(self.lengths)} training post{'' if len(self.lengths) == 1 else 's'}"
             raise DataError(
                 f"{posts} cannot give each of {num_shards} processes a batch; use more data or fewer processes"
             )
+        self.posts = list(range(len(self.lengths)))  # the posts this process trains on over the epochs
+        if self.fixed_shards:
+            random.Random(seed).shuffle(self.posts)
+            self.posts = sorted(self.posts[shard::num_shards])
 
     def set_epoch(self, epoch):
         """Epoch 0, 1, ... decides the order (resuming after epoch k: set_epoch(k))."""
@@ -403,69 +412,72 @@ class LengthGroupedBatches:
     def __iter__(self):
         rng = random.Random(self.seed + self.epoch)
         self.epoch += 1
-        order = list(range(len(self.lengths)))
+        order = list(self.posts)
         rng.shuffle(order)
-        size, extra = divmod(len(order), self.num_batches)  # the first `extra` batches take one post more
-        bounds = [i * size + min(i, extra) for i in range(self.num_batches + 1)]
+        if self.fixed_shards:  # this process's own posts, dealt into its own batches
+            return iter(self.grouped(order, len(self), rng))
+        return iter(self.grouped(order, self.num_batches, rng)[self.shard :: self.num_shards])
+
+    def grouped(self, order, num_batches, rng):
+        """The shuffled posts `order` in num_batches batches of nearly equal size, sorted by length within every
+        MEGA_BATCH batches, in a random order."""
+        size, extra = divmod(len(order), num_batches)  # the first `extra` batches take one post more
+        bounds = [i * size + min(i, extra) for i in range(num_batches + 1)]
         batches = []
-        for first in range(0, self.num_batches, MEGA_BATCH):
-            last = min(first + MEGA_BATCH, self.num_batches)
+        for first in range(0, num_batches, MEGA_BATCH):
+            last = min(first + MEGA_BATCH, num_batches)
             group = sorted(order[bounds[first] : bounds[last]], key=self.lengths.__getitem__, reverse=True)
             batches += [group[bounds[b] - bounds[first] : bounds[b + 1] - bounds[first]] for b in range(first, last)]
         rng.shuffle(batches)
-        return iter(batches[self.shard :: self.num_shards])
+        return batches
 
     def __len__(self):
         return self.num_batches // self.num_shards
 
 
-def train_loader(ds, tokenizer, batch_size, seed, group_by_length=True, num_shards=1, shard=0):
+def train_loader(ds, tokenizer, batch_size, seed, group_by_length=True, num_shards=1, shard=0, pin_memory=False):
     """Shuffled, dynamically padded training batches, grouped by length (unless group_by_length is False: plain
-    shuffled batches of batch_size); with num_shards processes, process `shard`'s share of each epoch."""
+    shuffled batches of batch_size); with num_shards processes, process `shard`'s share of each epoch. pin_memory:
+    batches in page-locked memory, copied to a CUDA GPU without waiting (train.py sets it where it trains on one)."""
     sampler = training_batches(ds_lengths(ds), batch_size, seed, group_by_length, num_shards, shard)
-    return DataLoader(ds, batch_sampler=sampler, collate_fn=DataCollatorWithPadding(tokenizer))
+    return DataLoader(ds, batch_sampler=sampler, collate_fn=DataCollatorWithPadding(tokenizer), pin_memory=pin_memory)
 
 
-def eval_loader(ds, tokenizer, batch_size, num_shards=1, shard=0):
+def eval_loader(ds, tokenizer, batch_size, num_shards=1, shard=0, pin_memory=False):
     """Dynamically padded batches sorted by length (order differs from ds; labels travel with their texts);
     process `shard` of num_shards gets every num_shards-th batch."""
     batches = sorted_batches(ds_lengths(ds), batch_size)[shard::num_shards]
-    return DataLoader(ds, batch_sampler=batches, collate_fn=DataCollatorWithPadding(tokenizer))
+    return DataLoader(ds, batch_sampler=batches, collate_fn=DataCollatorWithPadding(tokenizer), pin_memory=pin_memory)
 
 
-def training_batches(lengths, batch_size, seed, group_by_length=True, num_shards=1, shard=0):
+def training_batches(lengths, batch_size, seed, group_by_length=True, num_shards=1, shard=0, fixed_shards=False):
     lengths = lengths if group_by_length else [1] * len(lengths)  # all equal: the grouping is a plain shuffle
-    return LengthGroupedBatches(lengths, batch_size, seed, num_shards, shard)
+    return LengthGroupedBatches(lengths, batch_size, seed, num_shards, shard, fixed_shards)
 
 
-def states_loader(
-    states, labels, batch_size, seed=None, group_by_length=True, num_shards=1, shard=0, train=True, priors=None
-):
-    """Batches of cached hidden states (one [tokens, hidden] tensor per post, real tokens only), padded per batch
-    and given as inputs_embeds with their attention mask: the same batches as train_loader (train=True) or
-    eval_loader (train=False) make from the token ids of the same posts (with the length-only model's
-    log-probabilities when priors are given)."""
+def states_loader(states, labels, batch_sampler, priors=None):
+    """Batches of cached hidden states (one [tokens, hidden] tensor per post, real tokens only; None for a post
+    that batch_sampler never asks for), padded per batch on the states' device and given as inputs_embeds with
+    their attention mask, in batch_sampler's batches: train_loader's or eval_loader's for the same posts make the
+    same batches as from their token ids (with the length-only model's log-probabilities when priors are given)."""
     rows = [{"states": s, "labels": label} for s, label in zip(states, labels)]
     for row, prior in zip(rows, priors or []):
         row[PRIOR_COLUMN] = prior
-    lengths = [len(s) for s in states]
-    sampler = (
-        training_batches(lengths, batch_size, seed, group_by_length, num_shards, shard)
-        if train
-        else sorted_batches(lengths, batch_size)[shard::num_shards]
-    )
-    return DataLoader(rows, batch_sampler=sampler, collate_fn=pad_states)
+    return DataLoader(rows, batch_sampler=batch_sampler, collate_fn=pad_states)
 
 
 def pad_states(rows):
-    lengths = torch.tensor([len(r["states"]) for r in rows])
+    """One batch of cached states: padded, with its attention mask built where the states are (a GPU's memory)."""
+    device = rows[0]["states"].device
+    lengths = torch.tensor([len(r["states"]) for r in rows], device=device)
+    longest = max(len(r["states"]) for r in rows)
     batch = {
         "inputs_embeds": pad_sequence([r["states"] for r in rows], batch_first=True),
-        "attention_mask": (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).long(),
-        "labels": torch.tensor([r["labels"] for r in rows]),
+        "attention_mask": (torch.arange(longest, device=device)[None, :] < lengths[:, None]).long(),
+        "labels": torch.tensor([r["labels"] for r in rows], device=device),
     }
     if PRIOR_COLUMN in rows[0]:
-        batch[PRIOR_COLUMN] = torch.tensor([r[PRIOR_COLUMN] for r in rows])
+        batch[PRIOR_COLUMN] = torch.tensor([r[PRIOR_COLUMN] for r in rows], device=device)
     return BatchEncoding(batch)
 
 

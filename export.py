@@ -201,10 +201,11 @@ def main(argv=None):
     try:
         info = check_exportable(folder, args.overwrite)
         texts = check_posts(info, args.data, args.text_column, args.check_posts)
-        loaded = inference.load(folder, backend="torch", precision="fp32")  # the reference: full precision
+        # the reference: full precision, on the CPU that exports it (never a GPU's copy moved back)
+        loaded = inference.load(folder, backend="torch", precision="fp32", device="cpu")
     except (DataError, ModelError) as e:
         fail(str(e))
-    model, tokenizer, info = loaded.model.cpu(), loaded.tokenizer, loaded.info
+    model, tokenizer, info = loaded.model, loaded.tokenizer, loaded.info
     for name in inference.EXPORT_FILES:  # --overwrite: the old export goes first, so nothing stale is left
         (folder / name).unlink(missing_ok=True)
     start = time.perf_counter()

@@ -67,3 +67,22 @@ def auto_precision(device_type):
     if device_type == "cpu":
         return "bf16" if cpu_has_bf16() else "no"
     return "no"  # Apple's MPS and other devices: full precision
+
+
+def tf32_applies(device_type):
+    """Whether TF32 can speed up fp32 matrix products on this device: a CUDA GPU of compute capability 8.0 and up
+    (Ampere and later: A100, L4, H100), whose tensor cores compute them with a 10-bit mantissa (about 3 decimal
+    digits, as bf16's 8 bits are under autocast). Never on a CPU, MPS or an older GPU (T4, V100)."""
+    if device_type != "cuda":
+        return False
+    import torch
+
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).major >= 8
+
+
+def set_tf32(enabled):
+    """Let (or forbid) CUDA's fp32 matrix products and convolutions run in TF32; PyTorch's default forbids it."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled

@@ -104,12 +104,13 @@ def autocast_dtype(device_type, precision="auto"):
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(hardware.auto_precision(device_type))
 
 
-def load(folder, model_name=None, merge=True, backend="torch", threads=None, precision="auto"):
+def load(folder, model_name=None, merge=True, backend="torch", threads=None, precision="auto", device=None):
     """A Loaded (model, tokenizer, training info) from a folder written by train.py. backend: "torch"; "onnx" or
     "onnx-int8" (an export.py export, refused when missing, unverified or stale); "auto": the fastest of those that
     the folder holds verified and fresh (int8, fp32), else torch. On torch, LoRA-kind adapters
     (saved.MERGEABLE_CONFIGS) are folded into the base weights unless merge=False. threads: ONNX Runtime's threads
-    (default: one per core). precision: the torch backend's (PRECISIONS)."""
+    (default: one per core). precision: the torch backend's (PRECISIONS). device: where the torch model goes
+    (default: accelerate's choice, a GPU where there is one)."""
     if backend == "auto":
         backend = fastest_backend(folder)
     if backend in ONNX_FILES:
@@ -123,7 +124,7 @@ def load(folder, model_name=None, merge=True, backend="torch", threads=None, pre
     model, tokenizer, info = saved.load_trained(folder, model_name)
     if merge:
         saved.merge_adapter(model, info)
-    return Loaded(model.to(PartialState().device), tokenizer, info, precision)
+    return Loaded(model.to(device or PartialState().device), tokenizer, info, precision)
 
 
 def load_shared(folders, model_name=None, precision="auto"):
@@ -215,16 +216,16 @@ def predict_proba(model, tokenizer, texts, max_length, batch_size=64, heads=1, p
     model.eval()
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         for batch in sorted_batches([len(r["input_ids"]) for r in rows], batch_size):
-            inputs = pad([rows[i] for i in batch]).to(device)
+            inputs = pad([rows[i] for i in batch]).to(device, non_blocking=True)
             output = model(**inputs)
             outputs = output.head_outputs if heads > 1 else [output]
             for head, out in zip(chunks, outputs):
-                head.append(out.logits.float().softmax(-1).cpu())
+                head.append(out.logits.float().softmax(-1))  # stays on the device: no wait per batch
             order += batch
     if not order:  # no texts: no rows
         return torch.zeros(0, 0) if heads == 1 else [torch.zeros(0, 0)] * heads
     back = torch.argsort(torch.tensor(order))
-    probs = [torch.cat(head)[back] for head in chunks]
+    probs = [torch.cat(head).cpu()[back] for head in chunks]  # one copy back per head
     return probs[0] if heads == 1 else probs
 
 

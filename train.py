@@ -30,6 +30,7 @@ from transformers import get_linear_schedule_with_warmup
 from transformers.utils import logging as hf_logging
 
 import data
+import hardware
 import model as M
 import posts
 import saved
@@ -224,6 +225,14 @@ def build_parser():
         "saved in fp32 either way",
     )
     loop.add_argument(
+        "--no-tf32",
+        dest="tf32",
+        action="store_false",
+        help="on CUDA GPUs of compute capability 8.0 and up (Ampere and later) compute the matrix products left in "
+        "fp32 in full fp32: by default they run in TF32 there (all of them under --mixed-precision no, those "
+        "outside autocast otherwise), as the run's output says; never on CPUs or older GPUs",
+    )
+    loop.add_argument(
         "--seed", type=int, default=42, help="seed of the new weights, dropout and the batch order (default: 42)"
     )
     loop.add_argument(
@@ -349,6 +358,8 @@ def run(args):
     accelerator = Accelerator(
         mixed_precision=training.mixed_precision(args.mixed_precision), cpu=training.use_cpu_processes()
     )
+    args.tf32_used = args.tf32 and hardware.tf32_applies(accelerator.device.type)
+    hardware.set_tf32(args.tf32_used)
     lock = training.on_main_process(accelerator, saved.lock_folder, args.output)
     try:
         return train_and_save(args, accelerator)
@@ -381,7 +392,7 @@ def set_up(args, accelerator):
 
     train_ds, val_ds, label_names, data_info = data.load_splits(
         args.sources, args.text_column, args.label_column, args.val_size, args.split_seed, args.label_mapping,
-        args.normalize_text,
+        args.normalize_text, log=log,
     )  # fmt: skip
     if args.max_train_samples:
         train_ds = train_ds.select(range(min(args.max_train_samples, len(train_ds))))
@@ -396,12 +407,15 @@ def set_up(args, accelerator):
         log(f"length expert (weight {args.length_expert:g}): a length-only model gets "
             f"{length_expert['train_accuracy']:.1%} of the training posts")  # fmt: skip
     shard = {"num_shards": processes, "shard": accelerator.process_index}
+    pinned = accelerator.device.type == "cuda"  # page-locked batches: the copy to the GPU overlaps its work
     run = training.Run(
         processes=processes, resume=resume, staging=saved.staging_folder(args.output),
         config=resume_config(args, processes), label_names=label_names, data_info=data_info, tokenizer=tokenizer,
         train_size=len(train_ds), val_size=len(val_ds), val_sources=val_sources, length_expert=length_expert,
-        train_dl=data.train_loader(train_ds, tokenizer, args.batch_size, args.seed, args.group_by_length, **shard),
-        val_dl=data.eval_loader(val_ds, tokenizer, args.batch_size * 2, **shard),
+        train_dl=data.train_loader(
+            train_ds, tokenizer, args.batch_size, args.seed, args.group_by_length, **shard, pin_memory=pinned
+        ),
+        val_dl=data.eval_loader(val_ds, tokenizer, args.batch_size * 2, **shard, pin_memory=pinned),
         weights=training.class_weights(args.class_weights, train_ds["label"], len(label_names)),
     )  # fmt: skip
     log(
@@ -436,6 +450,7 @@ def set_up(args, accelerator):
     log(
         f"device: {accelerator.device}, {processes} process(es), mixed precision: {accelerator.mixed_precision}"
         + (f" (attention: {run.attention})" if run.attention else "")
+        + (", TF32 matmuls (--no-tf32: full fp32)" if args.tf32_used else "")
         + ", "
         f"global batch {args.batch_size * processes} = {processes} x {args.batch_size}, learning rate {args.lr:g}"
     )
@@ -481,7 +496,7 @@ def training_info(args, accelerator, run, best, history):
         "seed": args.seed, "split_seed": args.split_seed, "epochs": args.epochs, "epochs_run": len(history),
         "patience": args.patience, "lr": args.lr, "batch_size": args.batch_size, "num_processes": run.processes,
         "global_batch_size": args.batch_size * run.processes, "mixed_precision": accelerator.mixed_precision,
-        "attention": run.attention or "sdpa",
+        "attention": run.attention or "sdpa", "tf32": args.tf32_used,
         "device": str(accelerator.device), **run.data_info, "train_size": run.train_size, "val_size": run.val_size,
         "parameters": run.params, "best_epoch": best["epoch"], "best": best, "versions": training.library_versions(),
     }  # fmt: skip

@@ -67,19 +67,23 @@ def attention_for(accelerator):
 
 
 def validate(model, loader, accelerator, label_names, sources=None):
-    """Metrics over the whole validation set: each process classifies its share of the batches, and
-    gather_for_metrics brings every post's result to every process exactly once. sources (the data source of
-    each validation post, when there are several) adds the metrics per source."""
+    """Metrics over the whole validation set: each process classifies its share of the batches, keeps the results
+    on its device and copies them once, and gather_for_metrics brings every post's result to every process exactly
+    once. sources (the data source of each validation post, when there are several) adds the metrics per source."""
     model = accelerator.unwrap_model(model)  # no DDP for inference: the processes' shares differ in size
     model.eval()
-    rows = []
+    columns = []  # per batch: prediction, label, loss, probability of the last class
     with torch.inference_mode(), accelerator.autocast():  # validation in the training's precision
-        for indices, batch in zip(loader.batch_sampler, loader):  # the posts of each batch, by validation index
-            batch = batch.to(accelerator.device)
+        for batch in loader:
+            batch = batch.to(accelerator.device, non_blocking=True)
             logits = model(**batch).logits.float()
             loss = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
-            positive = logits.softmax(-1)[:, -1].tolist()
-            rows += zip(indices, logits.argmax(-1).tolist(), batch["labels"].tolist(), loss.tolist(), positive)
+            columns.append(
+                torch.stack([logits.argmax(-1).float(), batch["labels"].float(), loss, logits.softmax(-1)[:, -1]])
+            )
+    indices = [i for batch in loader.batch_sampler for i in batch]  # the posts of each batch, by validation index
+    preds, labels, losses, positive = torch.cat(columns, 1).cpu().tolist() if columns else ([], [], [], [])
+    rows = list(zip(indices, map(int, preds), map(int, labels), losses, positive))
     rows = accelerator.gather_for_metrics(rows, use_gather_object=True)
     indices, preds, labels, losses, positive = zip(*rows)
     result = {
@@ -123,7 +127,8 @@ def build_optimizer(model, lr, weight_decay=WEIGHT_DECAY, fused=True):
 
 
 def train_step(model, batch, optimizer, scheduler, accelerator, max_grad_norm=MAX_GRAD_NORM, class_weights=None):
-    """One optimisation step (forward, backward, clipping, AdamW, schedule); returns the loss, cross-entropy weighted
+    """One optimisation step (forward, backward, clipping, AdamW, schedule: advanced only when the optimizer
+    stepped, not on a step that fp16's gradient scaler skipped for overflow); returns the loss, cross-entropy weighted
     per class when class_weights (a tensor, one weight per class) is given, and of the product with the length-only
     model when the batch holds its log-probabilities (--length-expert). bench/writeup_claims.py and
     bench/profile_step.py time this very function."""
@@ -140,7 +145,7 @@ def train_step(model, batch, optimizer, scheduler, accelerator, max_grad_norm=MA
     with record_function("optimizer"):
         accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
-        if scheduler is not None:
+        if scheduler is not None and not accelerator.optimizer_step_was_skipped:  # fp16's scaler skips overflows
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     return loss.detach()
@@ -157,7 +162,7 @@ def train_epoch(model, loader, optimizer, scheduler, accelerator, epoch, epochs,
     posts = computed = 0  # from the shapes: no wait for the device
     bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", disable=not accelerator.is_local_main_process, leave=True)
     for step, batch in enumerate(bar, 1):
-        batch = batch.to(device)
+        batch = batch.to(device, non_blocking=True)  # from pinned memory on a GPU: the copy overlaps the work
         loss_sum += train_step(model, batch, optimizer, scheduler, accelerator, class_weights=class_weights)
         mask = batch["attention_mask"]
         posts, computed, real = posts + len(mask), computed + mask.numel(), real + mask.sum()
@@ -266,38 +271,47 @@ def set_rng_states(states, device):
         torch.cuda.set_rng_state(states["cuda"], device)
 
 
-def cache_lower_layers(model, ds, tokenizer, k, batch_size, accelerator):
-    """The output of the embeddings and the lowest k layers for every post of ds, computed once (no autograd,
-    those layers in eval mode: no dropout), real tokens only: a list of [tokens, hidden] tensors in ds order, in the
-    training's precision (bf16 under bf16 or fp16 mixed precision: half the memory of fp32), kept on the training
-    device."""
+def cache_lower_layers(model, ds, tokenizer, k, batch_size, accelerator, post_indices=None):
+    """The output of the embeddings and the lowest k layers for the posts of ds (post_indices: which, default
+    every one), computed once (no autograd, those layers in eval mode: no dropout), real tokens only: a list in ds
+    order of [tokens, hidden] tensors (None for a post not asked for), in the training's precision (bf16 under bf16
+    or fp16 mixed precision: half the memory of fp32), kept on the training device. The lengths come from the
+    token ids, so nothing waits for the GPU until the end."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
-    pad, states = DataCollatorWithPadding(tokenizer), [None] * len(ds)
+    device, lengths = accelerator.device, data.ds_lengths(ds)
+    wanted = list(range(len(ds))) if post_indices is None else sorted(post_indices)
+    keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in ds.column_names]
+    pad, states, columns = DataCollatorWithPadding(tokenizer), [None] * len(ds), ds.select_columns(keys)
     was_training = model.training
     model.eval()
     with torch.no_grad(), M.lower_layers_only(model, k) as lower, accelerator.autocast():
-        for batch in posts.sorted_batches(data.ds_lengths(ds), batch_size):
-            inputs = pad(
-                [
-                    {
-                        key: ds[i][key]
-                        for key in ("input_ids", "attention_mask", "token_type_ids")
-                        if key in ds.column_names
-                    }
-                    for i in batch
-                ]
-            ).to(accelerator.device)
+        for batch in sorted_batches_of(wanted, lengths, batch_size):
+            chunk = columns[batch]
+            inputs = to_device(pad([{key: chunk[key][row] for key in keys} for row in range(len(batch))]), device)
             hidden = lower(**inputs).last_hidden_state.to(dtype)
             for row, i in enumerate(batch):
-                states[i] = hidden[row, : int(inputs["attention_mask"][row].sum())].clone()
+                states[i] = hidden[row, : lengths[i]].clone()
     model.train(was_training)
     return states
+
+
+def sorted_batches_of(indices, lengths, batch_size):
+    """posts.sorted_batches over the posts `indices` (by their lengths), as batches of those indices."""
+    return [[indices[j] for j in batch] for batch in posts.sorted_batches([lengths[i] for i in indices], batch_size)]
+
+
+def to_device(batch, device):
+    """A batch of CPU tensors on `device`; on a CUDA GPU through page-locked memory, without waiting for the copy."""
+    if device.type == "cuda":  # cached states are on the GPU already
+        batch = {key: value.pin_memory() if value.device.type == "cpu" else value for key, value in batch.items()}
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
 def cache_frozen_layers(model, tokenizer, train_ds, val_ds, accelerator, shard, batch_size, seed, group_by_length):
     """Where the lowest layers of an adapter model are frozen: (k, train loader, validation loader, seconds) over
     their cached output, the model's lowest k layers switched to pass-through (train.py's batches: batch_size,
-    seed, group_by_length); else (0, None, None, 0.0), saying why if it is unsafe."""
+    seed, group_by_length); else (0, None, None, 0.0), saying why if it is unsafe. With several processes each
+    caches and trains on its own posts only (LengthGroupedBatches' fixed_shards) and validates its own batches."""
     k, unsafe = M.frozen_lower_layers(model)
     if unsafe:
         accelerator.print(f"frozen layers not cached: {unsafe}; every layer runs every epoch")
@@ -305,19 +319,23 @@ def cache_frozen_layers(model, tokenizer, train_ds, val_ds, accelerator, shard, 
         return 0, None, None, 0.0
     start = time.perf_counter()
     model.to(accelerator.device)
-    train_states, val_states = (
-        cache_lower_layers(model, ds, tokenizer, k, batch_size * 2, accelerator) for ds in (train_ds, val_ds)
+    train_batches = data.training_batches(
+        data.ds_lengths(train_ds), batch_size, seed, group_by_length, **shard, fixed_shards=True
     )
+    val_batches = posts.sorted_batches(data.ds_lengths(val_ds), batch_size * 2)[shard["shard"] :: shard["num_shards"]]
+    train_states = cache_lower_layers(model, train_ds, tokenizer, k, batch_size * 2, accelerator, train_batches.posts)
+    val_posts = [i for batch in val_batches for i in batch]
+    val_states = cache_lower_layers(model, val_ds, tokenizer, k, batch_size * 2, accelerator, val_posts)
+    if accelerator.device.type == "cuda":
+        torch.cuda.synchronize()  # the time of the work, not of its launch
     seconds = time.perf_counter() - start
-    size = sum(s.numel() * s.element_size() for s in train_states + val_states) / 1e6
-    accelerator.print(
-        f"cached layers 0-{k - 1} for {len(train_states) + len(val_states):,} posts: {size:,.0f} MB in {seconds:.1f} s"
-    )
+    cached = [s for s in train_states + val_states if s is not None]
+    size = sum(s.numel() * s.element_size() for s in cached) / 1e6
+    share = " (this process's share)" if shard["num_shards"] > 1 else ""
+    accelerator.print(f"cached layers 0-{k - 1} for {len(cached):,} posts{share}: {size:,.0f} MB in {seconds:.1f} s")
     priors = train_ds[data.PRIOR_COLUMN] if data.PRIOR_COLUMN in train_ds.column_names else None
-    train_dl = data.states_loader(
-        train_states, train_ds["label"], batch_size, seed, group_by_length, **shard, priors=priors
-    )
-    val_dl = data.states_loader(val_states, val_ds["label"], batch_size * 2, train=False, **shard)
+    train_dl = data.states_loader(train_states, train_ds["label"], train_batches, priors=priors)
+    val_dl = data.states_loader(val_states, val_ds["label"], val_batches)
     return k, train_dl, val_dl, seconds
 
 

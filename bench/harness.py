@@ -241,7 +241,8 @@ def prepare_training(
             model.to(accelerator.device), posts, tokenizer, k, 2 * training.BATCH_SIZE, accelerator
         )
         M.skip_lower_layers(model, k)
-        loader = data.states_loader(states, posts["label"], training.BATCH_SIZE, SEED)
+        batches = data.training_batches(data.ds_lengths(posts), training.BATCH_SIZE, SEED)
+        loader = data.states_loader(states, posts["label"], batches)
     elif ours:
         loader = data.train_loader(
             data.tokenize(train_ds, tokenizer, training.MAX_LENGTH), tokenizer, training.BATCH_SIZE, SEED
@@ -267,10 +268,10 @@ def timed_steps(model, optimizer, accelerator, batches):
         torch.cuda.synchronize()
     start, posts, tokens = time.perf_counter(), 0, 0
     for batch in batches:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        training.train_step(model, batch, optimizer, None, accelerator)
         posts += len(batch["labels"])
-        tokens += int(batch["attention_mask"].sum())
+        tokens += int(batch["attention_mask"].sum())  # before the copy: no wait for the GPU
+        batch = training.to_device(batch, device)
+        training.train_step(model, batch, optimizer, None, accelerator)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start, posts, tokens

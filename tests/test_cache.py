@@ -78,6 +78,24 @@ def test_cached_step_equals_the_uncached_step(config, precision, tiny_bert, post
     )  # restored
 
 
+def test_each_process_caches_its_own_posts_only(tiny_bert, posts):
+    """With several processes (fixed shards), process 1 of 2 computes the states of the posts it trains on and no
+    others, the same states as a cache of every post; its loader serves exactly those posts."""
+    ds, tokenizer = posts
+    model = M.build_model(tiny_bert, "adapter", LABELS, "pfeiffer", leave_out=[0], attention_dropout=0.0)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(cpu=True, mixed_precision="no")
+    every = training.cache_lower_layers(model, ds, tokenizer, 1, 4, accelerator)
+    sampler = data.training_batches(data.ds_lengths(ds), 4, seed=0, num_shards=2, shard=1, fixed_shards=True)
+    mine = training.cache_lower_layers(model, ds, tokenizer, 1, 4, accelerator, sampler.posts)
+    assert 0 < len(sampler.posts) < len(ds)
+    assert [i for i, s in enumerate(mine) if s is not None] == sampler.posts
+    assert all(torch.allclose(mine[i], every[i], atol=1e-6) for i in sampler.posts)
+    loader = data.states_loader(mine, ds["label"], sampler)
+    labels = [label for batch in loader for label in batch["labels"].tolist()]
+    assert sorted(labels) == sorted(ds["label"][i] for i in sampler.posts)
+
+
 def test_layers_that_cannot_be_cached_are_named(tiny_bert):
     assert M.frozen_lower_layers(M.build_model(tiny_bert, "adapter", LABELS, "pfeiffer")) == (0, None)
     k, unsafe = M.frozen_lower_layers(M.build_model(tiny_bert, "adapter", LABELS, "prefix_tuning", leave_out=[0]))

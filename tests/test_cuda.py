@@ -187,3 +187,42 @@ def test_each_rank_saves_and_restores_only_its_own_gpus_random_state(monkeypatch
     restored.clear()
     training.set_rng_states(states, torch.device("cpu"))  # resumed on a CPU: the GPU's state has no place here
     assert restored == []
+
+
+# --- TF32 for the fp32 matrix products: Ampere and later only
+
+
+@pytest.mark.parametrize("capability, applies", [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_tf32_applies_on_ampere_and_later_gpus_only(capability, applies, monkeypatch):
+    assert not hardware.tf32_applies("cpu") and not hardware.tf32_applies("mps")
+    fake_gpu(monkeypatch, capability)
+    assert hardware.tf32_applies("cuda") == applies
+
+
+def test_train_py_uses_tf32_unless_told_not_to():
+    import train
+
+    assert train.parse_args([]).tf32 and not train.parse_args(["--no-tf32"]).tf32
+    assert "tf32" in train.resume_keys()  # a run resumes with the matmul precision it started with
+
+
+# --- the schedule advances only with the optimizer (fp16's gradient scaler skips steps that overflowed)
+
+
+def test_the_schedule_waits_for_a_step_that_fp16s_scaler_skipped(tiny_bert, monkeypatch):
+    from accelerate import Accelerator
+    from transformers import get_linear_schedule_with_warmup
+
+    import model as M
+
+    model = M.build_model(tiny_bert, "full", ["a", "b"])
+    accelerator = Accelerator(cpu=True, mixed_precision="no")
+    optimizer = training.build_optimizer(model, 1e-3)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 2, 10)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    batch = {"input_ids": torch.tensor([[101, 2000, 102]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
+    training.train_step(model, {**batch, "labels": torch.tensor([1])}, optimizer, scheduler, accelerator)
+    assert scheduler.last_epoch == 1
+    monkeypatch.setattr(type(accelerator), "optimizer_step_was_skipped", property(lambda self: True))
+    training.train_step(model, {**batch, "labels": torch.tensor([1])}, optimizer, scheduler, accelerator)
+    assert scheduler.last_epoch == 1  # the skipped step left the learning rate where it was

@@ -139,6 +139,18 @@ def test_each_source_is_split_as_it_would_be_alone():
     assert list(dict.fromkeys(val["source"])) == ["a.csv", "b.csv"]  # in source order
 
 
+def test_the_cleaning_report_goes_where_the_caller_says(tmp_path, capsys):
+    """train.py passes the main process's print: in a run of several processes one of them reports."""
+    for name in "ab":
+        labelled(30, name).to_csv(tmp_path / f"{name}.csv", index=False)
+    lines = []
+    data.load_splits([str(tmp_path / "a.csv"), str(tmp_path / "b.csv")], log=lines.append)
+    assert (
+        len(lines) == 2 and lines[0].startswith("data: 120 rows") and lines[1].startswith("split by source: a 50 train")
+    )
+    assert capsys.readouterr().out == ""
+
+
 def test_a_source_too_small_to_split_is_named():
     both = pd.concat([labelled(30, "a").assign(source="big.csv"), labelled(2, "b").assign(source="tiny.csv")])
     with pytest.raises(DataError, match="4 rows of tiny.csv .* too few to split"):
@@ -148,16 +160,26 @@ def test_a_source_too_small_to_split_is_named():
 # --- the training batches: length-grouped, dynamically padded, shared out among processes
 
 
+@pytest.mark.parametrize("fixed", [False, True], ids=["dealt-each-epoch", "fixed-shards"])
 @pytest.mark.parametrize("posts_, batch_size, shards", [(100, 8, 1), (101, 8, 1), (37, 4, 3), (8, 32, 2), (500, 7, 2)])
-def test_every_post_once_per_epoch_in_near_equal_batches(posts_, batch_size, shards):
+def test_every_post_once_per_epoch_in_near_equal_batches(posts_, batch_size, shards, fixed):
     lengths = [(i * 37) % 61 + 1 for i in range(posts_)]
-    samplers = [data.LengthGroupedBatches(lengths, batch_size, 1, shards, shard) for shard in range(shards)]
+    samplers = [data.LengthGroupedBatches(lengths, batch_size, 1, shards, shard, fixed) for shard in range(shards)]
     for epoch in range(2):
-        batches = [b for s in samplers for b in s]
+        by_shard = [list(s) for s in samplers]
+        batches = [b for shard in by_shard for b in shard]
         assert sorted(i for b in batches for i in b) == list(range(posts_))
         sizes = {len(b) for b in batches}
         assert max(sizes) <= batch_size and max(sizes) - min(sizes) <= 1
-        assert len({len(s) for s in samplers}) == 1  # every process takes the same number of steps
+        assert {len(shard) for shard in by_shard} == {len(samplers[0])}  # every process takes the same steps
+        if fixed:  # each process trains on its own posts, every epoch: all it needs of the cache
+            assert [sorted(i for b in shard for i in b) for shard in by_shard] == [s.posts for s in samplers]
+
+
+def test_fixed_shards_in_one_process_are_the_usual_batches():
+    lengths = [(i * 37) % 61 + 1 for i in range(300)]
+    fixed, usual = data.LengthGroupedBatches(lengths, 8, 3, fixed_shards=True), data.LengthGroupedBatches(lengths, 8, 3)
+    assert [list(fixed) for _ in range(2)] == [list(usual) for _ in range(2)]
 
 
 def test_batches_group_similar_lengths_and_reshuffle_each_epoch():
@@ -185,7 +207,7 @@ def test_sorted_batches_cut_lengths_in_order():
 def test_cached_states_are_padded_to_the_longest_post_of_their_batch():
     lengths = [3, 9, 4, 1, 7, 2, 8, 5]
     states = [torch.full((n, 4), float(n)) for n in lengths]
-    loader = data.states_loader(states, [n % 2 for n in lengths], batch_size=3, seed=0)
+    loader = data.states_loader(states, [n % 2 for n in lengths], data.training_batches(lengths, 3, seed=0))
     seen = []
     for batch in loader:
         mine = batch["attention_mask"].sum(1).tolist()
