@@ -355,17 +355,25 @@ def run(args):
         M.check_adapter_request(
             args.model, args.adapter_config, args.reduction_factor, args.leave_out
         )  # before any work
-    accelerator = Accelerator(
-        mixed_precision=training.mixed_precision(args.mixed_precision), cpu=training.use_cpu_processes()
-    )
-    args.tf32_used = args.tf32 and hardware.tf32_applies(accelerator.device.type)
-    hardware.set_tf32(args.tf32_used)
+    accelerator = make_accelerator(args)
     lock = training.on_main_process(accelerator, saved.lock_folder, args.output)
     try:
         return train_and_save(args, accelerator)
     finally:
         if lock is not None:
             saved.release_lock(lock)
+
+
+def make_accelerator(args, cpu=False):
+    """The Accelerator for --mixed-precision (on the CPU where cpu is set, or where several processes run without
+    CUDA), with TF32 allowed for fp32 matrix products where --tf32 applies (args.tf32_used says whether it did)."""
+    cpu = cpu or training.use_cpu_processes()
+    auto_on_cpu = cpu and args.mixed_precision == "auto"  # the CPU's choice, not that of a GPU beside it
+    precision = hardware.auto_precision("cpu") if auto_on_cpu else training.mixed_precision(args.mixed_precision)
+    accelerator = Accelerator(mixed_precision=precision, cpu=cpu)
+    args.tf32_used = args.tf32 and hardware.tf32_applies(accelerator.device.type)
+    hardware.set_tf32(args.tf32_used)
+    return accelerator
 
 
 def train_and_save(args, accelerator):

@@ -428,3 +428,41 @@ def test_precision_times_fp32_against_bf16_per_setup(tiny_bert, posts_csv, tmp_p
         assert pair["bf16"]["attention"] == "eager" and pair["no"]["attention"] == "sdpa"  # bf16 trains eager
         assert pair["no"]["seconds"] > 0 and pair["bf16"]["seconds"] > 0
     assert result["accuracy"] == {} and "| pfeiffer-upper-half | 1 |" in result_file.with_suffix(".md").read_text()
+
+
+def test_gpu_bench_without_a_gpu_exits_2_with_one_line(monkeypatch, capsys):
+    import torch
+
+    import bench.gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on CI, whatever this machine has
+    with pytest.raises(SystemExit) as stop:
+        bench.gpu.main([])
+    captured = capsys.readouterr()
+    assert stop.value.code == 2 and captured.out == ""
+    assert captured.err.count("\n") == 1 and "no CUDA GPU" in captured.err
+
+
+@pytest.mark.slow
+def test_gpu_bench_dry_run_measures_every_part_on_the_cpu(tiny_bert, posts_csv, tmp_path):
+    """--dry-run on a machine without a GPU: every measurement of python -m bench.gpu runs (tiny sizes), and the
+    command itself, without --dry-run, exits 2 with one line."""
+    plain = run_cli("-m", "bench.gpu", check=False, env={"CUDA_VISIBLE_DEVICES": ""})
+    assert plain.returncode == 2 and plain.stdout == "" and plain.stderr.count("\n") == 1
+    run_cli("-m", "bench.gpu", "--dry-run", "--quick", "--no-bert-base", "--model", tiny_bert, "--data", posts_csv,
+            "--out", tmp_path, "--work", tmp_path / "work", env={"CUDA_VISIBLE_DEVICES": ""})  # fmt: skip
+    [result_file] = tmp_path.glob("gpu-*-quick.json")
+    result = json.loads(result_file.read_text())
+    assert result["dry_run"] and result["auto"]["predict.py --backend auto"] != "torch"
+    setups = {(r["setup"], r["precision"]) for r in result["epochs"]}
+    assert {setup for setup, _ in setups} == {"full", "pfeiffer", "houlsby", "pfeiffer-upper-half"}
+    assert all(r["posts_per_second"] > 0 and 0 <= r["accuracy"] <= 1 for r in result["epochs"])
+    cached = [r for r in result["epochs"] if r["setup"] == "pfeiffer-upper-half"]
+    assert all(r["cache_seconds"] > 0 for r in cached) and all(r["peak_gpu_mb"] is None for r in cached)
+    assert [w["setup"] for w in result["writeup"]] == ["pfeiffer", "full"]
+    assert all(w["write-up"]["precision"] == "no" and w["speed-up"] > 0 for w in result["writeup"])
+    assert {r["precision"] for r in result["prediction"]} == {"auto", "fp32", "bf16"}
+    assert set(result["parallel"]) == {"parallel", "separate"}
+    assert any(goal.startswith("Pfeiffer per epoch >= 5x") for goal in result["goals"])
+    assert "Dry run: not on a GPU" in result_file.with_suffix(".md").read_text()
+    assert result_file.with_suffix(".png").stat().st_size > 0
