@@ -54,6 +54,9 @@ def parse_args(argv=None):
     p.add_argument("--work", default="/tmp/bench-gpu", help="where runs, adapters and the BERT-base-sized model go")
     p.add_argument("--train-posts", type=int, default=None, help="training posts per epoch (default: all; quick 256)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per write-up comparison (default: 60; quick 4)")
+    p.add_argument(
+        "--setups", nargs="+", default=SETUPS, choices=SETUPS, help="setups to train an epoch of (default: all)"
+    )
     p.add_argument("--no-bert-base", dest="bert_base", action="store_false", help="leave out the BERT-base-sized model")
     p.add_argument(
         "--dry-run",
@@ -357,10 +360,11 @@ def main(argv=None):
     result["auto"] = auto_choices()
     print("auto: " + ", ".join(f"{key} {value}" for key, value in result["auto"].items()))
     models = [args.model] + ([bert_base_folder(args.work, args.model)] if args.bert_base else [])
-    one_epoch(args, "pfeiffer", precisions()[0], args.model, "warm-up", posts=64)  # CUDA's start-up, not timed
+    if torch.cuda.is_available():  # CUDA's start-up (context, kernels, cuBLAS), not timed
+        one_epoch(args, "pfeiffer", precisions()[0], args.model, "warm-up", posts=64)
     result["epochs"] = [
         one_epoch(args, setup, precision, args.model, f"{setup}-{precision}")
-        for setup in SETUPS
+        for setup in args.setups
         for precision in precisions()
     ]
     if args.bert_base:
