@@ -23,6 +23,7 @@ import os
 import shutil
 from pathlib import Path
 
+import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
@@ -394,6 +395,8 @@ def set_up(args, accelerator):
     """Everything the epochs need, as a training.Run: the claimed output folder, the data and its loaders (over
     cached lower layers where they are frozen), the model, optimizer and schedule, prepared by accelerate."""
     log, processes = accelerator.print, accelerator.num_processes
+    if not accelerator.is_main_process:
+        datasets.disable_progress_bars()  # one process shows the tokenising, as one prints the report
     resume = training.on_main_process(accelerator, claim_output, args, processes)
     resume = broadcast_object_list([resume])[0] if processes > 1 else resume
     set_seed(args.seed)
