@@ -446,8 +446,14 @@ def train_loader(ds, tokenizer, batch_size, seed, group_by_length=True, num_shar
 def eval_loader(ds, tokenizer, batch_size, num_shards=1, shard=0, pin_memory=False):
     """Dynamically padded batches sorted by length (order differs from ds; labels travel with their texts);
     process `shard` of num_shards gets every num_shards-th batch."""
-    batches = sorted_batches(ds_lengths(ds), batch_size)[shard::num_shards]
+    batches = eval_batches(ds_lengths(ds), batch_size, num_shards, shard)
     return DataLoader(ds, batch_sampler=batches, collate_fn=DataCollatorWithPadding(tokenizer), pin_memory=pin_memory)
+
+
+def eval_batches(lengths, batch_size, num_shards=1, shard=0):
+    """Validation batches: the posts sorted by length, cut into batches, every num_shards-th one for process
+    `shard` (eval_loader's, and the cached validation states' in training.cache_frozen_layers)."""
+    return sorted_batches(lengths, batch_size)[shard::num_shards]
 
 
 def training_batches(lengths, batch_size, seed, group_by_length=True, num_shards=1, shard=0, fixed_shards=False):
@@ -468,12 +474,11 @@ def states_loader(states, labels, batch_sampler, priors=None):
 
 def pad_states(rows):
     """One batch of cached states: padded, with its attention mask built where the states are (a GPU's memory)."""
-    device = rows[0]["states"].device
-    lengths = torch.tensor([len(r["states"]) for r in rows], device=device)
-    longest = max(len(r["states"]) for r in rows)
+    device, sizes = rows[0]["states"].device, [len(r["states"]) for r in rows]
+    lengths = torch.tensor(sizes, device=device)
     batch = {
         "inputs_embeds": pad_sequence([r["states"] for r in rows], batch_first=True),
-        "attention_mask": (torch.arange(longest, device=device)[None, :] < lengths[:, None]).long(),
+        "attention_mask": (torch.arange(max(sizes), device=device)[None, :] < lengths[:, None]).long(),
         "labels": torch.tensor([r["labels"] for r in rows], device=device),
     }
     if PRIOR_COLUMN in rows[0]:

@@ -369,9 +369,7 @@ def make_accelerator(args, cpu=False):
     """The Accelerator for --mixed-precision (on the CPU where cpu is set, or where several processes run without
     CUDA), with TF32 allowed for fp32 matrix products where --tf32 applies (args.tf32_used says whether it did)."""
     cpu = cpu or training.use_cpu_processes()
-    auto_on_cpu = cpu and args.mixed_precision == "auto"  # the CPU's choice, not that of a GPU beside it
-    precision = hardware.auto_precision("cpu") if auto_on_cpu else training.mixed_precision(args.mixed_precision)
-    accelerator = Accelerator(mixed_precision=precision, cpu=cpu)
+    accelerator = Accelerator(mixed_precision=training.mixed_precision(args.mixed_precision, cpu), cpu=cpu)
     args.tf32_used = args.tf32 and hardware.tf32_applies(accelerator.device.type)
     hardware.set_tf32(args.tf32_used)
     return accelerator

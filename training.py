@@ -49,12 +49,15 @@ WEIGHT_DECAY = 0.01
 MAX_GRAD_NORM = 1.0
 
 
-def mixed_precision(choice):
-    """--mixed-precision auto: hardware.auto_precision on the device accelerate trains on (a CUDA GPU, else
-    Apple's MPS, else the CPU): bf16 where it is native (compute capability 8.0+; a CPU with AVX512-BF16 or AMX),
-    fp16 with a gradient scaler on older CUDA GPUs, else full precision (emulated bf16 is far slower)."""
+def mixed_precision(choice, cpu=False):
+    """--mixed-precision auto: hardware.auto_precision on the device accelerate trains on (the CPU where cpu is set,
+    else a CUDA GPU, else Apple's MPS, else the CPU): bf16 where it is native (compute capability 8.0+; a CPU with
+    AVX512-BF16 or AMX), fp16 with a gradient scaler on older CUDA GPUs, else full precision (emulated bf16 is far
+    slower)."""
     if choice != "auto":
         return choice
+    if cpu:
+        return hardware.auto_precision("cpu")
     device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     return hardware.auto_precision(device)
 
@@ -322,7 +325,7 @@ def cache_frozen_layers(model, tokenizer, train_ds, val_ds, accelerator, shard, 
     train_batches = data.training_batches(
         data.ds_lengths(train_ds), batch_size, seed, group_by_length, **shard, fixed_shards=True
     )
-    val_batches = posts.sorted_batches(data.ds_lengths(val_ds), batch_size * 2)[shard["shard"] :: shard["num_shards"]]
+    val_batches = data.eval_batches(data.ds_lengths(val_ds), batch_size * 2, **shard)
     train_states = cache_lower_layers(model, train_ds, tokenizer, k, batch_size * 2, accelerator, train_batches.posts)
     val_posts = [i for batch in val_batches for i in batch]
     val_states = cache_lower_layers(model, val_ds, tokenizer, k, batch_size * 2, accelerator, val_posts)

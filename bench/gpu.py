@@ -159,9 +159,9 @@ def one_epoch(args, setup, precision, model_name, name, posts=None):
     return row
 
 
-def writeup_against_ours(args, setup, model_name):
+def writeup_against_ours(args, setup, model_name, train_posts):
     """Per-epoch seconds of the write-up's setting and of this pipeline's (auto precision, TF32 where it applies),
-    from args.steps timed steps each after 3 warm-up steps, scaled to the training posts of one epoch."""
+    from args.steps timed steps each after 3 warm-up steps, scaled to one epoch's train_posts."""
     result = {"setup": setup, "model": model_name}
     for pipeline in ("write-up", "ours"):
         fresh_state()
@@ -177,18 +177,16 @@ def writeup_against_ours(args, setup, model_name):
         del model, optimizer
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
     hardware.set_tf32(False)
-    posts = min(args.train_posts or float("inf"), len(H.load_data(args.data)[0]))  # one epoch's training posts
     for pipeline in ("write-up", "ours"):
-        result[pipeline]["epoch_seconds"] = posts / result[pipeline]["posts_per_second"]
+        result[pipeline]["epoch_seconds"] = train_posts / result[pipeline]["posts_per_second"]
     result["speed-up"] = result["write-up"]["epoch_seconds"] / result["ours"]["epoch_seconds"]
     print(f"{setup} on {Path(model_name).name}: write-up {result['write-up']['epoch_seconds']:.0f} s/epoch, "
           f"ours {result['ours']['epoch_seconds']:.0f} s/epoch ({result['speed-up']:.1f}x)")  # fmt: skip
     return result
 
 
-def prediction(args, texts):
+def prediction(args, texts, label_names):
     """posts/s of inference.predict_proba on the first GPU by batch size and --precision (a Pfeiffer adapter)."""
-    _, _, label_names, _ = H.load_data(args.data)
     model = M.build_model(args.model, "adapter", label_names, "pfeiffer").to(device())
     tokenizer = M.load_tokenizer(args.model)
     rows = []
@@ -369,10 +367,11 @@ def main(argv=None):
     ]
     if args.bert_base:
         result["epochs"].append(one_epoch(args, "full", "auto", models[1], "bert-base-full"))
-    result["writeup"] = [writeup_against_ours(args, setup, m) for m in models for setup in WRITEUP_SETUPS]
-    _, val_ds, _, _ = H.load_data(args.data)
+    train_ds, val_ds, label_names, _ = H.load_data(args.data)
+    train_posts = min(args.train_posts or len(train_ds), len(train_ds))  # one epoch's training posts
+    result["writeup"] = [writeup_against_ours(args, setup, m, train_posts) for m in models for setup in WRITEUP_SETUPS]
     texts = list(val_ds["text"])[: 128 if args.quick else None]
-    result["prediction"] = prediction(args, texts)
+    result["prediction"] = prediction(args, texts, label_names)
     result["parallel"] = parallel_against_separate(args, texts)
     result["seconds"] = time.perf_counter() - start
     result["goals"] = goals(result)

@@ -449,25 +449,10 @@ def test_gpu_bench_dry_run_measures_every_part_on_the_cpu(tiny_bert, posts_csv, 
     command itself, without --dry-run, exits 2 with one line."""
     plain = run_cli("-m", "bench.gpu", check=False, env={"CUDA_VISIBLE_DEVICES": ""})
     assert plain.returncode == 2 and plain.stdout == "" and plain.stderr.count("\n") == 1
-    run_cli(
-        "-m",
-        "bench.gpu",
-        "--dry-run",
-        "--quick",
-        "--no-bert-base",
-        "--model",
-        tiny_bert,
-        "--data",
-        posts_csv,
-        "--out",
-        tmp_path,
-        "--work",
-        tmp_path / "work",
-        "--setups",
-        "full",
-        "pfeiffer-upper-half",
-        env={"CUDA_VISIBLE_DEVICES": ""},
-    )  # fmt: skip (the other setups run the same code)
+    # two setups: the others run the same code
+    run_cli("-m", "bench.gpu", "--dry-run", "--quick", "--no-bert-base", "--model", tiny_bert, "--data", posts_csv,
+            "--out", tmp_path, "--work", tmp_path / "work", "--setups", "full", "pfeiffer-upper-half",
+            env={"CUDA_VISIBLE_DEVICES": ""})  # fmt: skip
     [result_file] = tmp_path.glob("gpu-*-quick.json")
     result = json.loads(result_file.read_text())
     assert result["dry_run"] and result["auto"]["predict.py --backend auto"] != "torch"
