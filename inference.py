@@ -366,15 +366,23 @@ def open_onnx(folder, backend, pad_token_id, max_length, threads=None):
     tokenizer = Tokenizer.from_file(str(Path(folder) / ONNX_TOKENIZER))
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length)
+    path, providers = str(Path(folder) / ONNX_FILES[backend]), onnx_providers(backend)
+    session = onnxruntime.InferenceSession(path, session_options(threads), providers=providers)
+    posts_at_once, pool_session = 1, None
+    if backend == "onnx-int8":  # one post per call: several posts at a time, each call on one thread
+        posts_at_once = threads or os.cpu_count() or 1
+        if posts_at_once > 1:
+            pool_session = onnxruntime.InferenceSession(path, session_options(1), providers=providers)
+    return OnnxModel(session, tokenizer, pad_token_id, backend, posts_at_once, pool_session)
+
+
+def session_options(threads):
+    """ONNX Runtime's session options with `threads` threads per call (0 or None: one per core, its default)."""
+    import onnxruntime
+
     options = onnxruntime.SessionOptions()
-    if backend == "onnx-int8":  # one post per call, `threads` posts at a time, each call on one thread
-        options.intra_op_num_threads, posts_at_once = 1, threads or os.cpu_count() or 1
-    else:  # 0: ONNX Runtime's default, one thread per core
-        options.intra_op_num_threads, posts_at_once = threads or 0, 1
-    session = onnxruntime.InferenceSession(
-        str(Path(folder) / ONNX_FILES[backend]), options, providers=onnx_providers(backend)
-    )
-    return OnnxModel(session, tokenizer, pad_token_id, backend, posts_at_once)
+    options.intra_op_num_threads = threads or 0
+    return options
 
 
 def onnx_providers(backend, available=None):
@@ -406,16 +414,16 @@ def cpu_beside_gpu_note(loaded, instead="; --backend torch (or auto) computes on
 class OnnxModel:
     """An exported model in an ONNX Runtime session with the `tokenizers` tokenizer: texts -> probabilities. The int8
     export quantises its activations with scales computed per call, over the whole padded batch, so a post's answer
-    would depend on the posts beside it: it gets one post per call, `posts_at_once` calls at a time (threads; ONNX
-    Runtime runs concurrent calls on one session), which is also faster than batches on a CPU
-    (bench/results/int8-cpu-2cores.md)."""
+    would depend on the posts beside it: it gets one post per call. One post alone runs on `session` (all its
+    threads); several run `posts_at_once` at a time on `pool_session` (one thread per call; ONNX Runtime runs
+    concurrent calls on one session), which is faster than batches on a CPU (bench/results/int8-cpu-2cores.md)."""
 
-    def __init__(self, session, tokenizer, pad_token_id, backend, posts_at_once=1):
+    def __init__(self, session, tokenizer, pad_token_id, backend, posts_at_once=1, pool_session=None):
         self.session, self.tokenizer, self.pad_token_id, self.backend = session, tokenizer, pad_token_id, backend
         self.device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"  # where it computes
         self.one_post_per_call = backend == "onnx-int8"
-        self.posts_at_once = posts_at_once
-        self.pool = None  # the threads of one_post_per_call, started at the first call that needs them
+        self.posts_at_once, self.pool_session = posts_at_once, pool_session or session
+        self.pool = None  # the threads of posts_at_once, started at the first call that needs them
 
     def predict_proba(self, texts, batch_size=64, by_length=True):
         """Class probabilities (numpy, n_texts x n_labels, in the order of `texts`), batched by length as on torch
@@ -428,12 +436,12 @@ class OnnxModel:
             batches = [[i] for i in range(len(ids))]
         else:
             batches = sorted_batches([len(i) for i in ids], batch_size, by_length)
-        for batch, logits in zip(batches, self.map(self.logits, [[ids[i] for i in batch] for batch in batches])):
+        for batch, logits in zip(batches, self.map([[ids[i] for i in batch] for batch in batches])):
             exp = np.exp(logits - logits.max(-1, keepdims=True))
             probs[batch] = exp / exp.sum(-1, keepdims=True)
         return probs
 
-    def logits(self, rows):
+    def logits(self, rows, session):
         """The model's logits (float64) for token id lists, padded to the longest."""
         import numpy as np
 
@@ -442,17 +450,17 @@ class OnnxModel:
         mask = np.zeros((len(rows), width), dtype=np.int64)
         for i, row in enumerate(rows):
             input_ids[i, : len(row)], mask[i, : len(row)] = row, 1
-        return self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0].astype(np.float64)
+        return session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0].astype(np.float64)
 
-    def map(self, function, items):
-        """function over items: on the pool's threads where several posts run at once, else in this thread."""
-        if self.posts_at_once <= 1 or len(items) <= 1:
-            return map(function, items)
+    def map(self, batches):
+        """The logits of each batch: on the pool's threads where several posts run at once, else in this thread."""
+        if self.posts_at_once <= 1 or len(batches) <= 1:
+            return (self.logits(rows, self.session) for rows in batches)
         if self.pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self.pool = ThreadPoolExecutor(self.posts_at_once, thread_name_prefix="onnx-int8")
-        return self.pool.map(function, items)
+        return self.pool.map(lambda rows: self.logits(rows, self.pool_session), batches)
 
 
 def result_rows(texts, probs, names):

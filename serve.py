@@ -61,8 +61,7 @@ def build_parser():
         action=argparse.BooleanOptionalAction,
         default=None,
         help="micro-batching of concurrent requests into one model call; --no-batching: one request per call "
-        "(default: on, but off for onnx-int8, whose answers would depend on other clients' posts and which was no "
-        "faster batched on a 2-core CPU: docs/serve.md)",
+        "(default: on; every backend gives each post its own answer, whatever shares its batch: docs/serve.md)",
     )
     p.add_argument(
         "--max-queue",
@@ -121,9 +120,9 @@ def backend_for(args):
 
 
 def limits_for(args, backend):
-    """The server's limits from the flags; batching unless a flag says otherwise, but not on onnx-int8 (it quantises
-    activations per call, so a batched post's answer would depend on the others'; measured no faster batched)."""
-    batching = backend != "onnx-int8" if args.batching is None else args.batching
+    """The server's limits from the flags; batching unless --no-batching says otherwise (a post's answer does not
+    depend on the others in its batch on any backend: inference.BATCH_TOLERANCE)."""
+    batching = True if args.batching is None else args.batching
     return server.Limits(
         max_texts=args.max_texts, max_chars=args.max_chars, max_queue=args.max_queue,
         max_batch=args.max_batch_size, max_wait_ms=args.max_wait_ms, batching=batching,

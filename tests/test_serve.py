@@ -310,12 +310,12 @@ def test_batch_sizes_benchmark_measures_every_backend_and_size(adapters, posts_c
     assert result_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_int8_is_served_without_batching_unless_asked(tmp_path):
-    """Batching is on by default but for onnx-int8 (its answers would depend on other clients' posts); the flags
-    decide where given."""
+def test_every_backend_is_served_batched_unless_told_not_to(tmp_path):
+    """Batching is on by default on every backend, onnx-int8 included (one post per model call: its answers are the
+    posts' own); --no-batching turns it off."""
     folder = str(tmp_path / "any")
-    cases = [([], "torch", True), ([], "onnx", True), ([], "onnx-int8", False), (["--batching"], "onnx-int8", True),
-             (["--no-batching"], "torch", False)]  # fmt: skip
+    cases = [([], "torch", True), ([], "onnx", True), ([], "onnx-int8", True), (["--batching"], "onnx-int8", True),
+             (["--no-batching"], "torch", False), (["--no-batching"], "onnx-int8", False)]  # fmt: skip
     for flags, backend, expected in cases:
         args = serve.parse_args(["--adapter", folder, *flags])
         assert serve.limits_for(args, backend).batching is expected, (flags, backend)
