@@ -7,10 +7,11 @@ Export a folder written by train.py to ONNX, for fast inference with ONNX Runtim
 Writes into the folder: model.onnx (fp32: base + adapter + head for bottleneck adapters, the merged model for
 LoRA-kind adapters, the whole model for full fine-tuning; dynamic batch and sequence axes), model.int8.onnx
 (dynamic int8 quantisation of the matrix products, per channel with reduced range, which holds accuracy on
-CPUs without VNNI; the adapters' own bottleneck products stay fp32),
+CPUs without VNNI; the adapters' own bottleneck products stay fp32; predict.py gives it one post per call),
 onnx-tokenizer.json (the tokenizer for the `tokenizers` package) and onnx.json (what the export was made from and
 how it was checked). Each model is checked on real posts before it is kept: fp32 probabilities equal torch's within
-1e-4, and the int8 model's labels agree with fp32's on at least 99.5% of the posts; what fails is not kept.
+1e-4, the int8 model's labels agree with fp32's on at least 99.5% of the posts, and every post's probabilities are
+the same alone and in shuffled batches of mixed lengths (within 1e-6); what fails is not kept.
 
 This is a research and teaching tool, not a diagnostic instrument.
 """

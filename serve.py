@@ -79,7 +79,12 @@ def build_parser():
         default=LIMITS.max_chars,
         help=f"characters per text; longer texts get 413 (default: {LIMITS.max_chars})",
     )
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime's threads (default: one per core)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="ONNX Runtime's threads (int8: posts at once, one thread each; default: one per core)",
+    )
     p.add_argument(
         "--ray-replicas",
         type=int,

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import assert_clean_failure, make_posts, run_cli, run_main
+from conftest import assert_clean_failure, int8_copy, make_posts, run_cli, run_main
 
 import export
 import inference
@@ -91,6 +91,22 @@ def test_a_posts_answer_is_its_own_in_any_batch(exported, backend, precision, tm
     batched = inference.as_numpy(inference.classify(loaded, MIXED, batch_size=4, by_length=False))
     moved = batched.argmax(1) != alone.argmax(1)
     assert np.all(np.abs(alone[moved, 1] - 0.5) <= tolerance)
+
+
+@pytest.mark.parametrize("backend", ["onnx-int8", "torch"])
+def test_predict_py_answers_a_post_the_same_in_any_batch_size(exported, backend, tmp_path):
+    """predict.py --file with batches of 1, 4 and 64 (length-sorted, mixed lengths in each): the same labels and
+    probabilities within the backend's tolerance (fp32 and int8: 1e-6)."""
+    folder = int8_copy(exported["pfeiffer"][0], tmp_path / "copy")
+    pd.DataFrame({"text": MIXED}).to_csv(tmp_path / "mixed.csv", index=False)
+    args = ["predict.py", "--adapter", folder, "--backend", backend, "--precision", "fp32", "--json", "--file"]
+    rows = {}
+    for size in (1, 4, 64):
+        proc = run_main(*args, tmp_path / "mixed.csv", "--batch-size", size)
+        rows[size] = [json.loads(line) for line in proc.stdout.splitlines()]
+    probs = {size: np.array([list(r["probabilities"].values()) for r in rows[size]]) for size in rows}
+    assert [r["text"] for r in rows[64]] == MIXED and [r["label"] for r in rows[1]] == [r["label"] for r in rows[64]]
+    assert max(np.abs(probs[size] - probs[1]).max() for size in (4, 64)) <= 1e-6
 
 
 def test_export_keeps_no_int8_model_whose_answers_move_with_the_batch(exported, tmp_path, monkeypatch):
@@ -264,3 +280,19 @@ def test_evaluate_gives_the_same_metrics_on_the_onnx_backend(exported, posts_csv
     for key in ("accuracy", "macro_f1", "confusion_matrix"):
         assert metrics["onnx"][key] == metrics["torch"][key]
     assert abs(metrics["onnx"]["auc"] - metrics["torch"]["auc"]) < 1e-6
+
+
+def test_int8_benchmark_compares_before_and_after_on_the_same_posts(exported, tmp_path):
+    """bench/int8.py --quick on the exported Pfeiffer folder, in this process: every kind on the same posts, int8
+    one post per call and static int8 independent of the batch, speeds and a chart written."""
+    import bench.int8
+
+    bench.int8.main(["--adapter", str(exported["pfeiffer"][0]), "--quick", "--out", str(tmp_path), "--name", "i"])
+    result = json.loads(next(tmp_path.glob("i-*.json")).read_text())
+    kinds = ["fp32", "int8 batched (before)", "int8 one post per call (now)", "static int8 (minmax)"]
+    assert list(result["agreement"]) == list(result["speed"]) == kinds
+    assert result["agreement"]["int8 one post per call (now)"]["batch_movement"] == 0.0
+    assert result["agreement"]["static int8 (minmax)"]["batch_movement"] == 0.0
+    assert result["movement_on_torch"]["torch fp32"] <= 1e-6 and result["posts"] == 24
+    assert all(rate > 0 for by_size in result["speed"].values() for rate in by_size.values())
+    assert next(tmp_path.glob("i-*.png")).read_bytes()[:4] == b"\x89PNG"

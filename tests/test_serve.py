@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import ROOT, assert_clean_failure, free_port, run_cli, run_main
+from conftest import ROOT, assert_clean_failure, free_port, int8_copy, run_cli, run_main
 
 import serve
 import train
@@ -202,6 +202,23 @@ def test_onnx_backend_answers_as_predict_py(adapters):
         server.stop()
     served = np.array([list(r["adapters"]["first"]["probabilities"].values()) for r in answer["results"]])
     assert np.abs(served - predict_py(adapters / "first", POSTS[:6], "onnx")).max() < 1e-5
+
+
+def test_int8_served_batched_answers_each_post_as_alone(adapters, tmp_path):
+    """int8 is micro-batched by default now; one-post requests from 12 clients at once share batches and get
+    exactly what each post gets alone from predict.py (one post per model call: its scales are its own)."""
+    folder = int8_copy(adapters / "first", tmp_path / "first")
+    server = Server("--adapter", folder, "--backend", "onnx-int8")
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(lambda text: server.post({"texts": [text]}).json(), POSTS))
+        health = httpx.get(f"{server.url}/health").json()
+    finally:
+        server.stop()
+    assert health["backend"] == "onnx-int8" and 1 <= health["batches"] < len(POSTS)  # batched together
+    served = np.array([list(a["results"][0]["adapters"]["first"]["probabilities"].values()) for a in answers])
+    alone = np.concatenate([predict_py(folder, [text], "onnx-int8") for text in POSTS])
+    assert np.abs(served - alone).max() <= 1e-6
 
 
 def test_bad_flags_and_folders_get_one_line(adapters, tmp_path):
