@@ -274,8 +274,8 @@ def predict_proba(model, tokenizer, texts, max_length, batch_size=64, heads=1, p
 
 @contextmanager
 def onednn(enabled):
-    """torch's oneDNN kernels on (or off) inside the block, as they were after it (torch.backends.mkldnn.flags
-    would also set oneDNN's TF32 and warn about Intel GPUs)."""
+    """torch's oneDNN kernels on (or off) inside the block, restored after it (torch.backends.mkldnn.flags would
+    also set oneDNN's TF32 and warn about Intel GPUs)."""
     import torch
 
     before = torch.backends.mkldnn.enabled
