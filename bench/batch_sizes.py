@@ -56,12 +56,17 @@ def markdown(result):
 
 
 def draw(result):
+    return plot_rates(result["rates"], result["sizes"], "the model alone, by batch size")
+
+
+def plot_rates(rates, sizes, title):
+    """posts/s against posts per call (log scale), a line per name of `rates` ({name: {str(size): posts/s}})."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for backend, rates in result["rates"].items():
-        ax.plot(result["sizes"], [rates[str(n)] for n in result["sizes"]], "o-", label=backend)
-    ax.set(xscale="log", xlabel="posts per call (unsorted)", ylabel="posts/s", title="the model alone, by batch size")
+    for name, by_size in rates.items():
+        ax.plot(sizes, [by_size[str(n)] for n in sizes], "o-", label=name)
+    ax.set(xscale="log", xlabel="posts per call (unsorted)", ylabel="posts/s", title=title)
     ax.set_ylim(bottom=0)
     ax.legend()
     return fig

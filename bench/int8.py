@@ -25,7 +25,7 @@ import bench.harness as H
 import export
 import inference
 import posts
-from bench.batch_sizes import rate
+from bench.batch_sizes import plot_rates, rate
 
 EXAMPLE = "i can't get out of bed anymore and nothing feels worth it"  # the README's
 KINDS = ("fp32", "dynamic int8", "static int8")
@@ -76,11 +76,8 @@ class OnePostAtATime:
 def static_int8(folder, path, calibration_ids, method):
     """Static int8 (QDQ) of the MatMuls but the adapters' own, weights per channel, uint8 activations, calibrated on
     `calibration_ids` by MinMax, asymmetric Percentile (99.99) or Entropy."""
-    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
-    kept = [n.name for n in graph.node if n.op_type == "MatMul" and any(p in n.name for p in export.FP32_MATMULS)]
     calibration = {
         "minmax": (CalibrationMethod.MinMax, {}),
         "percentile": (CalibrationMethod.Percentile, {"CalibPercentile": 99.99, "CalibTensorRangeSymmetric": False}),
@@ -95,7 +92,7 @@ def static_int8(folder, path, calibration_ids, method):
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
-        nodes_to_exclude=kept,
+        nodes_to_exclude=export.fp32_matmuls(folder / "model.onnx"),
         calibrate_method=calibration[0],
         extra_options={"CalibStridedMinMax": 1, **calibration[1]},
     )
@@ -224,16 +221,8 @@ def markdown(result):
 
 
 def draw(result):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    sizes = [s for s in next(iter(result["speed"].values())) if s.isdigit()]
-    for kind, by_size in result["speed"].items():
-        ax.plot([int(s) for s in sizes], [by_size[s] for s in sizes], "o-", label=kind)
-    ax.set(xscale="log", xlabel="posts per call (unsorted)", ylabel="posts/s", title="ONNX models by posts per call")
-    ax.set_ylim(bottom=0)
-    ax.legend()
-    return fig
+    sizes = [int(s) for s in next(iter(result["speed"].values())) if s.isdigit()]
+    return plot_rates(result["speed"], sizes, "ONNX models by posts per call")
 
 
 def main(argv=None):

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 from conftest import assert_clean_failure, int8_copy, make_posts, run_cli, run_main
 
-import export
 import inference
 import train
 
@@ -75,16 +74,10 @@ def test_a_posts_answer_is_its_own_in_any_batch(exported, backend, precision, tm
     """Every backend and precision classifies the same posts alone and in shuffled batches of mixed lengths
     (inference.batch_movement): the same probabilities within inference.BATCH_TOLERANCE, so a label can differ only
     where the probability is within that tolerance of the boundary. int8 is made here from the export's fp32 model
-    (export.py keeps it only where its labels agree with fp32's, which a random tiny model may miss)."""
-    folder = tmp_path / "copy"
-    shutil.copytree(exported["pfeiffer"][0], folder)
-    if backend == "onnx-int8":
-        export.export_int8(folder / "model.onnx", folder / "model.int8.onnx")
-        settings = json.loads((folder / "onnx.json").read_text())
-        model = inference.open_onnx(folder, backend, settings["pad_token_id"], 32)
-        loaded = inference.Loaded(model, model.tokenizer, json.loads((folder / "training.json").read_text()))
-    else:
-        loaded = inference.load(folder, backend=backend, precision=precision)
+    (conftest.int8_copy: export.py keeps it only where its labels agree with fp32's, which a random tiny model may
+    miss)."""
+    folder = int8_copy(exported["pfeiffer"][0], tmp_path / "copy")
+    loaded = inference.load(folder, backend=backend, precision=precision if backend == "torch" else "auto")
     tolerance = inference.BATCH_TOLERANCE[precision]
     assert inference.batch_movement(loaded, MIXED) <= tolerance
     alone = np.concatenate([inference.as_numpy(inference.classify(loaded, [text])) for text in MIXED])
