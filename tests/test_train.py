@@ -1,9 +1,12 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
-from conftest import assert_clean_failure, make_posts, run_main, run_train
+import torch
+from conftest import ROOT, assert_clean_failure, make_posts, run_cli, run_main, run_train
+from safetensors.torch import load_file
 
 QUICK = ["--epochs", "2", "--batch-size", "8", "--max-length", "32"]
 
@@ -190,3 +193,55 @@ def test_help_tells_the_truth_about_every_flag(script):
     proc = run_main(f"{script}.py", "--help")
     assert proc.returncode == 0 and proc.stderr == ""
     assert all(opt in proc.stdout for a in parser._actions for opt in a.option_strings)
+
+
+BEFORE = Path(__file__).parent / "fixtures" / "saved-before-43"  # written by main fbb8d65: its make.py
+
+
+@pytest.fixture
+def saved_before(tiny_bert, tmp_path):
+    """A copy of the committed folders saved by the code before issue 43 (a finished adapter folder and the same
+    command's run interrupted after epoch 1), beside the tiny BERT and the posts they were trained on."""
+    for name in ("adapters", "interrupted", "posts.csv", "expected.json"):
+        copy = shutil.copytree if (BEFORE / name).is_dir() else shutil.copy
+        copy(BEFORE / name, tmp_path / name)
+    (tmp_path / "tiny-bert").symlink_to(tiny_bert)
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_a_folder_saved_before_loads_predicts_and_resumes_the_same(saved_before):
+    """Flags, training.json and checkpoints stay compatible: the old finished folder predicts what it predicted,
+    and the old interrupted run resumes with the same command to the finished run's weights and metrics."""
+    expected = json.loads((saved_before / "expected.json").read_text())
+    texts = expected["texts"]
+    predicted = run_cli(
+        ROOT / "predict.py", "--adapter", "adapters/depression-pfeiffer", "--backend", "torch", "--precision", "fp32",
+        "--json", *texts, cwd=saved_before,
+    )  # fmt: skip
+    for line, probabilities in zip(predicted.stdout.splitlines(), expected["probabilities"], strict=True):
+        got = json.loads(line)["probabilities"]
+        assert got.keys() == probabilities.keys()
+        assert all(abs(got[k] - probabilities[k]) < 1e-5 for k in got), (got, probabilities)
+
+    resumed = run_cli(
+        ROOT / "train.py", *expected["flags"], "--output-dir", "interrupted", "--resume", cwd=saved_before
+    )
+    assert "resumed after epoch 1 of 2" in resumed.stdout
+    finished, again = (
+        saved_before / "adapters" / "depression-pfeiffer",
+        saved_before / "interrupted" / "depression-pfeiffer",
+    )
+    for name in ("adapter.safetensors", "model_head.safetensors"):
+        a, b = load_file(finished / name), load_file(again / name)
+        assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    rows_a, rows_b = (
+        [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        for folder in (finished, again)
+    )
+    assert [r["epoch"] for r in rows_b] == [1, 2]
+    for ra, rb in zip(rows_a, rows_b):
+        assert all(abs(ra[k] - rb[k]) <= 1e-4 for k in ("train_loss", "val_loss", "accuracy", "macro_f1")), (ra, rb)
+    old, new = (json.loads((folder / "training.json").read_text()) for folder in (finished, again))
+    settings = set(old) - {"device", "versions", "best", "parameters"}  # what differs by machine or by run
+    assert {k: new.get(k) for k in settings} == {k: old[k] for k in settings} | {"epochs_run": 2}
