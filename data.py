@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from datasets import ClassLabel, Dataset, concatenate_datasets, disable_progress_bars
+from datasets import ClassLabel, Dataset, concatenate_datasets
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 from transformers import BatchEncoding, DataCollatorWithPadding
@@ -33,7 +33,6 @@ from posts import load_table as read_table
 
 # The Hub id of the depression data set (the seed's). Machines without the Hub point DEPRESSION_DATA at a local copy.
 HUB_DATASET = "mrjunos/depression-reddit-cleaned"
-DEFAULT_DATA = os.environ.get("DEPRESSION_DATA", HUB_DATASET)
 LABEL_COLUMNS = ("label", "is_depression", "is_depressive", "subreddit")
 
 # Reddit Mental Health Dataset sample (Low et al. 2020, CC BY 4.0), shipped with the project: corpora/README.md.
@@ -55,19 +54,33 @@ DEFAULT_LABEL_MAP = [
     f"0={','.join(CONTROL_SUBREDDITS)}",
     f"drop={','.join(SUPPORT_SUBREDDITS)}",
 ]
-# Named training data sets for train.py --data: their sources, label map and text normalisation.
+# Named training data sets for train.py --data: the depression data set with or without the shipped Reddit posts,
+# their label map and text normalisation.
 DATA_SETS = {
-    "default": {"sources": [DEFAULT_DATA, str(REDDIT_MH)], "label_map": DEFAULT_LABEL_MAP, "normalize_text": True},
-    "original": {"sources": [DEFAULT_DATA], "label_map": None, "normalize_text": False},
+    "default": {"with_reddit": True, "label_map": DEFAULT_LABEL_MAP, "normalize_text": True},
+    "original": {"with_reddit": False, "label_map": None, "normalize_text": False},
 }
 LABEL_NAMES = ["not depressive", "depressive"]  # names of labels 0 and 1 when the data holds 0/1
 VAL_SIZE = 0.16  # the original write-up's share of validation data
-disable_progress_bars()  # in-memory steps here take about a second; their bars would only be noise
 
 
-def load_table(source=DEFAULT_DATA):
+def default_data():
+    """The depression data set: $DEPRESSION_DATA where set (a local copy), else its Hub id."""
+    return os.environ.get("DEPRESSION_DATA", HUB_DATASET)
+
+
+def sources(data):
+    """train.py --data -> what load_splits reads: a named data set's sources (DATA_SETS), else --data itself."""
+    named = DATA_SETS.get(data) if isinstance(data, str) else None
+    if named is None:
+        return data
+    return [default_data(), str(REDDIT_MH)] if named["with_reddit"] else [default_data()]
+
+
+def load_table(source=None):
     """posts.load_table, by default of the depression data set (DEPRESSION_DATA, else the Hub's); a file shipped
     with the project is read only if its checksum is the one recorded (SHIPPED_SHA256)."""
+    source = source or default_data()
     check_shipped(source)
     return read_table(source)
 
@@ -293,7 +306,7 @@ def split_one(df, val_size, seed, classes, source=None):
 
 
 def load_splits(
-    source=DEFAULT_DATA,
+    source=None,
     text_column=None,
     label_column=None,
     val_size=VAL_SIZE,
@@ -303,7 +316,9 @@ def load_splits(
     log=print,
 ):
     """load_sources + clean + split, printing the cleaning report with `log` (train.py: the main process's print
-    only). `source` is one source or a list of them (read as one table). Returns (train, val, label_names, info)."""
+    only). `source` is one source or a list of them (read as one table), by default the depression data set
+    (default_data). Returns (train, val, label_names, info)."""
+    source = source or default_data()
     df, label_names, report = clean(
         load_sources(source, text_column, label_column), label_map=label_map, normalize=normalize
     )
@@ -368,6 +383,13 @@ def add_length_prior(ds, num_classes, weight=1.0):
         "intercept": expert.intercept_.tolist(),
     }
     return ds, figures
+
+
+def split_prior(batch):
+    """A training batch -> (the model's inputs, the length-only model's log-probabilities or None): the prior
+    travels beside the inputs, not into the model."""
+    inputs = {key: value for key, value in batch.items() if key != PRIOR_COLUMN}
+    return inputs, batch.get(PRIOR_COLUMN)
 
 
 MEGA_BATCH = 50  # batches whose posts are sorted by length together (transformers' length-grouped sampler's cap)

@@ -38,8 +38,6 @@ REFUSED_CONFIGS = {
     "direft": "adapters 1.3.0 does not save its subtract_projection setting, so a reloaded direft adapter computes "
     "something else than the trained one; use noreft or loreft"
 }
-# add_adapter()/load_adapter() warn "adapters available but none are activated" on their way to activating it.
-logging.getLogger("adapters.model_mixin").addFilter(lambda record: "none are activated" not in record.getMessage())
 
 
 def resolve_model_path(name):
@@ -121,9 +119,10 @@ def build_model(
     check_adapter_fits(config, adapter_config_name, model.config.hidden_size)
     drop_pretraining_heads(model)
     torch.manual_seed(seed)  # adapter and head weights are random at creation
-    model.add_adapter(ADAPTER_NAME, config=config)
-    model.add_classification_head(ADAPTER_NAME, num_labels=len(label_names), id2label=id2label)
-    model.train_adapter(ADAPTER_NAME)  # freezes every pretrained weight, activates the adapter
+    with no_inactive_adapter_notice():
+        model.add_adapter(ADAPTER_NAME, config=config)
+        model.add_classification_head(ADAPTER_NAME, num_labels=len(label_names), id2label=id2label)
+        model.train_adapter(ADAPTER_NAME)  # freezes every pretrained weight, activates the adapter
     return model
 
 
@@ -243,6 +242,32 @@ def skip_lower_layers(model, k):
         base.embeddings, base.encoder.layer = embeddings, layers
 
     return restore
+
+
+@contextlib.contextmanager
+def lower_layers_skipped(model, k):
+    """skip_lower_layers while inside (k = 0: the model as it is), the skipped modules put back on leaving."""
+    restore = skip_lower_layers(model, k) if k else (lambda: None)
+    try:
+        yield model
+    finally:
+        restore()
+
+
+@contextlib.contextmanager
+def no_inactive_adapter_notice():
+    """While inside: the adapters library's "adapters available but none are activated" notice is held back
+    (add_adapter() and load_adapter() give it on their way to activating the adapter)."""
+    logger = logging.getLogger("adapters.model_mixin")
+
+    def hide(record):
+        return "none are activated" not in record.getMessage()
+
+    logger.addFilter(hide)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hide)
 
 
 def load_base_model(name):

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from errors import ModelError, first_line
-from model import ADAPTER_NAME, load_base_model, load_tokenizer, resolve_model_path
+from model import ADAPTER_NAME, load_base_model, load_tokenizer, no_inactive_adapter_notice, resolve_model_path
 
 TRAINING_INFO = "training.json"
 # The keys of training.json that loading a folder needs, with their types. train.py writes many more (the settings,
@@ -255,7 +255,8 @@ def load_adapter(model, folder, load_as=None):
         if name.endswith(".json"):
             read_json(folder / name)
     try:
-        name = model.load_adapter(str(folder), load_as=load_as, set_active=True, use_safetensors=True)
+        with no_inactive_adapter_notice():
+            name = model.load_adapter(str(folder), load_as=load_as, set_active=True, use_safetensors=True)
     except Exception as e:
         raise ModelError(
             f"cannot load the adapter in {folder} ({type(e).__name__}: {first_line(e)}); "

@@ -21,13 +21,15 @@ import argparse
 import json
 import os
 import shutil
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Literal
 
 import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
-from transformers import get_linear_schedule_with_warmup
+from transformers import HfArgumentParser, get_linear_schedule_with_warmup
 from transformers.utils import logging as hf_logging
 
 import data
@@ -41,242 +43,110 @@ from errors import DataError, ModelError, fail
 OUTPUT_DIR = {"adapter": "adapters", "full": "models"}
 
 
+def setting(default=None, help="", **argparse_options):
+    """A dataclass field that HfArgumentParser turns into a flag: its default, one line of help, argparse extras."""
+    return field(default=default, metadata={"help": help, **argparse_options})
+
+
+# The settings: one field per flag (name, type, default, one line of help), read by HfArgumentParser as in the
+# adapters library's example scripts. Every one of them goes into the checkpoint (--resume must repeat it) and into
+# training.json; the longer explanations are in docs/usage.md ("Every flag of train.py").
+LABEL_COLUMNS, VAL_SIZE = data.LABEL_COLUMNS, data.VAL_SIZE  # inside DataSettings, `data` is the field
+
+
+@dataclass
+class DataSettings:
+    _argument_group_name = "data: what is trained and validated on"
+    data: str = setting(
+        "default", "default: the depression data set + the Reddit posts in corpora/; original: the depression data "
+        "set alone; or a Hub id or .csv/.tsv/.json/.jsonl/.parquet files (docs/usage.md)", nargs="+", metavar="DATA",
+    )  # fmt: skip
+    label_map: list[str] | None = setting(
+        help="label values -> labels, e.g. 1=ds,dsf 0=bc drop=nd (drop: leave out)", metavar="TARGET=VALUES"
+    )
+    normalize_text: bool = setting(False, "lower-case and keep a-z 0-9 only, as the depression data set was cleaned")
+    length_expert: float | None = setting(
+        help="train with a length-only model in a product of experts, its log-probabilities times WEIGHT "
+        "(alone: 1)", nargs="?", const=1.0, metavar="WEIGHT",
+    )  # fmt: skip
+    text_column: str | None = setting(help=f"text column (None: the first of {', '.join(posts.TEXT_COLUMNS)})")
+    label_column: str | None = setting(help=f"label column (None: the first of {', '.join(LABEL_COLUMNS)})")
+    val_size: float = setting(VAL_SIZE, "share of the data held out for validation (the write-up's)")
+    max_train_samples: int | None = setting(help="train on the first N training posts only (quick runs)")
+    max_eval_samples: int | None = setting(help="validate on the first N validation posts only")
+    split_seed: int = setting(42, "seed of the train/validation split: keep it to compare runs on the same posts")
+    class_weights: Literal["none", "balanced"] = setting("none", "balanced: weight each class's loss as scikit-learn")
+
+
+@dataclass
+class ModelSettings:
+    _argument_group_name = "model: the base model and what is trained of it"
+    mode: Literal["adapter", "full"] = setting("adapter", "adapter: a bottleneck adapter + head, base frozen; full")
+    adapter_config: str = setting(
+        "pfeiffer", f"pfeiffer (seq_bn), houlsby (double_seq_bn) or: "
+        f"{', '.join(n for n in M.ADAPTER_CONFIGS if n not in ('pfeiffer', 'houlsby'))}",
+    )  # fmt: skip
+    reduction_factor: int | None = setting(help="hidden size / bottleneck size (None: the library's, 16)")
+    leave_out: list[int] | None = setting(help="layers without an adapter, e.g. 0 1 2", metavar="LAYER")
+    model: str = setting(M.DEFAULT_MODEL, "base model: a Hub id or a folder (bert-base-uncased: the write-up's)")
+    attention_dropout: float = setting(training.ATTENTION_DROPOUT, "dropout on the attention probabilities")
+
+
+@dataclass
+class LoopSettings:
+    _argument_group_name = "training: the loop and its settings"
+    epochs: int = setting(training.EPOCHS, "passes over the training data")
+    lr: float | None = setting(help=f"peak learning rate (None: {training.LR['adapter']:g} adapter, "
+                               f"{training.LR['full']:g} full)")  # fmt: skip
+    warmup_ratio: float = setting(training.WARMUP_RATIO, "share of the steps for linear warm-up")
+    weight_decay: float = setting(training.WEIGHT_DECAY, "AdamW weight decay (not on biases and LayerNorm weights)")
+    batch_size: int = setting(training.BATCH_SIZE, "posts per batch, on each process")
+    max_length: int = setting(training.MAX_LENGTH, "tokens per post; longer posts are truncated")
+    group_by_length: bool = setting(True, "batches of posts of similar length (--no-group-by-length: shuffled)")
+    cache_frozen: bool = setting(True, "compute frozen lower layers once (--no-cache-frozen: every epoch)")
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = setting("auto", "auto: bf16 or fp16 where native")
+    tf32: bool = setting(True, "TF32 matmuls on CUDA GPUs of compute capability 8.0+ (--no-tf32: full fp32)")
+    seed: int = setting(42, "seed of the new weights, dropout and the batch order")
+    patience: int | None = setting(help="stop after N epochs without a better --metric (None: run every epoch)")
+    metric: Literal["accuracy", "macro_f1"] = setting("accuracy", "what chooses the best epoch")
+
+
+@dataclass
+class OutputArguments:
+    """Where the result goes and how to treat what is there: not settings (a resumed run may change them)."""
+
+    _argument_group_name = "output: where the result goes, an interrupted run"
+    name: str | None = setting(help="folder name (None: depression-<adapter config> or depression-full)")
+    output_dir: str | None = setting(help="where the folder goes (None: adapters/, or models/ for full)")
+    overwrite: bool = setting(False, "replace a trained model there, or an interrupted run's checkpoint")
+    resume: bool = setting(False, "continue an interrupted run (same settings) after its last finished epoch")
+
+
+SETTINGS = (DataSettings, ModelSettings, LoopSettings)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = HfArgumentParser(
+        [*SETTINGS, OutputArguments],
         description=__doc__.split("\n\n")[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Offline: set DEPRESSION_DATA=../shared/data/depression-reddit-cleaned.csv "
-        "(or pass --data); the default model needs no network.",
+        formatter_class=HelpFormatter,
+        epilog="Offline: set DEPRESSION_DATA=../shared/data/depression-reddit-cleaned.csv (or pass --data); "
+        "the default model needs no network. docs/usage.md explains every flag.",
     )
-    inputs = p.add_argument_group("data: what is trained and validated on")
-    inputs.add_argument(
-        "--data",
-        nargs="+",
-        default="default",
-        metavar="DATA",
-        help="default: the depression data set plus the Reddit Mental Health posts shipped in corpora/ "
-        "(r/depression and r/SuicideWatch 1, 7 control subreddits 0, other support groups left out; texts "
-        "normalised); original: the depression data set alone, as the original write-up and the in-domain "
-        f"comparison (the depression data set: {data.DEFAULT_DATA}, from $DEPRESSION_DATA where set, else "
-        f"{data.HUB_DATASET}); or a Hub data set id or local .csv/.tsv/.json/.jsonl/.parquet files: several "
-        "are read as one table, each split on its own (default: default)",
-    )
-    inputs.add_argument(
-        "--label-map",
-        nargs="+",
-        default=None,
-        metavar="TARGET=VALUES",
-        help="turn label values into the labels to train on, e.g. --label-map 1=ds,dsf 0=bc,ff,ndf drop=do,nd "
-        "(drop: leave those rows out); values already equal to a target stay; any other value is "
-        "refused",
-    )
-    inputs.add_argument(
-        "--normalize-text",
-        action="store_true",
-        help="lower-case every text and replace everything but a-z and 0-9 by spaces, as the depression data set "
-        "was cleaned (for raw texts such as Reddit posts); recorded, and predict.py and assess.py "
-        "then do the same to what they classify",
-    )
-    inputs.add_argument(
-        "--length-expert",
-        type=float,
-        nargs="?",
-        const=1.0,
-        default=None,
-        metavar="WEIGHT",
-        help="train in a product of experts with a length-only model (logistic regression on the log token "
-        "count), so that the classifier learns what length does not explain; it is used alone afterwards "
-        "(Clark et al. 2019). WEIGHT (default 1) tempers the length model: its log-probabilities are scaled by "
-        "it (default: off; docs/default-model.md has the measurement)",
-    )
-    inputs.add_argument(
-        "--text-column", default=None, help=f"text column (default: the first of {', '.join(posts.TEXT_COLUMNS)})"
-    )
-    inputs.add_argument(
-        "--label-column", default=None, help=f"label column (default: the first of {', '.join(data.LABEL_COLUMNS)})"
-    )
-    inputs.add_argument(
-        "--val-size",
-        type=float,
-        default=data.VAL_SIZE,
-        help=f"share of the data held out for validation (default: {data.VAL_SIZE}, as in the write-up)",
-    )
-    inputs.add_argument(
-        "--max-train-samples",
-        type=int,
-        default=None,
-        help="train on the first N training posts only (quick runs); the split itself does not change",
-    )
-    inputs.add_argument(
-        "--max-eval-samples", type=int, default=None, help="validate on the first N validation posts only"
-    )
-    inputs.add_argument(
-        "--split-seed",
-        type=int,
-        default=42,
-        help="seed of the train/validation split (default: 42); keep it fixed to compare methods or "
-        "training seeds on the same validation posts",
-    )
-    inputs.add_argument(
-        "--class-weights",
-        choices=["none", "balanced"],
-        default="none",
-        help="none (default): plain cross-entropy; balanced: each class's loss weighted by n_posts / "
-        "(n_classes x its posts), as scikit-learn's 'balanced', for imbalanced data",
-    )
-    base = p.add_argument_group("model: the base model and what is trained of it")
-    base.add_argument(
-        "--mode",
-        choices=["adapter", "full"],
-        default="adapter",
-        help="adapter: train a bottleneck adapter and a head, base weights frozen; "
-        "full: train every weight (default: adapter)",
-    )
-    base.add_argument(
-        "--adapter-config",
-        default="pfeiffer",
-        help="pfeiffer (= seq_bn: one adapter per layer, after the feed-forward block), houlsby "
-        "(= double_seq_bn: two per layer) or another config of the adapters library: "
-        f"{', '.join(n for n in M.ADAPTER_CONFIGS if n not in ('pfeiffer', 'houlsby'))} "
-        f"(refused: {', '.join(M.REFUSED_CONFIGS)}; see README) (default: pfeiffer)",
-    )
-    base.add_argument(
-        "--reduction-factor",
-        type=int,
-        default=None,
-        help="hidden size / bottleneck size of each adapter (library default: 16 for pfeiffer, houlsby)",
-    )
-    base.add_argument(
-        "--leave-out",
-        type=int,
-        nargs="+",
-        default=None,
-        metavar="LAYER",
-        help="layers to leave without an adapter, e.g. --leave-out 0 1 2 for the upper half of 6 layers",
-    )
-    base.add_argument(
-        "--model",
-        default=M.DEFAULT_MODEL,
-        help=f"base model: a Hub id or a local folder; '{M.OFFLINE_MINILM}' (default) is "
-        f"all-MiniLM-L6-v2 from that PyPI package, offline; bert-base-uncased reproduces the write-up",
-    )
-    base.add_argument(
-        "--attention-dropout",
-        type=float,
-        default=training.ATTENTION_DROPOUT,
-        help=f"dropout on the attention probabilities (default: {training.ATTENTION_DROPOUT}; the checkpoint has "
-        "0.1, which on a CPU at max length 128 made an adapter step 1.25x slower and its peak memory "
-        "1.24x larger; at 64, about 10%% more memory)",
-    )
-    loop = p.add_argument_group("training: the loop and its settings")
-    loop.add_argument(
-        "--epochs",
-        type=int,
-        default=training.EPOCHS,
-        help=f"passes over the training data (default: {training.EPOCHS})",
-    )
-    loop.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help=f"peak learning rate (default: {training.LR['adapter']} for adapter, {training.LR['full']} for full)",
-    )
-    loop.add_argument(
-        "--warmup-ratio",
-        type=float,
-        default=training.WARMUP_RATIO,
-        help=f"share of steps for linear warm-up (default: {training.WARMUP_RATIO})",
-    )
-    loop.add_argument(
-        "--weight-decay",
-        type=float,
-        default=training.WEIGHT_DECAY,
-        help=f"AdamW weight decay, not applied to biases and LayerNorm weights (default: {training.WEIGHT_DECAY})",
-    )
-    loop.add_argument(
-        "--batch-size", type=int, default=training.BATCH_SIZE, help=f"posts per batch (default: {training.BATCH_SIZE})"
-    )
-    loop.add_argument(
-        "--max-length",
-        type=int,
-        default=training.MAX_LENGTH,
-        help=f"tokens per post; longer posts are truncated (default: {training.MAX_LENGTH})",
-    )
-    loop.add_argument(
-        "--no-group-by-length",
-        dest="group_by_length",
-        action="store_false",
-        help="plain shuffled batches instead of batches of similar length (more padding)",
-    )
-    loop.add_argument(
-        "--no-cache-frozen",
-        dest="cache_frozen",
-        action="store_false",
-        help="compute every layer every epoch; by default, when the lowest layers hold no trained weight "
-        "(e.g. --leave-out 0 1 2), their output is computed once per post before the first epoch "
-        "(those layers without dropout) and reused by every epoch and by validation",
-    )
-    loop.add_argument(
-        "--mixed-precision",
-        choices=["auto", "no", "fp16", "bf16"],
-        default="auto",
-        help="auto (default): bf16 on CUDA GPUs of compute capability 8.0 and up (Ampere and later), fp16 with a "
-        "gradient scaler on older ones (T4, V100); on a CPU bf16 where it has native bf16 (AVX512-BF16 or AMX: "
-        "docs/speed.md has the measurements), else none; no: full precision everywhere. Weights are kept and "
-        "saved in fp32 either way",
-    )
-    loop.add_argument(
-        "--no-tf32",
-        dest="tf32",
-        action="store_false",
-        help="on CUDA GPUs of compute capability 8.0 and up (Ampere and later) compute the matrix products left in "
-        "fp32 in full fp32: by default they run in TF32 there (all of them under --mixed-precision no, those "
-        "outside autocast otherwise), as the run's output says; never on CPUs or older GPUs",
-    )
-    loop.add_argument(
-        "--seed", type=int, default=42, help="seed of the new weights, dropout and the batch order (default: 42)"
-    )
-    loop.add_argument(
-        "--patience",
-        type=int,
-        default=None,
-        metavar="N",
-        help="stop after N epochs without a better validation --metric (default: off, run every epoch); "
-        "the best epoch is saved either way",
-    )
-    loop.add_argument(
-        "--metric",
-        choices=["accuracy", "macro_f1"],
-        default="accuracy",
-        help="what chooses the best epoch (and --patience watches): accuracy (default) or macro_f1, the mean "
-        "F1 over the classes, which counts a small class as much as a large one",
-    )
-    output = p.add_argument_group("output: where the result goes")
-    output.add_argument(
-        "--name",
-        default=None,
-        help="folder name of the result (default: depression-<adapter config> or depression-full)",
-    )
-    output.add_argument(
-        "--output-dir", default=None, help="where the folder goes (default: adapters/ or models/ for full)"
-    )
-    output.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a trained model already in the output folder, or discard an interrupted run's checkpoint",
-    )
-    resume = p.add_argument_group("resume: an interrupted run")
-    resume.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an interrupted run (same arguments) after its last finished epoch; "
-        "with nothing to resume it starts afresh",
-    )
+    for action in p._actions:  # HfArgumentParser's --no-X of a setting that is on by default: it states no default
+        if action.option_strings[0].startswith("--no_"):
+            action.default, action.help = argparse.SUPPRESS, f"off: {action.help}"
     p.error = lambda message: fail(f"{message} (see python train.py --help)")  # one line, no usage dump
     return p
 
 
 def parse_args(argv=None):
+    """The command line as a namespace of every field above, checked, with the named data set's label map and
+    normalisation, the mode's learning rate and the folder name filled in where not given."""
     args = build_parser().parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or args.max_length < 8:
         fail("--epochs and --batch-size must be at least 1, --max-length at least 8")
@@ -289,29 +159,26 @@ def parse_args(argv=None):
     if isinstance(args.data, list) and len(args.data) == 1:
         args.data = args.data[0]  # one source stays a plain string, as before (training.json, --resume)
     named = data.DATA_SETS.get(args.data) if isinstance(args.data, str) else None
-    args.sources = named["sources"] if named else args.data
-    if named:  # the named data set's label map and normalisation, unless given
+    if named is not None:  # the named data set's label map and normalisation, unless given
         args.label_map = named["label_map"] if args.label_map is None else args.label_map
         args.normalize_text = args.normalize_text or named["normalize_text"]
     try:
-        args.label_mapping = data.parse_label_map(args.label_map)
+        data.parse_label_map(args.label_map)
     except DataError as e:
         fail(str(e))
     args.lr = args.lr or training.LR[args.mode]
     kind = args.adapter_config if args.mode == "adapter" else "full"
     args.name = args.name or (f"depression-original-{kind}" if args.data == "original" else f"depression-{kind}")
-    args.output = Path(args.output_dir or OUTPUT_DIR[args.mode]) / args.name
     return args
 
 
-# Flags that say where the result goes or how to treat a folder already there; every other flag is a setting that
-# a checkpoint must agree on with the command that resumes it.
-NOT_SETTINGS = {"help", "name", "output_dir", "overwrite", "resume"}
+def output_folder(args):
+    return Path(args.output_dir or OUTPUT_DIR[args.mode]) / args.name
 
 
 def resume_keys():
-    """Every setting of the command line (the parser's defaults name each flag's destination) but NOT_SETTINGS."""
-    return [key for key in vars(build_parser().parse_args([])) if key not in NOT_SETTINGS]
+    """Every setting: the fields of SETTINGS (OutputArguments' are not settings)."""
+    return [f.name for settings in SETTINGS for f in fields(settings)]
 
 
 def resume_config(args, num_processes):
@@ -321,9 +188,10 @@ def resume_config(args, num_processes):
 def claim_output(args, num_processes):
     """Under the lock: check the result folder and any interrupted run in <name>.incomplete/; returns whether
     to resume. Without --resume an interrupted run's checkpoint is kept unless --overwrite says to discard it."""
-    saved.recover_swap(args.output)
-    saved.check_output_folder(args.output, args.overwrite)
-    staging = saved.staging_folder(args.output)
+    output = output_folder(args)
+    saved.recover_swap(output)
+    saved.check_output_folder(output, args.overwrite)
+    staging = saved.staging_folder(output)
     checkpoint = staging / "checkpoint"
     saved.recover_swap(checkpoint)
     state_file = checkpoint / "state.json"
@@ -357,7 +225,7 @@ def run(args):
             args.model, args.adapter_config, args.reduction_factor, args.leave_out
         )  # before any work
     accelerator = make_accelerator(args)
-    lock = training.on_main_process(accelerator, saved.lock_folder, args.output)
+    lock = training.on_main_process(accelerator, saved.lock_folder, output_folder(args))
     try:
         return train_and_save(args, accelerator)
     finally:
@@ -367,21 +235,23 @@ def run(args):
 
 def make_accelerator(args, cpu=False):
     """The Accelerator for --mixed-precision (on the CPU where cpu is set, or where several processes run without
-    CUDA), with TF32 allowed for fp32 matrix products where --tf32 applies (args.tf32_used says whether it did)."""
+    CUDA), with TF32 allowed for fp32 matrix products where --tf32 applies (tf32_used)."""
     cpu = cpu or training.use_cpu_processes()
     accelerator = Accelerator(mixed_precision=training.mixed_precision(args.mixed_precision, cpu), cpu=cpu)
-    args.tf32_used = args.tf32 and hardware.tf32_applies(accelerator.device.type)
-    hardware.set_tf32(args.tf32_used)
+    hardware.set_tf32(tf32_used(args, accelerator))
     return accelerator
 
 
+def tf32_used(args, accelerator):
+    return args.tf32 and hardware.tf32_applies(accelerator.device.type)
+
+
 def train_and_save(args, accelerator):
-    """Set up (data, model, optimizer, a checkpoint to resume), fit (the epochs), save (the best epoch, on the main
-    process); returns the model and the per-epoch metrics."""
+    """Set up (data, model, optimizer, a checkpoint to resume), fit (the epochs, over the cached lower layers where
+    they are), save (the best epoch, on the main process); returns the model and the per-epoch metrics."""
     run = set_up(args, accelerator)
-    best, best_state, history = training.fit(run, accelerator, args.epochs, args.metric, args.patience)
-    if run.cached:
-        run.restore_layers()  # the whole model again, for saving and for callers that predict from token ids
+    with run.layers_skipped:  # the whole model again after it, for saving and for callers that predict from token ids
+        best, best_state, history = training.fit(run, accelerator, args.epochs, args.metric, args.patience)
     if accelerator.is_main_process:
         save(args, accelerator, run, best, best_state, history)
     accelerator.wait_for_everyone()
@@ -390,7 +260,7 @@ def train_and_save(args, accelerator):
 
 
 def set_up(args, accelerator):
-    """Everything the epochs need, as a training.Run: the claimed output folder, the data and its loaders (over
+    """Everything the epochs need, as a whole training.Run: the claimed output folder, the data and its loaders (over
     cached lower layers where they are frozen), the model, optimizer and schedule, prepared by accelerate."""
     log, processes = accelerator.print, accelerator.num_processes
     if not accelerator.is_main_process:
@@ -400,8 +270,8 @@ def set_up(args, accelerator):
     set_seed(args.seed)
 
     train_ds, val_ds, label_names, data_info = data.load_splits(
-        args.sources, args.text_column, args.label_column, args.val_size, args.split_seed, args.label_mapping,
-        args.normalize_text, log=log,
+        data.sources(args.data), args.text_column, args.label_column, args.val_size, args.split_seed,
+        data.parse_label_map(args.label_map), args.normalize_text, log=log,
     )  # fmt: skip
     if args.max_train_samples:
         train_ds = train_ds.select(range(min(args.max_train_samples, len(train_ds))))
@@ -415,51 +285,43 @@ def set_up(args, accelerator):
         train_ds, length_expert = data.add_length_prior(train_ds, len(label_names), args.length_expert)
         log(f"length expert (weight {args.length_expert:g}): a length-only model gets "
             f"{length_expert['train_accuracy']:.1%} of the training posts")  # fmt: skip
-    shard = {"num_shards": processes, "shard": accelerator.process_index}
-    pinned = accelerator.device.type == "cuda"  # page-locked batches: the copy to the GPU overlaps its work
-    run = training.Run(
-        processes=processes, resume=resume, staging=saved.staging_folder(args.output),
-        config=resume_config(args, processes), label_names=label_names, data_info=data_info, tokenizer=tokenizer,
-        train_size=len(train_ds), val_size=len(val_ds), val_sources=val_sources, length_expert=length_expert,
-        train_dl=data.train_loader(
-            train_ds, tokenizer, args.batch_size, args.seed, args.group_by_length, **shard, pin_memory=pinned
-        ),
-        val_dl=data.eval_loader(val_ds, tokenizer, args.batch_size * 2, **shard, pin_memory=pinned),
-        weights=training.class_weights(args.class_weights, train_ds["label"], len(label_names)),
-    )  # fmt: skip
     log(
         f"split: {len(train_ds)} train / {len(val_ds)} validation posts (split seed {args.split_seed}), "
         f"max length {args.max_length}"
     )
-    if run.weights is not None:
-        log("class weights: " + ", ".join(f"{n} {w:.3f}" for n, w in zip(run.label_names, run.weights)))
+    weights = training.class_weights(args.class_weights, train_ds["label"], len(label_names))
+    if weights is not None:
+        log("class weights: " + ", ".join(f"{n} {w:.3f}" for n, w in zip(label_names, weights)))
 
-    run.attention = training.attention_for(accelerator)
+    attention = training.attention_for(accelerator)
     model = M.build_model(
-        args.model, args.mode, run.label_names, args.adapter_config, args.reduction_factor, args.leave_out, args.seed,
-        args.attention_dropout, run.attention,
+        args.model, args.mode, label_names, args.adapter_config, args.reduction_factor, args.leave_out, args.seed,
+        args.attention_dropout, attention,
     )  # fmt: skip
-    run.params = M.count_parameters(model)
+    params = M.count_parameters(model)
     log(
         f"model: {args.model}, mode {args.mode}"
         + (f", adapter {args.adapter_config}" if args.mode == "adapter" else "")
     )
-    log(M.format_parameters(run.params))
-    if args.mode == "adapter" and args.cache_frozen:
-        run.cached, cached_train_dl, cached_val_dl, run.cache_seconds = training.cache_frozen_layers(
-            model, tokenizer, train_ds, val_ds, accelerator, shard, args.batch_size, args.seed, args.group_by_length
-        )
-        if run.cached:
-            run.train_dl, run.val_dl = cached_train_dl, cached_val_dl
-            run.restore_layers = M.skip_lower_layers(model, run.cached)
+    log(M.format_parameters(params))
+    shard = {"num_shards": processes, "shard": accelerator.process_index}
+    cache = training.cache_frozen_layers(
+        model, tokenizer, train_ds, val_ds, accelerator, shard, args.batch_size, args.seed, args.group_by_length,
+        enabled=args.mode == "adapter" and args.cache_frozen,
+    )  # fmt: skip
+    pinned = accelerator.device.type == "cuda"  # page-locked batches: the copy to the GPU overlaps its work
+    train_dl = cache.train_dl or data.train_loader(
+        train_ds, tokenizer, args.batch_size, args.seed, args.group_by_length, **shard, pin_memory=pinned
+    )
+    val_dl = cache.val_dl or data.eval_loader(val_ds, tokenizer, args.batch_size * 2, **shard, pin_memory=pinned)
     optimizer = training.build_optimizer(model, args.lr, args.weight_decay)
-    steps = args.epochs * len(run.train_dl)  # this process's steps: the batches are already shared out
-    run.scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * steps), steps)
-    run.model, run.optimizer = accelerator.prepare(model, optimizer)
+    steps = args.epochs * len(train_dl)  # this process's steps: the batches are already shared out
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * steps), steps)
+    tf32 = tf32_used(args, accelerator)
     log(
         f"device: {accelerator.device}, {processes} process(es), mixed precision: {accelerator.mixed_precision}"
-        + (f" (attention: {run.attention})" if run.attention else "")
-        + (", TF32 matmuls (--no-tf32: full fp32)" if args.tf32_used else "")
+        + (f" (attention: {attention})" if attention else "")
+        + (", TF32 matmuls (--no-tf32: full fp32)" if tf32 else "")
         + ", "
         f"global batch {args.batch_size * processes} = {processes} x {args.batch_size}, learning rate {args.lr:g}"
     )
@@ -469,43 +331,50 @@ def set_up(args, accelerator):
             f"launch sets to 1); run python train.py for one process, or torchrun --nproc_per_node N "
             f"(or accelerate launch --multi_gpu --num_processes N) for several"
         )
-    return run
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return training.Run(
+        processes=processes, resume=resume, staging=saved.staging_folder(output_folder(args)),
+        config=resume_config(args, processes), label_names=label_names, data_info=data_info, tokenizer=tokenizer,
+        train_size=len(train_ds), val_size=len(val_ds), val_sources=val_sources, train_dl=train_dl, val_dl=val_dl,
+        model=model, optimizer=optimizer, scheduler=scheduler, weights=weights, params=params,
+        cached=cache.layers, layers_skipped=cache.layers_skipped, cache_seconds=cache.seconds,
+        length_expert=length_expert, attention=attention, tf32=tf32,
+    )  # fmt: skip
 
 
 def save(args, accelerator, run, best, best_state, history):
     """On the main process: the best epoch's weights, metrics.jsonl and training.json into a staging folder, swapped
     in whole for the output folder."""
-    final = accelerator.unwrap_model(run.model)
+    final, output = accelerator.unwrap_model(run.model), output_folder(args)
     training.load_trainable(final, best_state, f"{run.staging}/checkpoint/best.safetensors")
     result = run.staging / "result"
     shutil.rmtree(result, ignore_errors=True)
     saved.save_trained(final, run.tokenizer, result, args.mode)
     training.write_metrics(result / "metrics.jsonl", history)
     saved.write_training_info(result, training_info(args, accelerator, run, best, history))
-    saved.swap_in(result, args.output)
+    saved.swap_in(result, output)
     shutil.rmtree(run.staging)
-    size = sum(f.stat().st_size for f in args.output.iterdir()) / 1e6
+    size = sum(f.stat().st_size for f in output.iterdir()) / 1e6
     accelerator.print(f"best epoch {best['epoch']} (by {args.metric}): {training.format_scores(best, run.label_names)}")
     accelerator.print(
-        f'saved to {args.output}/ ({size:.1f} MB); predict with: python predict.py --adapter {args.output} "some text"'
+        f'saved to {output}/ ({size:.1f} MB); predict with: python predict.py --adapter {output} "some text"'
     )
 
 
 def training_info(args, accelerator, run, best, history):
-    """What training.json records: saved.TRAINING_INFO_SCHEMA's keys (what loading needs), the settings, the data's
-    fingerprints and sizes, the parameter counts, the best epoch and the library versions."""
+    """What training.json records: every setting (resume_keys), then what the run made of them and measured, under
+    the same key where it resolved a setting (data: the files read, class_weights: the weights, length_expert: its
+    model, mixed_precision and tf32: what was used): saved.TRAINING_INFO_SCHEMA's keys (what loading needs), the
+    data's fingerprints and sizes, the parameter counts, the best epoch and the library versions."""
     return {
-        "mode": args.mode, "base_model": args.model, "adapter_name": M.ADAPTER_NAME,
-        "adapter_config": args.adapter_config if args.mode == "adapter" else None,
-        "reduction_factor": args.reduction_factor, "leave_out": args.leave_out, "label_names": run.label_names,
-        "max_length": args.max_length, "label_map": args.label_map, "normalize_text": args.normalize_text,
-        "metric": args.metric, "class_weights": run.weights, "attention_dropout": args.attention_dropout,
+        **{key: getattr(args, key) for key in resume_keys()},
+        "base_model": args.model, "adapter_name": M.ADAPTER_NAME,
+        "adapter_config": args.adapter_config if args.mode == "adapter" else None, "label_names": run.label_names,
+        "class_weights": run.weights,
         "data_set": args.data if isinstance(args.data, str) and args.data in data.DATA_SETS else None,
-        "length_expert": run.length_expert,
-        "seed": args.seed, "split_seed": args.split_seed, "epochs": args.epochs, "epochs_run": len(history),
-        "patience": args.patience, "lr": args.lr, "batch_size": args.batch_size, "num_processes": run.processes,
+        "length_expert": run.length_expert, "epochs_run": len(history), "num_processes": run.processes,
         "global_batch_size": args.batch_size * run.processes, "mixed_precision": accelerator.mixed_precision,
-        "attention": run.attention or "sdpa", "tf32": args.tf32_used,
+        "attention": run.attention or "sdpa", "tf32": run.tf32,
         "device": str(accelerator.device), **run.data_info, "train_size": run.train_size, "val_size": run.val_size,
         "parameters": run.params, "best_epoch": best["epoch"], "best": best, "versions": training.library_versions(),
     }  # fmt: skip
@@ -514,6 +383,7 @@ def training_info(args, accelerator, run, best, history):
 def main(argv=None):
     args = parse_args(argv)
     hf_logging.set_verbosity_error()  # the expected "newly initialized head" notices would drown the summary
+    datasets.disable_progress_bars()  # in-memory steps of about a second: their bars would only be noise
     try:
         run(args)
     except (DataError, ModelError) as e:

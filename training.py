@@ -4,20 +4,22 @@ one epoch, validation, the epochs with their checkpoints and random states (so t
 and the frozen lower layers computed once. train.py holds the command line and the set-up; bench/ times these very
 functions and reads the defaults here.
 
-    run = Run(...)                                    # what train.py's set_up prepares
+    run = Run(...)                                    # what train.py's set_up builds
     best, best_state, history = fit(run, accelerator, epochs=3, metric="accuracy")
     train_step(model, batch, optimizer, scheduler, accelerator)   # one step: forward, backward, clip, AdamW
 """
 
+import contextlib
 import json
 import os
 import platform
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -129,14 +131,15 @@ def build_optimizer(model, lr, weight_decay=WEIGHT_DECAY, fused=True):
     return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, fused=fused)
 
 
-def train_step(model, batch, optimizer, scheduler, accelerator, max_grad_norm=MAX_GRAD_NORM, class_weights=None):
+def train_step(
+    model, batch, optimizer, scheduler, accelerator, max_grad_norm=MAX_GRAD_NORM, class_weights=None, prior=None
+):
     """One optimisation step (forward, backward, clipping, AdamW, schedule: advanced only when the optimizer
     stepped, not on a step that fp16's gradient scaler skipped for overflow); returns the loss, cross-entropy weighted
     per class when class_weights (a tensor, one weight per class) is given, and of the product with the length-only
-    model when the batch holds its log-probabilities (--length-expert). bench/writeup_claims.py and
-    bench/profile_step.py time this very function."""
+    model when its log-probabilities for the batch's posts are given (prior: --length-expert). bench/writeup_claims.py
+    and bench/profile_step.py time this very function."""
     with record_function("forward"):
-        prior = batch.pop(data.PRIOR_COLUMN, None)  # --length-expert: the length-only model's log-probabilities
         if class_weights is None and prior is None:
             loss = model(**batch).loss
         else:
@@ -166,7 +169,10 @@ def train_epoch(model, loader, optimizer, scheduler, accelerator, epoch, epochs,
     bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", disable=not accelerator.is_local_main_process, leave=True)
     for step, batch in enumerate(bar, 1):
         batch = batch.to(device, non_blocking=True)  # from pinned memory on a GPU: the copy overlaps the work
-        loss_sum += train_step(model, batch, optimizer, scheduler, accelerator, class_weights=class_weights)
+        inputs, prior = data.split_prior(batch)
+        loss_sum += train_step(
+            model, inputs, optimizer, scheduler, accelerator, class_weights=class_weights, prior=prior
+        )
         mask = batch["attention_mask"]
         posts, computed, real = posts + len(mask), computed + mask.numel(), real + mask.sum()
         if step % 20 == 0:
@@ -310,16 +316,29 @@ def to_device(batch, device):
     return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
-def cache_frozen_layers(model, tokenizer, train_ds, val_ds, accelerator, shard, batch_size, seed, group_by_length):
-    """Where the lowest layers of an adapter model are frozen: (k, train loader, validation loader, seconds) over
-    their cached output, the model's lowest k layers switched to pass-through (train.py's batches: batch_size,
-    seed, group_by_length); else (0, None, None, 0.0), saying why if it is unsafe. With several processes each
-    caches and trains on its own posts only (LengthGroupedBatches' fixed_shards) and validates its own batches."""
-    k, unsafe = M.frozen_lower_layers(model)
+class Cache(NamedTuple):
+    """What cache_frozen_layers gives: the loaders over the cached states (None where nothing is cached), the
+    model change they need (a context manager: the lowest `layers` layers skipped while inside), the seconds."""
+
+    layers: int = 0
+    train_dl: object = None
+    val_dl: object = None
+    layers_skipped: contextlib.AbstractContextManager = contextlib.nullcontext()
+    seconds: float = 0.0
+
+
+def cache_frozen_layers(
+    model, tokenizer, train_ds, val_ds, accelerator, shard, batch_size, seed, group_by_length, enabled=True
+):
+    """Where the lowest layers of an adapter model are frozen (and `enabled`): their output computed once, as a
+    Cache (train.py's batches: batch_size, seed, group_by_length); else an empty Cache, saying why if it is unsafe.
+    With several processes each caches and trains on its own posts only (LengthGroupedBatches' fixed_shards) and
+    validates its own batches."""
+    k, unsafe = M.frozen_lower_layers(model) if enabled else (0, None)
     if unsafe:
         accelerator.print(f"frozen layers not cached: {unsafe}; every layer runs every epoch")
     if not k:
-        return 0, None, None, 0.0
+        return Cache()
     start = time.perf_counter()
     model.to(accelerator.device)
     train_batches = data.training_batches(
@@ -339,7 +358,7 @@ def cache_frozen_layers(model, tokenizer, train_ds, val_ds, accelerator, shard, 
     priors = train_ds[data.PRIOR_COLUMN] if data.PRIOR_COLUMN in train_ds.column_names else None
     train_dl = data.states_loader(train_states, train_ds["label"], train_batches, priors=priors)
     val_dl = data.states_loader(val_states, val_ds["label"], val_batches)
-    return k, train_dl, val_dl, seconds
+    return Cache(k, train_dl, val_dl, M.lower_layers_skipped(model, k), seconds)
 
 
 def write_metrics(path, history):
@@ -419,10 +438,10 @@ def format_scores(row, label_names):
     return f"{loss}accuracy {row['accuracy']:.4f}, {scores}" + (by_source if "by_source" in row else "")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Run:
-    """One training run's state, as train.py's set-up leaves it for fit(): where it writes, the data and its
-    loaders, the model, optimizer and schedule (prepared by accelerate), what the cache and the class weights are."""
+    """One training run, whole, as train.py's set_up builds it for fit(): where it writes, the data and its loaders,
+    the model, optimizer and schedule (prepared by accelerate), the cache and the class weights."""
 
     processes: int
     resume: bool
@@ -433,16 +452,17 @@ class Run:
     tokenizer: object
     train_size: int
     val_size: int
+    val_sources: list | None
     train_dl: object
     val_dl: object
-    val_sources: list | None
-    model: object = None
-    optimizer: object = None
-    scheduler: object = None
-    weights: list | None = None  # --class-weights
-    params: dict = field(default_factory=dict)  # parameter counts
-    cached: int = 0  # lower layers computed once
-    restore_layers: object = None  # puts the cached layers back
-    cache_seconds: float = 0.0
-    length_expert: dict | None = None  # --length-expert's model
-    attention: str | None = None  # the attention implementation trained with (attention_for)
+    model: object
+    optimizer: object
+    scheduler: object
+    weights: list | None  # --class-weights
+    params: dict  # parameter counts
+    cached: int  # lower layers computed once (Cache.layers)
+    layers_skipped: contextlib.AbstractContextManager  # those layers skipped while inside: fit() runs in it
+    cache_seconds: float
+    length_expert: dict | None  # --length-expert's model
+    attention: str | None  # the attention implementation trained with (attention_for)
+    tf32: bool  # TF32 matmuls used

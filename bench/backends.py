@@ -228,7 +228,7 @@ def main(argv=None):
     import bench.harness as H  # torch and transformers: here, not in the measuring workers
     import data
 
-    _, val_ds, _, _ = H.load_data(args.data or data.DEFAULT_DATA)
+    _, val_ds, _, _ = H.load_data(args.data or data.default_data())
     posts = val_ds.to_pandas()[["text", "label"]]
     if args.quick:
         posts, args.repeats = posts.iloc[:64], 1

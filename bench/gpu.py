@@ -139,15 +139,16 @@ def one_epoch(args, setup, precision, model_name, name, posts=None):
     sync()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    with Utilisation() as utilisation:
-        start = time.perf_counter()
-        loss, seen = training.train_epoch(run.model, run.train_dl, run.optimizer, run.scheduler, accelerator, 1, 1)
-        sync()
-        seconds = time.perf_counter() - start
-    val = training.validate(run.model, run.val_dl, accelerator, run.label_names)
+    with run.layers_skipped:  # over the cached lower layers, where train.py caches them
+        with Utilisation() as utilisation:
+            start = time.perf_counter()
+            loss, seen = training.train_epoch(run.model, run.train_dl, run.optimizer, run.scheduler, accelerator, 1, 1)
+            sync()
+            seconds = time.perf_counter() - start
+        val = training.validate(run.model, run.val_dl, accelerator, run.label_names)
     shutil.rmtree(run.staging, ignore_errors=True)
     row = {
-        "setup": setup, "model": model_name, "precision": accelerator.mixed_precision, "tf32": targs.tf32_used,
+        "setup": setup, "model": model_name, "precision": accelerator.mixed_precision, "tf32": run.tf32,
         "attention": run.attention or "sdpa", "epoch_seconds": seconds, "cache_seconds": run.cache_seconds,
         "posts": seen["posts"], "posts_per_second": seen["posts"] / seconds,
         "tokens_per_second": seen["real_tokens"] / seconds, "train_loss": loss, "accuracy": val["accuracy"],

@@ -294,6 +294,6 @@ def add_common_flags(parser, model=True, data_set=True, out=True, data_help="dat
     if model:
         parser.add_argument("--model", default=M.DEFAULT_MODEL, help="base model (default: the offline MiniLM)")
     if data_set:
-        parser.add_argument("--data", default=data.DEFAULT_DATA, help=data_help)
+        parser.add_argument("--data", default=data.default_data(), help=data_help)
     if out:
         parser.add_argument("--out", default=str(RESULTS), help="folder for the JSON, table and chart")

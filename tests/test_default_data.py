@@ -139,12 +139,13 @@ def test_the_length_expert_is_a_product_of_experts_in_the_training_loss(tiny_ber
     model = M.build_model(tiny_bert, "adapter", data.LABEL_NAMES)
     batch = next(iter(data.train_loader(ds, tokenizer, 16, seed=0)))
     assert batch[data.PRIOR_COLUMN].shape == (16, 2)
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", data.PRIOR_COLUMN)}
+    features = {k: v for k, v in batch.items() if k not in ("labels", data.PRIOR_COLUMN)}
     model.eval()  # no dropout: the same logits twice
-    expected = torch.nn.functional.cross_entropy(model(**inputs).logits + batch[data.PRIOR_COLUMN], batch["labels"])
+    expected = torch.nn.functional.cross_entropy(model(**features).logits + batch[data.PRIOR_COLUMN], batch["labels"])
     accelerator = Accelerator(cpu=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    loss = training.train_step(model, dict(batch), optimizer, None, accelerator)
+    inputs, prior = data.split_prior(batch)
+    loss = training.train_step(model, inputs, optimizer, None, accelerator, prior=prior)
     assert abs(float(loss) - float(expected.detach())) < 1e-5
 
 
