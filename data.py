@@ -366,8 +366,9 @@ PRIOR_COLUMN = "length_log_prior"  # --length-expert: the length-only model's lo
 def add_length_prior(ds, num_classes, weight=1.0):
     """The length-only model of a product of experts (Clark et al. 2019): a logistic regression of the label on the
     log number of tokens each tokenised post keeps, fitted on ds; its log-probabilities of every class, times
-    `weight` (1: the plain product; less: a tempered length expert), go into column PRIOR_COLUMN, which
-    training.train_step adds to the classifier's logits. Returns (ds, the model's figures)."""
+    `weight` (1: the plain product; less: a tempered length expert), go into column PRIOR_COLUMN; each batch's
+    travel beside the model's inputs (split_prior) as train_step's `prior`, added to the classifier's logits.
+    Returns (ds, the model's figures)."""
     from sklearn.linear_model import LogisticRegression
 
     x = np.log([[len(ids)] for ids in ds["input_ids"]])

@@ -9,13 +9,13 @@ file checked, and how it is written safely (one writer at a time, a staging fold
 """
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -315,35 +315,29 @@ def check_output_folder(folder, overwrite):
 
 
 def lock_folder(folder):
-    """An exclusive lock on <folder>.lock (fcntl.flock), held by this process until release_lock(); the kernel
-    drops it when the process dies, so a lock left by a killed run is simply taken over."""
+    """An exclusive lock on <folder>.lock (filelock: flock on Unix), held by this process until release_lock(), with
+    its pid written in the file; the kernel drops it when the process dies, so a lock left by a killed run is simply
+    taken over. The file stays after the run (empty of meaning: removing it could let two runs lock two files)."""
     path = folder.with_name(folder.name + ".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        handle = open(path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            pid = handle.read().strip() or "?"
-            handle.close()
-            raise ModelError(
-                f"another training run (pid {pid}) is writing {folder}; wait for it to end, or pick another --name"
-            ) from None
-        if path.exists() and os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
-            break
-        handle.close()  # the run before us removed the file after we opened it: lock the new one
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
+    lock = FileLock(path, timeout=0, on_acquired=write_pid)
+    try:
+        lock.acquire()
+    except Timeout:
+        pid = path.read_text().strip() or "?"
+        raise ModelError(
+            f"another training run (pid {pid}) is writing {folder}; wait for it to end, or pick another --name"
+        ) from None
+    return lock
 
 
-def release_lock(handle):
-    """Remove the lock file while still holding the lock, then let it go."""
-    Path(handle.name).unlink(missing_ok=True)
-    handle.close()
+def write_pid(fd):
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+
+def release_lock(lock):
+    lock.release()
 
 
 def swap_in(new, target):

@@ -13,7 +13,7 @@ precision where the hardware has it, and joins the processes that torchrun or ac
 GPUs, gloo on CPUs). Next to the weights go metrics.jsonl (one line per epoch) and training.json (everything
 predict.py needs to rebuild the model, and what the run measured).
 
-A run holds <name>.lock while it works and writes into <name>.incomplete/, where it keeps a checkpoint of the last
+A run holds <name>.lock (filelock) while it works and writes into <name>.incomplete/, where it keeps a checkpoint of the last
 finished epoch (--resume continues from it); the result replaces <name>/ only when it is whole.
 """
 

@@ -113,7 +113,7 @@ def test_a_missing_or_bad_data_file_gets_one_line_and_exit_2(tiny_bert, tmp_path
 
 @pytest.mark.slow
 def test_a_depression_data_variable_naming_a_missing_file_gets_one_line(tiny_bert, tmp_path):
-    """DEPRESSION_DATA is read when data.py is imported: a new process, as a user sets it."""
+    """DEPRESSION_DATA is read when the command runs: a new process, as a user sets it."""
     common = ["--model", tiny_bert, "--output-dir", tmp_path, "--epochs", "1"]
     proc = run_cli("train.py", *common, env={"DEPRESSION_DATA": str(tmp_path / "gone.csv")}, check=False)
     assert_clean_failure(proc, "gone.csv", "not found")

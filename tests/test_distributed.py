@@ -88,7 +88,7 @@ def two_process_adapter(tiny_bert, posts_400, tmp_path_factory):
 def test_torchrun_trains_as_one_group_and_writes_one_folder(two_process_adapter, posts_400):
     out, proc = two_process_adapter
     assert "2 process(es)" in proc.stdout and "global batch 32 = 2 x 16" in proc.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["depression-pfeiffer"]  # no .incomplete, .lock or .old
+    assert sorted(p.name for p in out.iterdir()) == ["depression-pfeiffer", "depression-pfeiffer.lock"]  # no .old
     folder = out / "depression-pfeiffer"
     info = json.loads((folder / "training.json").read_text())
     assert info["num_processes"] == 2 and info["global_batch_size"] == 32 and info["batch_size"] == 16

@@ -4,7 +4,8 @@ commonly imports, for anything run from the project's root (a script, a notebook
 import sys
 from importlib.metadata import packages_distributions
 
-from conftest import ROOT
+import pytest
+from conftest import ROOT, run_cli
 
 # Packages this ecosystem imports by these names, installed here or not (a user's notebook may import any of them).
 ECOSYSTEM = {
@@ -34,3 +35,22 @@ def test_folders_named_like_packages_stay_namespace_folders():
     Python takes the installed package before a folder of the same name."""
     _, folders = top_level_names()
     assert "adapters" in folders and not (ROOT / "adapters" / "__init__.py").exists()
+
+
+IMPORT_CHECK = """
+import logging, os
+import datasets
+import data, model, training, inference, saved, train
+os.environ["DEPRESSION_DATA"] = "/set/after/import.csv"
+print(datasets.is_progress_bar_enabled(), logging.getLogger("adapters.model_mixin").filters,
+      data.default_data(), data.sources("original"),
+      [name for name in dir(data) if getattr(data, name) == "/set/at/import.csv"])
+"""
+
+
+@pytest.mark.slow
+def test_importing_the_modules_changes_nothing_and_reads_no_environment():
+    """`import data, model, training, inference` (and train) leaves the datasets progress bars on, installs no log
+    filter, and keeps no copy of $DEPRESSION_DATA: the data set is looked up when a command asks for it."""
+    proc = run_cli("-c", IMPORT_CHECK, env={"DEPRESSION_DATA": "/set/at/import.csv"})
+    assert proc.stdout.split("\n")[0] == ("True [] /set/after/import.csv ['/set/after/import.csv'] []"), proc.stdout
