@@ -13,8 +13,8 @@ precision where the hardware has it, and joins the processes that torchrun or ac
 GPUs, gloo on CPUs). Next to the weights go metrics.jsonl (one line per epoch) and training.json (everything
 predict.py needs to rebuild the model, and what the run measured).
 
-A run holds <name>.lock (filelock) while it works and writes into <name>.incomplete/, where it keeps a checkpoint of the last
-finished epoch (--resume continues from it); the result replaces <name>/ only when it is whole.
+A run holds <name>.lock (filelock) while it works and writes into <name>.incomplete/, where it keeps a checkpoint
+of the last finished epoch (--resume continues from it); the result replaces <name>/ only when it is whole.
 """
 
 import argparse
@@ -269,26 +269,8 @@ def set_up(args, accelerator):
     resume = broadcast_object_list([resume])[0] if processes > 1 else resume
     set_seed(args.seed)
 
-    train_ds, val_ds, label_names, data_info = data.load_splits(
-        data.sources(args.data), args.text_column, args.label_column, args.val_size, args.split_seed,
-        data.parse_label_map(args.label_map), args.normalize_text, log=log,
-    )  # fmt: skip
-    if args.max_train_samples:
-        train_ds = train_ds.select(range(min(args.max_train_samples, len(train_ds))))
-    if args.max_eval_samples:
-        val_ds = val_ds.select(range(min(args.max_eval_samples, len(val_ds))))
-    val_sources = val_ds["source"] if "source" in val_ds.column_names else None
     tokenizer = M.load_tokenizer(args.model)
-    train_ds, val_ds = (data.tokenize(ds, tokenizer, args.max_length) for ds in (train_ds, val_ds))
-    length_expert = None
-    if args.length_expert is not None:
-        train_ds, length_expert = data.add_length_prior(train_ds, len(label_names), args.length_expert)
-        log(f"length expert (weight {args.length_expert:g}): a length-only model gets "
-            f"{length_expert['train_accuracy']:.1%} of the training posts")  # fmt: skip
-    log(
-        f"split: {len(train_ds)} train / {len(val_ds)} validation posts (split seed {args.split_seed}), "
-        f"max length {args.max_length}"
-    )
+    train_ds, val_ds, label_names, data_info, val_sources, length_expert = load_data(args, tokenizer, log)
     weights = training.class_weights(args.class_weights, train_ds["label"], len(label_names))
     if weights is not None:
         log("class weights: " + ", ".join(f"{n} {w:.3f}" for n, w in zip(label_names, weights)))
@@ -340,6 +322,32 @@ def set_up(args, accelerator):
         cached=cache.layers, layers_skipped=cache.layers_skipped, cache_seconds=cache.seconds,
         length_expert=length_expert, attention=attention, tf32=tf32,
     )  # fmt: skip
+
+
+def load_data(args, tokenizer, log):
+    """--data read, cleaned, split, cut to --max-train-samples / --max-eval-samples and tokenised, the length-only
+    model's prior added where --length-expert asks: (train, validation, label names, data info, each validation
+    post's source or None, the length expert's figures or None)."""
+    train_ds, val_ds, label_names, data_info = data.load_splits(
+        data.sources(args.data), args.text_column, args.label_column, args.val_size, args.split_seed,
+        data.parse_label_map(args.label_map), args.normalize_text, log=log,
+    )  # fmt: skip
+    if args.max_train_samples:
+        train_ds = train_ds.select(range(min(args.max_train_samples, len(train_ds))))
+    if args.max_eval_samples:
+        val_ds = val_ds.select(range(min(args.max_eval_samples, len(val_ds))))
+    val_sources = val_ds["source"] if "source" in val_ds.column_names else None
+    train_ds, val_ds = (data.tokenize(ds, tokenizer, args.max_length) for ds in (train_ds, val_ds))
+    length_expert = None
+    if args.length_expert is not None:
+        train_ds, length_expert = data.add_length_prior(train_ds, len(label_names), args.length_expert)
+        log(f"length expert (weight {args.length_expert:g}): a length-only model gets "
+            f"{length_expert['train_accuracy']:.1%} of the training posts")  # fmt: skip
+    log(
+        f"split: {len(train_ds)} train / {len(val_ds)} validation posts (split seed {args.split_seed}), "
+        f"max length {args.max_length}"
+    )
+    return train_ds, val_ds, label_names, data_info, val_sources, length_expert
 
 
 def save(args, accelerator, run, best, best_state, history):

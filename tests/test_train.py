@@ -210,14 +210,15 @@ def saved_before(tiny_bert, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_folder_saved_before_loads_predicts_and_resumes_the_same(saved_before):
+def test_a_folder_saved_before_loads_predicts_and_resumes_the_same(saved_before, monkeypatch):
     """Flags, training.json and checkpoints stay compatible: the old finished folder predicts what it predicted,
     and the old interrupted run resumes with the same command to the finished run's weights and metrics."""
+    monkeypatch.chdir(saved_before)  # the folders name their base model and data by relative paths
     expected = json.loads((saved_before / "expected.json").read_text())
     texts = expected["texts"]
-    predicted = run_cli(
-        ROOT / "predict.py", "--adapter", "adapters/depression-pfeiffer", "--backend", "torch", "--precision", "fp32",
-        "--json", *texts, cwd=saved_before,
+    predicted = run_main(
+        "predict.py", "--adapter", "adapters/depression-pfeiffer", "--backend", "torch", "--precision", "fp32",
+        "--json", *texts,
     )  # fmt: skip
     for line, probabilities in zip(predicted.stdout.splitlines(), expected["probabilities"], strict=True):
         got = json.loads(line)["probabilities"]
