@@ -18,6 +18,7 @@ of the last finished epoch (--resume continues from it); the result replaces <na
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -313,13 +314,15 @@ def set_up(args, accelerator):
             f"launch sets to 1); run python train.py for one process, or torchrun --nproc_per_node N "
             f"(or accelerate launch --multi_gpu --num_processes N) for several"
         )
+    layers_skipped = contextlib.ExitStack()  # the lowest layers skipped from now until it is left (train_and_save)
+    layers_skipped.enter_context(cache.layers_skipped)  # before accelerate wraps the model: DDP keeps what it saw
     model, optimizer = accelerator.prepare(model, optimizer)
     return training.Run(
         processes=processes, resume=resume, staging=saved.staging_folder(output_folder(args)),
         config=resume_config(args, processes), label_names=label_names, data_info=data_info, tokenizer=tokenizer,
         train_size=len(train_ds), val_size=len(val_ds), val_sources=val_sources, train_dl=train_dl, val_dl=val_dl,
         model=model, optimizer=optimizer, scheduler=scheduler, weights=weights, params=params,
-        cached=cache.layers, layers_skipped=cache.layers_skipped, cache_seconds=cache.seconds,
+        cached=cache.layers, layers_skipped=layers_skipped, cache_seconds=cache.seconds,
         length_expert=length_expert, attention=attention, tf32=tf32,
     )  # fmt: skip
 

@@ -463,7 +463,7 @@ class Run:
     weights: list | None  # --class-weights
     params: dict  # parameter counts
     cached: int  # lower layers computed once (Cache.layers)
-    layers_skipped: contextlib.AbstractContextManager  # those layers skipped while inside: fit() runs in it
+    layers_skipped: contextlib.ExitStack  # those layers skipped since set_up, put back when it is left
     cache_seconds: float
     length_expert: dict | None  # --length-expert's model
     attention: str | None  # the attention implementation trained with (attention_for)

@@ -139,7 +139,7 @@ def one_epoch(args, setup, precision, model_name, name, posts=None):
     sync()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    with run.layers_skipped:  # over the cached lower layers, where train.py caches them
+    with run.layers_skipped:  # the cached lower layers skipped until the epoch is done, where train.py caches them
         with Utilisation() as utilisation:
             start = time.perf_counter()
             loss, seen = training.train_epoch(run.model, run.train_dl, run.optimizer, run.scheduler, accelerator, 1, 1)
