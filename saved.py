@@ -317,7 +317,7 @@ def check_output_folder(folder, overwrite):
 def lock_folder(folder):
     """An exclusive lock on <folder>.lock (filelock: flock on Unix), held by this process until release_lock(), with
     its pid written in the file; the kernel drops it when the process dies, so a lock left by a killed run is simply
-    taken over. The file stays after the run (empty of meaning: removing it could let two runs lock two files)."""
+    taken over. The file stays after the run, unlocked (removing it could let two runs lock two different files)."""
     path = folder.with_name(folder.name + ".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(path, timeout=0, on_acquired=write_pid)
