@@ -278,9 +278,16 @@ def set_up(args, accelerator):
 
     attention = training.attention_for(accelerator)
     model = M.build_model(
-        args.model, args.mode, label_names, args.adapter_config, args.reduction_factor, args.leave_out, args.seed,
-        args.attention_dropout, attention,
-    )  # fmt: skip
+        args.model,
+        args.mode,
+        label_names,
+        adapter_config_name=args.adapter_config,
+        reduction_factor=args.reduction_factor,
+        leave_out=args.leave_out,
+        seed=args.seed,
+        attention_dropout=args.attention_dropout,
+        attention=attention,
+    )
     params = M.count_parameters(model)
     log(
         f"model: {args.model}, mode {args.mode}"
@@ -289,9 +296,17 @@ def set_up(args, accelerator):
     log(M.format_parameters(params))
     shard = {"num_shards": processes, "shard": accelerator.process_index}
     cache = training.cache_frozen_layers(
-        model, tokenizer, train_ds, val_ds, accelerator, shard, args.batch_size, args.seed, args.group_by_length,
+        model,
+        tokenizer,
+        train_ds,
+        val_ds,
+        accelerator,
+        shard,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        group_by_length=args.group_by_length,
         enabled=args.mode == "adapter" and args.cache_frozen,
-    )  # fmt: skip
+    )
     pinned = accelerator.device.type == "cuda"  # page-locked batches: the copy to the GPU overlaps its work
     train_dl = cache.train_dl or data.train_loader(
         train_ds, tokenizer, args.batch_size, args.seed, args.group_by_length, **shard, pin_memory=pinned
@@ -332,9 +347,15 @@ def load_data(args, tokenizer, log):
     model's prior added where --length-expert asks: (train, validation, label names, data info, each validation
     post's source or None, the length expert's figures or None)."""
     train_ds, val_ds, label_names, data_info = data.load_splits(
-        data.sources(args.data), args.text_column, args.label_column, args.val_size, args.split_seed,
-        data.parse_label_map(args.label_map), args.normalize_text, log=log,
-    )  # fmt: skip
+        data.sources(args.data),
+        text_column=args.text_column,
+        label_column=args.label_column,
+        val_size=args.val_size,
+        seed=args.split_seed,
+        label_map=data.parse_label_map(args.label_map),
+        normalize=args.normalize_text,
+        log=log,
+    )
     if args.max_train_samples:
         train_ds = train_ds.select(range(min(args.max_train_samples, len(train_ds))))
     if args.max_eval_samples:
