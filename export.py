@@ -43,13 +43,18 @@ FP32_TOLERANCE = 1e-4  # largest difference from torch's probabilities that the 
 INT8_AGREEMENT = 0.995  # least share of posts on which the int8 export must give fp32's label
 FP32_MATMULS = ("adapter_down", "adapter_up")  # MatMuls whose names hold these stay fp32 in the int8 export
 OPSET = 17
-# Known, checked notices that would bury export.py's own lines: the TorchScript exporter's deprecation, the tracer's
-# note that the adapters library's batch-size comparisons become constants (they compare two sizes of the same
-# batch; the export is checked on real posts in batches of 64 and of the remainder), and the quantizer's suggestion
-# to pre-process the graph.
-warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
-warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-logging.getLogger().setLevel(logging.ERROR)
+
+
+def quiet_known_notices():
+    """Hide the known, checked notices that would bury export.py's own lines: the TorchScript exporter's
+    deprecation, the tracer's note that the adapters library's batch-size comparisons become constants (they compare
+    two sizes of the same batch; the export is checked on real posts in batches of 64 and of the remainder), the
+    quantizer's suggestion to pre-process the graph, and transformers' notices. For a command's main: it changes
+    the process's warnings and logging."""
+    warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+    logging.getLogger().setLevel(logging.ERROR)
+    hf_logging.set_verbosity_error()
 
 
 def build_parser():
@@ -223,7 +228,7 @@ def batch_failure(checks):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    hf_logging.set_verbosity_error()
+    quiet_known_notices()
     folder = Path(args.adapter)
     try:
         info = check_exportable(folder, args.overwrite)

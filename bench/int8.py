@@ -227,6 +227,7 @@ def draw(result):
 
 def main(argv=None):
     args = parse_args(argv)
+    export.quiet_known_notices()  # the quantizer's notices, as export.py hides them
     folder = Path(args.adapter)
     info = json.loads((folder / "training.json").read_text())
     export_info = inference.read_export_info(folder)

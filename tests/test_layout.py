@@ -40,9 +40,10 @@ def test_folders_named_like_packages_stay_namespace_folders():
 IMPORT_CHECK = """
 import logging, os
 import datasets
-import data, model, training, inference, saved, train
+import data, model, training, inference, saved, train, export
 os.environ["DEPRESSION_DATA"] = "/set/after/import.csv"
 print(datasets.is_progress_bar_enabled(), logging.getLogger("adapters.model_mixin").filters,
+      logging.getLevelName(logging.getLogger().level),
       data.default_data(), data.sources("original"),
       [name for name in dir(data) if getattr(data, name) == "/set/at/import.csv"])
 """
@@ -50,7 +51,10 @@ print(datasets.is_progress_bar_enabled(), logging.getLogger("adapters.model_mixi
 
 @pytest.mark.slow
 def test_importing_the_modules_changes_nothing_and_reads_no_environment():
-    """`import data, model, training, inference` (and train) leaves the datasets progress bars on, installs no log
-    filter, and keeps no copy of $DEPRESSION_DATA: the data set is looked up when a command asks for it."""
+    """`import data, model, training, inference` (and train, export) leaves the datasets progress bars on, installs
+    no log filter, leaves the root logger's level, and keeps no copy of $DEPRESSION_DATA: the data set is looked up
+    when a command asks for it."""
     proc = run_cli("-c", IMPORT_CHECK, env={"DEPRESSION_DATA": "/set/at/import.csv"})
-    assert proc.stdout.split("\n")[0] == ("True [] /set/after/import.csv ['/set/after/import.csv'] []"), proc.stdout
+    assert proc.stdout.split("\n")[0] == ("True [] WARNING /set/after/import.csv ['/set/after/import.csv'] []"), (
+        proc.stdout
+    )
