@@ -34,12 +34,12 @@ import posts
 import saved
 from bench.harness import (
     COMPARED_SETUPS,
-    REDDIT_DATA,
     REDDIT_GROUPS,
     REDDIT_PAIRS,
     add_common_flags,
     command_line,
     device_name,
+    reddit_data,
     reddit_posts,
     results_stem,
     train_setup,
@@ -64,8 +64,8 @@ def parse_args(argv=None):
     add_common_flags(p, data_help="training data set, as for train.py")
     p.add_argument(
         "--reddit",
-        default=REDDIT_DATA,
-        help=f"the Reddit posts with a group column 'label' (default: {REDDIT_DATA}; $REDDIT_DATA)",
+        default=reddit_data(),
+        help=f"the Reddit posts with a group column 'label' (default: {reddit_data()}; $REDDIT_DATA)",
     )
     p.add_argument("--runs", default=None, help="folder that keeps the trained runs (default: a temporary one)")
     p.add_argument(

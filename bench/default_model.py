@@ -69,7 +69,7 @@ def parse_args(argv=None):
     p.add_argument("--modes", nargs="+", default=["pfeiffer", "full"], choices=list(MODES), help="adapter or full")
     p.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44], help="training seeds (split seed 42)")
     H.add_common_flags(p, data_set=False)
-    p.add_argument("--pirina", default=H.REDDIT_DATA, help="the Pirina posts (evaluation only)")
+    p.add_argument("--pirina", default=H.reddit_data(), help="the Pirina posts (evaluation only)")
     p.add_argument(
         "--mixed-precision",
         default="no",

@@ -51,9 +51,15 @@ TRAIN_SETUPS = {
     "lora": ["--mode", "adapter", "--adapter-config", "lora"],
     "ia3": ["--mode", "adapter", "--adapter-config", "ia3"],
 }
+
+
 # Reddit and forum posts of Pirina & Coltekin (2018) in 7 groups (../shared/data/README.md): evaluation beyond the
 # training data. Positive groups first; the AUC pairs set depressed posts against posts of the other groups.
-REDDIT_DATA = os.environ.get("REDDIT_DATA", str(ROOT.parent / "shared" / "data" / "pirina-2018-train.csv"))
+def reddit_data():
+    """The Pirina Reddit posts (evaluation only): $REDDIT_DATA where set, else ../shared/data's copy."""
+    return os.environ.get("REDDIT_DATA", str(ROOT.parent / "shared" / "data" / "pirina-2018-train.csv"))
+
+
 REDDIT_GROUPS = ["ds", "dsf", "do", "bc", "ff", "ndf", "nd"]
 REDDIT_MAP = ["1=ds,dsf,do", "0=bc,ff,ndf,nd"]
 REDDIT_PAIRS = ["ds:bc", "ds:ff", "ds:nd", "do:nd"]

@@ -22,10 +22,10 @@ import inference
 import metrics
 import report
 from bench.harness import (
-    REDDIT_DATA,
     add_common_flags,
     command_line,
     device_name,
+    reddit_data,
     results_stem,
     run_train,
     write_results,
@@ -39,7 +39,7 @@ def parse_args(argv=None):
     )
     p.add_argument("--quick", action="store_true", help="1 epoch")
     add_common_flags(p, data_set=False)
-    p.add_argument("--reddit", default=REDDIT_DATA, help=f"the Reddit posts (default: {REDDIT_DATA})")
+    p.add_argument("--reddit", default=reddit_data(), help=f"the Reddit posts (default: {reddit_data()})")
     p.add_argument("--mode", choices=["adapter", "full"], default="adapter", help="train.py --mode (default: adapter)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: 5, quick 1)")
     args = p.parse_args(argv)

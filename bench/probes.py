@@ -33,13 +33,13 @@ import metrics
 import posts
 from bench.harness import (
     COMPARED_SETUPS,
-    REDDIT_DATA,
     REDDIT_GROUPS,
     REDDIT_PAIRS,
     SEED,
     add_common_flags,
     command_line,
     device_name,
+    reddit_data,
     reddit_posts,
     results_stem,
     train_setup,
@@ -58,7 +58,7 @@ def parse_args(argv=None):
     )
     p.add_argument("--quick", action="store_true", help="200 training posts, 1 epoch, seed 1, pfeiffer only")
     add_common_flags(p, data_help="training data set, as for train.py")
-    p.add_argument("--reddit", default=REDDIT_DATA, help=f"the Reddit posts (default: {REDDIT_DATA})")
+    p.add_argument("--reddit", default=reddit_data(), help=f"the Reddit posts (default: {reddit_data()})")
     p.add_argument("--runs", default=None, help="folder of bench/crossdomain.py's runs (default: a temporary one)")
     p.add_argument(
         "--setups", nargs="+", choices=SETUPS, default=None, help="models (default: all five; quick pfeiffer)"

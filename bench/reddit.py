@@ -34,13 +34,13 @@ import inference
 import metrics
 import posts
 from bench.harness import (
-    REDDIT_DATA,
     REDDIT_GROUPS,
     REDDIT_MAP,
     SEED,
     add_common_flags,
     command_line,
     device_name,
+    reddit_data,
     reddit_posts,
     results_stem,
     run_train,
@@ -76,7 +76,7 @@ def parse_args(argv=None):
     )
     p.add_argument("--quick", action="store_true", help="seed 1, 1 epoch, 200 training posts, three training sets")
     add_common_flags(p, data_help="the depression data set, as for train.py")
-    p.add_argument("--reddit", default=REDDIT_DATA, help=f"the Reddit posts (default: {REDDIT_DATA})")
+    p.add_argument("--reddit", default=reddit_data(), help=f"the Reddit posts (default: {reddit_data()})")
     p.add_argument("--runs", default=None, help="folder that keeps the split files and the runs (default: temporary)")
     p.add_argument(
         "--sets",
