@@ -59,9 +59,9 @@ def build_parser():
     p.add_argument(
         "--batching",
         action=argparse.BooleanOptionalAction,
-        default=None,
-        help="micro-batching of concurrent requests into one model call; --no-batching: one request per call "
-        "(default: on; every backend gives each post its own answer, whatever shares its batch: docs/serve.md)",
+        default=True,
+        help="micro-batching of concurrent requests into one model call (every backend gives each post its own "
+        "answer, whatever shares its batch: docs/serve.md); --no-batching: one request per call",
     )
     p.add_argument(
         "--max-queue",
@@ -124,13 +124,12 @@ def backend_for(args):
     return inference.fastest_backend(args.adapter[0]) if args.backend == "auto" else args.backend
 
 
-def limits_for(args, backend):
-    """The server's limits from the flags; batching unless --no-batching says otherwise (a post's answer does not
+def limits_for(args):
+    """The server's limits from the flags; batching on every backend unless --no-batching (a post's answer does not
     depend on the others in its batch on any backend: inference.BATCH_TOLERANCE)."""
-    batching = True if args.batching is None else args.batching
     return server.Limits(
         max_texts=args.max_texts, max_chars=args.max_chars, max_queue=args.max_queue,
-        max_batch=args.max_batch_size, max_wait_ms=args.max_wait_ms, batching=batching,
+        max_batch=args.max_batch_size, max_wait_ms=args.max_wait_ms, batching=args.batching,
     )  # fmt: skip
 
 
@@ -147,7 +146,7 @@ def check_port(host, port):
 def main(argv=None):
     args = parse_args(argv)
     backend = backend_for(args)
-    limits = limits_for(args, backend)
+    limits = limits_for(args)
     check_port(args.host, args.port)
     if args.ray_replicas:
         try:

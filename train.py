@@ -264,8 +264,6 @@ def set_up(args, accelerator):
     """Everything the epochs need, as a whole training.Run: the claimed output folder, the data and its loaders (over
     cached lower layers where they are frozen), the model, optimizer and schedule, prepared by accelerate."""
     log, processes = accelerator.print, accelerator.num_processes
-    if not accelerator.is_main_process:
-        datasets.disable_progress_bars()  # one process shows the tokenising, as one prints the report
     resume = training.on_main_process(accelerator, claim_output, args, processes)
     resume = broadcast_object_list([resume])[0] if processes > 1 else resume
     set_seed(args.seed)
@@ -394,12 +392,13 @@ def save(args, accelerator, run, best, best_state, history):
 
 
 def training_info(args, accelerator, run, best, history):
-    """What training.json records: every setting (resume_keys), then what the run made of them and measured, under
-    the same key where it resolved a setting (data: the files read, class_weights: the weights, length_expert: its
-    model, mixed_precision and tf32: what was used): saved.TRAINING_INFO_SCHEMA's keys (what loading needs), the
-    data's fingerprints and sizes, the parameter counts, the best epoch and the library versions."""
+    """What training.json records: every setting (the run's resume_config), then what the run made of them and
+    measured, under the same key where it resolved a setting (data: the files read, class_weights: the weights,
+    length_expert: its model, mixed_precision and tf32: what was used): saved.TRAINING_INFO_SCHEMA's keys (what
+    loading needs), the data's fingerprints and sizes, the parameter counts, the best epoch and the library
+    versions."""
     return {
-        **{key: getattr(args, key) for key in resume_keys()},
+        **run.config,  # every setting (resume_config)
         "base_model": args.model, "adapter_name": M.ADAPTER_NAME,
         "adapter_config": args.adapter_config if args.mode == "adapter" else None, "label_names": run.label_names,
         "class_weights": run.weights,

@@ -331,8 +331,8 @@ def test_every_backend_is_served_batched_unless_told_not_to(tmp_path):
     """Batching is on by default on every backend, onnx-int8 included (one post per model call: its answers are the
     posts' own); --no-batching turns it off."""
     folder = str(tmp_path / "any")
-    cases = [([], "torch", True), ([], "onnx", True), ([], "onnx-int8", True), (["--batching"], "onnx-int8", True),
-             (["--no-batching"], "torch", False), (["--no-batching"], "onnx-int8", False)]  # fmt: skip
-    for flags, backend, expected in cases:
+    cases = [([], True), (["--backend", "onnx-int8"], True), (["--batching"], True), (["--no-batching"], False),
+             (["--backend", "onnx-int8", "--no-batching"], False)]  # fmt: skip
+    for flags, expected in cases:
         args = serve.parse_args(["--adapter", folder, *flags])
-        assert serve.limits_for(args, backend).batching is expected, (flags, backend)
+        assert serve.limits_for(args).batching is expected, flags
