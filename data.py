@@ -17,6 +17,7 @@ import math
 import numbers
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,18 @@ LABEL_COLUMNS = ("label", "is_depression", "is_depressive", "subreddit")
 
 # Reddit Mental Health Dataset sample (Low et al. 2020, CC BY 4.0), shipped with the project: corpora/README.md.
 REDDIT_MH = Path(__file__).resolve().parent / "corpora" / "reddit-mental-health-2019.parquet"
-SHIPPED_SHA256 = {REDDIT_MH: "ae76388b6000d1bb5542d5a8e1c43fb85d7fbe67e369405b14acb7b848ff94a2"}
+# Texts where "depression" has another sense (the economy, the weather, a landform, pressing a key) and posts by
+# people who are not, or no longer, depressed, all labelled 0: WordNet 3.0 glosses and sentences written for this
+# project (corpora/README.md; made by corpora/make_other_senses.py). train.py --other-senses trains on them.
+OTHER_SENSES = Path(__file__).resolve().parent / "corpora" / "other-senses.csv"
+OTHER_SENSES_ATTRIBUTION = (
+    "WordNet 3.0 glosses (Princeton University, WordNet 3.0 Copyright 2006 by Princeton University, WordNet "
+    "licence) and sentences written for the project: corpora/README.md"
+)
+SHIPPED_SHA256 = {
+    REDDIT_MH: "ae76388b6000d1bb5542d5a8e1c43fb85d7fbe67e369405b14acb7b848ff94a2",
+    OTHER_SENSES: "741ab47091a75dbb5408b1c300f96aac9a9843d371ebcc5482319cb730db9018",
+}
 DEPRESSED_SUBREDDITS = ("depression", "suicidewatch")
 SUPPORT_SUBREDDITS = (
     "EDAnonymous", "ForeverAlone", "addiction", "adhd", "alcoholism", "anxiety", "autism", "bipolarreddit", "bpd",
@@ -69,12 +81,17 @@ def default_data():
     return os.environ.get("DEPRESSION_DATA", HUB_DATASET)
 
 
-def sources(data):
-    """train.py --data -> what load_splits reads: a named data set's sources (DATA_SETS), else --data itself."""
+def sources(data, other_senses=False):
+    """train.py --data -> what load_splits reads: a named data set's sources (DATA_SETS), else --data itself; with
+    other_senses, the other senses of "depression" (OTHER_SENSES) as one source more."""
     named = DATA_SETS.get(data) if isinstance(data, str) else None
     if named is None:
-        return data
-    return [default_data(), str(REDDIT_MH)] if named["with_reddit"] else [default_data()]
+        read = data
+    else:
+        read = [default_data(), str(REDDIT_MH)] if named["with_reddit"] else [default_data()]
+    if not other_senses:
+        return read
+    return [*([read] if isinstance(read, (str, Path)) else read), str(OTHER_SENSES)]
 
 
 def load_table(source=None):
@@ -358,6 +375,46 @@ def tokenize(ds, tokenizer, max_length):
 
     drop = [c for c in ("text", "source") if c in ds.column_names]
     return ds.map(encode, batched=True, remove_columns=drop, desc="tokenising")
+
+
+SHORT_COPY_WORDS = (8, 32)  # --short-copies: posts longer than the upper bound are also cut to 8-32 words
+# --masked-copies: the words of the label's topic. In the depression data set 46% of label-1 posts and 0.5% of
+# label-0 posts contain one (docs/default-model.md), so the word alone nearly decides the label.
+TOPIC_WORDS = re.compile(r"\w*(?:depress|suicid)\w*", re.IGNORECASE)
+
+
+def short_copies(ds, seed, words=SHORT_COPY_WORDS):
+    """A copy of every post of ds longer than words[1] words, cut to its first k words (k drawn uniformly from
+    words[0]..words[1] per post, seeded), with its label: length-matched augmentation, so that short posts of every
+    class are trained on."""
+    rng = random.Random(seed)
+    low, high = words
+    keep, texts = [], []
+    for i, text in enumerate(ds["text"]):
+        tokens = text.split()
+        if len(tokens) > high:
+            keep.append(i)
+            texts.append(" ".join(tokens[: rng.randint(low, high)]))
+    return replace_texts(ds.select(keep), texts)
+
+
+def masked_copies(ds):
+    """A copy of every post of ds that uses a word of the label's topic (TOPIC_WORDS: depress*, suicid*), with those
+    words removed, whatever its label: the classifier must find the label in the rest of the post. A post of topic
+    words only gets no copy."""
+    keep, texts = [], []
+    for i, text in enumerate(ds["text"]):
+        if TOPIC_WORDS.search(text):
+            masked = " ".join(TOPIC_WORDS.sub(" ", text).split())
+            if masked:
+                keep.append(i)
+                texts.append(masked)
+    return replace_texts(ds.select(keep), texts)
+
+
+def replace_texts(ds, texts):
+    """ds with its texts replaced, every other column and the features kept."""
+    return Dataset.from_dict({**ds.to_dict(), "text": texts}, features=ds.features)
 
 
 PRIOR_COLUMN = "length_log_prior"  # --length-expert: the length-only model's log-probabilities of each class

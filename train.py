@@ -70,6 +70,11 @@ class DataSettings:
         help="train with a length-only model in a product of experts, its log-probabilities times WEIGHT "
         "(alone: 1)", nargs="?", const=1.0, metavar="WEIGHT",
     )  # fmt: skip
+    short_copies: bool = setting(False, "also train on each training post over 32 words cut to its first 8-32 words")
+    masked_copies: bool = setting(False, "also train on each training post that says depress* or suicid*, those "
+                                  "words removed (both labels)")  # fmt: skip
+    other_senses: bool = setting(False, "also train and validate on corpora/other-senses.csv: 'depression' in other "
+                                 "senses, and posts of people not depressed, all labelled 0")  # fmt: skip
     text_column: str | None = setting(help=f"text column (None: the first of {', '.join(posts.TEXT_COLUMNS)})")
     label_column: str | None = setting(help=f"label column (None: the first of {', '.join(LABEL_COLUMNS)})")
     val_size: float = setting(VAL_SIZE, "share of the data held out for validation (the write-up's)")
@@ -110,6 +115,8 @@ class LoopSettings:
     seed: int = setting(42, "seed of the new weights, dropout and the batch order")
     patience: int | None = setting(help="stop after N epochs without a better --metric (None: run every epoch)")
     metric: Literal["accuracy", "macro_f1"] = setting("accuracy", "what chooses the best epoch")
+    calibrate: bool = setting(False, "fit a temperature on the validation posts: probabilities that mean what they "
+                              "say (predict.py, assess.py, serve.py and the ONNX export apply it)")  # fmt: skip
 
 
 @dataclass
@@ -341,11 +348,12 @@ def set_up(args, accelerator):
 
 
 def load_data(args, tokenizer, log):
-    """--data read, cleaned, split, cut to --max-train-samples / --max-eval-samples and tokenised, the length-only
-    model's prior added where --length-expert asks: (train, validation, label names, data info, each validation
-    post's source or None, the length expert's figures or None)."""
+    """--data (and --other-senses) read, cleaned, split, cut to --max-train-samples / --max-eval-samples, the
+    training posts' short and masked copies added where asked, tokenised, the length-only model's prior added where
+    --length-expert asks: (train, validation, label names, data info, each validation post's source or None, the
+    length expert's figures or None)."""
     train_ds, val_ds, label_names, data_info = data.load_splits(
-        data.sources(args.data),
+        data.sources(args.data, args.other_senses),
         text_column=args.text_column,
         label_column=args.label_column,
         val_size=args.val_size,
@@ -358,7 +366,27 @@ def load_data(args, tokenizer, log):
         train_ds = train_ds.select(range(min(args.max_train_samples, len(train_ds))))
     if args.max_eval_samples:
         val_ds = val_ds.select(range(min(args.max_eval_samples, len(val_ds))))
+    if args.other_senses and label_names != data.LABEL_NAMES:
+        raise DataError(
+            f"--other-senses adds posts labelled 0 (not depressive): it needs data labelled 0 and 1, not "
+            f"{', '.join(map(str, label_names))} (map them with --label-map, e.g. 1=ds 0=nd)"
+        )
     val_sources = val_ds["source"] if "source" in val_ds.column_names else None
+    copies = {}
+    if args.short_copies:
+        copies["short_copies"] = data.short_copies(train_ds, args.seed)
+        low, high = data.SHORT_COPY_WORDS
+        log(f"short copies: {len(copies['short_copies'])} of {len(train_ds)} training posts also seen cut to their "
+            f"first {low}-{high} words")  # fmt: skip
+    if args.masked_copies:
+        copies["masked_copies"] = data.masked_copies(train_ds)
+        log(f"masked copies: {len(copies['masked_copies'])} of {len(train_ds)} training posts also seen without "
+            f"the words depress* and suicid*")  # fmt: skip
+    if copies:
+        data_info["copies"] = {name: len(ds) for name, ds in copies.items()}
+        train_ds = datasets.concatenate_datasets([train_ds, *copies.values()])
+    if args.other_senses:
+        data_info["other_senses_attribution"] = data.OTHER_SENSES_ATTRIBUTION
     train_ds, val_ds = (data.tokenize(ds, tokenizer, args.max_length) for ds in (train_ds, val_ds))
     length_expert = None
     if args.length_expert is not None:

@@ -50,6 +50,13 @@ VARIANTS = {
         ["--data", "default", "--length-expert", "0.5"],
         "default + product of experts with length, tempered (weight 0.5)",
     ),
+    "short-copies": (["--data", "default", "--short-copies"], "default + short copies of posts over 32 words"),
+    "masked-copies": (
+        ["--data", "default", "--masked-copies"],
+        "default + copies of posts that say depress*/suicid* without those words",
+    ),
+    "other-senses": (["--data", "default", "--other-senses"], "default + other senses of 'depression' as 0"),
+    "calibrate": (["--data", "default", "--calibrate"], "default + temperature calibration on the validation posts"),
     "max-length-128": (["--data", "default", "--max-length", "128"], "default at max length 128"),
     "5-epochs": (["--data", "default", "--epochs", "5"], "default, 5 epochs instead of 3"),
 }
