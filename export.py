@@ -247,6 +247,7 @@ def main(argv=None):
         "trained_fingerprint": inference.trained_fingerprint(folder),
         "pad_token_id": tokenizer.pad_token_id,
         "opset": OPSET,
+        "temperature": inference.temperature(info),  # train.py --calibrate's, applied by inference.classify
         "check_posts": len(texts),
         "backends": {},
         "versions": {name: version(name) for name in ("torch", "onnx", "onnxruntime", "tokenizers")},

@@ -182,9 +182,11 @@ def classify_shared(shared, texts, batch_size=64, only=None):
         prepared = [normalize_text(t) for t in texts] if info.get("normalize_text") else list(texts)
         shared.model.active_adapters = Parallel(*names) if len(names) > 1 else names[0]
         rows = max(1, batch_size // len(names))  # a Parallel pass replicates the batch: as many rows as one model's
+        temperatures = [temperature(shared.tasks[name].info) for name in names]
         probs = predict_proba(
-            shared.model, shared.tokenizer, prepared, info["max_length"], rows, len(names), shared.precision
-        )
+            shared.model, shared.tokenizer, prepared, info["max_length"], rows, len(names), shared.precision,
+            temperature=temperatures if len(names) > 1 else temperatures[0],
+        )  # fmt: skip
         out.update(zip(names, probs if len(names) > 1 else [probs]))
     return {name: out[name] for name in wanted}
 
@@ -195,11 +197,18 @@ def classify(loaded, texts, batch_size=64, by_length=True):
     texts' order (mixed lengths), as batch_movement checks."""
     if loaded.info.get("normalize_text"):
         texts = [normalize_text(t) for t in texts]
+    t = temperature(loaded.info)
     if isinstance(loaded.model, OnnxModel):
-        return loaded.model.predict_proba(texts, batch_size, by_length)
+        return loaded.model.predict_proba(texts, batch_size, by_length, t)
     return predict_proba(
-        loaded.model, loaded.tokenizer, texts, loaded.info["max_length"], batch_size, 1, loaded.precision, by_length
+        loaded.model, loaded.tokenizer, texts, loaded.info["max_length"], batch_size, 1, loaded.precision, by_length, t
     )
+
+
+def temperature(info):
+    """The temperature that train.py --calibrate fitted on the validation posts (training.json's calibration), by
+    which the logits are divided before the softmax; 1 (the logits as they are) for a folder not calibrated."""
+    return (info.get("calibration") or {}).get("temperature", 1.0)
 
 
 # How far a post's class probabilities may move between classified alone and in a batch of other posts, by what
@@ -236,11 +245,14 @@ def as_numpy(probs):
     return np.asarray(probs if isinstance(probs, np.ndarray) else probs.float().numpy(), dtype=np.float64)
 
 
-def predict_proba(model, tokenizer, texts, max_length, batch_size=64, heads=1, precision="auto", by_length=True):
+def predict_proba(
+    model, tokenizer, texts, max_length, batch_size=64, heads=1, precision="auto", by_length=True, temperature=1.0
+):
     """Class probabilities (n_texts x n_labels, in the order of `texts`): tokenised once, batched by length
     so that little padding is computed (by_length=False: in the texts' order), under autocast where `precision`
-    says so (autocast_dtype), no autograd. heads > 1: the model's active adapters are a Parallel block of that many,
-    and a list of one such tensor per head comes back."""
+    says so (autocast_dtype), no autograd, the softmax of the logits divided by `temperature`. heads > 1: the model's
+    active adapters are a Parallel block of that many, and a list of one such tensor per head comes back
+    (temperature: one per head)."""
     import torch
     from transformers import DataCollatorWithPadding
 
@@ -250,6 +262,7 @@ def predict_proba(model, tokenizer, texts, max_length, batch_size=64, heads=1, p
     pad = DataCollatorWithPadding(tokenizer)  # the same dynamic padding as in training
     dtype = autocast_dtype(device.type, precision)
     order, chunks = [], [[] for _ in range(heads)]
+    temperatures = temperature if heads > 1 else [temperature]
     model.eval()
     # full precision on a CPU: oneDNN's kernels round a one-post batch differently (1.3e-6 on the default adapter);
     # without them a post's answer is the same in any batch within 1e-6, at the same speed (docs/usage.md)
@@ -262,8 +275,8 @@ def predict_proba(model, tokenizer, texts, max_length, batch_size=64, heads=1, p
             inputs = pad([rows[i] for i in batch]).to(device, non_blocking=True)
             output = model(**inputs)
             outputs = output.head_outputs if heads > 1 else [output]
-            for head, out in zip(chunks, outputs):
-                head.append(out.logits.float().softmax(-1))  # stays on the device: no wait per batch
+            for head, out, t in zip(chunks, outputs, temperatures):
+                head.append((out.logits.float() / t).softmax(-1))  # stays on the device: no wait per batch
             order += batch
     if not order:  # no texts: no rows
         return torch.zeros(0, 0) if heads == 1 else [torch.zeros(0, 0)] * heads
@@ -425,9 +438,10 @@ class OnnxModel:
         self.posts_at_once, self.pool_session = posts_at_once, pool_session or session
         self.pool = None  # the threads of posts_at_once, started at the first call that needs them
 
-    def predict_proba(self, texts, batch_size=64, by_length=True):
+    def predict_proba(self, texts, batch_size=64, by_length=True, temperature=1.0):
         """Class probabilities (numpy, n_texts x n_labels, in the order of `texts`), batched by length as on torch
-        (by_length=False: in the texts' order); int8: one post per call, whatever batch_size says."""
+        (by_length=False: in the texts' order), the softmax of the logits divided by `temperature`; int8: one post
+        per call, whatever batch_size says."""
         import numpy as np
 
         ids = [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
@@ -437,6 +451,7 @@ class OnnxModel:
         else:
             batches = sorted_batches([len(i) for i in ids], batch_size, by_length)
         for batch, logits in zip(batches, self.map([[ids[i] for i in batch] for batch in batches])):
+            logits = logits / temperature
             exp = np.exp(logits - logits.max(-1, keepdims=True))
             probs[batch] = exp / exp.sum(-1, keepdims=True)
         return probs

@@ -260,8 +260,14 @@ def train_and_save(args, accelerator):
     run = set_up(args, accelerator)
     with run.layers_skipped:  # the whole model again after it, for saving and for callers that predict from token ids
         best, best_state, history = training.fit(run, accelerator, args.epochs, args.metric, args.patience)
+        calibration = training.calibrate(run, accelerator, best_state) if args.calibrate else None
+    if calibration:
+        accelerator.print(
+            f"calibrated on {calibration['val_posts']} validation posts: temperature {calibration['temperature']:.3f}, "
+            f"expected calibration error {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}"
+        )
     if accelerator.is_main_process:
-        save(args, accelerator, run, best, best_state, history)
+        save(args, accelerator, run, best, best_state, history, calibration)
     accelerator.wait_for_everyone()
     # a plain model, without accelerate's autocast wrapper: it predicts in the caller's precision, as the saved one
     return accelerator.unwrap_model(run.model, keep_fp32_wrapper=False), history
@@ -400,7 +406,7 @@ def load_data(args, tokenizer, log):
     return train_ds, val_ds, label_names, data_info, val_sources, length_expert
 
 
-def save(args, accelerator, run, best, best_state, history):
+def save(args, accelerator, run, best, best_state, history, calibration=None):
     """On the main process: the best epoch's weights, metrics.jsonl and training.json into a staging folder, swapped
     in whole for the output folder."""
     final, output = accelerator.unwrap_model(run.model), output_folder(args)
@@ -409,7 +415,7 @@ def save(args, accelerator, run, best, best_state, history):
     shutil.rmtree(result, ignore_errors=True)
     saved.save_trained(final, run.tokenizer, result, args.mode)
     training.write_metrics(result / "metrics.jsonl", history)
-    saved.write_training_info(result, training_info(args, accelerator, run, best, history))
+    saved.write_training_info(result, training_info(args, accelerator, run, best, history, calibration))
     saved.swap_in(result, output)
     shutil.rmtree(run.staging)
     size = sum(f.stat().st_size for f in output.iterdir()) / 1e6
@@ -419,7 +425,7 @@ def save(args, accelerator, run, best, best_state, history):
     )
 
 
-def training_info(args, accelerator, run, best, history):
+def training_info(args, accelerator, run, best, history, calibration=None):
     """What training.json records: every setting (the run's resume_config), then what the run made of them and
     measured, under the same key where it resolved a setting (data: the files read, class_weights: the weights,
     length_expert: its model, mixed_precision and tf32: what was used): saved.TRAINING_INFO_SCHEMA's keys (what
@@ -435,7 +441,8 @@ def training_info(args, accelerator, run, best, history):
         "global_batch_size": args.batch_size * run.processes, "mixed_precision": accelerator.mixed_precision,
         "attention": run.attention or "sdpa", "tf32": run.tf32,
         "device": str(accelerator.device), **run.data_info, "train_size": run.train_size, "val_size": run.val_size,
-        "parameters": run.params, "best_epoch": best["epoch"], "best": best, "versions": training.library_versions(),
+        "parameters": run.params, "best_epoch": best["epoch"], "best": best, "calibration": calibration,
+        "versions": training.library_versions(),
     }  # fmt: skip
 
 

@@ -96,11 +96,61 @@ def validate(model, loader, accelerator, label_names, sources=None):
         **metrics.label_metrics(list(preds), list(labels), label_names),
         "val_examples": len(rows),
     }
+    if len(label_names) == 2:  # expected calibration error, from P(class 1)
+        p = np.asarray(positive)
+        result["ece"] = metrics.expected_calibration_error(np.stack([1 - p, p], 1), np.asarray(labels))
     if sources is not None:
         result["by_source"] = metrics.source_metrics(
             preds, labels, positive if len(label_names) == 2 else None, [sources[i] for i in indices], label_names
         )
     return result
+
+
+def validation_logits(model, loader, accelerator):
+    """Every validation post's logits (n x classes, float32) and label, in validation order, from every process."""
+    model = accelerator.unwrap_model(model)
+    model.eval()
+    rows = []
+    with torch.inference_mode(), accelerator.autocast():
+        for batch in loader:
+            batch = batch.to(accelerator.device, non_blocking=True)
+            rows += zip(model(**batch).logits.float().cpu().tolist(), batch["labels"].cpu().tolist())
+    indices = [i for batch in loader.batch_sampler for i in batch]
+    rows = sorted(accelerator.gather_for_metrics(list(zip(indices, rows)), use_gather_object=True))
+    return torch.tensor([logits for _, (logits, _) in rows]), torch.tensor([label for _, (_, label) in rows])
+
+
+def fit_temperature(logits, labels):
+    """Temperature scaling (Guo et al. 2017): the T > 0 that minimises the cross-entropy of softmax(logits / T)
+    against the labels (L-BFGS on log T). One number: the predicted class never changes, only how sure it is."""
+    log_t = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def loss():
+        optimizer.zero_grad()
+        value = torch.nn.functional.cross_entropy(logits / log_t.exp(), labels)
+        value.backward()
+        return value
+
+    optimizer.step(loss)
+    return float(log_t.detach().exp())
+
+
+def calibrate(run, accelerator, best_state):
+    """train.py --calibrate: the best epoch's temperature on the validation posts (fit_temperature), with the
+    expected calibration error and the validation loss before and after it."""
+    load_trainable(accelerator.unwrap_model(run.model), best_state, "the best epoch")
+    logits, labels = validation_logits(run.model, run.val_dl, accelerator)
+    t = fit_temperature(logits, labels)
+    before, after = logits.softmax(-1), (logits / t).softmax(-1)
+    return {
+        "temperature": t,
+        "val_posts": len(labels),
+        "ece_before": metrics.expected_calibration_error(before.numpy(), labels.numpy()),
+        "ece_after": metrics.expected_calibration_error(after.numpy(), labels.numpy()),
+        "val_loss_before": float(torch.nn.functional.cross_entropy(logits, labels)),
+        "val_loss_after": float(torch.nn.functional.cross_entropy(logits / t, labels)),
+    }
 
 
 def class_weights(choice, labels, num_classes):

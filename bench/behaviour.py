@@ -1,19 +1,21 @@
 """
 Behaviour tests of trained depression classifiers, in the CheckList manner (Ribeiro et al. 2020): hand-written posts
-in bench/behaviour_cases.json, each test with its expectation, and the share of cases each model passes.
+in bench/behaviour_cases.json, each test with its expectation, and the share of cases each model passes, on the
+suite's tune part (for choosing between models) and its test part (scored once, on the model chosen).
 
     python -m bench.behaviour --adapter adapters/depression-pfeiffer
     python -m bench.behaviour --adapter adapters/depression-pfeiffer adapters/depression-original-pfeiffer \\
         --backend onnx-int8 --name behaviour-int8
 
 The tests (a post is flagged when P(depressive) >= 0.5):
-  a  short first-person depressive statements: flagged
+  a  short first-person depressive statements (sadness, exhaustion, worthlessness, numbness, hopelessness): flagged
   b  short everyday posts, questions and good news: not flagged
-  c  "depression" in other senses (the Great Depression, a tropical depression, a pedal) and negations ("i'm not
-     depressed, just tired"): not flagged
+  c  "depression" in other senses (the Great Depression, a tropical depression, a pedal) and negations and
+     recoveries ("i'm not depressed, just tired"): not flagged
   d  invariance: a base post with a neutral paragraph or a URL appended, in upper or lower case, without
      punctuation or with exclamation marks: the label must not flip
   e  direction: a neutral post with one depressive sentence added: P(depressive) must rise
+  f  longer depressive posts that never say depress* or suicid*: flagged
 Writes bench/results/<name>-<machine>.{json,md,png}. Two-class models only (class 1 is "depressive").
 """
 
@@ -34,9 +36,9 @@ TESTS = {
     "c": ("c_other_senses", "other senses of 'depression' and negations not flagged"),
     "d": ("d_invariance", "label unchanged by neutral edits"),
     "e": ("e_direction", "a depressive sentence raises P(depressive)"),
+    "f": ("f_without_the_word", "depressive posts without the word flagged"),
 }
-# The issue's goals: (a) at least 90% flagged, (b) and (c) at most 10% flagged, (d) at most 5% flips.
-GOALS = {"a": 0.90, "b": 0.90, "c": 0.90, "d": 0.95}
+PARTS = ("tune", "test")  # the suite's fixed parts (the cases file says how they were drawn)
 
 
 def build_parser():
@@ -44,6 +46,10 @@ def build_parser():
     p.add_argument("--adapter", nargs="+", required=True, metavar="FOLDER", help="folders written by train.py")
     p.add_argument("--cases", default=str(CASES), help=f"the cases file (default: {CASES.relative_to(H.ROOT)})")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"], help="what computes the model")
+    p.add_argument(
+        "--parts", nargs="+", default=list(PARTS), choices=PARTS,
+        help="the suite's parts to score: tune (for choosing between models), test (once, on the model chosen)",
+    )  # fmt: skip
     H.add_common_flags(p, model=False, data_set=False)
     p.add_argument("--name", default="behaviour", help="results file name (default: behaviour)")
     return p
@@ -67,30 +73,26 @@ def perturb(text, kind, index, cases):
     raise ValueError(f"unknown perturbation {kind!r}")
 
 
-def expand(cases):
-    """The cases file -> {test: list of cases}: a-c one text each ({"text", "expect_flagged"}), d a base and its
-    perturbation ({"text", "variant", "perturbation"}), e a neutral post and it with a depressive sentence added."""
-    out = {
-        "a": [{"text": t, "expect_flagged": True} for t in cases[TESTS["a"][0]]],
-        "b": [{"text": t, "expect_flagged": False} for t in cases[TESTS["b"][0]]],
-        "c": [{"text": t, "expect_flagged": False} for t in cases[TESTS["c"][0]]],
-    }
+def expand(cases, part):
+    """One part ("tune" or "test") of the cases file -> {test: list of cases}: a-c and f one text each ({"text",
+    "expect_flagged"}), d a base and its perturbation ({"text", "variant", "perturbation"}), e a neutral post and it
+    with a depressive sentence added."""
+    out = {test: [{"text": t, "expect_flagged": test in "af"} for t in cases[TESTS[test][0]][part]] for test in "abcf"}
     inv = cases[TESTS["d"][0]]
     out["d"] = [
         {"text": base, "variant": perturb(base, kind, i, inv), "perturbation": kind}
-        for i, base in enumerate(inv["bases"])
+        for i, base in enumerate(inv["bases"][part])
         for kind in inv["perturbations"]
     ]
-    direction = cases[TESTS["e"][0]]
     out["e"] = [
-        {"text": neutral, "variant": f"{neutral} {sentence}"}
-        for neutral, sentence in zip(direction["neutral"], direction["depressive_sentences"])
+        {"text": neutral, "variant": f"{neutral} {sentence}"} for neutral, sentence in cases[TESTS["e"][0]][part]
     ]
-    return out
+    return {test: out[test] for test in TESTS}
 
 
-def load_cases(path=CASES):
-    return expand(json.loads(Path(path).read_text()))
+def load_cases(path=CASES, part="tune"):
+    """One part of the suite, expanded (expand)."""
+    return expand(json.loads(Path(path).read_text()), part)
 
 
 def texts_of(tests):
@@ -124,7 +126,7 @@ def score(tests, p_depressive):
             "cases": len(rows),
             "passed": passed,
             "pass_rate": passed / len(rows),
-            "flagged": float(np.mean([r["p"] >= 0.5 for r in rows])) if test in "abc" else None,
+            "flagged": float(np.mean([r["p"] >= 0.5 for r in rows])) if test in "abcf" else None,
             "failures": [r for r in rows if not r["passed"]],
         }
         if test == "d":
@@ -147,52 +149,61 @@ def run_model(loaded, tests):
 
 
 def summary_row(result):
-    """The headline figures: share flagged in a-c, share flipped in d, share raised in e."""
+    """The headline figures: share flagged in a-c and f, share flipped in d, share raised in e."""
     return {
         "a_flagged": result["a"]["flagged"],
         "b_flagged": result["b"]["flagged"],
         "c_flagged": result["c"]["flagged"],
         "d_flips": 1 - result["d"]["pass_rate"],
         "e_raised": result["e"]["pass_rate"],
+        "f_flagged": result["f"]["flagged"],
     }
 
 
 def markdown(results, command):
+    """results: {part: {folder: result}}."""
     lines = [
         f"Command: `{command}`",
         "",
-        "Pass rate per test (cases passed / cases); goals: a >= 90% flagged, b and c <= 10% flagged, d <= 5% flips.",
-        "",
-        "| model | " + " | ".join(f"{t}: {TESTS[t][1]}" for t in TESTS) + " |",
-        "| --- |" + " ---: |" * len(TESTS),
+        "Pass rate per test (cases passed / cases); the default model's goals (issue 45): a >= 85% flagged, b <= 10% "
+        "flagged, c <= 35% flagged, d <= 5% flips.",
     ]
-    for folder, r in results.items():
-        cells = [f"{100 * r[t]['pass_rate']:.1f}% ({r[t]['passed']}/{r[t]['cases']})" for t in TESTS]
-        lines.append(f"| {folder} | " + " | ".join(cells) + " |")
-    lines += ["", "Invariance flips by perturbation:", ""]
-    kinds = list(next(iter(results.values()))["d"]["flips_by_perturbation"])
-    lines += ["| model | " + " | ".join(kinds) + " |", "| --- |" + " ---: |" * len(kinds)]
-    for folder, r in results.items():
-        lines.append(f"| {folder} | " + " | ".join(str(r["d"]["flips_by_perturbation"][k]) for k in kinds) + " |")
+    for part, models in results.items():
+        lines += [
+            "",
+            f"Part `{part}`:",
+            "",
+            "| model | " + " | ".join(f"{t}: {TESTS[t][1]}" for t in TESTS) + " |",
+            "| --- |" + " ---: |" * len(TESTS),
+        ]
+        for folder, r in models.items():
+            cells = [f"{100 * r[t]['pass_rate']:.1f}% ({r[t]['passed']}/{r[t]['cases']})" for t in TESTS]
+            lines.append(f"| {folder} | " + " | ".join(cells) + " |")
+        lines += ["", f"Invariance flips by perturbation, part `{part}`:", ""]
+        kinds = list(next(iter(models.values()))["d"]["flips_by_perturbation"])
+        lines += ["| model | " + " | ".join(kinds) + " |", "| --- |" + " ---: |" * len(kinds)]
+        for folder, r in models.items():
+            lines.append(f"| {folder} | " + " | ".join(str(r["d"]["flips_by_perturbation"][k]) for k in kinds) + " |")
     return "\n".join(lines) + "\n"
 
 
 def draw(result):
     import matplotlib.pyplot as plt
 
-    models = result["models"]
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    width = 0.8 / max(len(models), 1)
-    for i, (folder, r) in enumerate(models.items()):
-        ax.bar(
-            [j + i * width for j in range(len(TESTS))],
-            [100 * r[t]["pass_rate"] for t in TESTS],
-            width,
-            label=Path(folder).name,
-        )
-    ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(TESTS))], list(TESTS))
-    ax.set(ylabel="cases passed %", ylim=(0, 100), title="behaviour tests (a-e: see the table)")
-    ax.legend(fontsize=7)
+    parts = result["models"]
+    fig, axes = plt.subplots(1, len(parts), figsize=(7 * len(parts), 3.5), squeeze=False)
+    for ax, (part, models) in zip(axes[0], parts.items()):
+        width = 0.8 / max(len(models), 1)
+        for i, (folder, r) in enumerate(models.items()):
+            ax.bar(
+                [j + i * width for j in range(len(TESTS))],
+                [100 * r[t]["pass_rate"] for t in TESTS],
+                width,
+                label=Path(folder).name,
+            )
+        ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(TESTS))], list(TESTS))
+        ax.set(ylabel="cases passed %", ylim=(0, 100), title=f"behaviour tests, part {part} (a-f: see the table)")
+        ax.legend(fontsize=7)
     return fig
 
 
@@ -201,12 +212,13 @@ def main(argv=None):
     import inference
     from errors import ModelError, fail
 
-    tests = load_cases(args.cases)
-    results = {}
+    parts = {part: load_cases(args.cases, part) for part in args.parts}
+    results = {part: {} for part in parts}
     for folder in args.adapter:
         try:
             loaded = inference.load(folder, backend=args.backend)
-            results[folder] = run_model(loaded, tests)
+            for part, tests in parts.items():
+                results[part][folder] = run_model(loaded, tests)
         except (ModelError, ValueError) as e:
             fail(str(e))
     command = H.command_line(__file__, argv)
@@ -214,9 +226,9 @@ def main(argv=None):
         "command": command,
         "device": H.device_name(),
         "backend": args.backend,
-        "cases": {t: len(c) for t, c in tests.items()},
+        "cases": {part: {t: len(c) for t, c in tests.items()} for part, tests in parts.items()},
         "models": results,
-        "summary": {folder: summary_row(r) for folder, r in results.items()},
+        "summary": {part: {folder: summary_row(r) for folder, r in models.items()} for part, models in results.items()},
     }
     H.write_results(Path(args.out) / f"{args.name}-{H.machine_slug()}", result, markdown(results, command), draw)
 

@@ -13,7 +13,9 @@ Per run: the best epoch's validation accuracy per source (the depression data se
 sample's validation posts: recall of r/depression + r/SuicideWatch, the share of control posts flagged, AUC); the
 share flagged of each support-group subreddit of the shipped sample, where the variant leaves them out of training;
 on the Pirina posts (never trained on): the share flagged per group, the AUC of depressed against not-depressed
-posts and do:nd; the behaviour tests (bench/behaviour.py); and P(depressive) of the README's example post. Writes
+posts and do:nd; the behaviour tests (bench/behaviour.py), on the suite's tune part only (its test part is scored
+once, on the model chosen); P(depressive) of the README's example post; and the expected calibration error of the
+validation posts (after the temperature where the run was calibrated). Writes
 bench/results/<name>-<machine>[-quick].{json,md,png}.
 """
 
@@ -125,6 +127,8 @@ def evaluate_run(folder, pirina, support, tests):
         "by_source": info["best"].get("by_source"),
         "pirina": {"auc": scored["auc"], "groups": scored["groups"], "do:nd": scored["group_auc"]["do:nd"]["auc"]},
         "behaviour": behaviour.summary_row(behaviour.run_model(loaded, tests)),
+        "behaviour_part": "tune",
+        "val_ece": (info.get("calibration") or {}).get("ece_after", info["best"].get("ece")),
         "readme_example": float(np.asarray(inference.classify(loaded, [README_EXAMPLE]))[0, 1]),
     }
     trained_on = {k for k, v in data.parse_label_map(info.get("label_map") or []).items() if v is not None}
@@ -157,6 +161,8 @@ def figures(r):
         "c flagged": r["behaviour"]["c_flagged"],
         "d flips": r["behaviour"]["d_flips"],
         "e raised": r["behaviour"]["e_raised"],
+        "f flagged": r["behaviour"].get("f_flagged"),
+        "val ECE": r.get("val_ece"),
         "README example p": r["readme_example"],
     }
 
@@ -194,7 +200,8 @@ def markdown(result):
         "Seed val: the depression data set's validation posts (the same 1,224 for every variant); RMHD: the "
         "shipped sample's validation posts (r/depression + r/SuicideWatch flagged, control posts flagged, AUC); "
         "support groups: the 13 support-group subreddits of the shipped sample where never trained on; Pirina: "
-        "never trained on; a-e: bench/behaviour.py.",
+        "never trained on; a-f: bench/behaviour.py, the suite's tune part; val ECE: expected calibration error of "
+        "the validation posts, x 100 (after the temperature where calibrated).",
         "",
         "| variant / mode | seeds | " + " | ".join(columns) + " |",
         "| --- | ---: |" + " ---: |" * len(columns),
@@ -213,7 +220,8 @@ def draw(result):
     import matplotlib.pyplot as plt
 
     shown = ["seed val accuracy", "RMHD dep+sw flagged", "RMHD controls flagged", "Pirina nd flagged",
-             "Pirina bc flagged", "Pirina AUC", "a flagged", "b flagged", "c flagged", "d flips"]  # fmt: skip
+             "Pirina bc flagged", "Pirina AUC", "a flagged", "b flagged", "c flagged", "d flips",
+             "f flagged"]  # fmt: skip
     summary = result["summary"]
     fig, ax = plt.subplots(figsize=(13, 4.2))
     width = 0.8 / len(summary)
@@ -232,7 +240,7 @@ def main(argv=None):
     hf_logging.set_verbosity_error()
     pirina = H.reddit_posts(args.pirina)
     support = support_posts()
-    tests = behaviour.load_cases()
+    tests = behaviour.load_cases(part="tune")  # the test part is for the model chosen, once
     runs = []
     for variant in args.variants:
         for mode in args.modes:
