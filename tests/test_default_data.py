@@ -158,33 +158,33 @@ def test_behaviour_command_counts_every_case(tiny_bert, posts_csv, tmp_path):
     result = json.loads(result_file.read_text())
     cases = json.loads(behaviour.CASES.read_text())
     d = cases["d_invariance"]
-    expected = {
-        "a": len(cases["a_short_depressive"]),
-        "b": len(cases["b_everyday"]),
-        "c": len(cases["c_other_senses"]),
-        "d": len(d["bases"]) * len(d["perturbations"]),
-        "e": len(cases["e_direction"]["neutral"]),
-    }
-    assert result["cases"] == expected and sum(expected.values()) >= 150
-    model = result["models"][str(folder)]
-    for test, n in expected.items():
-        assert model[test]["cases"] == n and model[test]["passed"] + len(model[test]["failures"]) == n
-        assert model[test]["pass_rate"] == model[test]["passed"] / n
-    for test in "abc":  # a flagged share is the pass rate (a) or its complement (b, c)
-        flagged = model[test]["flagged"]
-        assert np.isclose(flagged, model[test]["pass_rate"] if test == "a" else 1 - model[test]["pass_rate"])
-    assert sum(model["d"]["flips_by_perturbation"].values()) == expected["d"] - model["d"]["passed"]
+    for part in behaviour.PARTS:
+        expected = {test: len(cases[name][part]) for test, (name, _) in behaviour.TESTS.items() if test != "d"}
+        expected["d"] = len(d["bases"][part]) * len(d["perturbations"])
+        expected = {test: expected[test] for test in behaviour.TESTS}
+        assert result["cases"][part] == expected
+        model = result["models"][part][str(folder)]
+        for test, n in expected.items():
+            assert model[test]["cases"] == n and model[test]["passed"] + len(model[test]["failures"]) == n
+            assert model[test]["pass_rate"] == model[test]["passed"] / n
+        for test in "abcf":  # a flagged share is the pass rate (a, f) or its complement (b, c)
+            flagged = model[test]["flagged"]
+            assert np.isclose(flagged, model[test]["pass_rate"] if test in "af" else 1 - model[test]["pass_rate"])
+        assert sum(model["d"]["flips_by_perturbation"].values()) == expected["d"] - model["d"]["passed"]
+        assert f"Part `{part}`" in result_file.with_suffix(".md").read_text()
+    assert sum(sum(result["cases"][part].values()) for part in behaviour.PARTS) >= 320
     assert "| " + str(folder) + " |" in result_file.with_suffix(".md").read_text()
     assert result_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_every_behaviour_case_is_written_here_not_copied_from_the_training_data():
-    cases = behaviour.load_cases()
-    texts = {posts.normalize_text(t) for t in behaviour.texts_of(cases)}
+    texts = {
+        posts.normalize_text(t) for part in behaviour.PARTS for t in behaviour.texts_of(behaviour.load_cases(part=part))
+    }
     trained = set(data.load_table(data.REDDIT_MH)["text"].map(posts.normalize_text))
     if REAL_DATA.exists():
         trained |= set(data.load_table(str(REAL_DATA))["text"].astype(str).map(posts.normalize_text))
-    assert not texts & trained
+    assert len(texts) >= 250 and not texts & trained
 
 
 @pytest.mark.slow
@@ -201,6 +201,7 @@ def test_default_model_study_quick(tiny_bert, groups_csv, tmp_path):
     assert set(r["support_flagged"]) == set(data.SUPPORT_SUBREDDITS)  # never trained on: measured
     assert set(r["pirina"]["groups"]) == {"ds", "dsf", "do", "bc", "ff", "ndf", "nd"}
     assert 0 <= r["readme_example"] <= 1 and set(r["behaviour"]) == {
-        "a_flagged", "b_flagged", "c_flagged", "d_flips", "e_raised"
-    }  # fmt: skip
+        "a_flagged", "b_flagged", "c_flagged", "d_flips", "e_raised", "f_flagged"
+    } and r["behaviour_part"] == "tune"  # fmt: skip
+    assert 0 <= r["val_ece"] <= 1
     assert "| default / pfeiffer | 1 |" in result_file.with_suffix(".md").read_text()
