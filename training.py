@@ -72,52 +72,40 @@ def attention_for(accelerator):
 
 
 def validate(model, loader, accelerator, label_names, sources=None):
-    """Metrics over the whole validation set: each process classifies its share of the batches, keeps the results
-    on its device and copies them once, and gather_for_metrics brings every post's result to every process exactly
-    once. sources (the data source of each validation post, when there are several) adds the metrics per source."""
-    model = accelerator.unwrap_model(model)  # no DDP for inference: the processes' shares differ in size
-    model.eval()
-    columns = []  # per batch: prediction, label, loss, probability of the last class
-    with torch.inference_mode(), accelerator.autocast():  # validation in the training's precision
-        for batch in loader:
-            batch = batch.to(accelerator.device, non_blocking=True)
-            logits = model(**batch).logits.float()
-            loss = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
-            columns.append(
-                torch.stack([logits.argmax(-1).float(), batch["labels"].float(), loss, logits.softmax(-1)[:, -1]])
-            )
-    indices = [i for batch in loader.batch_sampler for i in batch]  # the posts of each batch, by validation index
-    preds, labels, losses, positive = torch.cat(columns, 1).cpu().tolist() if columns else ([], [], [], [])
-    rows = list(zip(indices, map(int, preds), map(int, labels), losses, positive))
-    rows = accelerator.gather_for_metrics(rows, use_gather_object=True)
-    indices, preds, labels, losses, positive = zip(*rows)
+    """Metrics over the whole validation set (validation_logits). sources (the data source of each validation post,
+    when there are several) adds the metrics per source."""
+    logits, labels = validation_logits(model, loader, accelerator)
+    losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none").tolist()
+    preds, labels, probs = logits.argmax(-1).tolist(), labels.tolist(), logits.softmax(-1)
     result = {
         "val_loss": float(np.mean(losses)),
-        **metrics.label_metrics(list(preds), list(labels), label_names),
-        "val_examples": len(rows),
+        **metrics.label_metrics(preds, labels, label_names),
+        "val_examples": len(labels),
     }
-    if len(label_names) == 2:  # expected calibration error, from P(class 1)
-        p = np.asarray(positive)
-        result["ece"] = metrics.expected_calibration_error(np.stack([1 - p, p], 1), np.asarray(labels))
+    if len(label_names) == 2:
+        result["ece"] = metrics.expected_calibration_error(probs.numpy(), np.asarray(labels))
     if sources is not None:
-        result["by_source"] = metrics.source_metrics(
-            preds, labels, positive if len(label_names) == 2 else None, [sources[i] for i in indices], label_names
-        )
+        positive = probs[:, -1].tolist() if len(label_names) == 2 else None
+        result["by_source"] = metrics.source_metrics(preds, labels, positive, list(sources), label_names)
     return result
 
 
 def validation_logits(model, loader, accelerator):
-    """Every validation post's logits (n x classes, float32) and label, in validation order, from every process."""
-    model = accelerator.unwrap_model(model)
+    """Every validation post's logits (n x classes, float32) and label, in validation order: each process classifies
+    its share of the batches in the training's precision, keeps the results on its device and copies them once,
+    and gather_for_metrics brings every post's result to every process exactly once."""
+    model = accelerator.unwrap_model(model)  # no DDP for inference: the processes' shares differ in size
     model.eval()
-    rows = []
+    logits, labels = [], []
     with torch.inference_mode(), accelerator.autocast():
         for batch in loader:
             batch = batch.to(accelerator.device, non_blocking=True)
-            rows += zip(model(**batch).logits.float().cpu().tolist(), batch["labels"].cpu().tolist())
-    indices = [i for batch in loader.batch_sampler for i in batch]
-    rows = sorted(accelerator.gather_for_metrics(list(zip(indices, rows)), use_gather_object=True))
-    return torch.tensor([logits for _, (logits, _) in rows]), torch.tensor([label for _, (_, label) in rows])
+            logits.append(model(**batch).logits.float())
+            labels.append(batch["labels"])
+    indices = [i for batch in loader.batch_sampler for i in batch]  # the posts of each batch, by validation index
+    mine = zip(indices, torch.cat(logits).cpu().tolist(), torch.cat(labels).cpu().tolist()) if logits else []
+    rows = sorted(accelerator.gather_for_metrics(list(mine), use_gather_object=True))
+    return torch.tensor([row[1] for row in rows]), torch.tensor([row[2] for row in rows])
 
 
 def fit_temperature(logits, labels):
