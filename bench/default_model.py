@@ -6,6 +6,8 @@ alone, on posts none of them trained on.
     python -m bench.default_model --runs runs/default-model                  # the default and the seed-only model
     python -m bench.default_model --runs runs/default-model --variants default support-as-0 support-as-1 \\
         length-expert --modes pfeiffer --seeds 42 --name default-model-screening
+    python -m bench.default_model --runs runs/screening-44 --variants default length-expert short-copies \\
+        masked-copies other-senses calibrate --modes pfeiffer --seeds 42 --name default-model-screening-44
     python -m bench.default_model --quick                                    # tiny runs that exercise it (CI)
 
 Each variant is a train.py command (kept in the results); a run folder that already holds a finished run is kept.
