@@ -85,13 +85,11 @@ def sources(data, other_senses=False):
     """train.py --data -> what load_splits reads: a named data set's sources (DATA_SETS), else --data itself; with
     other_senses, the other senses of "depression" (OTHER_SENSES) as one source more."""
     named = DATA_SETS.get(data) if isinstance(data, str) else None
-    if named is None:
-        read = data
-    else:
-        read = [default_data(), str(REDDIT_MH)] if named["with_reddit"] else [default_data()]
-    if not other_senses:
-        return read
-    return [*([read] if isinstance(read, (str, Path)) else read), str(OTHER_SENSES)]
+    if named is not None:
+        data = [default_data(), str(REDDIT_MH)] if named["with_reddit"] else [default_data()]
+    if other_senses:
+        data = [*([data] if isinstance(data, (str, Path)) else data), str(OTHER_SENSES)]
+    return data
 
 
 def load_table(source=None):
@@ -389,32 +387,30 @@ def short_copies(ds, seed, words=SHORT_COPY_WORDS):
     class are trained on."""
     rng = random.Random(seed)
     low, high = words
-    keep, texts = [], []
-    for i, text in enumerate(ds["text"]):
+
+    def cut(text):
         tokens = text.split()
-        if len(tokens) > high:
-            keep.append(i)
-            texts.append(" ".join(tokens[: rng.randint(low, high)]))
-    return replace_texts(ds.select(keep), texts)
+        return " ".join(tokens[: rng.randint(low, high)]) if len(tokens) > high else None
+
+    return copies(ds, cut)
 
 
 def masked_copies(ds):
     """A copy of every post of ds that uses a word of the label's topic (TOPIC_WORDS: depress*, suicid*), with those
     words removed, whatever its label: the classifier must find the label in the rest of the post. A post of topic
     words only gets no copy."""
+    return copies(ds, lambda text: " ".join(TOPIC_WORDS.sub(" ", text).split()) if TOPIC_WORDS.search(text) else None)
+
+
+def copies(ds, rewrite):
+    """A copy of each post of ds whose text rewrite() turns into another ("" or None: no copy), in order, every
+    other column and the features kept."""
     keep, texts = [], []
     for i, text in enumerate(ds["text"]):
-        if TOPIC_WORDS.search(text):
-            masked = " ".join(TOPIC_WORDS.sub(" ", text).split())
-            if masked:
-                keep.append(i)
-                texts.append(masked)
-    return replace_texts(ds.select(keep), texts)
-
-
-def replace_texts(ds, texts):
-    """ds with its texts replaced, every other column and the features kept."""
-    return Dataset.from_dict({**ds.to_dict(), "text": texts}, features=ds.features)
+        if new := rewrite(text):
+            keep.append(i)
+            texts.append(new)
+    return Dataset.from_dict({**ds.select(keep).to_dict(), "text": texts}, features=ds.features)
 
 
 PRIOR_COLUMN = "length_log_prior"  # --length-expert: the length-only model's log-probabilities of each class

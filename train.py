@@ -256,18 +256,21 @@ def tf32_used(args, accelerator):
 
 def train_and_save(args, accelerator):
     """Set up (data, model, optimizer, a checkpoint to resume), fit (the epochs, over the cached lower layers where
-    they are), save (the best epoch, on the main process); returns the model and the per-epoch metrics."""
+    they are), put the best epoch's weights back (every process), calibrate where asked, save (on the main process);
+    returns the model (the best epoch's) and the per-epoch metrics."""
     run = set_up(args, accelerator)
     with run.layers_skipped:  # the whole model again after it, for saving and for callers that predict from token ids
         best, best_state, history = training.fit(run, accelerator, args.epochs, args.metric, args.patience)
-        calibration = training.calibrate(run, accelerator, best_state) if args.calibrate else None
+        best_file = f"{run.staging}/checkpoint/best.safetensors"
+        training.load_trainable(accelerator.unwrap_model(run.model), best_state, best_file)  # the epoch to save
+        calibration = training.calibrate(run, accelerator) if args.calibrate else None
     if calibration:
         accelerator.print(
             f"calibrated on {calibration['val_posts']} validation posts: temperature {calibration['temperature']:.3f}, "
             f"expected calibration error {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}"
         )
     if accelerator.is_main_process:
-        save(args, accelerator, run, best, best_state, history, calibration)
+        save(args, accelerator, run, best, history, calibration)
     accelerator.wait_for_everyone()
     # a plain model, without accelerate's autocast wrapper: it predicts in the caller's precision, as the saved one
     return accelerator.unwrap_model(run.model, keep_fp32_wrapper=False), history
@@ -406,11 +409,10 @@ def load_data(args, tokenizer, log):
     return train_ds, val_ds, label_names, data_info, val_sources, length_expert
 
 
-def save(args, accelerator, run, best, best_state, history, calibration=None):
-    """On the main process: the best epoch's weights, metrics.jsonl and training.json into a staging folder, swapped
-    in whole for the output folder."""
+def save(args, accelerator, run, best, history, calibration=None):
+    """On the main process: the model (the best epoch's weights), metrics.jsonl and training.json into a staging
+    folder, swapped in whole for the output folder."""
     final, output = accelerator.unwrap_model(run.model), output_folder(args)
-    training.load_trainable(final, best_state, f"{run.staging}/checkpoint/best.safetensors")
     result = run.staging / "result"
     shutil.rmtree(result, ignore_errors=True)
     saved.save_trained(final, run.tokenizer, result, args.mode)

@@ -124,10 +124,9 @@ def fit_temperature(logits, labels):
     return float(log_t.detach().exp())
 
 
-def calibrate(run, accelerator, best_state):
-    """train.py --calibrate: the best epoch's temperature on the validation posts (fit_temperature), with the
-    expected calibration error and the validation loss before and after it."""
-    load_trainable(accelerator.unwrap_model(run.model), best_state, "the best epoch")
+def calibrate(run, accelerator):
+    """train.py --calibrate, the best epoch's weights in the model: its temperature on the validation posts
+    (fit_temperature), with the expected calibration error and the validation loss before and after it."""
     logits, labels = validation_logits(run.model, run.val_dl, accelerator)
     t = fit_temperature(logits, labels)
     before, after = logits.softmax(-1), (logits / t).softmax(-1)
