@@ -61,6 +61,18 @@ VARIANTS = {
     ),
     "other-senses": (["--data", "default", "--other-senses"], "default + other senses of 'depression' as 0"),
     "calibrate": (["--data", "default", "--calibrate"], "default + temperature calibration on the validation posts"),
+    "short-copies+other-senses": (
+        ["--data", "default", "--short-copies", "--other-senses"],
+        "default + short copies + other senses",
+    ),
+    "length-expert+other-senses": (
+        ["--data", "default", "--length-expert", "--other-senses"],
+        "default + length expert + other senses",
+    ),
+    "length-expert+short-copies+other-senses": (
+        ["--data", "default", "--length-expert", "--short-copies", "--other-senses"],
+        "default + length expert + short copies + other senses",
+    ),
     "max-length-128": (["--data", "default", "--max-length", "128"], "default at max length 128"),
     "5-epochs": (["--data", "default", "--epochs", "5"], "default, 5 epochs instead of 3"),
 }
