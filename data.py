@@ -69,8 +69,8 @@ DEFAULT_LABEL_MAP = [
 # Named training data sets for train.py --data: the depression data set with or without the shipped Reddit posts,
 # their label map and text normalisation.
 DATA_SETS = {
-    "default": {"with_reddit": True, "label_map": DEFAULT_LABEL_MAP, "normalize_text": True},
-    "original": {"with_reddit": False, "label_map": None, "normalize_text": False},
+    "default": {"with_reddit": True, "label_map": DEFAULT_LABEL_MAP, "normalize_text": True, "remedies": {}},
+    "original": {"with_reddit": False, "label_map": None, "normalize_text": False, "remedies": {}},
 }
 LABEL_NAMES = ["not depressive", "depressive"]  # names of labels 0 and 1 when the data holds 0/1
 VAL_SIZE = 0.16  # the original write-up's share of validation data

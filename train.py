@@ -49,6 +49,11 @@ def setting(default=None, help="", **argparse_options):
     return field(default=default, metadata={"help": help, **argparse_options})
 
 
+def remedy(help):
+    """A remedy's switch: --X (on), --X false (off), or unset: the named data set's choice (data.DATA_SETS)."""
+    return setting(None, f"{help} (false: off; unset: as the named data set says)", nargs="?", const=True)
+
+
 # The settings: one field per flag (name, type, default, one line of help), read by HfArgumentParser as in the
 # adapters library's example scripts. Every one of them goes into the checkpoint (--resume must repeat it) and into
 # training.json; the longer explanations are in docs/usage.md ("Every flag of train.py").
@@ -68,13 +73,13 @@ class DataSettings:
     normalize_text: bool = setting(False, "lower-case and keep a-z 0-9 only, as the depression data set was cleaned")
     length_expert: float | None = setting(
         help="train with a length-only model in a product of experts, its log-probabilities times WEIGHT "
-        "(alone: 1)", nargs="?", const=1.0, metavar="WEIGHT",
+        "(alone: 1; 0: off; unset: as the named data set says)", nargs="?", const=1.0, metavar="WEIGHT",
     )  # fmt: skip
-    short_copies: bool = setting(False, "also train on each training post over 32 words cut to its first 8-32 words")
-    masked_copies: bool = setting(False, "also train on each training post that says depress* or suicid*, those "
-                                  "words removed (both labels)")  # fmt: skip
-    other_senses: bool = setting(False, "also train and validate on corpora/other-senses.csv: 'depression' in other "
-                                 "senses, and posts of people not depressed, all labelled 0")  # fmt: skip
+    short_copies: bool | None = remedy("also train on each training post over 32 words cut to its first 8-32 words")
+    masked_copies: bool | None = remedy("also train on each training post that says depress* or suicid*, those "
+                                        "words removed (both labels)")  # fmt: skip
+    other_senses: bool | None = remedy("also train and validate on corpora/other-senses.csv: 'depression' in other "
+                                       "senses, and posts of people not depressed, all labelled 0")  # fmt: skip
     text_column: str | None = setting(help=f"text column (None: the first of {', '.join(posts.TEXT_COLUMNS)})")
     label_column: str | None = setting(help=f"label column (None: the first of {', '.join(LABEL_COLUMNS)})")
     val_size: float = setting(VAL_SIZE, "share of the data held out for validation (the write-up's)")
@@ -167,9 +172,15 @@ def parse_args(argv=None):
     if isinstance(args.data, list) and len(args.data) == 1:
         args.data = args.data[0]  # one source stays a plain string, as before (training.json, --resume)
     named = data.DATA_SETS.get(args.data) if isinstance(args.data, str) else None
-    if named is not None:  # the named data set's label map and normalisation, unless given
+    if named is not None:  # the named data set's label map, normalisation and remedies, unless given
         args.label_map = named["label_map"] if args.label_map is None else args.label_map
         args.normalize_text = args.normalize_text or named["normalize_text"]
+        for key, value in named["remedies"].items():
+            setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
+    args.short_copies, args.masked_copies, args.other_senses = (
+        bool(getattr(args, key)) for key in ("short_copies", "masked_copies", "other_senses")
+    )
+    args.length_expert = args.length_expert or None  # 0: off
     try:
         data.parse_label_map(args.label_map)
     except DataError as e:

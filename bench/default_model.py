@@ -24,6 +24,8 @@ bench/results/<name>-<machine>[-quick].{json,md,png}.
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,44 +39,62 @@ from bench import harness as H
 README_EXAMPLE = "i can't get out of bed anymore and nothing feels worth it"
 DEPRESSED, SUPPORT, CONTROL = (",".join(g) for g in (data.DEPRESSED_SUBREDDITS, data.SUPPORT_SUBREDDITS,
                                                        data.CONTROL_SUBREDDITS))  # fmt: skip
+
+
+def recipe(length_expert="0", short_copies="false", masked_copies="false", other_senses="false"):
+    """train.py's flags for the default data with every remedy named, on or off, whatever the default is."""
+    return ["--data", "default", "--length-expert", length_expert, "--short-copies", short_copies,
+            "--masked-copies", masked_copies, "--other-senses", other_senses]  # fmt: skip
+
+
+NO_REMEDY = recipe()
 # name -> (train.py flags, what it is)
 VARIANTS = {
     "original": (["--data", "original"], "depression data set alone"),
-    "default": (["--data", "default"], "default: + r/depression, r/SuicideWatch 1, controls 0, support groups out"),
+    "default": (["--data", "default"], "the default: the default data and the remedies data.DATA_SETS names"),
+    "default-44": (NO_REMEDY, "the default until issue 45: the default data without a remedy"),
     "support-as-0": (
-        ["--data", "default", "--label-map", f"1={DEPRESSED}", f"0={CONTROL},{SUPPORT}"],
-        "as default, support groups 0",
+        [*NO_REMEDY, "--label-map", f"1={DEPRESSED}", f"0={CONTROL},{SUPPORT}"],
+        "as default-44, support groups 0",
     ),
     "support-as-1": (
-        ["--data", "default", "--label-map", f"1={DEPRESSED},{SUPPORT}", f"0={CONTROL}"],
-        "as default, support groups 1",
+        [*NO_REMEDY, "--label-map", f"1={DEPRESSED},{SUPPORT}", f"0={CONTROL}"],
+        "as default-44, support groups 1",
     ),
-    "length-expert": (["--data", "default", "--length-expert"], "default + product of experts with length"),
+    "length-expert": (recipe(length_expert="1"), "default-44 + product of experts with length"),
     "length-expert-0.5": (
-        ["--data", "default", "--length-expert", "0.5"],
-        "default + product of experts with length, tempered (weight 0.5)",
+        recipe(length_expert="0.5"),
+        "default-44 + product of experts with length, tempered (weight 0.5)",
     ),
-    "short-copies": (["--data", "default", "--short-copies"], "default + short copies of posts over 32 words"),
+    "short-copies": (recipe(short_copies="true"), "default-44 + short copies of posts over 32 words"),
     "masked-copies": (
-        ["--data", "default", "--masked-copies"],
-        "default + copies of posts that say depress*/suicid* without those words",
+        recipe(masked_copies="true"),
+        "default-44 + copies of posts that say depress*/suicid* without those words",
     ),
-    "other-senses": (["--data", "default", "--other-senses"], "default + other senses of 'depression' as 0"),
-    "calibrate": (["--data", "default", "--calibrate"], "default + temperature calibration on the validation posts"),
+    "other-senses": (recipe(other_senses="true"), "default-44 + other senses of 'depression' as 0"),
+    "calibrate": ([*NO_REMEDY, "--calibrate"], "default-44 + temperature calibration on the validation posts"),
     "short-copies+other-senses": (
-        ["--data", "default", "--short-copies", "--other-senses"],
-        "default + short copies + other senses",
+        recipe(short_copies="true", other_senses="true"),
+        "default-44 + short copies + other senses",
     ),
     "length-expert+other-senses": (
-        ["--data", "default", "--length-expert", "--other-senses"],
-        "default + length expert + other senses",
+        recipe(length_expert="1", other_senses="true"),
+        "default-44 + length expert + other senses",
     ),
     "length-expert+short-copies+other-senses": (
-        ["--data", "default", "--length-expert", "--short-copies", "--other-senses"],
-        "default + length expert + short copies + other senses",
+        recipe(length_expert="1", short_copies="true", other_senses="true"),
+        "default-44 + length expert + short copies + other senses",
     ),
-    "max-length-128": (["--data", "default", "--max-length", "128"], "default at max length 128"),
-    "5-epochs": (["--data", "default", "--epochs", "5"], "default, 5 epochs instead of 3"),
+    "length-expert+short-copies+other-senses+masked-copies": (
+        recipe(length_expert="1", short_copies="true", other_senses="true", masked_copies="true"),
+        "default-44 + length expert + short copies + other senses + masked copies",
+    ),
+    "length-expert-0.5+short-copies+other-senses": (
+        recipe(length_expert="0.5", short_copies="true", other_senses="true"),
+        "default-44 + length expert (weight 0.5) + short copies + other senses",
+    ),
+    "max-length-128": ([*NO_REMEDY, "--max-length", "128"], "default-44 at max length 128"),
+    "5-epochs": ([*NO_REMEDY, "--epochs", "5"], "default-44, 5 epochs instead of 3"),
 }
 MODES = {"pfeiffer": ["--mode", "adapter"], "full": ["--mode", "full"]}
 PIRINA_PAIRS = ["do:nd"]
@@ -97,6 +117,11 @@ def parse_args(argv=None):
         "--mixed-precision",
         default="no",
         help="train.py's --mixed-precision for every run (default: no, full precision, as every run measured here)",
+    )
+    p.add_argument(
+        "--export",
+        action="store_true",
+        help="also export each run to ONNX (export.py, kept in the run folder) and score the README's example on int8",
     )
     H.add_run_flags(p, "default-model", "1 epoch on 200 training posts, seed 1: exercises the code")
     args = p.parse_args(argv)
@@ -122,11 +147,31 @@ def support_posts():
     return table["text"].tolist(), table["subreddit"].to_numpy()
 
 
-def evaluate_run(folder, pirina, support, tests):
-    """Every figure of one run (cached in the run folder as default-model.json)."""
+def readme_examples(folder, export):
+    """P(depressive) of the README's example on torch in fp32 and in bf16 and, where export, on the int8 ONNX export
+    (export.py runs where the folder holds none)."""
+    out = {}
+    for precision in ("fp32", "bf16"):
+        loaded = inference.load(folder, precision=precision)
+        out[f"torch {precision}"] = float(np.asarray(inference.classify(loaded, [README_EXAMPLE]))[0, 1])
+    if export:
+        if inference.read_export_info(folder) is None:
+            subprocess.run([sys.executable, "export.py", "--adapter", str(folder)], cwd=H.ROOT, check=True)
+        loaded = inference.load(folder, backend="onnx-int8")
+        out["onnx int8"] = float(np.asarray(inference.classify(loaded, [README_EXAMPLE]))[0, 1])
+    return out
+
+
+def evaluate_run(folder, pirina, support, tests, export=False):
+    """Every figure of one run (cached in the run folder as default-model.json; the README example's per precision
+    added to a cache that lacks them)."""
     cache = Path(folder) / "default-model.json"
     if cache.is_file():
-        return json.loads(cache.read_text())
+        result = json.loads(cache.read_text())
+        if "onnx int8" not in result.get("readme_examples", {}) and (export or "readme_examples" not in result):
+            result["readme_examples"] = readme_examples(folder, export)
+            cache.write_text(json.dumps(result, indent=2) + "\n")
+        return result
     info = json.loads((Path(folder) / "training.json").read_text())
     loaded = inference.load(folder)
     texts, labels, groups = pirina
@@ -144,6 +189,7 @@ def evaluate_run(folder, pirina, support, tests):
         "behaviour_part": "tune",
         "val_ece": (info.get("calibration") or {}).get("ece_after", info["best"].get("ece")),
         "readme_example": float(np.asarray(inference.classify(loaded, [README_EXAMPLE]))[0, 1]),
+        "readme_examples": readme_examples(folder, export),
     }
     trained_on = {k for k, v in data.parse_label_map(info.get("label_map") or []).items() if v is not None}
     if not trained_on & set(data.SUPPORT_SUBREDDITS):  # the support groups were never trained on
@@ -178,6 +224,7 @@ def figures(r):
         "f flagged": r["behaviour"].get("f_flagged"),
         "val ECE": r.get("val_ece"),
         "README example p": r["readme_example"],
+        **{f"README p, {k}": v for k, v in r.get("readme_examples", {}).items()},
     }
 
 
@@ -193,7 +240,14 @@ def summarise(runs):
     out = {}
     for key in dict.fromkeys((r["variant"], r["mode"]) for r in runs):
         mine = [figures(r["result"]) for r in runs if (r["variant"], r["mode"]) == key]
-        out[" / ".join(key)] = {"seeds": len(mine), **{name: mean_sd([m[name] for m in mine]) for name in mine[0]}}
+        names = list(dict.fromkeys(name for m in mine for name in m))
+        row = {name: mean_sd([m.get(name) for m in mine]) for name in names}
+        readme = [m[n] for m in mine for n in m if n.startswith("README p, ")]
+        out[" / ".join(key)] = {
+            "seeds": len(mine),
+            **row,
+            "README p >= 0.8": (sum(p >= 0.8 for p in readme) / len(readme) if readme else None, None),
+        }
     return out
 
 
@@ -206,7 +260,7 @@ def cell(pair, scale=100, digits=1):
 
 def markdown(result):
     summary = result["summary"]
-    columns = list(next(iter(summary.values())))[1:]
+    columns = [c for c in dict.fromkeys(c for row in summary.values() for c in row) if c != "seeds"]
     lines = [
         f"Command: `{result['command']}`",
         "",
@@ -215,13 +269,20 @@ def markdown(result):
         "shipped sample's validation posts (r/depression + r/SuicideWatch flagged, control posts flagged, AUC); "
         "support groups: the 13 support-group subreddits of the shipped sample where never trained on; Pirina: "
         "never trained on; a-f: bench/behaviour.py, the suite's tune part; val ECE: expected calibration error of "
-        "the validation posts, x 100 (after the temperature where calibrated).",
+        "the validation posts, x 100 (after the temperature where calibrated); README example p: P(depressive) of "
+        "the README's example at predict.py's default precision on this machine; README p, torch fp32 / torch bf16 "
+        "/ onnx int8: on each; README p >= 0.8: the share of runs and precisions where it is at least 0.8.",
         "",
         "| variant / mode | seeds | " + " | ".join(columns) + " |",
         "| --- | ---: |" + " ---: |" * len(columns),
     ]
     for name, row in summary.items():
-        cells = [cell(row[c], 1, 3) if c == "README example p" else cell(row[c]) for c in columns]
+        cells = [
+            cell(row.get(c, (None, None)), 1, 3)
+            if c.startswith("README") and "0.8" not in c
+            else cell(row.get(c, (None, None)))
+            for c in columns
+        ]
         lines.append(f"| {name} | {row['seeds']} | " + " | ".join(cells) + " |")
     lines += ["", "Variants:", ""]
     for variant in dict.fromkeys(r["variant"] for r in result["runs"]):
@@ -262,7 +323,7 @@ def main(argv=None):
                 flags = train_flags(args, variant, mode, seed)
                 folder, command = H.run_train(flags, Path(args.runs) / f"{variant}-{mode}-{seed}")
                 print(f"{variant} / {mode} / seed {seed}: evaluating {folder}", flush=True)
-                result = evaluate_run(folder, pirina, support, tests)
+                result = evaluate_run(folder, pirina, support, tests, args.export)
                 runs.append({"variant": variant, "mode": mode, "seed": seed, "command": command, "result": result})
     result = {
         "command": H.command_line(__file__, argv),

@@ -15,6 +15,7 @@ from conftest import REAL_DATA, assert_clean_failure, make_posts, run_main, run_
 import data
 import inference
 import posts
+import train
 import training
 from bench import behaviour
 
@@ -107,6 +108,21 @@ def test_each_remedy_changes_what_is_trained_on(tiny_bert, tmp_path):
     assert info["train_size"] == base["train_size"] + info["sources"]["other-senses"]["train"]
     assert info["data"][-1] == str(data.OTHER_SENSES) and "WordNet" in info["other_senses_attribution"]
     assert info["best"]["by_source"]["topic"]["n"] == base["val_size"]  # the posts' own validation is unchanged
+
+
+def test_the_named_data_set_chooses_the_remedies_unless_a_flag_says_otherwise(tmp_path):
+    remedies = ("length_expert", "short_copies", "masked_copies", "other_senses")
+    chosen = {key: getattr(train.parse_args([]), key) for key in remedies}
+    assert chosen == {key: data.DATA_SETS["default"]["remedies"].get(key, None if key == "length_expert" else False)
+                      for key in remedies}  # fmt: skip
+    for flags in (["--data", "original"], ["--data", str(tmp_path / "posts.csv")]):
+        assert [getattr(train.parse_args(flags), key) for key in remedies] == [None, False, False, False]
+    args = train.parse_args(["--length-expert", "0", "--short-copies", "false", "--other-senses", "no"])
+    assert (args.length_expert, args.short_copies, args.other_senses) == (None, False, False)
+    args = train.parse_args(["--data", "original", "--length-expert", "--short-copies", "--masked-copies", "yes"])
+    assert (args.length_expert, args.short_copies, args.masked_copies, args.other_senses) == (1.0, True, True, False)
+    with pytest.raises(SystemExit):
+        train.parse_args(["--short-copies", "maybe"])
 
 
 def test_other_senses_need_data_labelled_0_and_1(tiny_bert, groups_csv, tmp_path):
