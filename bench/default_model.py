@@ -119,6 +119,19 @@ def parse_args(argv=None):
         help="train.py's --mixed-precision for every run (default: no, full precision, as every run measured here)",
     )
     p.add_argument(
+        "--test-part",
+        action="store_true",
+        help="also score the behaviour suite's test part (once, for the model chosen; the tune part always)",
+    )
+    p.add_argument(
+        "--added-errors",
+        nargs=2,
+        metavar=("OLD", "NEW"),
+        choices=list(VARIANTS),
+        help="the depression data set's validation posts that variant NEW (first seed) gets wrong and OLD got "
+        "right: how many, by label, and 20 drawn at random",
+    )
+    p.add_argument(
         "--export",
         action="store_true",
         help="also export each run to ONNX (export.py, kept in the run folder) and score the README's example on int8",
@@ -162,15 +175,43 @@ def readme_examples(folder, export):
     return out
 
 
+def seed_val_posts():
+    """The depression data set's validation posts, cleaned as the default trains on them (its split is the one it
+    gets alone, data.split): texts and labels."""
+    _, val_ds, _, _ = data.load_splits(data.default_data(), normalize=True, log=lambda *_: None)
+    return val_ds["text"], np.asarray(val_ds["label"])
+
+
+def added_errors(old, new, posts, n=20, seed=0):
+    """The posts `new` (a run folder) gets wrong and `old` got right, and the reverse: counts by label, and n of
+    the added errors drawn at random (seed), with both models' P(depressive) in fp32."""
+    texts, labels = posts
+    probs = {name: np.asarray(inference.classify(inference.load(folder, precision="fp32"), texts))[:, 1]
+             for name, folder in (("old", old), ("new", new))}  # fmt: skip
+    wrong = {name: (p >= 0.5).astype(int) != labels for name, p in probs.items()}
+    added, fixed = np.flatnonzero(wrong["new"] & ~wrong["old"]), np.flatnonzero(wrong["old"] & ~wrong["new"])
+    drawn = sorted(np.random.default_rng(seed).choice(added, size=min(n, len(added)), replace=False).tolist())
+    by_label = lambda rows: {str(y): int((labels[rows] == y).sum()) for y in (0, 1)}  # noqa: E731
+    return {
+        "old": str(old), "new": str(new), "posts": len(texts), "seed": seed,
+        "added": len(added), "added_by_label": by_label(added), "fixed": len(fixed), "fixed_by_label": by_label(fixed),
+        "drawn": [{"text": texts[i], "label": int(labels[i]), "p_old": float(probs["old"][i]),
+                   "p_new": float(probs["new"][i])} for i in drawn],
+    }  # fmt: skip
+
+
 def evaluate_run(folder, pirina, support, tests, export=False):
-    """Every figure of one run (cached in the run folder as default-model.json; the README example's per precision
-    added to a cache that lacks them)."""
+    """Every figure of one run (cached in the run folder as default-model.json; what a cache lacks, the README
+    example per precision and the behaviour suite's test part where `tests` holds it, is added to it). tests: the
+    behaviour suite's parts, {"tune": cases} and maybe "test"."""
     cache = Path(folder) / "default-model.json"
     if cache.is_file():
         result = json.loads(cache.read_text())
         if "onnx int8" not in result.get("readme_examples", {}) and (export or "readme_examples" not in result):
             result["readme_examples"] = readme_examples(folder, export)
-            cache.write_text(json.dumps(result, indent=2) + "\n")
+        if "test" in tests and "behaviour_test" not in result:
+            result["behaviour_test"] = behaviour.summary_row(behaviour.run_model(inference.load(folder), tests["test"]))
+        cache.write_text(json.dumps(result, indent=2) + "\n")
         return result
     info = json.loads((Path(folder) / "training.json").read_text())
     loaded = inference.load(folder)
@@ -185,12 +226,14 @@ def evaluate_run(folder, pirina, support, tests, export=False):
         "val_accuracy": info["best"]["accuracy"],
         "by_source": info["best"].get("by_source"),
         "pirina": {"auc": scored["auc"], "groups": scored["groups"], "do:nd": scored["group_auc"]["do:nd"]["auc"]},
-        "behaviour": behaviour.summary_row(behaviour.run_model(loaded, tests)),
+        "behaviour": behaviour.summary_row(behaviour.run_model(loaded, tests["tune"])),
         "behaviour_part": "tune",
         "val_ece": (info.get("calibration") or {}).get("ece_after", info["best"].get("ece")),
         "readme_example": float(np.asarray(inference.classify(loaded, [README_EXAMPLE]))[0, 1]),
         "readme_examples": readme_examples(folder, export),
     }
+    if "test" in tests:
+        result["behaviour_test"] = behaviour.summary_row(behaviour.run_model(loaded, tests["test"]))
     trained_on = {k for k, v in data.parse_label_map(info.get("label_map") or []).items() if v is not None}
     if not trained_on & set(data.SUPPORT_SUBREDDITS):  # the support groups were never trained on
         flagged = np.asarray(inference.classify(loaded, support[0]))[:, 1] >= 0.5
@@ -225,6 +268,7 @@ def figures(r):
         "val ECE": r.get("val_ece"),
         "README example p": r["readme_example"],
         **{f"README p, {k}": v for k, v in r.get("readme_examples", {}).items()},
+        **{f"{k.replace('_', ' ')} (test part)": v for k, v in r.get("behaviour_test", {}).items()},
     }
 
 
@@ -288,7 +332,29 @@ def markdown(result):
     for variant in dict.fromkeys(r["variant"] for r in result["runs"]):
         lines.append(f"- `{variant}`: {VARIANTS[variant][1]}")
     lines += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in result["runs"]]
+    if "added_errors" in result:
+        lines += ["", *added_errors_markdown(result["added_errors"])]
     return "\n".join(lines) + "\n"
+
+
+def added_errors_markdown(errors):
+    def shown(text, limit=300):
+        return (text if len(text) <= limit else text[:limit] + " [...]").replace("|", "/")
+
+    lines = [
+        f"Added errors: of the depression data set's {errors['posts']} validation posts, "
+        f"{Path(errors['new']).name} gets {errors['added']} wrong that {Path(errors['old']).name} got right "
+        f"(label 0: {errors['added_by_label']['0']}, label 1: {errors['added_by_label']['1']}) and {errors['fixed']} "
+        f"right that it got wrong (label 0: {errors['fixed_by_label']['0']}, label 1: {errors['fixed_by_label']['1']}"
+        f"). {len(errors['drawn'])} of the added errors, drawn at random (seed {errors['seed']}); P(depressive) in "
+        "fp32; texts as trained on (normalised), cut at 300 characters:",
+        "",
+        "| # | label | P old | P new | text |",
+        "| ---: | ---: | ---: | ---: | --- |",
+    ]
+    for i, row in enumerate(errors["drawn"], 1):
+        lines.append(f"| {i} | {row['label']} | {row['p_old']:.3f} | {row['p_new']:.3f} | {shown(row['text'])} |")
+    return lines
 
 
 def draw(result):
@@ -315,7 +381,8 @@ def main(argv=None):
     hf_logging.set_verbosity_error()
     pirina = H.reddit_posts(args.pirina)
     support = support_posts()
-    tests = behaviour.load_cases(part="tune")  # the test part is for the model chosen, once
+    parts = ["tune", "test"] if args.test_part else ["tune"]  # the test part is for the model chosen, once
+    tests = {part: behaviour.load_cases(part=part) for part in parts}
     runs = []
     for variant in args.variants:
         for mode in args.modes:
@@ -331,6 +398,9 @@ def main(argv=None):
         "runs": runs,
         "summary": summarise(runs),
     }
+    if args.added_errors:
+        old, new = (Path(args.runs) / f"{v}-{args.modes[0]}-{args.seeds[0]}" for v in args.added_errors)
+        result["added_errors"] = added_errors(old, new, seed_val_posts())
     stem = H.results_stem(args)
     H.write_results(stem, result, markdown(result), draw)
 

@@ -190,18 +190,29 @@ def test_every_behaviour_case_is_written_here_not_copied_from_the_training_data(
 @pytest.mark.slow
 def test_default_model_study_quick(tiny_bert, groups_csv, tmp_path):
     run_cli(
-        "-m", "bench.default_model", "--quick", "--model", tiny_bert, "--pirina", groups_csv,
-        "--variants", "default", "--modes", "pfeiffer", "--runs", tmp_path / "runs", "--out", tmp_path,
+        "-m", "bench.default_model", "--quick", "--model", tiny_bert, "--pirina", groups_csv, "--variants",
+        "default-44", "default", "--modes", "pfeiffer", "--runs", tmp_path / "runs", "--out", tmp_path, "--test-part",
+        "--export", "--added-errors", "default-44", "default",
     )  # fmt: skip
     [result_file] = tmp_path.glob("default-model-*-quick.json")
     result = json.loads(result_file.read_text())
-    [run] = result["runs"]
-    r = run["result"]
-    assert run["variant"] == "default" and "--data default" in run["command"]
+    old, new = result["runs"]
+    assert old["variant"] == "default-44" and "--length-expert 0 --short-copies false" in old["command"]
+    assert new["variant"] == "default" and new["command"].startswith("python train.py --mode adapter --data default -")
+    r = new["result"]
     assert set(r["support_flagged"]) == set(data.SUPPORT_SUBREDDITS)  # never trained on: measured
     assert set(r["pirina"]["groups"]) == {"ds", "dsf", "do", "bc", "ff", "ndf", "nd"}
-    assert 0 <= r["readme_example"] <= 1 and set(r["behaviour"]) == {
-        "a_flagged", "b_flagged", "c_flagged", "d_flips", "e_raised", "f_flagged"
-    } and r["behaviour_part"] == "tune"  # fmt: skip
+    names = {"a_flagged", "b_flagged", "c_flagged", "d_flips", "e_raised", "f_flagged"}
+    assert 0 <= r["readme_example"] <= 1 and set(r["behaviour"]) == set(r["behaviour_test"]) == names
+    assert r["behaviour_part"] == "tune"
+    assert set(r["readme_examples"]) == {"torch fp32", "torch bf16", "onnx int8"}
+    assert all(0 <= p <= 1 for p in r["readme_examples"].values())
     assert 0 <= r["val_ece"] <= 1
-    assert "| default / pfeiffer | 1 |" in result_file.with_suffix(".md").read_text()
+    errors = result["added_errors"]
+    assert errors["posts"] == 1224 and errors["added"] == sum(errors["added_by_label"].values())
+    assert len(errors["drawn"]) == min(20, errors["added"])
+    for row in errors["drawn"]:  # wrong now, right before
+        assert (row["p_new"] >= 0.5) != row["label"] and (row["p_old"] >= 0.5) == row["label"]
+    table = result_file.with_suffix(".md").read_text()
+    assert "| default / pfeiffer | 1 |" in table and "| default-44 / pfeiffer | 1 |" in table
+    assert f"gets {errors['added']} wrong that default-44-pfeiffer-1 got right" in table
