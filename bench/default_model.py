@@ -51,7 +51,10 @@ NO_REMEDY = recipe()
 # name -> (train.py flags, what it is)
 VARIANTS = {
     "original": (["--data", "original"], "depression data set alone"),
-    "default": (["--data", "default"], "the default: the default data and the remedies data.DATA_SETS names"),
+    "default": (
+        ["--data", "default"],
+        "the default: the default data with its remedies (data.DATA_SETS): length expert, short copies, other senses",
+    ),
     "default-44": (NO_REMEDY, "the default until issue 45: the default data without a remedy"),
     "support-as-0": (
         [*NO_REMEDY, "--label-map", f"1={DEPRESSED}", f"0={CONTROL},{SUPPORT}"],

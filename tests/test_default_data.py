@@ -90,14 +90,20 @@ def test_training_on_the_default_data_reports_validation_per_source(tiny_bert, t
     info = json.loads((tmp_path / "depression-pfeiffer" / "training.json").read_text())
     assert info["data_set"] == "default" and info["normalize_text"] and info["label_map"] == data.DEFAULT_LABEL_MAP
     by_source = info["best"]["by_source"]
-    assert list(by_source) == ["depression-reddit-cleaned", "reddit-mental-health-2019"]
+    assert list(by_source) == ["depression-reddit-cleaned", "reddit-mental-health-2019", "other-senses"]
     assert by_source["depression-reddit-cleaned"]["n"] == 1224 and by_source["reddit-mental-health-2019"]["n"] == 188
     assert sum(r["n"] for r in by_source.values()) == info["val_size"] == info["best"]["val_examples"]
     assert set(by_source["reddit-mental-health-2019"]) == {"n", "accuracy", "class_0_flagged", "class_1_flagged", "auc"}
+    # the default's remedies (data.DATA_SETS), on without a flag: the length expert, short copies, other senses
+    assert info["length_expert"]["weight"] == 1.0 and info["short_copies"] and info["other_senses"]
+    assert not info["masked_copies"] and list(info["copies"]) == ["short_copies"] and info["copies"]["short_copies"]
+    assert f"short copies: {info['copies']['short_copies']} of 64 training posts" in proc.stdout
     proc = run_main("train.py", *args, "--data", "original", "--max-train-samples", "64", "--batch-size", "16")
     info = json.loads((tmp_path / "depression-original-pfeiffer" / "training.json").read_text())
     assert info["data_set"] == "original" and not info["normalize_text"] and info["label_map"] is None
     assert "by_source" not in info["best"] and info["val_size"] == 1224
+    assert info["length_expert"] is None and not info["short_copies"] and not info["other_senses"]
+    assert "copies" not in info and "short copies" not in proc.stdout
 
 
 def test_a_missing_or_bad_data_file_gets_one_line_and_exit_2(tiny_bert, tmp_path):
