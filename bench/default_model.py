@@ -4,10 +4,12 @@ against the length shortcut helps, and the default model against the models trai
 alone, on posts none of them trained on.
 
     python -m bench.default_model --runs runs/default-model                  # the default and the seed-only model
-    python -m bench.default_model --runs runs/default-model --variants default support-as-0 support-as-1 \\
+    python -m bench.default_model --runs runs/default-model --variants default-44 support-as-0 support-as-1 \\
         length-expert --modes pfeiffer --seeds 42 --name default-model-screening
-    python -m bench.default_model --runs runs/screening-44 --variants default length-expert short-copies \\
+    python -m bench.default_model --runs runs/screening-44 --variants default-44 length-expert short-copies \\
         masked-copies other-senses calibrate --modes pfeiffer --seeds 42 --name default-model-screening-44
+    python -m bench.default_model --runs runs/screening-44 --variants default-44 default --modes pfeiffer \\
+        --export --test-part --added-errors default-44 default --name default-model-45     # the choice of issue 45
     python -m bench.default_model --quick                                    # tiny runs that exercise it (CI)
 
 Each variant is a train.py command (kept in the results); a run folder that already holds a finished run is kept.
@@ -16,8 +18,9 @@ sample's validation posts: recall of r/depression + r/SuicideWatch, the share of
 share flagged of each support-group subreddit of the shipped sample, where the variant leaves them out of training;
 on the Pirina posts (never trained on): the share flagged per group, the AUC of depressed against not-depressed
 posts and do:nd; the behaviour tests (bench/behaviour.py), on the suite's tune part only (its test part is scored
-once, on the model chosen); P(depressive) of the README's example post; and the expected calibration error of the
-validation posts (after the temperature where the run was calibrated). Writes
+once, on the model chosen: --test-part); P(depressive) of the README's example post (torch fp32 and bf16; int8 with
+--export); and the expected calibration error of the validation posts (after the temperature where the run was
+calibrated). --added-errors OLD NEW: the depression data set's validation posts NEW gets wrong and OLD got right. Writes
 bench/results/<name>-<machine>[-quick].{json,md,png}.
 """
 
