@@ -207,10 +207,13 @@ def added_errors(old, new, posts, n=20, seed=0):
 
 
 def evaluate_run(folder, pirina, support, tests, export=False):
-    """Every figure of one run (cached in the run folder as default-model.json; what a cache lacks, the README
-    example per precision and the behaviour suite's test part where `tests` holds it, is added to it). tests: the
-    behaviour suite's parts, {"tune": cases} and maybe "test"."""
-    cache = Path(folder) / "default-model.json"
+    """Every figure of one run (cached beside the run folder as <folder>.default-model.json, outside it so that an
+    export of the folder stays fresh; what a cache lacks, the README example per precision and the behaviour suite's
+    test part where `tests` holds it, is added to it). tests: the behaviour suite's parts, {"tune": cases} and maybe
+    "test"."""
+    cache = Path(folder).parent / f"{Path(folder).name}.default-model.json"
+    if (Path(folder) / "default-model.json").is_file():  # where caches were kept until issue 45
+        (Path(folder) / "default-model.json").replace(cache)
     if cache.is_file():
         result = json.loads(cache.read_text())
         if "onnx int8" not in result.get("readme_examples", {}) and (export or "readme_examples" not in result):

@@ -14,6 +14,7 @@ from accelerate import Accelerator
 from conftest import REAL_DATA, assert_clean_failure, make_posts, run_cli, run_main, run_train
 
 import data
+import inference
 import model as M
 import posts
 import training
@@ -213,6 +214,9 @@ def test_default_model_study_quick(tiny_bert, groups_csv, tmp_path):
     assert r["behaviour_part"] == "tune"
     assert set(r["readme_examples"]) == {"torch fp32", "torch bf16", "onnx int8"}
     assert all(0 <= p <= 1 for p in r["readme_examples"].values())
+    folder = tmp_path / "runs" / "default-pfeiffer-1"  # its cache beside it: the export stays fresh for predict.py
+    assert (tmp_path / "runs" / "default-pfeiffer-1.default-model.json").is_file()
+    assert inference.fastest_backend(folder) == "onnx-int8" and inference.load(folder, backend="auto")  # not stale
     assert 0 <= r["val_ece"] <= 1
     errors = result["added_errors"]
     assert errors["posts"] == 1224 and errors["added"] == sum(errors["added_by_label"].values())
