@@ -201,6 +201,8 @@ def main(argv=None):
             args.data, args.text_column, args.label_column, args.group_column, args.label_mapping
         )
         infos = {folder: saved.read_training_info(folder) for folder in args.adapter}  # every folder checked first
+        for note in filter(None, (inference.plain_note(folder, info) for folder, info in infos.items())):
+            print(note, file=sys.stderr)
         labels = {f: data.class_indices(labelled["label"], info["label_names"], f) for f, info in infos.items()}
         groups = labelled["group"].to_numpy() if args.group_column else None
         for pair in args.group_auc:

@@ -31,6 +31,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 import inference
+import model_card
 import posts
 import saved
 from errors import DataError, ModelError, fail
@@ -80,6 +81,11 @@ def build_parser():
 def check_exportable(folder, overwrite):
     """training.json of a folder export.py can export; refusals name what can be exported."""
     info = saved.read_training_info(folder)
+    if info.get("saved_by") == "adapters":
+        raise ModelError(
+            f"{folder} was saved by the adapters library, not train.py: export.py exports folders train.py wrote "
+            f"(their training.json records how texts were prepared); predict.py --backend torch runs this one"
+        )
     config = info.get("adapter_config")
     if info["mode"] == "adapter" and config not in EXPORTABLE:
         raise ModelError(
@@ -255,6 +261,7 @@ def main(argv=None):
     export_fp32(model, tokenizer, folder / inference.ONNX_FILES["onnx"])
     fp32_probs = verify(folder, info, export, "onnx", texts, torch_probs, fp32_failure)
     if fp32_probs is None:
+        update_card(folder)  # the card says the export failed, and why
         sys.exit(1)  # int8 is made from fp32: nothing more to export
     if args.int8:
         export_int8(folder / inference.ONNX_FILES["onnx"], folder / inference.ONNX_FILES["onnx-int8"])
@@ -263,7 +270,14 @@ def main(argv=None):
             agreement = float((int8_probs.argmax(1) == torch_probs.argmax(1)).mean())
             export["backends"]["onnx-int8"]["label_agreement_with_torch"] = agreement
             write_export_info(folder, export)
+    update_card(folder)
     print(f"exported in {time.perf_counter() - start:.0f} s; predict.py now uses {inference.fastest_backend(folder)}")
+
+
+def update_card(folder):
+    """The folder's model card with the export's section (a card edited by hand stays as it is)."""
+    if model_card.write_card(folder) is None:
+        print(f"note: {folder / model_card.CARD} was edited by hand, so it is left as it is", file=sys.stderr)
 
 
 if __name__ == "__main__":

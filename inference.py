@@ -322,6 +322,18 @@ def read_export_info(folder):
         raise ModelError(f"{path} is damaged (not valid JSON); export again with python export.py") from None
 
 
+def plain_note(folder, info):
+    """One line for a folder saved by plain adapters (None for a folder of train.py): what does not apply."""
+    if info.get("saved_by") != "adapters":
+        return None
+    return (
+        f"note: {folder} was saved by the adapters library, not train.py: labels from its head "
+        f"({', '.join(info['label_names'])}), base model {info['base_model']}, texts as they are, cut at "
+        f"{info['max_length']} tokens; the project's own checks (data fingerprint, text normalisation, "
+        f"calibration) do not apply"
+    )
+
+
 def fastest_backend(folder):
     """What --backend auto runs. Where torch sees a CUDA GPU: torch, on the GPU (an export runs there only when
     asked for by name, on onnxruntime-gpu's CUDA provider where it is installed: onnx_providers). Elsewhere the
@@ -353,7 +365,10 @@ def load_onnx(folder, backend, model_name=None, threads=None):
     folder = Path(folder)
     again = f"run python export.py --adapter {folder}, or pass --backend torch"
     if not (folder / "training.json").is_file():
-        raise ModelError(f"{folder} is not a folder written by train.py (no training.json)")
+        raise ModelError(
+            f"{folder} is not a folder written by train.py (no training.json), and export.py exports only those; "
+            f"pass --backend torch"
+        )
     export = read_export_info(folder)
     if export is None:
         raise ModelError(f"{folder} holds no ONNX export; {again}")

@@ -272,9 +272,13 @@ def load_model(args):
 
         hf_logging.set_verbosity_error()
     if len(args.adapter) > 1:
-        return inference.load_shared(args.adapter, args.model, args.precision)
-    loaded = inference.load(args.adapter[0], args.model, args.merge, backend, precision=args.precision)
-    if note := inference.cpu_beside_gpu_note(loaded):  # an export asked for by name, on the CPU beside a GPU
+        loaded = inference.load_shared(args.adapter, args.model, args.precision)
+        notes = [inference.plain_note(task.folder, task.info) for task in loaded.tasks.values()]
+    else:
+        loaded = inference.load(args.adapter[0], args.model, args.merge, backend, precision=args.precision)
+        # a folder saved by plain adapters; an export asked for by name, on the CPU beside a GPU
+        notes = [inference.plain_note(args.adapter[0], loaded.info), inference.cpu_beside_gpu_note(loaded)]
+    for note in filter(None, notes):
         print(note, file=sys.stderr)
     return loaded
 

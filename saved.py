@@ -18,7 +18,7 @@ import torch
 from filelock import FileLock, Timeout
 from safetensors import safe_open
 from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from errors import ModelError, first_line
 from model import ADAPTER_NAME, load_base_model, load_tokenizer, no_inactive_adapter_notice, resolve_model_path
@@ -89,37 +89,101 @@ def one_name_per_tensor(model):
         del model.state_dict  # the class's own again
 
 
-def read_training_info(folder):
+def read_training_info(folder, model_name=None):
     """training.json of a folder written by train.py, checked for everything loading it needs: its fields, the
-    JSON files beside it, and safetensors weights that are whole. Anything damaged -> ModelError saying what."""
+    JSON files beside it, and safetensors weights that are whole. A folder saved by plain adapters (no
+    training.json): the same, from its own configs (plain_adapter_info; `model_name`: the base model, else the one
+    its adapter config names). Anything damaged -> ModelError saying what."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelError(f"no trained adapter at {folder}; train one with: python train.py --mode adapter")
     info_file = folder / TRAINING_INFO
-    if not info_file.is_file():
+    if not info_file.is_file() and not (folder / "adapter_config.json").is_file():
         raise ModelError(
-            f"{folder} is not a folder written by train.py (no {TRAINING_INFO}); "
-            f"pass --adapter with the folder train.py printed"
+            f"{folder} is not a folder written by train.py (no {TRAINING_INFO}) nor an adapter saved by the adapters "
+            f"library (no adapter_config.json); pass --adapter with the folder train.py printed"
         )
-    info = read_json(info_file)
-    check_training_info(info, info_file)
+    refuse_pickled(folder, plain=not info_file.is_file())
+    if info_file.is_file():
+        info = read_json(info_file)
+        check_training_info(info, info_file)
+    else:
+        info = plain_adapter_info(folder, model_name)
     required = FOLDER_FILES[info["mode"]]
     missing = [name for name in required if not (folder / name).is_file()]
     if info["mode"] == "full" and not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
         missing.append("tokenizer.json or vocab.txt")
-    if missing and any(folder.glob("*.bin")) and not any(folder.glob("*.safetensors")):
-        raise ModelError(
-            f"{folder} holds only pickle weights (*.bin), which are never loaded here because loading "
-            f"them can run code; train again, or convert them to safetensors"
-        )
     if missing:
-        raise ModelError(f"{folder} is incomplete (missing {', '.join(missing)}); train again with python train.py")
+        raise ModelError(f"{folder} is incomplete (missing {', '.join(missing)}); {again(info)}")
     for name in required:
         if name.endswith(".json"):
             read_json(folder / name)
         else:
             safetensors_keys(folder / name)
     return info
+
+
+def again(info):
+    """What to do about a damaged folder: train it again, or (plain adapters) save it again."""
+    if info.get("saved_by") == "adapters":
+        return f"save it again with {RESAVE}"
+    return "train again with python train.py"
+
+
+RESAVE = "model.save_adapter(folder, name, with_head=True, use_safetensors=True)"
+# What the adapters library's save_adapter writes without use_safetensors=True: pickle files, never loaded here.
+PICKLED = ("pytorch_adapter.bin", "pytorch_model_head.bin", "pytorch_model.bin")
+
+
+def refuse_pickled(folder, plain=False):
+    """ModelError for a folder whose weights are pickle files only (*.bin): loading them can run code."""
+    if any(folder.glob("*.bin")) and not any(folder.glob("*.safetensors")):
+        names = ", ".join(sorted(p.name for p in folder.glob("*.bin")))
+        how = f"save it again as safetensors: {RESAVE}" if plain else "train again, or convert them to safetensors"
+        raise ModelError(
+            f"{folder} holds only pickle weights ({names}), which are never loaded here because loading them can "
+            f"run code; {how}"
+        )
+
+
+def plain_adapter_info(folder, model_name=None):
+    """What loading needs, for a folder the adapters library saved (save_adapter(..., with_head=True)) with no
+    training.json: the labels from its classification head's label2id, the base model from `model_name` or its
+    adapter config, the longest input the base model takes (at most 512 tokens), texts as they are."""
+    adapter = read_json(folder / "adapter_config.json")
+    head_file = folder / "head_config.json"
+    if not head_file.is_file():
+        raise ModelError(f"{folder} holds an adapter without its head (no head_config.json); save it with {RESAVE}")
+    head = read_json(head_file)
+    config = head.get("config") if isinstance(head, dict) else None
+    if not isinstance(config, dict) or config.get("head_type") != "classification":
+        kind = config.get("head_type") if isinstance(config, dict) else f"a fixed head of {head.get('model_class')}"
+        raise ModelError(
+            f"{folder} holds a head that is not a classification head of an AdapterModel ({kind}); save one added "
+            f"with add_classification_head to an AutoAdapterModel"
+        )
+    label2id = config.get("label2id") or {f"LABEL_{i}": i for i in range(int(config.get("num_labels") or 0))}
+    labels = [name for name, _ in sorted(label2id.items(), key=lambda item: item[1])]
+    if sorted(label2id.values()) != list(range(len(labels))) or len(labels) < 2:
+        raise ModelError(f"{head_file} names no classes 0..n-1 in label2id (at least two); {RESAVE}")
+    base = model_name or adapter.get("model_name")
+    if not isinstance(base, str) or not base:
+        raise ModelError(f"{folder}/adapter_config.json names no base model; pass --model with the base model")
+    return {
+        "mode": "adapter", "base_model": base, "max_length": longest_input(base), "label_names": labels,
+        "adapter_name": adapter.get("name"), "adapter_config": None, "normalize_text": False, "saved_by": "adapters",
+    }  # fmt: skip
+
+
+def longest_input(base):
+    """The most tokens the base model takes, at most 512 (the BERT family's): a plain adapter's max length."""
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(base))
+    except Exception as e:  # a missing folder, an unknown Hub id, offline
+        raise ModelError(
+            f"cannot load the base model '{base}' ({type(e).__name__}: {first_line(e)}); pass --model"
+        ) from None
+    return min(512, getattr(config, "max_position_embeddings", None) or 512)
 
 
 # What a folder written by train.py holds, by mode; weights in safetensors only (pickle files are never loaded).
@@ -152,7 +216,7 @@ def load_trained(folder, model_name=None):
     must be that base model. Safetensors only, no remote code; every trained weight is checked to come from
     the folder's files.
     """
-    info = read_training_info(folder)
+    info = read_training_info(folder, model_name)
     folder = Path(folder)
     if info["mode"] == "full":
         try:
@@ -178,7 +242,7 @@ def load_trained(folder, model_name=None):
             f"the adapter in {folder} was trained on {base}, not {model_name}; drop --model or pass --model {base}"
         )
     model = load_base_model(base)
-    load_adapter(model, folder)
+    load_adapter(model, folder, again=again(info))
     return model.eval(), load_tokenizer(base), info
 
 
@@ -188,7 +252,7 @@ def load_shared(folders, model_name=None):
     (MERGEABLE_CONFIGS: predicted merged into the base weights, which the others share), a base model other than
     the first folder's (or than `model_name`). Each adapter and its head get the folder's name (task_names)."""
     folders = [Path(f) for f in folders]
-    infos = [read_training_info(folder) for folder in folders]
+    infos = [read_training_info(folder, model_name) for folder in folders]
     for folder, info in zip(folders, infos):
         if info["mode"] != "adapter":
             raise ModelError(
@@ -209,8 +273,8 @@ def load_shared(folders, model_name=None):
             )
     names = task_names(folders)
     model = load_base_model(base)
-    for folder, name in zip(folders, names):
-        load_adapter(model, folder, load_as=name)
+    for folder, name, info in zip(folders, names, infos):
+        load_adapter(model, folder, load_as=name, again=again(info))
     return model.eval(), load_tokenizer(base), infos, names
 
 
@@ -242,16 +306,17 @@ def merge_adapter(model, info):
     return True
 
 
-def load_adapter(model, folder, load_as=None):
+def load_adapter(model, folder, load_as=None, again="train again with python train.py"):
     """Add a saved adapter with its head to `model` and make it the active one; returns its name.
     Every weight of that adapter and head must come from the folder's safetensors files, with the values stored
-    there: a file with other names would otherwise leave freshly initialised weights in place, silently."""
+    there: a file with other names would otherwise leave freshly initialised weights in place, silently. again: what
+    a refusal tells to do about it."""
     folder = Path(folder)
     if not folder.is_dir():  # the library would look a missing path up on the Hub
         raise ModelError(f"no adapter folder at {folder}")
     for name in FOLDER_FILES["adapter"]:
         if not (folder / name).is_file():
-            raise ModelError(f"{folder} is incomplete (missing {name}); train again with python train.py")
+            raise ModelError(f"{folder} is incomplete (missing {name}); {again}")
         if name.endswith(".json"):
             read_json(folder / name)
     try:
@@ -259,14 +324,13 @@ def load_adapter(model, folder, load_as=None):
             name = model.load_adapter(str(folder), load_as=load_as, set_active=True, use_safetensors=True)
     except Exception as e:
         raise ModelError(
-            f"cannot load the adapter in {folder} ({type(e).__name__}: {first_line(e)}); "
-            f"train again with python train.py"
+            f"cannot load the adapter in {folder} ({type(e).__name__}: {first_line(e)}); {again}"
         ) from None
-    check_loaded_weights(model, name, folder)
+    check_loaded_weights(model, name, folder, again)
     return name
 
 
-def check_loaded_weights(model, name, folder):
+def check_loaded_weights(model, name, folder, again="train again with python train.py"):
     """The adapter's and head's parameters in `model` are exactly the tensors stored in `folder`."""
     stored = {}
     for file in ("adapter.safetensors", "model_head.safetensors"):
@@ -281,7 +345,7 @@ def check_loaded_weights(model, name, folder):
         raise ModelError(
             f"the weights in {folder} do not match its adapter config ({len(fresh)} of the adapter's "
             f"weights missing from the files, {len(unused)} stored weights with no place in the model, "
-            f"e.g. {(fresh or unused)[0]}); train again with python train.py"
+            f"e.g. {(fresh or unused)[0]}); {again}"
         )
     changed = [
         n
@@ -289,7 +353,7 @@ def check_loaded_weights(model, name, folder):
         if n in stored and not torch.equal(p.detach().cpu(), stored[n].to(p.dtype))
     ]
     if changed:
-        raise ModelError(f"weight {changed[0]} was not loaded from {folder}; train again with python train.py")
+        raise ModelError(f"weight {changed[0]} was not loaded from {folder}; {again}")
 
 
 def same_base_model(a, b):

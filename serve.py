@@ -165,6 +165,9 @@ def main(argv=None):
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    for folder, info in zip(args.adapter, models.infos.values()):  # folders saved by plain adapters
+        if note := inference.plain_note(folder, info):
+            print(note, flush=True)
     if models.loaded and (note := inference.cpu_beside_gpu_note(next(iter(models.loaded.values())))):
         print(note, flush=True)
     print(

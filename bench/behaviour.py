@@ -207,6 +207,15 @@ def draw(result):
     return fig
 
 
+def record_in_card(folder, part, backend, result):
+    """The pass rates into the folder's model card (model_card.record_behaviour), under the part's name (and the
+    backend's, where it is not torch)."""
+    import model_card
+
+    name = part if backend == "torch" else f"{part} ({backend})"
+    model_card.record_behaviour(folder, name, {test: result[test]["pass_rate"] for test in TESTS})
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     import inference
@@ -219,6 +228,7 @@ def main(argv=None):
             loaded = inference.load(folder, backend=args.backend)
             for part, tests in parts.items():
                 results[part][folder] = run_model(loaded, tests)
+                record_in_card(folder, part, args.backend, results[part][folder])
         except (ModelError, ValueError) as e:
             fail(str(e))
     command = H.command_line(__file__, argv)

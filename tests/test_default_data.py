@@ -12,6 +12,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from conftest import REAL_DATA, assert_clean_failure, make_posts, run_cli, run_main, run_train
+from huggingface_hub import ModelCard
 
 import data
 import inference
@@ -182,6 +183,10 @@ def test_behaviour_command_counts_every_case(tiny_bert, posts_csv, tmp_path):
     assert sum(sum(result["cases"][part].values()) for part in behaviour.PARTS) >= 320
     assert "| " + str(folder) + " |" in result_file.with_suffix(".md").read_text()
     assert result_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    recorded = ModelCard.load(folder / "README.md").data.behaviour_suite  # the folder's card keeps the pass rates
+    for part in behaviour.PARTS:
+        rates = {t: round(result["models"][part][str(folder)][t]["pass_rate"], 4) for t in behaviour.TESTS}
+        assert recorded[part] == rates
 
 
 def test_every_behaviour_case_is_written_here_not_copied_from_the_training_data():

@@ -51,6 +51,8 @@ def test_each_backend_gives_torchs_probabilities(exported, setup):
     assert export["backends"]["onnx"]["verified"] and export["backends"]["onnx"]["max_difference"] <= 1e-4
     assert all(checks["batch_movement"] <= 1e-6 for checks in export["backends"].values())  # the new check, recorded
     assert "model.onnx: kept" in output
+    card = (folder / "README.md").read_text()  # the model card, updated by export.py
+    assert "## ONNX export" in card and "- onnx: verified" in card and "## Responsible use" in card
     torch_probs = probabilities(folder, "torch")
     assert np.abs(probabilities(folder, "onnx") - torch_probs).max() <= 1e-4
     int8 = export["backends"]["onnx-int8"]

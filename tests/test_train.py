@@ -94,6 +94,29 @@ def test_every_mode_sees_the_same_split(runs):
 
 
 @pytest.mark.slow
+def test_every_saved_folder_has_a_model_card_the_hub_reads(runs, tiny_bert):
+    from huggingface_hub import ModelCard
+
+    import model_card
+
+    out, _ = runs
+    for name, library in [
+        ("depression-pfeiffer", "adapter-transformers"),
+        ("depression-houlsby", "adapter-transformers"),
+        ("depression-full", "transformers"),
+    ]:
+        card = ModelCard.load(out / name / "README.md")
+        info = json.loads((out / name / "training.json").read_text())
+        assert card.data.library_name == library and card.data.pipeline_tag == "text-classification"
+        assert card.data.license == "unknown" and "its licence is not recorded" in card.text  # the trainer's own data
+        assert card.data.base_model is None and f"base model `{tiny_bert}`" in card.text  # a local folder: no Hub id
+        accuracy = {r.metric_type: r.metric_value for r in card.data.eval_results}["accuracy"]
+        assert accuracy == round(info["best"]["accuracy"], 4)
+        assert model_card.RESPONSIBLE_USE in card.text and "## How to use it" in card.text
+        assert not model_card.edited_by_hand(out / name / "README.md")
+
+
+@pytest.mark.slow
 def test_houlsby_trains_more_weights_than_pfeiffer(runs):
     out, _ = runs
     pfeiffer, houlsby = (

