@@ -131,12 +131,11 @@ def again(info):
 
 
 RESAVE = "model.save_adapter(folder, name, with_head=True, use_safetensors=True)"
-# What the adapters library's save_adapter writes without use_safetensors=True: pickle files, never loaded here.
-PICKLED = ("pytorch_adapter.bin", "pytorch_model_head.bin", "pytorch_model.bin")
 
 
 def refuse_pickled(folder, plain=False):
-    """ModelError for a folder whose weights are pickle files only (*.bin): loading them can run code."""
+    """ModelError for a folder whose weights are pickle files only (*.bin: what save_adapter and save_pretrained
+    write without safetensors): loading them can run code, so they never are."""
     if any(folder.glob("*.bin")) and not any(folder.glob("*.safetensors")):
         names = ", ".join(sorted(p.name for p in folder.glob("*.bin")))
         how = f"save it again as safetensors: {RESAVE}" if plain else "train again, or convert them to safetensors"
