@@ -61,15 +61,18 @@ REMEDIES = {
 }
 
 
-def write_card(folder, behaviour=None):
+def write_card(folder, behaviour=None, name=None):
     """Write (or rewrite) <folder>/README.md from the folder's training.json, its onnx.json and the behaviour
-    figures an earlier card recorded, updated with `behaviour` ({part: {test: share}}); returns its path."""
+    figures an earlier card recorded, updated with `behaviour` ({part: {test: share}}); returns its path, or None
+    where the card was edited by hand (left as it is). name: the model's name (default: the folder's; train.py
+    writes into a staging folder and names the output folder)."""
     folder = Path(folder)
+    name = name or folder.name
     info = json.loads((folder / "training.json").read_text())
     behaviour = {**read_behaviour(folder), **(behaviour or {})}
     export = read_json_or_none(folder / "onnx.json")
-    metadata = card_data(folder, info, behaviour).to_yaml()
-    card = str(ModelCard(f"---\n{metadata}\n---\n\n{card_text(folder, info, export, behaviour)}"))
+    metadata = card_data(name, info, behaviour).to_yaml()
+    card = str(ModelCard(f"---\n{metadata}\n---\n\n{card_text(name, info, export, behaviour)}"))
     path = folder / CARD
     if edited_by_hand(path):
         return None
@@ -148,7 +151,7 @@ def card_licence(info):
     return "cc-by-4.0" if names and all(name in KNOWN_SOURCES for name in names) else "unknown"
 
 
-def card_data(folder, info, behaviour=None):
+def card_data(name, info, behaviour=None):
     """The card's YAML metadata as the Hub reads it."""
     adapter = info["mode"] == "adapter"
     datasets = [KNOWN_SOURCES[n]["hub"] for n in source_names(info) if "hub" in KNOWN_SOURCES.get(n, {})]
@@ -157,7 +160,7 @@ def card_data(folder, info, behaviour=None):
     if info.get("data_set"):
         tags += ["depression", "mental-health", "not-for-diagnosis"]
     data = ModelCardData(
-        model_name=Path(folder).name,
+        model_name=name,
         base_model=hub_base_model(info["base_model"]),
         library_name="adapter-transformers" if adapter else "transformers",  # the Hub's key for AdapterHub adapters
         datasets=datasets or None,
@@ -196,19 +199,19 @@ def eval_results(info):
     return results
 
 
-def card_text(folder, info, export=None, behaviour=None):
+def card_text(name, info, export=None, behaviour=None):
     """The sections a person reads, in Markdown."""
     return (
         "\n\n".join(
             section
             for section in (
-                title(folder, info),
+                title(name, info),
                 predicts(info),
                 training_data(info),
                 validation(info),
                 gets_wrong(info, behaviour),
                 "## Responsible use\n\n" + RESPONSIBLE_USE,
-                how_to_use(folder, info),
+                how_to_use(name, info),
                 exported(export),
             )
             if section
@@ -228,10 +231,10 @@ def method(info):
     return f"a {names.get(config, f'`{config}` adapter')} with its classification head{share}, the base frozen"
 
 
-def title(folder, info):
+def title(name, info):
     what = "Depressive-post classifier" if info.get("data_set") else "Text classifier"
     return (
-        f"# {Path(folder).name}\n\n{what}: {method(info)}, on the base model `{info['base_model']}`"
+        f"# {name}\n\n{what}: {method(info)}, on the base model `{info['base_model']}`"
         + (f" (on the Hub: `{hub_base_model(info['base_model'])}`)" if info["base_model"] in HUB_BASE_MODELS else "")
         + ". Trained with the project's `train.py` (bottleneck adapters vs. full fine-tuning)."
     )
@@ -358,20 +361,19 @@ def gets_wrong(info, behaviour=None):
     return "\n".join(lines) if len(lines) > 2 else None
 
 
-def how_to_use(folder, info):
-    name = Path(folder).name
+def how_to_use(name, info):
     base = hub_base_model(info["base_model"]) or info["base_model"]
     if info["mode"] == "full":
         library = (
             "```python\nfrom transformers import pipeline\n\n"
-            f'classify = pipeline("text-classification", model="{name}")  # this folder\n'
+            f'classify = pipeline("text-classification", model="path/to/{name}")  # this folder, or its Hub id\n'
             'print(classify("some text"))\n```'
         )
     else:
         library = (
             "```python\nfrom adapters import AutoAdapterModel\nfrom transformers import AutoTokenizer\n\n"
             f'model = AutoAdapterModel.from_pretrained("{base}")\n'
-            f'name = model.load_adapter("{name}", set_active=True)  # this folder: the adapter and its head\n'
+            f'name = model.load_adapter("path/to/{name}", set_active=True, use_safetensors=True)  # or its Hub id\n'
             f'tokenizer = AutoTokenizer.from_pretrained("{base}")\n'
             f'logits = model(**tokenizer(["some text"], return_tensors="pt", truncation=True, '
             f"max_length={info['max_length']})).logits\n```"
@@ -382,7 +384,7 @@ def how_to_use(folder, info):
         else ""
     )
     return (
-        f'## How to use it\n\nWith the project: `python predict.py --adapter {name} "some text"` (also '
+        f'## How to use it\n\nWith the project: `python predict.py --adapter path/to/{name} "some text"` (also '
         f"`assess.py`, `serve.py`, `export.py`).\n\nWith plain "
         f"`{'adapters' if info['mode'] == 'adapter' else 'transformers'}`{prep}:\n\n{library}"
     )

@@ -95,6 +95,25 @@ def save_tiny_bert(folder):
     return str(folder)
 
 
+def save_plain_adapter(base, folder, labels=("neg", "neu", "pos"), **save):
+    """An adapter with a classification head added and saved by the adapters library alone (as AdapterTrainer users
+    do), weights changed from their initial values so that the head's answers are its own; returns the model."""
+    import torch
+    from adapters import AutoAdapterModel
+
+    model = AutoAdapterModel.from_pretrained(base)
+    model.add_adapter("sentiment", config="seq_bn")
+    model.add_classification_head("sentiment", num_labels=len(labels), id2label=dict(enumerate(labels)))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "sentiment" in name:
+                p.add_(torch.randn_like(p) * 0.5)
+    model.set_active_adapters("sentiment")
+    model.save_adapter(str(folder), "sentiment", with_head=True, **{"use_safetensors": True, **save})
+    return model.eval()
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
     """A randomly initialised 2-layer BERT (hidden 32) saved like a Hub checkpoint, with the real tokenizer."""

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import assert_clean_failure, run_main
+from conftest import assert_clean_failure, run_main, save_plain_adapter
 from huggingface_hub import ModelCard
 
 import inference
@@ -73,7 +73,7 @@ def test_the_default_adapters_card_has_the_hubs_metadata_and_every_section(tmp_p
     assert "misses 14.3% of its depressive posts" in text  # 1 - 0.857
     assert "copies of long training posts cut to 8-32 words" in text and "without the words depress*" not in text
     assert 'AutoAdapterModel.from_pretrained("sentence-transformers/all-MiniLM-L6-v2")' in text
-    assert "python predict.py --adapter depression-pfeiffer" in text and "normalize_text" in text
+    assert "python predict.py --adapter path/to/depression-pfeiffer" in text and "normalize_text" in text
     assert model_card.NOT_MEASURED in text and "## ONNX export" not in text
 
 
@@ -88,7 +88,7 @@ def test_a_full_model_on_own_data_says_its_licence_is_not_recorded(tmp_path):
     assert data["library_name"] == "transformers" and data["license"] == "unknown"
     assert "base_model" not in data and "datasets" not in data  # a local folder is no Hub id
     assert f"base model `{tmp_path}`" in card.text and "its licence is not recorded" in card.text
-    assert 'pipeline("text-classification", model="own-full")' in card.text
+    assert 'pipeline("text-classification", model="path/to/own-full")' in card.text
     assert model_card.RESPONSIBLE_USE in card.text and "Text classifier: a fully fine-tuned model" in card.text
     assert model_card.NOT_MEASURED not in card.text and "normalize_text" not in card.text
     assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("accuracy", 0.8), ("f1", 0.79)]
@@ -123,31 +123,13 @@ def test_a_card_written_again_keeps_the_behaviour_figures_and_an_edited_one_is_l
 # --- folders saved by plain adapters
 
 
-def plain_folder(base, folder, labels=("neg", "neu", "pos"), **save):
-    """An adapter with a classification head added and saved by the adapters library alone (as AdapterTrainer users
-    do), weights changed from their initial values so that the head's answers are its own; returns the model."""
-    from adapters import AutoAdapterModel
-
-    model = AutoAdapterModel.from_pretrained(base)
-    model.add_adapter("sentiment", config="seq_bn")
-    model.add_classification_head("sentiment", num_labels=len(labels), id2label=dict(enumerate(labels)))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "sentiment" in name:
-                p.add_(torch.randn_like(p) * 0.5)
-    model.set_active_adapters("sentiment")
-    model.save_adapter(str(folder), "sentiment", with_head=True, **{"use_safetensors": True, **save})
-    return model.eval()
-
-
 TEXTS = ["i feel so sad today", "what a lovely morning", "the bus was late again"]
 
 
 @pytest.fixture(scope="module")
 def plain(tiny_bert, tmp_path_factory):
     folder = tmp_path_factory.mktemp("plain") / "sentiment"
-    model = plain_folder(tiny_bert, folder)
+    model = save_plain_adapter(tiny_bert, folder)
     return folder, model
 
 
@@ -202,7 +184,7 @@ def test_a_plain_folder_with_another_base_model_named_by_model(plain, tmp_path):
 
 
 def test_pickled_and_headless_plain_folders_are_refused_in_one_line(tiny_bert, tmp_path):
-    plain_folder(tiny_bert, tmp_path / "pickled", use_safetensors=False)
+    save_plain_adapter(tiny_bert, tmp_path / "pickled", use_safetensors=False)
     assert {p.suffix for p in (tmp_path / "pickled").iterdir()} == {".json", ".bin"}
     labelled = tmp_path / "labelled.csv"
     labelled.write_text("text,label\na,neg\nb,pos\n")
@@ -212,7 +194,7 @@ def test_pickled_and_headless_plain_folders_are_refused_in_one_line(tiny_bert, t
     with pytest.raises(inference.ModelError, match="pytorch_adapter.bin"):
         saved.read_training_info(tmp_path / "pickled")
     headless = tmp_path / "headless"
-    plain_folder(tiny_bert, headless)
+    save_plain_adapter(tiny_bert, headless)
     (headless / "head_config.json").unlink()
     assert_clean_failure(run_main("predict.py", "--adapter", headless, "x", check=False), "without its head")
     assert_clean_failure(

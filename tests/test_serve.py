@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import ROOT, assert_clean_failure, free_port, int8_copy, run_cli, run_main
+from conftest import ROOT, assert_clean_failure, free_port, int8_copy, run_cli, run_main, save_plain_adapter
 
 import serve
 import train
@@ -219,6 +219,21 @@ def test_int8_served_batched_answers_each_post_as_alone(adapters, tmp_path):
     served = np.array([list(a["results"][0]["adapters"]["first"]["probabilities"].values()) for a in answers])
     alone = np.concatenate([predict_py(folder, [text], "onnx-int8") for text in POSTS])
     assert np.abs(served - alone).max() <= 1e-6
+
+
+def test_a_folder_saved_by_plain_adapters_is_served_beside_a_trained_one(adapters, tiny_bert, tmp_path):
+    save_plain_adapter(tiny_bert, tmp_path / "sentiment")
+    server = Server("--adapter", adapters / "first", tmp_path / "sentiment")
+    try:
+        listed = {a["name"]: a for a in httpx.get(f"{server.url}/adapters").json()["adapters"]}
+        assert listed["sentiment"]["labels"] == ["neg", "neu", "pos"] and listed["first"]["trained_on"]
+        answer = server.post({"texts": POSTS[:2]}).json()["results"]
+    finally:
+        out, _, code = server.stop()
+    assert code in STOPPED and f"note: {tmp_path / 'sentiment'} was saved by the adapters library" in out
+    for name, folder in (("first", adapters / "first"), ("sentiment", tmp_path / "sentiment")):
+        got = np.array([list(r["adapters"][name]["probabilities"].values()) for r in answer])
+        assert np.abs(got - predict_py(folder, POSTS[:2])).max() < 0.02
 
 
 def test_bad_flags_and_folders_get_one_line(adapters, tmp_path):

@@ -93,6 +93,9 @@ def test_every_mode_sees_the_same_split(runs):
     assert len({(i["val_fingerprint"], i["data_fingerprint"], i["train_size"]) for i in infos}) == 1
 
 
+TEXT = "i feel hopeless and empty every single day"
+
+
 @pytest.mark.slow
 def test_every_saved_folder_has_a_model_card_the_hub_reads(runs, tiny_bert):
     from huggingface_hub import ModelCard
@@ -108,12 +111,25 @@ def test_every_saved_folder_has_a_model_card_the_hub_reads(runs, tiny_bert):
         card = ModelCard.load(out / name / "README.md")
         info = json.loads((out / name / "training.json").read_text())
         assert card.data.library_name == library and card.data.pipeline_tag == "text-classification"
+        assert card.data.model_name == name and card.text.startswith(f"\n# {name}\n")
         assert card.data.license == "unknown" and "its licence is not recorded" in card.text  # the trainer's own data
         assert card.data.base_model is None and f"base model `{tiny_bert}`" in card.text  # a local folder: no Hub id
         accuracy = {r.metric_type: r.metric_value for r in card.data.eval_results}["accuracy"]
         assert accuracy == round(info["best"]["accuracy"], 4)
         assert model_card.RESPONSIBLE_USE in card.text and "## How to use it" in card.text
         assert not model_card.edited_by_hand(out / name / "README.md")
+        # the card's own code, run as written (the folder's path for path/to/NAME), answers as predict.py does
+        code = card.text.split("```python\n")[1].split("```")[0].replace(f"path/to/{name}", str(out / name))
+        code = code.replace('"some text"', repr(TEXT))
+        names = {}
+        exec(code, names)
+        expected = run_main("predict.py", "--adapter", out / name, "--json", "--precision", "fp32", TEXT).stdout
+        expected = json.loads(expected)
+        if library == "transformers":
+            assert names["classify"](TEXT)[0]["label"] == expected["label"]
+        else:
+            probs = names["logits"].softmax(-1)[0].tolist()
+            assert probs == pytest.approx(list(expected["probabilities"].values()), abs=1e-5)
 
 
 @pytest.mark.slow
