@@ -336,19 +336,22 @@ def behaviour_lines(behaviour):
 
 
 def gets_wrong(info, behaviour=None):
-    """Its measured mistakes: each source's false alarms and misses, the behaviour suite where it was run, and what
-    is known about the depression data set."""
+    """Its measured mistakes: each source's false alarms and misses (or each class's errors, from the confusion
+    matrix), the behaviour suite where it was run, and what is known about the depression data set."""
     lines = ["## What it gets wrong", ""]
-    by_source = (info.get("best") or {}).get("by_source") or {}
-    if len(info["label_names"]) == 2:
+    best, labels = info.get("best") or {}, info["label_names"]
+    by_source = best.get("by_source") or {}
+    if len(labels) == 2 and by_source:
         for name, row in by_source.items():
             parts = []
             if row.get("class_0_flagged") is not None:
-                parts.append(f"flags {pct(row['class_0_flagged'])} of its {info['label_names'][0]} posts")
+                parts.append(f"calls {pct(row['class_0_flagged'])} of its `{labels[0]}` posts `{labels[1]}`")
             if row.get("class_1_flagged") is not None:
-                parts.append(f"misses {pct(1 - row['class_1_flagged'])} of its {info['label_names'][1]} posts")
+                parts.append(f"misses {pct(1 - row['class_1_flagged'])} of its `{labels[1]}` posts")
             if parts:
                 lines.append(f"- `{name}` (validation): " + ", ".join(parts) + ".")
+    else:
+        lines += confusion_lines(best.get("confusion_matrix") or [], labels)
     if "depression-reddit-cleaned" in source_names(info):
         lines.append(
             "- The depression data set's label-0 posts are short tweets and its label-1 posts long Reddit posts: a "
@@ -359,6 +362,19 @@ def gets_wrong(info, behaviour=None):
     elif info.get("data_set"):
         lines += ["", NOT_MEASURED]
     return "\n".join(lines) if len(lines) > 2 else None
+
+
+def confusion_lines(matrix, labels):
+    """Per class, from the validation's confusion matrix (rows: true class): the share of its posts given another
+    label, and the label most often given instead."""
+    lines = []
+    for i, row in enumerate(matrix):
+        total, others = sum(row), [(n, -j) for j, n in enumerate(row) if j != i]  # a tie: the first label
+        if total and others and max(others)[0] > 0:
+            wrong, instead = total - row[i], labels[-max(others)[1]]
+            lines.append(f"- {pct(wrong / total)} of the validation's `{labels[i]}` posts get another label (most "
+                         f"often `{instead}`).")  # fmt: skip
+    return lines
 
 
 def how_to_use(name, info):

@@ -70,7 +70,8 @@ def test_the_default_adapters_card_has_the_hubs_metadata_and_every_section(tmp_p
     assert "Low, Laurie Rumker" in text and "CC BY 4.0" in text and "WordNet" in text  # attribution travels with it
     assert "0 = not depressive, 1 = depressive" in text and "cut at 64 tokens" in text
     assert "| reddit-mental-health-2019 | 188 | 92.0% | 0.972 | 6.2% | 85.7% |" in text
-    assert "misses 14.3% of its depressive posts" in text  # 1 - 0.857
+    assert "misses 14.3% of its `depressive` posts" in text  # 1 - 0.857
+    assert "calls 33.3% of its `not depressive` posts `depressive`" in text
     assert "copies of long training posts cut to 8-32 words" in text and "without the words depress*" not in text
     assert 'AutoAdapterModel.from_pretrained("sentence-transformers/all-MiniLM-L6-v2")' in text
     assert "python predict.py --adapter path/to/depression-pfeiffer" in text and "normalize_text" in text
@@ -81,7 +82,8 @@ def test_a_full_model_on_own_data_says_its_licence_is_not_recorded(tmp_path):
     own = {"posts": {"train": 60, "val": 20}}
     folder = folder_with(
         tmp_path, "own-full", mode="full", adapter_config=None, data_set=None, sources=own, data="posts.csv",
-        base_model=str(tmp_path), normalize_text=False, best={"accuracy": 0.8, "macro_f1": 0.79},
+        base_model=str(tmp_path), normalize_text=False, label_names=["a", "b", "c"],
+        best={"accuracy": 0.8, "macro_f1": 0.79, "confusion_matrix": [[8, 1, 1], [0, 5, 0], [1, 3, 1]]},
     )  # fmt: skip
     card = ModelCard.load(model_card.write_card(folder))
     data = card.data.to_dict()
@@ -91,6 +93,9 @@ def test_a_full_model_on_own_data_says_its_licence_is_not_recorded(tmp_path):
     assert 'pipeline("text-classification", model="path/to/own-full")' in card.text
     assert model_card.RESPONSIBLE_USE in card.text and "Text classifier: a fully fine-tuned model" in card.text
     assert model_card.NOT_MEASURED not in card.text and "normalize_text" not in card.text
+    assert "- 20.0% of the validation's `a` posts get another label (most often `b`)." in card.text  # a tie: the first
+    assert "- 80.0% of the validation's `c` posts get another label (most often `b`)." in card.text
+    assert "validation's `b` posts" not in card.text and "0 = a, 1 = b, 2 = c" in card.text
     assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("accuracy", 0.8), ("f1", 0.79)]
 
 
