@@ -181,16 +181,16 @@ def eval_results(info):
     best = info.get("best") or {}
     results = []
 
-    def add(dataset, name, metric, value):
+    def add(dataset, name, metric, value, metric_name=None):
         if value is not None:
             results.append(EvalResult(
                 task_type="text-classification", dataset_type=dataset, dataset_name=name, dataset_split="validation",
-                metric_type=metric, metric_value=round(float(value), 4),
+                metric_type=metric, metric_value=round(float(value), 4), metric_name=metric_name,
             ))  # fmt: skip
 
     everything = "+".join(source_names(info)) or "training data"
     add(everything, f"validation posts of {everything}", "accuracy", best.get("accuracy"))
-    add(everything, f"validation posts of {everything}", "f1", best.get("macro_f1"))
+    add(everything, f"validation posts of {everything}", "f1", best.get("macro_f1"), "macro F1")
     if len(best.get("by_source") or {}) > 1:
         for name, row in best["by_source"].items():
             dataset = KNOWN_SOURCES.get(name, {}).get("hub", name)
@@ -317,6 +317,7 @@ NOT_MEASURED = (
     '"depression", neutral edits) was not run on this folder: `python -m bench.behaviour --adapter FOLDER` '
     "measures it and adds the figures here."
 )
+# The behaviour suite's tests (bench/behaviour.py) by letter: what each checks.
 BEHAVIOUR_TESTS = {
     "a": "short first-person depressive statements flagged",
     "b": "short everyday posts not flagged",

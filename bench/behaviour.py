@@ -27,17 +27,18 @@ from pathlib import Path
 
 import numpy as np
 
+import model_card
 from bench import harness as H
 
 CASES = Path(__file__).resolve().parent / "behaviour_cases.json"
+# test -> (its cases in the cases file, what it checks: the words model cards use too)
 TESTS = {
-    "a": ("a_short_depressive", "short first-person depressive statements flagged"),
-    "b": ("b_everyday", "short everyday posts not flagged"),
-    "c": ("c_other_senses", "other senses of 'depression' and negations not flagged"),
-    "d": ("d_invariance", "label unchanged by neutral edits"),
-    "e": ("e_direction", "a depressive sentence raises P(depressive)"),
-    "f": ("f_without_the_word", "depressive posts without the word flagged"),
-}
+    test: (cases, model_card.BEHAVIOUR_TESTS[test])
+    for test, cases in {
+        "a": "a_short_depressive", "b": "b_everyday", "c": "c_other_senses", "d": "d_invariance",
+        "e": "e_direction", "f": "f_without_the_word",
+    }.items()
+}  # fmt: skip
 PARTS = ("tune", "test")  # the suite's fixed parts (the cases file says how they were drawn)
 
 
@@ -210,8 +211,6 @@ def draw(result):
 def record_in_card(folder, part, backend, result):
     """The pass rates into the folder's model card (model_card.record_behaviour), under the part's name (and the
     backend's, where it is not torch)."""
-    import model_card
-
     name = part if backend == "torch" else f"{part} ({backend})"
     model_card.record_behaviour(folder, name, {test: result[test]["pass_rate"] for test in TESTS})
 
