@@ -1,10 +1,11 @@
 """
 The model card of a folder train.py saves: README.md with the Hub's YAML metadata (huggingface_hub's ModelCardData,
 the validation figures as model-index) and short sections a person reads, built from training.json, the export's
-onnx.json where export.py made one, and the behaviour suite's figures where bench/behaviour.py measured them.
+record (inference.EXPORT_INFO) where export.py made one, and the behaviour suite's figures where bench/behaviour.py
+measured them.
 
     write_card(folder)                                  # train.py after saving, export.py after exporting
-    record_behaviour(folder, "tune", {"a": 0.9, ...})   # bench/behaviour.py: a part's pass rates, kept in the card
+    record_behaviour(folder, {"tune": {"a": 0.9, ...}})  # bench/behaviour.py: each part's pass rates, kept in the card
     card = ModelCard.load(Path(folder) / "README.md")   # card.data: the metadata, card.text: the sections
 """
 
@@ -14,6 +15,8 @@ import re
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+import inference
 
 CARD = "README.md"
 RESPONSIBLE_USE = (
@@ -67,15 +70,15 @@ def write_card(folder, behaviour=None, name=None):
     where the card was edited by hand (left as it is). name: the model's name (default: the folder's; train.py
     writes into a staging folder and names the output folder)."""
     folder = Path(folder)
-    name = name or folder.name
-    info = json.loads((folder / "training.json").read_text())
-    behaviour = {**read_behaviour(folder), **(behaviour or {})}
-    export = read_json_or_none(folder / "onnx.json")
-    metadata = card_data(name, info, behaviour).to_yaml()
-    card = str(ModelCard(f"---\n{metadata}\n---\n\n{card_text(name, info, export, behaviour)}"))
     path = folder / CARD
     if edited_by_hand(path):
         return None
+    name = name or folder.name
+    info = json.loads((folder / "training.json").read_text())
+    behaviour = {**read_behaviour(folder), **(behaviour or {})}
+    export = inference.read_export_info(folder)
+    metadata = card_data(name, info, behaviour).to_yaml()
+    card = str(ModelCard(f"---\n{metadata}\n---\n\n{card_text(name, info, export, behaviour)}"))
     path.write_text(f"{card}{SIGNATURE}{digest(card)} -->\n")
     return path
 
@@ -99,31 +102,25 @@ def edited_by_hand(path):
     return not (last.startswith(SIGNATURE) and last[len(SIGNATURE) :].removesuffix(" -->") == digest(body + "\n"))
 
 
-def read_json_or_none(path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def read_behaviour(folder):
-    """The behaviour suite's pass rates an earlier card of the folder recorded: {part: {test: share}}, or {}."""
+    """The behaviour suite's pass rates the folder's card recorded (a card write_card wrote: it is called after the
+    check that the card was not edited by hand): {part: {test: share}}, or {}."""
     path = Path(folder) / CARD
     if not path.is_file():
         return {}
-    try:
-        return dict(ModelCard.load(path).data.to_dict().get("behaviour_suite") or {})
-    except Exception:  # a card edited by hand into something unreadable: written anew, without them
-        return {}
+    return dict(ModelCard.load(path).data.to_dict().get("behaviour_suite") or {})
 
 
-def record_behaviour(folder, part, pass_rates):
-    """Keep a part's behaviour-suite pass rates ({test letter: share of cases passed}) in the folder's card, and
+def record_behaviour(folder, parts):
+    """Keep the behaviour suite's pass rates ({part: {test letter: share of cases passed}}) in the folder's card, and
     rewrite it; a folder without training.json (saved by plain adapters) gets no card."""
     folder = Path(folder)
     if not (folder / "training.json").is_file():
         return None
-    return write_card(folder, {part: {test: round(float(share), 4) for test, share in sorted(pass_rates.items())}})
+    rounded = {
+        part: {test: round(float(share), 4) for test, share in sorted(rates.items())} for part, rates in parts.items()
+    }
+    return write_card(folder, rounded)
 
 
 def hub_base_model(name):

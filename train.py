@@ -430,9 +430,7 @@ def save(args, accelerator, run, best, history, calibration=None):
     saved.save_trained(final, run.tokenizer, result, args.mode)
     training.write_metrics(result / "metrics.jsonl", history)
     saved.write_training_info(result, training_info(args, accelerator, run, best, history, calibration))
-    model_card.write_card(
-        result, name=output.name
-    )  # README.md: the Hub's metadata and what a person reads before using it
+    model_card.write_card(result, name=output.name)  # README.md: the Hub's metadata, what a person reads first
     saved.swap_in(result, output)
     shutil.rmtree(run.staging)
     size = sum(f.stat().st_size for f in output.iterdir()) / 1e6

@@ -208,11 +208,12 @@ def draw(result):
     return fig
 
 
-def record_in_card(folder, part, backend, result):
-    """The pass rates into the folder's model card (model_card.record_behaviour), under the part's name (and the
-    backend's, where it is not torch)."""
-    name = part if backend == "torch" else f"{part} ({backend})"
-    model_card.record_behaviour(folder, name, {test: result[test]["pass_rate"] for test in TESTS})
+def record_in_card(folder, backend, results):
+    """Every part's pass rates of one folder into its model card (model_card.record_behaviour), under the part's
+    name (and the backend's, where it is not torch). results: {part: {folder: result}}."""
+    suffix = "" if backend == "torch" else f" ({backend})"
+    parts = {part + suffix: {t: models[folder][t]["pass_rate"] for t in TESTS} for part, models in results.items()}
+    model_card.record_behaviour(folder, parts)
 
 
 def main(argv=None):
@@ -227,7 +228,7 @@ def main(argv=None):
             loaded = inference.load(folder, backend=args.backend)
             for part, tests in parts.items():
                 results[part][folder] = run_model(loaded, tests)
-                record_in_card(folder, part, args.backend, results[part][folder])
+            record_in_card(folder, args.backend, results)
         except (ModelError, ValueError) as e:
             fail(str(e))
     command = H.command_line(__file__, argv)

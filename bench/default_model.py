@@ -25,6 +25,7 @@ bench/results/<name>-<machine>[-quick].{json,md,png}.
 """
 
 import argparse
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -166,13 +167,14 @@ def support_posts():
     return table["text"].tolist(), table["subreddit"].to_numpy()
 
 
-def readme_examples(folder, export):
-    """P(depressive) of the README's example on torch in fp32 and in bf16 and, where export, on the int8 ONNX export
-    (export.py runs where the folder holds none)."""
+def readme_examples(loaded, folder, export):
+    """P(depressive) of the README's example on torch in fp32 and in bf16 (the folder's model as inference.load
+    loaded it, at each precision) and, where export, on the int8 ONNX export (export.py runs where the folder holds
+    none)."""
     out = {}
     for precision in ("fp32", "bf16"):
-        loaded = inference.load(folder, precision=precision)
-        out[f"torch {precision}"] = float(np.asarray(inference.classify(loaded, [README_EXAMPLE]))[0, 1])
+        at = dataclasses.replace(loaded, precision=precision)
+        out[f"torch {precision}"] = float(np.asarray(inference.classify(at, [README_EXAMPLE]))[0, 1])
     if export:
         if inference.read_export_info(folder) is None:
             subprocess.run([sys.executable, "export.py", "--adapter", str(folder)], cwd=H.ROOT, check=True)
@@ -216,10 +218,13 @@ def evaluate_run(folder, pirina, support, tests, export=False):
         (Path(folder) / "default-model.json").replace(cache)
     if cache.is_file():
         result = json.loads(cache.read_text())
-        if "onnx int8" not in result.get("readme_examples", {}) and (export or "readme_examples" not in result):
-            result["readme_examples"] = readme_examples(folder, export)
-        if "test" in tests and "behaviour_test" not in result:
-            result["behaviour_test"] = behaviour.summary_row(behaviour.run_model(inference.load(folder), tests["test"]))
+        examples = "onnx int8" not in result.get("readme_examples", {}) and (export or "readme_examples" not in result)
+        test_part = "test" in tests and "behaviour_test" not in result
+        loaded = inference.load(folder) if examples or test_part else None
+        if examples:
+            result["readme_examples"] = readme_examples(loaded, folder, export)
+        if test_part:
+            result["behaviour_test"] = behaviour.summary_row(behaviour.run_model(loaded, tests["test"]))
         cache.write_text(json.dumps(result, indent=2) + "\n")
         return result
     info = json.loads((Path(folder) / "training.json").read_text())
@@ -239,7 +244,7 @@ def evaluate_run(folder, pirina, support, tests, export=False):
         "behaviour_part": "tune",
         "val_ece": (info.get("calibration") or {}).get("ece_after", info["best"].get("ece")),
         "readme_example": float(np.asarray(inference.classify(loaded, [README_EXAMPLE]))[0, 1]),
-        "readme_examples": readme_examples(folder, export),
+        "readme_examples": readme_examples(loaded, folder, export),
     }
     if "test" in tests:
         result["behaviour_test"] = behaviour.summary_row(behaviour.run_model(loaded, tests["test"]))
