@@ -24,6 +24,7 @@ from errors import ModelError, first_line
 from model import ADAPTER_NAME, load_base_model, load_tokenizer, no_inactive_adapter_notice, resolve_model_path
 
 TRAINING_INFO = "training.json"
+TRAIN_AGAIN = "train again with python train.py"  # what to do about a damaged folder of train.py (again())
 # The keys of training.json that loading a folder needs, with their types. train.py writes many more (the settings,
 # the data's fingerprints, the best epoch's metrics, library versions); those are recorded, not required.
 TRAINING_INFO_SCHEMA = {"mode": str, "base_model": str, "max_length": int, "label_names": list}
@@ -117,9 +118,9 @@ def read_training_info(folder, model_name=None):
         raise ModelError(f"{folder} is incomplete (missing {', '.join(missing)}); {again(info)}")
     for name in required:
         if name.endswith(".json"):
-            read_json(folder / name)
+            read_json(folder / name, again(info))
         else:
-            safetensors_keys(folder / name)
+            safetensors_keys(folder / name, again(info))
     return info
 
 
@@ -127,7 +128,7 @@ def again(info):
     """What to do about a damaged folder: train it again, or (plain adapters) save it again."""
     if info.get("saved_by") == "adapters":
         return f"save it again with {RESAVE}"
-    return "train again with python train.py"
+    return TRAIN_AGAIN
 
 
 RESAVE = "model.save_adapter(folder, name, with_head=True, use_safetensors=True)"
@@ -149,11 +150,11 @@ def plain_adapter_info(folder, model_name=None):
     """What loading needs, for a folder the adapters library saved (save_adapter(..., with_head=True)) with no
     training.json: the labels from its classification head's label2id, the base model from `model_name` or its
     adapter config, the longest input the base model takes (at most 512 tokens), texts as they are."""
-    adapter = read_json(folder / "adapter_config.json")
+    adapter = read_json(folder / "adapter_config.json", f"save it again with {RESAVE}")
     head_file = folder / "head_config.json"
     if not head_file.is_file():
         raise ModelError(f"{folder} holds an adapter without its head (no head_config.json); save it with {RESAVE}")
-    head = read_json(head_file)
+    head = read_json(head_file, f"save it again with {RESAVE}")
     config = head.get("config") if isinstance(head, dict) else None
     if not isinstance(config, dict) or config.get("head_type") != "classification":
         kind = config.get("head_type") if isinstance(config, dict) else f"a fixed head of {head.get('model_class')}"
@@ -192,20 +193,20 @@ FOLDER_FILES = {
 }
 
 
-def read_json(path):
+def read_json(path, again=TRAIN_AGAIN):
     try:
         return json.loads(Path(path).read_text())
     except (ValueError, UnicodeDecodeError):
-        raise ModelError(f"{path} is damaged (not valid JSON); train again with python train.py") from None
+        raise ModelError(f"{path} is damaged (not valid JSON); {again}") from None
 
 
-def safetensors_keys(path):
+def safetensors_keys(path, again=TRAIN_AGAIN):
     """The tensor names in a safetensors file; a truncated or garbled file -> ModelError."""
     try:
         with safe_open(str(path), framework="pt") as f:
             return set(f.keys())
     except Exception as e:  # SafetensorError, OSError: the file is not a whole safetensors file
-        raise ModelError(f"{path} is damaged ({str(e).splitlines()[0]}); train again with python train.py") from None
+        raise ModelError(f"{path} is damaged ({str(e).splitlines()[0]}); {again}") from None
 
 
 def load_trained(folder, model_name=None):
@@ -305,7 +306,7 @@ def merge_adapter(model, info):
     return True
 
 
-def load_adapter(model, folder, load_as=None, again="train again with python train.py"):
+def load_adapter(model, folder, load_as=None, again=TRAIN_AGAIN):
     """Add a saved adapter with its head to `model` and make it the active one; returns its name.
     Every weight of that adapter and head must come from the folder's safetensors files, with the values stored
     there: a file with other names would otherwise leave freshly initialised weights in place, silently. again: what
@@ -317,7 +318,7 @@ def load_adapter(model, folder, load_as=None, again="train again with python tra
         if not (folder / name).is_file():
             raise ModelError(f"{folder} is incomplete (missing {name}); {again}")
         if name.endswith(".json"):
-            read_json(folder / name)
+            read_json(folder / name, again)
     try:
         with no_inactive_adapter_notice():
             name = model.load_adapter(str(folder), load_as=load_as, set_active=True, use_safetensors=True)
@@ -329,12 +330,12 @@ def load_adapter(model, folder, load_as=None, again="train again with python tra
     return name
 
 
-def check_loaded_weights(model, name, folder, again="train again with python train.py"):
+def check_loaded_weights(model, name, folder, again=TRAIN_AGAIN):
     """The adapter's and head's parameters in `model` are exactly the tensors stored in `folder`."""
     stored = {}
     for file in ("adapter.safetensors", "model_head.safetensors"):
         stored.update(load_file(str(folder / file)))
-    saved_name = read_json(folder / "adapter_config.json").get("name", name)
+    saved_name = read_json(folder / "adapter_config.json", again).get("name", name)
     stored = {key.replace(f".{saved_name}.", f".{name}."): value for key, value in stored.items()}
     params = {n: p for n, p in model.named_parameters() if f".{name}." in f".{n}"}
     buffers = {n: b for n, b in model.named_buffers() if f".{name}." in f".{n}"}  # e.g. loreft's orthogonal base

@@ -202,6 +202,11 @@ def test_pickled_and_headless_plain_folders_are_refused_in_one_line(tiny_bert, t
     save_plain_adapter(tiny_bert, headless)
     (headless / "head_config.json").unlink()
     assert_clean_failure(run_main("predict.py", "--adapter", headless, "x", check=False), "without its head")
+    damaged = tmp_path / "damaged"
+    save_plain_adapter(tiny_bert, damaged)
+    (damaged / "adapter.safetensors").write_bytes((damaged / "adapter.safetensors").read_bytes()[:100])
+    proc = run_main("predict.py", "--adapter", damaged, "x", check=False)
+    assert_clean_failure(proc, "adapter.safetensors is damaged", "save it again with model.save_adapter(")
     assert_clean_failure(
         run_main("export.py", "--adapter", tmp_path / "pickled", check=False), "pickle", "use_safetensors=True"
     )
