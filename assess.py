@@ -30,6 +30,7 @@ import metrics
 import posts
 import report
 import saved
+import sharing
 from errors import DataError, ModelError, fail
 from report import markdown_table, pct
 
@@ -46,7 +47,8 @@ def build_parser():
         nargs="+",
         required=True,
         metavar="FOLDER",
-        help="folders written by train.py (adapters with their heads, or full models)",
+        help="folders written by train.py (adapters with their heads, or full models), or Hugging Face Hub ids of "
+        "them (org/name[@revision]; a local folder of that name wins)",
     )
     p.add_argument(
         "--data", required=True, help="a labelled .csv/.tsv/.json/.jsonl/.parquet file (or a Hub data set id)"
@@ -200,8 +202,10 @@ def main(argv=None):
         labelled, left_out = data.read_labelled(
             args.data, args.text_column, args.label_column, args.group_column, args.label_mapping
         )
-        infos = {folder: saved.read_training_info(folder) for folder in args.adapter}  # every folder checked first
-        for note in filter(None, (inference.plain_note(folder, info) for folder, info in infos.items())):
+        folders, notes = sharing.adapter_folders(args.adapter)  # a Hub id -> its folder in the Hugging Face cache
+        paths = dict(zip(args.adapter, folders))
+        infos = {name: saved.read_training_info(path) for name, path in paths.items()}  # every folder checked first
+        for note in filter(None, notes + [inference.plain_note(folder, info) for folder, info in infos.items()]):
             print(note, file=sys.stderr)
         labels = {f: data.class_indices(labelled["label"], info["label_names"], f) for f, info in infos.items()}
         groups = labelled["group"].to_numpy() if args.group_column else None
@@ -228,7 +232,7 @@ def main(argv=None):
     bar = tqdm(total=len(texts) * len(args.adapter), unit=" posts", desc="classifying", file=sys.stderr)
     for folder in args.adapter:
         try:
-            loaded = inference.load(folder, backend=args.backend, precision=args.precision)
+            loaded = inference.load(paths[folder], backend=args.backend, precision=args.precision)
         except ModelError as e:
             bar.close()
             fail(str(e))

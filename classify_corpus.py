@@ -20,6 +20,7 @@ import pandas as pd
 
 import inference
 import posts
+import sharing
 from errors import DataError, ModelError, fail
 
 SHARD_SUFFIXES = (".jsonl", ".parquet")
@@ -30,7 +31,12 @@ def build_parser():
         description=__doc__.split("\n\n")[0].strip(),
         epilog="This is a research and teaching tool, not a diagnostic instrument.",
     )
-    p.add_argument("--adapter", required=True, help="folder written by train.py and exported by export.py")
+    p.add_argument(
+        "--adapter",
+        required=True,
+        help="folder written by train.py and exported by export.py, or the Hugging Face Hub id of one pushed with "
+        "its export (org/name[@revision]; a local folder of that name wins)",
+    )
     p.add_argument("--input", required=True, help="folder of .jsonl/.parquet shards, each with a text column")
     p.add_argument("--output", required=True, help="folder for the results: <shard name>.jsonl per input shard")
     p.add_argument("--text-column", default=None, help="text column of the shards (default: text or clean_text)")
@@ -63,12 +69,17 @@ def result_path(output_folder, shard):
     return Path(output_folder) / f"{shard.stem}.jsonl"
 
 
-def check_model(folder, backend):
+def check_model(folder, backend, hub_id=None):
     """The ONNX backend to run ("auto": the fastest verified export) and the model's label names; refused with one
-    line when there is no usable export."""
+    line when there is no usable export. hub_id: the Hub id the folder was downloaded for."""
     chosen = inference.fastest_export(folder) if backend == "auto" else backend
     if chosen is None:
-        raise ModelError(f"{folder} holds no verified ONNX export; run python export.py --adapter {folder} first")
+        how = (
+            f"its owner can push one with python export.py --adapter FOLDER --push-to-hub {hub_id}"
+            if hub_id
+            else f"run python export.py --adapter {folder} first"
+        )
+        raise ModelError(f"{hub_id or folder} holds no verified ONNX export; {how}")
     loaded = inference.load(folder, backend=chosen, threads=1)  # stale, damaged, missing: one line here
     if note := inference.cpu_beside_gpu_note(loaded, instead=""):  # the actors' sessions, on the CPU beside a GPU
         print(note, flush=True)
@@ -183,9 +194,13 @@ def main(argv=None):
         fail("Ray is not installed; pip install -r requirements-scale.txt")
     try:
         shards, pending = shard_plan(args.input, args.output)
-        backend, names = check_model(args.adapter, args.backend)
+        [folder], notes = sharing.adapter_folders([args.adapter])  # a Hub id: its folder in the Hugging Face cache
+        backend, names = check_model(folder, args.backend, hub_id=args.adapter if folder != args.adapter else None)
+        args.adapter = folder  # what the actors load
     except (DataError, ModelError) as e:
         fail(str(e))
+    for note in notes:
+        print(note, flush=True)
     Path(args.output).mkdir(parents=True, exist_ok=True)
     print(f"{len(shards)} shards, {len(shards) - len(pending)} already classified; {backend}, {args.actors} actor(s)")
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)

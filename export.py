@@ -3,6 +3,7 @@ Export a folder written by train.py to ONNX, for fast inference with ONNX Runtim
 
     python export.py --adapter adapters/depression-pfeiffer
     python predict.py --adapter adapters/depression-pfeiffer "some text"   # now uses the fastest verified export
+    python export.py --adapter adapters/depression-pfeiffer --push-to-hub your-name/depression-pfeiffer
 
 Writes into the folder: model.onnx (fp32: base + adapter + head for bottleneck adapters, the merged model for
 LoRA-kind adapters, the whole model for full fine-tuning; dynamic batch and sequence axes), model.int8.onnx
@@ -34,6 +35,7 @@ import inference
 import model_card
 import posts
 import saved
+import sharing
 from errors import DataError, ModelError, fail
 
 # Adapter configs export.py exports: bottleneck adapters as they are, LoRA-kind adapters merged into the weights.
@@ -74,6 +76,14 @@ def build_parser():
     p.add_argument("--check-posts", type=int, default=500, help="posts drawn at random to check on (default: 500)")
     p.add_argument("--no-int8", dest="int8", action="store_false", help="write model.onnx only")
     p.add_argument("--overwrite", action="store_true", help="replace an export the folder already holds")
+    p.add_argument(
+        "--push-to-hub",
+        default=None,
+        metavar="REPO_ID",
+        help="then upload the folder (trained weights, card, export) to this Hugging Face Hub model repository, e.g. "
+        "your-name/depression-pfeiffer (a token: hf auth login); a folder whose export is current is pushed as it is",
+    )
+    p.add_argument("--private", action="store_true", help="--push-to-hub: create the repository private")
     p.error = lambda message: fail(f"{message} (see python export.py --help)")
     return p
 
@@ -237,6 +247,13 @@ def main(argv=None):
     quiet_known_notices()
     folder = Path(args.adapter)
     try:
+        if args.private and not args.push_to_hub:
+            raise ModelError("--private applies to --push-to-hub REPO_ID; pass both, or neither")
+        if args.push_to_hub:
+            sharing.check_push(args.push_to_hub)
+            if not args.overwrite and export_is_current(folder):
+                print(f"{folder} holds a current export ({inference.fastest_export(folder)}): pushing it as it is")
+                return push(folder, args.push_to_hub, args.private)
         info = check_exportable(folder, args.overwrite)
         texts = check_posts(info, args.data, args.text_column, args.check_posts)
         # the reference: full precision, on the CPU that exports it (never a GPU's copy moved back)
@@ -272,6 +289,22 @@ def main(argv=None):
             write_export_info(folder, export)
     update_card(folder)
     print(f"exported in {time.perf_counter() - start:.0f} s; predict.py now uses {inference.fastest_backend(folder)}")
+    if args.push_to_hub:
+        push(folder, args.push_to_hub, args.private)
+
+
+def export_is_current(folder):
+    """Whether the folder (checked whole: ModelError if not) holds a verified export made after its last training."""
+    saved.read_training_info(folder)
+    return inference.fastest_export(folder) is not None
+
+
+def push(folder, repo_id, private):
+    try:
+        url = sharing.push_folder(folder, repo_id, private)
+    except ModelError as e:
+        fail(str(e))
+    print(f'pushed {folder}/ to {url}; predict with: python predict.py --adapter {repo_id} "some text"')
 
 
 def update_card(folder):

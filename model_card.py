@@ -64,11 +64,12 @@ REMEDIES = {
 }
 
 
-def write_card(folder, behaviour=None, name=None):
+def write_card(folder, behaviour=None, name=None, repo_id=None):
     """Write (or rewrite) <folder>/README.md from the folder's training.json, its onnx.json and the behaviour
     figures an earlier card recorded, updated with `behaviour` ({part: {test: share}}); returns its path, or None
     where the card was edited by hand (left as it is). name: the model's name (default: the folder's; train.py
-    writes into a staging folder and names the output folder)."""
+    writes into a staging folder and names the output folder). repo_id: its Hub id, where it is pushed (the card
+    then shows how to use it by that id)."""
     folder = Path(folder)
     path = folder / CARD
     if edited_by_hand(path):
@@ -78,7 +79,7 @@ def write_card(folder, behaviour=None, name=None):
     behaviour = {**read_behaviour(folder), **(behaviour or {})}
     export = inference.read_export_info(folder)
     metadata = card_data(name, info, behaviour).to_yaml()
-    card = str(ModelCard(f"---\n{metadata}\n---\n\n{card_text(name, info, export, behaviour)}"))
+    card = str(ModelCard(f"---\n{metadata}\n---\n\n{card_text(name, info, export, behaviour, repo_id)}"))
     path.write_text(f"{card}{SIGNATURE}{digest(card)} -->\n")
     return path
 
@@ -196,7 +197,7 @@ def eval_results(info):
     return results
 
 
-def card_text(name, info, export=None, behaviour=None):
+def card_text(name, info, export=None, behaviour=None, repo_id=None):
     """The sections a person reads, in Markdown."""
     return (
         "\n\n".join(
@@ -208,7 +209,7 @@ def card_text(name, info, export=None, behaviour=None):
                 validation(info),
                 gets_wrong(info, behaviour),
                 "## Responsible use\n\n" + RESPONSIBLE_USE,
-                how_to_use(name, info),
+                how_to_use(name, info, repo_id),
                 exported(export),
             )
             if section
@@ -375,19 +376,21 @@ def confusion_lines(matrix, labels):
     return lines
 
 
-def how_to_use(name, info):
+def how_to_use(name, info, repo_id=None):
     base = hub_base_model(info["base_model"]) or info["base_model"]
+    where = repo_id or f"path/to/{name}"
+    other = "or the folder it was downloaded to" if repo_id else "or its Hub id"
     if info["mode"] == "full":
         library = (
             "```python\nfrom transformers import pipeline\n\n"
-            f'classify = pipeline("text-classification", model="path/to/{name}")  # this folder, or its Hub id\n'
+            f'classify = pipeline("text-classification", model="{where}")  # {other}\n'
             'print(classify("some text"))\n```'
         )
     else:
         library = (
             "```python\nfrom adapters import AutoAdapterModel\nfrom transformers import AutoTokenizer\n\n"
             f'model = AutoAdapterModel.from_pretrained("{base}")\n'
-            f'name = model.load_adapter("path/to/{name}", set_active=True, use_safetensors=True)  # or its Hub id\n'
+            f'name = model.load_adapter("{where}", set_active=True, use_safetensors=True)  # {other}\n'
             f'tokenizer = AutoTokenizer.from_pretrained("{base}")\n'
             f'logits = model(**tokenizer(["some text"], return_tensors="pt", truncation=True, '
             f"max_length={info['max_length']})).logits\n```"
@@ -398,8 +401,8 @@ def how_to_use(name, info):
         else ""
     )
     return (
-        f'## How to use it\n\nWith the project: `python predict.py --adapter path/to/{name} "some text"` (also '
-        f"`assess.py`, `serve.py`, `export.py`).\n\nWith plain "
+        f'## How to use it\n\nWith the project: `python predict.py --adapter {where} "some text"` (also '
+        f"`assess.py`, `serve.py`{'' if repo_id else ', `export.py`'}).\n\nWith plain "
         f"`{'adapters' if info['mode'] == 'adapter' else 'transformers'}`{prep}:\n\n{library}"
     )
 

@@ -7,6 +7,7 @@ Classify posts with an adapter (or a fully fine-tuned model) saved by train.py.
     python predict.py --json "some text"          # one JSON object per line
     python predict.py --adapter adapters/depression-houlsby "some text"
     python predict.py --adapter adapters/a adapters/b adapters/c "some text"  # every adapter, one loaded base model
+    python predict.py --adapter your-name/depression-pfeiffer "some text"     # a Hub id (org/name[@revision])
     python predict.py --file posts.csv --output results.jsonl  # streams: any number of posts, kept as they come
     python predict.py --backend torch "some text"  # PyTorch even where export.py left a faster ONNX model
 
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import inference
 import posts
+import sharing
 from errors import DataError, ModelError, fail
 
 DEFAULT_ADAPTER = "adapters/depression-pfeiffer"  # where `python train.py --mode adapter` saves
@@ -47,9 +49,10 @@ def build_parser():
         nargs="+",
         default=[DEFAULT_ADAPTER],
         metavar="FOLDER",
-        help="folder written by train.py: an adapter with its head, or a full model; several adapter folders "
-        "trained on the same base model share one loaded base (torch), and every post gets every adapter's "
-        f"answer; posts may follow the folders (default: {DEFAULT_ADAPTER})",
+        help="folder written by train.py: an adapter with its head, or a full model; or a Hugging Face Hub id "
+        "(org/name[@revision]) of one, downloaded into the Hub cache (a local folder of that name wins); several "
+        "adapters trained on the same base model share one loaded base (torch), and every post gets every "
+        f"adapter's answer; posts may follow the folders (default: {DEFAULT_ADAPTER})",
     )
     p.add_argument(
         "--model",
@@ -105,10 +108,11 @@ def parse_args(argv=None):
 
 def split_adapters_from_posts(args):
     """`--adapter A B "some text"`: argparse gives --adapter every word; the first is a folder, the next ones are
-    folders while they are existing folders, and the words after them are posts."""
+    folders while they are existing folders or Hub ids (org/name), and the words after them are posts (a post of
+    one word with a slash goes before --adapter, or after --)."""
     folders = args.adapter[:1]
     for i, item in enumerate(args.adapter[1:], 1):
-        if not Path(item).is_dir():
+        if not Path(item).is_dir() and not sharing.is_hub_id(item):
             args.texts = args.adapter[i:] + args.texts
             break
         folders.append(item)
@@ -265,6 +269,7 @@ def load_model(args):
             f"--backend {args.backend} runs one exported model (base and adapter in one graph); several adapters "
             f"share a base model on torch: drop --backend, or pass one --adapter"
         )
+    args.adapter, hub_notes = sharing.adapter_folders(args.adapter)  # Hub ids -> their folders in the HF cache
     backend = "torch" if len(args.adapter) > 1 else args.backend
     backend = inference.fastest_backend(args.adapter[0]) if backend == "auto" else backend
     if backend == "torch":
@@ -278,7 +283,7 @@ def load_model(args):
         loaded = inference.load(args.adapter[0], args.model, args.merge, backend, precision=args.precision)
         # a folder saved by plain adapters; an export asked for by name, on the CPU beside a GPU
         notes = [inference.plain_note(args.adapter[0], loaded.info), inference.cpu_beside_gpu_note(loaded)]
-    for note in filter(None, notes):
+    for note in filter(None, hub_notes + notes):
         print(note, file=sys.stderr)
     return loaded
 

@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+import sharing
 from errors import ModelError, first_line
 from model import ADAPTER_NAME, load_base_model, load_tokenizer, no_inactive_adapter_notice, resolve_model_path
 
@@ -279,9 +280,9 @@ def load_shared(folders, model_name=None):
 
 
 def task_names(folders):
-    """Each folder's name as its task's name (dots, which module names cannot hold, as underscores); a name that
-    two folders share is refused."""
-    names = [Path(f).name.replace(".", "_") for f in folders]
+    """Each folder's name (a Hub repository's name for its folder in the cache) as its task's name (dots, which
+    module names cannot hold, as underscores); a name that two folders share is refused."""
+    names = [sharing.folder_name(f).replace(".", "_") for f in folders]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ModelError(

@@ -7,6 +7,7 @@ micro-batched into one model call, and a page at / lets you try it.
     python serve.py --adapter adapters/a adapters/b adapters/c --port 8080   # three tasks on one base model
     python serve.py --adapter adapters/depression-pfeiffer --backend onnx-int8
     python serve.py --adapter adapters/depression-pfeiffer --ray-replicas 2  # Ray Serve replicas (docs/scale.md)
+    python serve.py --adapter your-name/depression-pfeiffer                  # a Hub id: the task depression-pfeiffer
     curl -s 127.0.0.1:8000/classify -H 'content-type: application/json' -d '{"texts": ["some text"]}'
 
 Endpoints: POST /classify, GET /adapters, GET /health, GET / (the page), GET /docs (the OpenAPI page).
@@ -20,6 +21,7 @@ import socket
 
 import inference
 import server
+import sharing
 from errors import ModelError, fail
 
 DEFAULT_ADAPTER = "adapters/depression-pfeiffer"
@@ -36,8 +38,10 @@ def build_parser():
         nargs="+",
         default=[DEFAULT_ADAPTER],
         metavar="FOLDER",
-        help="folders written by train.py; each is a task named by its folder's name; on torch, several adapters "
-        f"trained on one base model share it (default: {DEFAULT_ADAPTER})",
+        help="folders written by train.py, or Hugging Face Hub ids of them (org/name[@revision], downloaded into "
+        "the Hub cache at start; a local folder of that name wins); each is a task named by its folder's (or "
+        "repository's) name; on torch, several adapters trained on one base model share it "
+        f"(default: {DEFAULT_ADAPTER})",
     )
     inference.add_backend_flag(p, default="auto")
     inference.add_precision_flag(p)
@@ -145,10 +149,16 @@ def check_port(host, port):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_port(args.host, args.port)
+    try:
+        args.adapter, hub_notes = sharing.adapter_folders(args.adapter)  # Hub ids -> their folders in the HF cache
+    except ModelError as e:
+        fail(str(e))
     backend = backend_for(args)
     limits = limits_for(args)
-    check_port(args.host, args.port)
     if args.ray_replicas:
+        for note in hub_notes:
+            print(note, flush=True)
         try:
             return server.deploy_on_ray(
                 args.adapter, backend, args.threads, limits, args.ray_replicas, args.host, args.port, args.precision
@@ -165,6 +175,8 @@ def main(argv=None):
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    for note in hub_notes:
+        print(note, flush=True)
     for folder, info in zip(args.adapter, models.infos.values()):  # folders saved by plain adapters
         if note := inference.plain_note(folder, info):
             print(note, flush=True)

@@ -5,6 +5,7 @@ Train the depression classifier by full fine-tuning or with a bottleneck adapter
     python train.py --mode adapter --adapter-config houlsby # -> adapters/depression-houlsby/
     python train.py --mode full                             # every weight -> models/depression-full/
     python train.py --mode adapter --resume                 # continue a killed run after its last epoch
+    python train.py --mode adapter --push-to-hub your-name/depression-pfeiffer  # then upload the folder
     torchrun --nproc_per_node 2 train.py --mode adapter     # several processes or GPUs (accelerate launch too)
 
 The loop is written out: AdamW over the trainable weights only, linear warm-up and decay, gradient clipping,
@@ -39,6 +40,7 @@ import model as M
 import model_card
 import posts
 import saved
+import sharing
 import training
 from errors import DataError, ModelError, fail
 
@@ -134,6 +136,10 @@ class OutputArguments:
     output_dir: str | None = setting(help="where the folder goes (None: adapters/, or models/ for full)")
     overwrite: bool = setting(False, "replace a trained model there, or an interrupted run's checkpoint")
     resume: bool = setting(False, "continue an interrupted run (same settings) after its last finished epoch")
+    push_to_hub: str | None = setting(help="after saving, upload the folder to this Hugging Face Hub model "
+                                      "repository, e.g. your-name/depression-pfeiffer (a token: hf auth login)",
+                                      metavar="REPO_ID")  # fmt: skip
+    private: bool = setting(False, "--push-to-hub: create the repository private")
 
 
 SETTINGS = (DataSettings, ModelSettings, LoopSettings)
@@ -189,6 +195,13 @@ def parse_args(argv=None):
     args.lr = args.lr or training.LR[args.mode]
     kind = args.adapter_config if args.mode == "adapter" else "full"
     args.name = args.name or (f"depression-original-{kind}" if args.data == "original" else f"depression-{kind}")
+    if args.private and not args.push_to_hub:
+        fail("--private applies to --push-to-hub REPO_ID; pass both, or neither")
+    try:
+        if args.push_to_hub:
+            sharing.check_push(args.push_to_hub)  # before training: a run is not wasted on a push that cannot be
+    except ModelError as e:
+        fail(str(e))
     return args
 
 
@@ -467,6 +480,10 @@ def main(argv=None):
     datasets.disable_progress_bars()  # in-memory steps of about a second: their bars would only be noise
     try:
         run(args)
+        if args.push_to_hub and int(os.environ.get("RANK", "0")) == 0:  # the main process: it saved the folder
+            url = sharing.push_folder(output_folder(args), args.push_to_hub, args.private)
+            print(f"pushed {output_folder(args)}/ to {url}; predict with: python predict.py --adapter "
+                  f'{args.push_to_hub} "some text"')  # fmt: skip
     except (DataError, ModelError) as e:
         fail(str(e))
 

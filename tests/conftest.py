@@ -245,3 +245,50 @@ def groups_csv(tmp_path_factory):
     path = tmp_path_factory.mktemp("groups") / "groups.csv"
     pd.DataFrame(rows, columns=["label", "text"]).to_csv(path, index=False)
     return path
+
+
+class FakeHub:
+    """An HfApi stand-in for push tests: records the repository it is asked to create and what upload_folder would
+    upload, chosen by huggingface_hub's own filter_repo_objects from the folder's files with the patterns given (as
+    the real upload_folder does), and keeps a copy of those files; `error` is raised by upload_folder (a Hub or
+    network failure)."""
+
+    def __init__(self, error=None):
+        self.error, self.repos, self.uploads = error, [], []
+
+    def create_repo(self, repo_id, private=False, exist_ok=False, **options):
+        self.repos.append({"repo_id": repo_id, "private": private, "exist_ok": exist_ok})
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, folder_path, repo_id, allow_patterns=None, ignore_patterns=None, **options):
+        from huggingface_hub.utils import filter_repo_objects
+
+        if self.error:
+            raise self.error
+        folder = Path(folder_path)
+        every = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        names = list(filter_repo_objects(every, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns))
+        self.uploads.append({"repo_id": repo_id, "files": {n: (folder / n).read_bytes() for n in names}, **options})
+
+
+def fill_hub_cache(cache, repo_id, files, commit="0123456789abcdef0123456789abcdef01234567", ref="main"):
+    """A Hugging Face cache holding `files` ({name: bytes}) as the repository `repo_id` at `commit`, laid out as
+    huggingface_hub lays it out: blobs named by their SHA-256, a snapshot folder of links to them, refs/<ref>."""
+    import hashlib
+
+    storage = Path(cache) / f"models--{repo_id.replace('/', '--')}"
+    snapshot = storage / "snapshots" / commit
+    (storage / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        blob = storage / "blobs" / hashlib.sha256(content).hexdigest()
+        blob.write_bytes(content)
+        (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
+    (storage / "refs").mkdir(exist_ok=True)
+    (storage / "refs" / ref).write_text(commit)
+    return snapshot
+
+
+def folder_files(folder):
+    """{name: bytes} of the files directly in a folder."""
+    return {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import assert_clean_failure, int8_copy, make_posts, run_cli, run_main
+from conftest import FakeHub, assert_clean_failure, folder_files, int8_copy, make_posts, run_cli, run_main
 
 import inference
 import train
@@ -171,6 +171,31 @@ def test_unexportable_and_missing_exports_get_one_line(exported, tiny_bert, post
     for backend in ("onnx", "onnx-int8"):  # a folder never exported
         proc = run_main("predict.py", "--adapter", tmp_path / "prefix", "--backend", backend, "hi", check=False)
         assert_clean_failure(proc, "no ONNX export", "python export.py")
+
+
+def test_export_pushes_the_folder_with_its_export(exported, tmp_path, monkeypatch):
+    """--push-to-hub: a current export is pushed as it is; a folder without one is exported, then pushed; a push the
+    Hub refuses is one line, and the folder keeps its export."""
+    import huggingface_hub
+
+    hub = FakeHub()
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda *args, **kwargs: hub)
+    current, bare = tmp_path / "current", tmp_path / "bare"
+    shutil.copytree(exported["pfeiffer"][0], current)
+    shutil.copytree(exported["pfeiffer"][0], bare, ignore=shutil.ignore_patterns(*inference.EXPORT_FILES))
+    proc = run_main("export.py", "--adapter", current, "--push-to-hub", "me/current")
+    assert "pushing it as it is" in proc.stdout and "python predict.py --adapter me/current" in proc.stdout
+    proc = run_main("export.py", "--adapter", bare, "--check-posts", "4", "--no-int8", "--push-to-hub", "me/bare")
+    assert "model.onnx: kept" in proc.stdout and "pushed" in proc.stdout
+    for upload, folder in zip(hub.uploads, (current, bare)):
+        assert upload["files"] == folder_files(folder)  # the folder as it is after the push, all of it
+        assert {"model.onnx", "onnx.json", "onnx-tokenizer.json", "README.md"} <= set(upload["files"])
+    assert [r["private"] for r in hub.repos] == [False, False]
+    hub.error = huggingface_hub.errors.HfHubHTTPError("403 Forbidden: you don't have the rights to create a model")
+    proc = run_main("export.py", "--adapter", current, "--push-to-hub", "someone-else/x", check=False)
+    assert_clean_failure(proc, "could not push", "403 Forbidden", "the folder is kept")
+    assert inference.fastest_export(current) is not None
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx", "auto"])

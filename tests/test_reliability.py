@@ -111,7 +111,7 @@ def test_resume_with_other_arguments_or_nothing_to_resume(tiny_bert, posts_csv, 
 def test_every_flag_is_a_resume_setting_but_where_the_result_goes():
     """A flag added to the parser joins the settings a checkpoint must agree on, without a list to update."""
     dests = {a.dest for a in train.build_parser()._actions} - {"help"}
-    assert set(train.resume_keys()) == dests - {"name", "output_dir", "overwrite", "resume"}
+    assert set(train.resume_keys()) == dests - {"name", "output_dir", "overwrite", "resume", "push_to_hub", "private"}
     assert {"label_map", "normalize_text", "class_weights", "metric", "lr", "seed"} <= set(train.resume_keys())
 
 

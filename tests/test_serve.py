@@ -15,7 +15,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import ROOT, assert_clean_failure, free_port, int8_copy, run_cli, run_main, save_plain_adapter
+from conftest import (
+    ROOT,
+    assert_clean_failure,
+    fill_hub_cache,
+    folder_files,
+    free_port,
+    int8_copy,
+    run_cli,
+    run_main,
+    save_plain_adapter,
+)
 
 import serve
 import train
@@ -42,13 +52,13 @@ def adapters(tiny_bert, posts_csv, tmp_path_factory):
 class Server:
     """serve.py in its own process on a free loopback port; stopped with SIGTERM."""
 
-    def __init__(self, *args):
+    def __init__(self, *args, env=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "serve.py", *map(str, args), "--port", str(self.port)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         )  # fmt: skip
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -234,6 +244,24 @@ def test_a_folder_saved_by_plain_adapters_is_served_beside_a_trained_one(adapter
     for name, folder in (("first", adapters / "first"), ("sentiment", tmp_path / "sentiment")):
         got = np.array([list(r["adapters"][name]["probabilities"].values()) for r in answer])
         assert np.abs(got - predict_py(folder, POSTS[:2])).max() < 0.02
+
+
+def test_an_adapter_from_the_hub_is_served_by_its_repositorys_name(adapters, tmp_path):
+    """--adapter me/depression-first (a Hub id, from a filled cache, offline) beside a local folder: the task is
+    called by the repository's name, and answers as the local copy does."""
+    cache = tmp_path / "cache"
+    fill_hub_cache(cache, "me/depression-first", folder_files(adapters / "first"))
+    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    server = Server("--adapter", "me/depression-first", adapters / "second", env=env)
+    try:
+        names = [a["name"] for a in httpx.get(f"{server.url}/adapters").json()["adapters"]]
+        answer = server.post({"texts": POSTS[:2], "adapters": ["depression-first"]}).json()["results"]
+    finally:
+        out, _, code = server.stop()
+    assert code in STOPPED and names == ["depression-first", "second"]
+    assert "note: me/depression-first from the Hugging Face Hub" in out
+    got = np.array([list(r["adapters"]["depression-first"]["probabilities"].values()) for r in answer])
+    assert np.abs(got - predict_py(adapters / "first", POSTS[:2])).max() < 0.02
 
 
 def test_bad_flags_and_folders_get_one_line(adapters, tmp_path):
