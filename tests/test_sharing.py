@@ -115,6 +115,11 @@ def test_train_pushes_what_it_saved_and_predict_uses_it_by_its_hub_id(
     assert f"note: me/tiny from the Hugging Face Hub (commit {COMMIT[:12]})" in proc.stderr
     by_commit, _ = probabilities(f"me/tiny@{COMMIT}", *POSTS)
     assert np.abs(by_commit - local).max() <= 1e-6
+    # the card's plain-adapters code, run as written: load_adapter("me/tiny") finds the same files in the cache
+    code = card.split("```python\n")[1].split("```")[0].replace('"some text"', repr(POSTS[0]))
+    names = {}
+    exec(code, names)
+    assert names["logits"].softmax(-1)[0].tolist() == pytest.approx(local[0].tolist(), abs=1e-5)
 
 
 def test_a_push_that_cannot_be_made_stops_before_training(tiny_bert, posts_csv, tmp_path, monkeypatch):
