@@ -49,7 +49,8 @@ def adapter_folder(name):
     cache); a Hub id is downloaded into the Hugging Face cache (or found there offline). ModelError, one line: not a
     folder and not a Hub id, offline and not cached, no such repository or revision, no safetensors weights."""
     if not is_hub_id(name):
-        if Path(name).is_dir() and looks_like_hub_id(name) and in_hub_cache(split_hub_id(name)[0]):
+        hub_form = looks_like_hub_id(name) and str(name).split("/")[0] not in LOCAL_ONLY
+        if hub_form and Path(name).is_dir() and in_hub_cache(split_hub_id(name)[0]):
             return str(name), f"note: using the local folder {name}, not the Hub repository of that name"
         return str(name), None  # a missing folder is refused by whoever reads it, in its own words
     repo_id, revision = split_hub_id(name)
