@@ -101,9 +101,7 @@ def download(repo_id, revision=None):
             f"while the cache holds no copy of it; connect once to download it, or pass a local folder"
         ) from None
     except Exception as e:  # requests' and huggingface_hub's many kinds: a network or Hub failure
-        raise ModelError(
-            f"cannot download {name} from the Hugging Face Hub ({type(e).__name__}: {first_line(e)})"
-        ) from None
+        raise ModelError(f"cannot download {name} from the Hugging Face Hub ({hub_failure(e)})") from None
 
 
 def in_hub_cache(repo_id):
@@ -175,8 +173,17 @@ def push_folder(folder, repo_id, private=False, api=None):
         )
     except Exception as e:  # HfHubHTTPError (401, 403, ...), a connection error, offline mode
         raise ModelError(
-            f"could not push {folder} to {repo_id} on the Hugging Face Hub ({type(e).__name__}: {first_line(e)}); "
-            f"the folder is kept as it is; push it again with python export.py --adapter {folder} --push-to-hub "
-            f"{repo_id}"
+            f"could not push {folder} to {repo_id} on the Hugging Face Hub ({hub_failure(e)}); the folder is kept "
+            f"as it is; push it again with python export.py --adapter {folder} --push-to-hub {repo_id}"
         ) from None
     return str(url)
+
+
+def hub_failure(error):
+    """What went wrong with a Hub call, in a few words: no network, or the Hub's own answer."""
+    import requests
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    if isinstance(error, (requests.ConnectionError, requests.Timeout, OfflineModeIsEnabled)):
+        return "the Hub cannot be reached: no network, or HF_HUB_OFFLINE=1"
+    return f"{type(error).__name__}: {first_line(error)}"

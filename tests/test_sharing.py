@@ -19,6 +19,7 @@ from conftest import (
     run_train,
     save_plain_adapter,
 )
+from huggingface_hub.errors import HfHubHTTPError
 
 import saved
 import sharing
@@ -86,10 +87,14 @@ def test_a_push_uploads_the_folders_own_files_and_nothing_else(tmp_path):
                                        "model.onnx"]  # fmt: skip
     assert upload["repo_id"] == "me/depression-pfeiffer" and upload["delete_patterns"] == "*"  # the repo = the folder
 
-    failing = FakeHub(error=ConnectionError("Max retries exceeded with url: /api/repos/create"))
-    with pytest.raises(ModelError, match="could not push .*ConnectionError.*the folder is kept") as error:
+    failing = FakeHub(error=HfHubHTTPError("401 Client Error: Unauthorized for url: https://huggingface.co/api"))
+    with pytest.raises(ModelError, match="could not push .*401 Client Error.*the folder is kept") as error:
         sharing.push_folder(folder, "me/depression-pfeiffer", api=failing)
     assert "\n" not in str(error.value) and (folder / "adapter.safetensors").read_text() == "adapter.safetensors"
+    # the real client, offline (HF_HUB_OFFLINE=1, as in every test): it stops at its first request
+    with pytest.raises(ModelError, match="the Hub cannot be reached: no network, or HF_HUB_OFFLINE=1"):
+        sharing.push_folder(folder, "me/depression-pfeiffer")
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*upload["files"], ".DS_Store", "x.lock", "checkpoint"])
 
 
 def test_train_pushes_what_it_saved_and_predict_uses_it_by_its_hub_id(
