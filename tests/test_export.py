@@ -7,7 +7,16 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FakeHub, assert_clean_failure, folder_files, int8_copy, make_posts, run_cli, run_main
+from conftest import (
+    FakeHub,
+    assert_clean_failure,
+    fill_hub_cache,
+    folder_files,
+    int8_copy,
+    make_posts,
+    run_cli,
+    run_main,
+)
 
 import inference
 import train
@@ -192,6 +201,8 @@ def test_export_pushes_the_folder_with_its_export(exported, tmp_path, monkeypatc
         assert upload["files"] == folder_files(folder)  # the folder as it is after the push, all of it
         assert {"model.onnx", "onnx.json", "onnx-tokenizer.json", "README.md"} <= set(upload["files"])
     assert [r["private"] for r in hub.repos] == [False, False]
+    pulled = fill_hub_cache(tmp_path / "cache", "me/current", hub.uploads[0]["files"])  # as the Hub would serve it
+    assert inference.fastest_export(pulled) == inference.fastest_export(current) is not None  # still current there
     hub.error = huggingface_hub.errors.HfHubHTTPError("403 Forbidden: you don't have the rights to create a model")
     proc = run_main("export.py", "--adapter", current, "--push-to-hub", "someone-else/x", check=False)
     assert_clean_failure(proc, "could not push", "403 Forbidden", "the folder is kept")
