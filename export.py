@@ -247,13 +247,11 @@ def main(argv=None):
     quiet_known_notices()
     folder = Path(args.adapter)
     try:
-        if args.private and not args.push_to_hub:
-            raise ModelError("--private applies to --push-to-hub REPO_ID; pass both, or neither")
-        if args.push_to_hub:
-            sharing.check_push(args.push_to_hub)
-            if not args.overwrite and export_is_current(folder):
-                print(f"{folder} holds a current export ({inference.fastest_export(folder)}): pushing it as it is")
-                return push(folder, args.push_to_hub, args.private)
+        sharing.check_push(args.push_to_hub, args.private)
+        current = current_export(folder) if args.push_to_hub and not args.overwrite else None
+        if current:
+            print(f"{folder} holds a current export ({current}): pushing it as it is")
+            return push(folder, args.push_to_hub, args.private)
         info = check_exportable(folder, args.overwrite)
         texts = check_posts(info, args.data, args.text_column, args.check_posts)
         # the reference: full precision, on the CPU that exports it (never a GPU's copy moved back)
@@ -293,10 +291,11 @@ def main(argv=None):
         push(folder, args.push_to_hub, args.private)
 
 
-def export_is_current(folder):
-    """Whether the folder (checked whole: ModelError if not) holds a verified export made after its last training."""
+def current_export(folder):
+    """The fastest verified export the folder holds that was made after its last training (None if none); the
+    folder is checked whole first (ModelError if not)."""
     saved.read_training_info(folder)
-    return inference.fastest_export(folder) is not None
+    return inference.fastest_export(folder)
 
 
 def push(folder, repo_id, private):
@@ -304,7 +303,7 @@ def push(folder, repo_id, private):
         url = sharing.push_folder(folder, repo_id, private)
     except ModelError as e:
         fail(str(e))
-    print(f'pushed {folder}/ to {url}; predict with: python predict.py --adapter {repo_id} "some text"')
+    print(sharing.pushed_line(folder, repo_id, url))
 
 
 def update_card(folder):

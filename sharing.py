@@ -27,11 +27,15 @@ def looks_like_hub_id(name):
     return bool(HUB_ID.match(str(name))) and not str(name).startswith((".", "/", "~"))
 
 
+def could_be_hub_id(name):
+    """The form of a Hub id, and not under adapters/ or models/ (where train.py saves)."""
+    return looks_like_hub_id(name) and str(name).split("/")[0] not in LOCAL_ONLY
+
+
 def is_hub_id(name):
-    """Whether an --adapter value names a Hub repository: the form of a Hub id, and not a local path (a path that
-    exists, one whose first part is a local folder, or one under adapters/ or models/, where train.py saves)."""
-    org = str(name).split("/")[0]
-    return looks_like_hub_id(name) and not Path(name).exists() and not Path(org).is_dir() and org not in LOCAL_ONLY
+    """Whether an --adapter value names a Hub repository: it could be a Hub id and is no local path (a path that
+    exists, or one whose first part is a local folder)."""
+    return could_be_hub_id(name) and not Path(name).exists() and not Path(str(name).split("/")[0]).is_dir()
 
 
 def split_hub_id(name):
@@ -49,8 +53,7 @@ def adapter_folder(name):
     cache); a Hub id is downloaded into the Hugging Face cache (or found there offline). ModelError, one line: not a
     folder and not a Hub id, offline and not cached, no such repository or revision, no safetensors weights."""
     if not is_hub_id(name):
-        hub_form = looks_like_hub_id(name) and str(name).split("/")[0] not in LOCAL_ONLY
-        if hub_form and Path(name).is_dir() and in_hub_cache(split_hub_id(name)[0]):
+        if could_be_hub_id(name) and Path(name).is_dir() and in_hub_cache(split_hub_id(name)[0]):
             return str(name), f"note: using the local folder {name}, not the Hub repository of that name"
         return str(name), None  # a missing folder is refused by whoever reads it, in its own words
     repo_id, revision = split_hub_id(name)
@@ -123,8 +126,13 @@ def folder_name(folder):
 # --- push ---------------------------------------------------------------------------------------------------------
 
 
-def check_push(repo_id):
-    """Before any work: a valid repository id and a token (from HF_TOKEN or `hf auth login`); ModelError if not."""
+def check_push(repo_id, private=False):
+    """Before any work, the flags --push-to-hub REPO_ID and --private: a valid repository id and a token (from
+    HF_TOKEN or `hf auth login`), --private only with a push; ModelError if not. Nothing to check without them."""
+    if private and not repo_id:
+        raise ModelError("--private applies to --push-to-hub REPO_ID; pass both, or neither")
+    if not repo_id:
+        return
     from huggingface_hub import get_token
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
@@ -177,6 +185,11 @@ def push_folder(folder, repo_id, private=False, api=None):
             f"as it is; push it again with python export.py --adapter {folder} --push-to-hub {repo_id}"
         ) from None
     return str(url)
+
+
+def pushed_line(folder, repo_id, url):
+    """What train.py and export.py print after a push."""
+    return f'pushed {folder}/ to {url}; predict with: python predict.py --adapter {repo_id} "some text"'
 
 
 def hub_failure(error):

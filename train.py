@@ -195,11 +195,8 @@ def parse_args(argv=None):
     args.lr = args.lr or training.LR[args.mode]
     kind = args.adapter_config if args.mode == "adapter" else "full"
     args.name = args.name or (f"depression-original-{kind}" if args.data == "original" else f"depression-{kind}")
-    if args.private and not args.push_to_hub:
-        fail("--private applies to --push-to-hub REPO_ID; pass both, or neither")
     try:
-        if args.push_to_hub:
-            sharing.check_push(args.push_to_hub)  # before training: a run is not wasted on a push that cannot be
+        sharing.check_push(args.push_to_hub, args.private)  # before training: no run wasted on a push that cannot be
     except ModelError as e:
         fail(str(e))
     return args
@@ -482,8 +479,7 @@ def main(argv=None):
         run(args)
         if args.push_to_hub and int(os.environ.get("RANK", "0")) == 0:  # the main process: it saved the folder
             url = sharing.push_folder(output_folder(args), args.push_to_hub, args.private)
-            print(f"pushed {output_folder(args)}/ to {url}; predict with: python predict.py --adapter "
-                  f'{args.push_to_hub} "some text"')  # fmt: skip
+            print(sharing.pushed_line(output_folder(args), args.push_to_hub, url))
     except (DataError, ModelError) as e:
         fail(str(e))
 
