@@ -39,11 +39,12 @@ def parse_args(argv=None):
     p.add_argument("--data", default=None, help="data set whose validation posts are classified (default: train.py's)")
     p.add_argument("--repeats", type=int, default=2, help="timed passes over the posts; the best counts (default 2)")
     p.add_argument("--ray-posts", type=int, default=20000, help="posts in the Ray corpus (default: 20000)")
+    # bench.harness's add_run_flags and --out, written out: parsing must not import torch (the workers parse too)
     p.add_argument(
         "--quick", action="store_true", help="64 posts, 1 pass, torch and ONNX fp32 only, no Ray: a check that it runs"
     )
+    p.add_argument("--name", default="backends", help="results file name (default: backends)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for the JSON, table and chart")
-    p.add_argument("--name", default=None, help="file name stem (default: backends-<machine>)")
     p.add_argument("--worker", nargs=3, metavar=("FOLDER", "BACKEND", "POSTS"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -266,7 +267,7 @@ def main(argv=None):
             corpus = posts.sample(n=args.ray_posts, replace=True, random_state=0)  # the validation posts, repeated
             folder = Path(tmp) / SETUPS["pfeiffer"]
             result["ray"] = [ray_throughput(folder, corpus, a, tmp, run) for run, a in enumerate((1, 2, 1, 2))]
-    H.write_results(Path(args.out) / (args.name or f"backends-{H.machine_slug()}"), result, markdown(result), chart)
+    H.write_results(H.results_stem(args), result, markdown(result), chart)
 
 
 if __name__ == "__main__":

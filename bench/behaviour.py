@@ -52,7 +52,7 @@ def build_parser():
         help="the suite's parts to score: tune (for choosing between models), test (once, on the model chosen)",
     )  # fmt: skip
     H.add_common_flags(p, model=False, data_set=False)
-    p.add_argument("--name", default="behaviour", help="results file name (default: behaviour)")
+    H.add_run_flags(p, "behaviour")
     return p
 
 
@@ -240,7 +240,7 @@ def main(argv=None):
         "models": results,
         "summary": {part: {folder: summary_row(r) for folder, r in models.items()} for part, models in results.items()},
     }
-    H.write_results(Path(args.out) / f"{args.name}-{H.machine_slug()}", result, markdown(results, command), draw)
+    H.write_results(H.results_stem(args), result, markdown(results, command), draw)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,16 @@ from transformers.utils import logging as hf_logging
 import data
 import inference
 from bench.harness import TRAIN_SETUPS as SETUPS
-from bench.harness import add_common_flags, command_line, device_name, results_stem, train_setup, write_results
+from bench.harness import (
+    add_common_flags,
+    add_run_flags,
+    command_line,
+    device_name,
+    results_stem,
+    train_setup,
+    write_results,
+)
+from report import save_figure
 
 BASELINE = "full"
 SPLIT_SETUPS = ["full", "pfeiffer"]  # also trained on other splits, to set split variance beside method variance
@@ -41,12 +50,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="200 training and 100 validation posts, 1 epoch, seeds 1 2, "
-        "split seed 3: a short run that exercises everything",
-    )
+    add_run_flags(p, "compare", "200 training and 100 validation posts, 1 epoch, seeds 1 2, split seed 3")
     add_common_flags(p)
     p.add_argument(
         "--setups",
@@ -76,6 +80,7 @@ def parse_args(argv=None):
         action="store_true",
         help="keep the runs already in the results file (same settings) and train only the missing ones",
     )
+    p.add_argument("--redraw", action="store_true", help="draw the chart again from the results file; train nothing")
     args = p.parse_args(argv)
     args.seeds = args.seeds or ([1, 2] if args.quick else [42, 43, 44])
     args.split_seeds = args.split_seeds if args.split_seeds is not None else ([3] if args.quick else [43, 44])
@@ -275,44 +280,43 @@ def report(result):
 
 
 def chart(result):
+    """Accuracy (mean ± sd over training seeds, each seed a dot; split seeds beside) and seconds per epoch (median,
+    each seed a dot), by setup."""
     names = list(result["setups"])
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, (acc, speed) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, name in enumerate(names):
         s = result["setups"][name]
-        ax.errorbar(
-            i,
-            100 * s["accuracy_mean"],
-            yerr=100 * s["accuracy_sd"],
-            fmt="o",
-            capsize=4,
-            color="C0",
-            label="training seeds, split 42" if i == 0 else None,
-        )
-        ax.scatter([i] * len(s["accuracy"]), [100 * a for a in s["accuracy"]], s=10, color="C0", alpha=0.4)
+        first = i == 0
+        acc.errorbar(i, 100 * s["accuracy_mean"], yerr=100 * s["accuracy_sd"], fmt="o", capsize=4, color="C0",
+                     label="training seeds, split 42" if first else None)  # fmt: skip
+        acc.scatter([i] * len(s["accuracy"]), [100 * a for a in s["accuracy"]], s=10, color="C0", alpha=0.4)
         if name in result["split_spread"]:
             sp = result["split_spread"][name]
-            ax.errorbar(
-                i + 0.2,
-                100 * sp["accuracy_mean"],
-                yerr=100 * sp["accuracy_sd"],
-                fmt="s",
-                capsize=4,
-                color="C1",
-                label="split seeds" if name == names[0] else None,
-            )
-    ax.set_xticks(range(len(names)), names, rotation=15)
-    ax.set(
-        ylabel="best validation accuracy (%)",
-        title=f"mean ± sd over seeds, {result['epochs']} epochs; {result['device']}",
-    )
-    ax.legend(fontsize=8)
+            acc.errorbar(i + 0.2, 100 * sp["accuracy_mean"], yerr=100 * sp["accuracy_sd"], fmt="s", capsize=4,
+                         color="C1", label="split seeds" if first else None)  # fmt: skip
+        median = statistics.median(s["seconds_per_epoch"])  # one slow seed moves the mean far
+        speed.bar(i, median, color="C2" if name == "full" else "C0", alpha=0.8)
+        speed.scatter([i] * len(s["seconds_per_epoch"]), s["seconds_per_epoch"], s=10, color="k", alpha=0.6)
+        speed.annotate(f"{s['trainable'] / 1e6:.2g} M trained", (i, median), ha="center",
+                       va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")  # fmt: skip
+    acc.set_xticks(range(len(names)), names, rotation=15)
+    acc.set(ylabel="best validation accuracy (%)", title="accuracy: mean ± sd over seeds")
+    acc.legend(fontsize=8)
+    speed.set_xticks(range(len(names)), names, rotation=15)
+    speed.set(ylabel="seconds per epoch (median; dots: seeds)", title="training time per epoch")
+    fig.suptitle(f"Adapters against full fine-tuning: {result['epochs']} epochs, {result['val_posts']} validation "
+                 f"posts; {result['device']}", fontsize=10)  # fmt: skip
+    fig.tight_layout()
     return fig
 
 
 def main(argv=None):
     args = parse_args(argv)
     hf_logging.set_verbosity_error()
-    stem = results_stem(args, "compare")
+    stem = results_stem(args)
+    if args.redraw:  # the chart again from the results file, nothing trained
+        save_figure(chart(json.loads(stem.with_suffix(".json").read_text())), stem.with_suffix(".png"))
+        return print(f"drew {stem}.png from {stem}.json")
     settings = {
         "model": args.model,
         "data": args.data,

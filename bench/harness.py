@@ -1,7 +1,6 @@
 """
-What the benchmarks share (writeup_claims.py, levers.py, profile_step.py, scale.py, layers.py, compare.py), taking plain
-values: the setups, a training step's batches in each pipeline, the timed step, memory readings, the device's
-name, the fresh-process worker and the way results are written.
+What the benchmarks share, taking plain values: the setups, a training step's batches in each pipeline, the timed
+step, memory readings, the device's name, the fresh-process worker and the way results are written.
 
     model, optimizer, accelerator, batches = prepare_training(model_name, data_source, "pfeiffer", "ours")
     seconds, posts, tokens = timed_steps(model, optimizer, accelerator, itertools.islice(batches, 20))
@@ -41,7 +40,7 @@ SETUPS = {
     "pfeiffer-upper-half": ("adapter", "pfeiffer", True, False),
     "pfeiffer-upper-half-cached": ("adapter", "pfeiffer", True, True),
 }
-# name -> train.py flags, for the scripts that train whole runs (compare.py, crossdomain.py); "{upper}" becomes the
+# name -> train.py flags, for the scripts that train whole runs (compare.py, gpu.py); "{upper}" becomes the
 # lower half of the layers, left without adapters
 TRAIN_SETUPS = {
     "full": ["--mode", "full"],
@@ -53,24 +52,10 @@ TRAIN_SETUPS = {
 }
 
 
-# Reddit and forum posts of Pirina & Coltekin (2018) in 7 groups (../shared/data/README.md): evaluation beyond the
-# training data. Positive groups first; the AUC pairs set depressed posts against posts of the other groups.
-def reddit_data():
-    """The Pirina Reddit posts (evaluation only): $REDDIT_DATA where set, else ../shared/data's copy."""
-    return os.environ.get("REDDIT_DATA", str(ROOT.parent / "shared" / "data" / "pirina-2018-train.csv"))
-
-
-REDDIT_GROUPS = ["ds", "dsf", "do", "bc", "ff", "ndf", "nd"]
+# Reddit and forum posts of Pirina & Coltekin (2018) in 7 groups (../shared/data/README.md), evaluation only: the
+# depressed groups (ds, dsf, do) against the others
 REDDIT_MAP = ["1=ds,dsf,do", "0=bc,ff,ndf,nd"]
-REDDIT_PAIRS = ["ds:bc", "ds:ff", "ds:nd", "do:nd"]
-# the setups that bench/crossdomain.py and bench/probes.py compare beyond the training data
-COMPARED_SETUPS = ["full", "pfeiffer", "houlsby", "pfeiffer-upper-half", "lora"]
 CACHED_POSTS = 1024  # a cached setup's batches come from the first N training posts (their states, computed once)
-# ru_maxrss of the wrapper's children: the one process it ran (kB on Linux).
-PEAK_WRAPPER = (
-    "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)"
-)
 
 
 def lower_half(model_name):
@@ -214,28 +199,15 @@ def build_setup_model(model_name, setup, label_names, attention_dropout, seed=SE
     )
 
 
-def prepare_training(
-    model_name,
-    data_source,
-    setup,
-    pipeline="ours",
-    posts_needed=256,
-    attention_dropout="default",
-    fused=None,
-    mixed_precision="auto",
-):
+def prepare_training(model_name, data_source, setup, pipeline="ours", posts_needed=256, mixed_precision="auto"):
     """Model, optimizer, accelerator and an endless batch stream for one setup in one pipeline.
     "ours": train.py's batches and defaults; a cached setup's batches hold the lower half's output for its posts
     (training.cache_lower_layers), the model's lower half switched to pass-through, as train.py trains it.
-    "write-up": every post padded to 512, batch 2, the checkpoint as it is (attention dropout 0.1), plain AdamW.
-    bench/levers.py overrides the defaults one at a time."""
+    "write-up": every post padded to 512, batch 2, the checkpoint as it is (attention dropout 0.1), plain AdamW."""
     train_ds, _, label_names, _ = load_data(data_source)
     tokenizer = M.load_tokenizer(model_name)
     ours = pipeline == "ours"
-    if attention_dropout == "default":
-        attention_dropout = training.ATTENTION_DROPOUT if ours else None
-    fused = ours if fused is None else fused
-    model = build_setup_model(model_name, setup, label_names, attention_dropout)
+    model = build_setup_model(model_name, setup, label_names, training.ATTENTION_DROPOUT if ours else None)
     accelerator = Accelerator(mixed_precision=training.mixed_precision(mixed_precision))
     if SETUPS[setup][3]:
         if not ours:
@@ -257,7 +229,7 @@ def prepare_training(
         n = posts_needed * 2  # enough posts for the steps, without tokenising them all
         loader = writeup_loader(list(train_ds["text"])[:n], list(train_ds["label"])[:n], tokenizer)
     model.train()
-    model, optimizer = accelerator.prepare(model, training.build_optimizer(model, lr=1e-4, fused=fused))
+    model, optimizer = accelerator.prepare(model, training.build_optimizer(model, lr=1e-4, fused=ours))
     return model, optimizer, accelerator, forever(loader)
 
 
@@ -283,15 +255,18 @@ def timed_steps(model, optimizer, accelerator, batches):
     return time.perf_counter() - start, posts, tokens
 
 
-def add_run_flags(parser, name, quick_help):
-    """--quick (a short run, for the tests) and --name (the results file name, default `name`)."""
-    parser.add_argument("--quick", action="store_true", help=quick_help)
+def add_run_flags(parser, name, quick_help=None):
+    """--quick (a short run, for the tests; where quick_help says what it does) and --name (the results file name,
+    default `name`): every benchmark writes results_stem(args)."""
+    if quick_help:
+        parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--name", default=name, help=f"results file name (default: {name})")
 
 
-def results_stem(args, name=None):
-    """<out>/<name>-<machine>[-quick]: where a benchmark writes its .json, .md and .png."""
-    return Path(args.out) / f"{name or args.name}-{machine_slug()}{'-quick' if args.quick else ''}"
+def results_stem(args):
+    """<out>/<name>-<machine>[-quick]: where every benchmark writes its .json, .md and .png."""
+    quick = "-quick" if getattr(args, "quick", False) else ""
+    return Path(args.out) / f"{args.name}-{machine_slug()}{quick}"
 
 
 def add_common_flags(parser, model=True, data_set=True, out=True, data_help="data set, as for train.py"):

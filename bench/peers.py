@@ -66,9 +66,8 @@ def parse_args(argv=None):
         choices=["fp32", "bf16"],
         help="the peer's precision: fp32 (its default) or bf16 (TrainingArguments(bf16=True)) (default: fp32)",
     )
-    p.add_argument("--quick", action="store_true", help="300 posts, 1 pair: a check that it runs")
+    H.add_run_flags(p, "peers", "300 posts, 1 pair: a check that it runs")
     H.add_common_flags(p)
-    p.add_argument("--name", default=None, help="file name stem (default: peers-<machine>)")
     p.add_argument("--worker", nargs=3, metavar=("SIDE", "SETUP", "POSTS_FILE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -362,7 +361,7 @@ def main(argv=None):
         "summary": summarize(runs),
         "whole_split": whole_split_orders(args),
     }
-    H.write_results(Path(args.out) / (args.name or f"peers-{H.machine_slug()}"), result, markdown(result), chart)
+    H.write_results(H.results_stem(args), result, markdown(result), chart)
 
 
 if __name__ == "__main__":

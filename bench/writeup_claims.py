@@ -12,7 +12,7 @@ Measure the write-up's claims side by side, on one machine, in one run, on the s
 5. accuracy of the full-data training runs (their metrics.jsonl) beside a TF-IDF + logistic regression baseline.
 
     python -m bench.writeup_claims --quick   # a few minutes on a CPU
-    python -m bench.writeup_claims           # the full run; writes bench/results/<machine>.{json,md,png}
+    python -m bench.writeup_claims           # the full run; writes bench/results/writeup-claims-<machine>.{json,md,png}
 
 Each training measurement runs in a fresh process, so that its peak memory is its own.
 """
@@ -51,14 +51,13 @@ RUNS = {
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="few steps and posts: a short run on a CPU")
+    H.add_run_flags(p, "writeup-claims", "few steps and posts: a short run on a CPU")
     H.add_common_flags(p)
     p.add_argument(
         "--steps", type=int, default=None, help="timed training steps per measurement (default: 20, quick 4)"
     )
     p.add_argument("--warmup-steps", type=int, default=None, help="untimed steps first (default: 3, quick 1)")
     p.add_argument("--predict-posts", type=int, default=None, help="posts for inference (default: 1000, quick 200)")
-    p.add_argument("--name", default=None, help="file name stem (default: the machine's name)")
     p.add_argument("--measure", nargs=2, metavar=("SETUP", "PIPELINE"), help=argparse.SUPPRESS)  # worker mode
     args = p.parse_args(argv)
     args.steps = args.steps or (4 if args.quick else 20)
@@ -340,8 +339,7 @@ def main(argv=None):
         "accuracy": read_training_runs((info["data_fingerprint"], H.SEED, info["val_size"])),
         "versions": training.library_versions(),
     }
-    stem = args.name or H.machine_slug() + ("-quick" if args.quick else "")
-    H.write_results(Path(args.out) / stem, result, markdown(result), chart)
+    H.write_results(H.results_stem(args), result, markdown(result), chart)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from conftest import REAL_DATA, assert_clean_failure, make_posts, run_cli, run_m
 from huggingface_hub import ModelCard
 
 import data
-import inference
 import model as M
 import posts
 import training
@@ -197,37 +196,3 @@ def test_every_behaviour_case_is_written_here_not_copied_from_the_training_data(
     if REAL_DATA.exists():
         trained |= set(data.load_table(str(REAL_DATA))["text"].astype(str).map(posts.normalize_text))
     assert len(texts) >= 250 and not texts & trained
-
-
-@pytest.mark.slow
-def test_default_model_study_quick(tiny_bert, groups_csv, tmp_path):
-    run_cli(
-        "-m", "bench.default_model", "--quick", "--model", tiny_bert, "--pirina", groups_csv, "--variants",
-        "default-44", "default", "--modes", "pfeiffer", "--runs", tmp_path / "runs", "--out", tmp_path, "--test-part",
-        "--export", "--added-errors", "default-44", "default",
-    )  # fmt: skip
-    [result_file] = tmp_path.glob("default-model-*-quick.json")
-    result = json.loads(result_file.read_text())
-    old, new = result["runs"]
-    assert old["variant"] == "default-44" and "--length-expert 0 --short-copies false" in old["command"]
-    assert new["variant"] == "default" and new["command"].startswith("python train.py --mode adapter --data default -")
-    r = new["result"]
-    assert set(r["support_flagged"]) == set(data.SUPPORT_SUBREDDITS)  # never trained on: measured
-    assert set(r["pirina"]["groups"]) == {"ds", "dsf", "do", "bc", "ff", "ndf", "nd"}
-    names = {"a_flagged", "b_flagged", "c_flagged", "d_flips", "e_raised", "f_flagged"}
-    assert 0 <= r["readme_example"] <= 1 and set(r["behaviour"]) == set(r["behaviour_test"]) == names
-    assert r["behaviour_part"] == "tune"
-    assert set(r["readme_examples"]) == {"torch fp32", "torch bf16", "onnx int8"}
-    assert all(0 <= p <= 1 for p in r["readme_examples"].values())
-    folder = tmp_path / "runs" / "default-pfeiffer-1"  # its cache beside it: the export stays fresh for predict.py
-    assert (tmp_path / "runs" / "default-pfeiffer-1.default-model.json").is_file()
-    assert inference.fastest_backend(folder) == "onnx-int8" and inference.load(folder, backend="auto")  # not stale
-    assert 0 <= r["val_ece"] <= 1
-    errors = result["added_errors"]
-    assert errors["posts"] == 1224 and errors["added"] == sum(errors["added_by_label"].values())
-    assert len(errors["drawn"]) == min(20, errors["added"])
-    for row in errors["drawn"]:  # wrong now, right before
-        assert (row["p_new"] >= 0.5) != row["label"] and (row["p_old"] >= 0.5) == row["label"]
-    table = result_file.with_suffix(".md").read_text()
-    assert "| default / pfeiffer | 1 |" in table and "| default-44 / pfeiffer | 1 |" in table
-    assert f"gets {errors['added']} wrong that default-44-pfeiffer-1 got right" in table

@@ -357,19 +357,6 @@ def test_load_benchmark_runs_every_part_bounded(adapters, posts_csv, tmp_path):
     assert result_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_batch_sizes_benchmark_measures_every_backend_and_size(adapters, posts_csv, tmp_path):
-    """bench/batch_sizes.py --quick: posts/s for every backend and group size, a table row each, and a chart."""
-    run_cli("-m", "bench.batch_sizes", "--quick", "--adapter", adapters / "first", "--data", posts_csv, "--backends",
-            "torch", "onnx", "--out", tmp_path)  # fmt: skip
-    [result_file] = tmp_path.glob("batch-sizes-*-quick.json")
-    result = json.loads(result_file.read_text())
-    assert result["sizes"] == [1, 8] and set(result["rates"]) == {"torch", "onnx"}
-    assert all(rate > 0 for rates in result["rates"].values() for rate in rates.values())
-    table = result_file.with_suffix(".md").read_text()
-    assert "| torch |" in table and "| onnx |" in table
-    assert result_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
-
-
 def test_every_backend_is_served_batched_unless_told_not_to(tmp_path):
     """Batching is on by default on every backend, onnx-int8 included (one post per model call: its answers are the
     posts' own); --no-batching turns it off."""
