@@ -58,3 +58,21 @@ def test_importing_the_modules_changes_nothing_and_reads_no_environment():
     assert proc.stdout.split("\n")[0] == ("True [] WARNING /set/after/import.csv ['/set/after/import.csv'] []"), (
         proc.stdout
     )
+
+
+def project_lines(folder=""):
+    """Lines of the project's Python files under `folder` (tests, hidden folders and virtual environments aside)."""
+    parts = [f.relative_to(ROOT).parts for f in (ROOT / folder).rglob("*.py")]
+    files = [ROOT.joinpath(*p) for p in parts if not {"tests", "site-packages"} & set(p) and p[0][0] != "."]
+    return sum(len(f.read_text().splitlines()) for f in files)
+
+
+def test_the_readme_starts_with_the_quick_start_and_bench_stays_small():
+    """Issue 48: a README of at most 120 lines with `python train.py` in its first 40 and one chart; bench/ at most
+    35% of the project's Python lines."""
+    readme = (ROOT / "README.md").read_text().splitlines()
+    assert len(readme) <= 120
+    assert any(line.startswith("python train.py") for line in readme[:40])
+    [chart] = [line for line in readme if line.startswith("![")]
+    assert (ROOT / chart.split("](")[1].rstrip(")")).is_file()
+    assert project_lines("bench") <= 0.35 * project_lines()
