@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -315,6 +316,8 @@ def main(argv=None):
     hf_logging.set_verbosity_error()
     stem = results_stem(args)
     if args.redraw:  # the chart again from the results file, nothing trained
+        if not stem.with_suffix(".json").is_file():
+            sys.exit(f"--redraw: no results file {stem}.json (--out and --name say where it is)")
         save_figure(chart(json.loads(stem.with_suffix(".json").read_text())), stem.with_suffix(".png"))
         return print(f"drew {stem}.png from {stem}.json")
     settings = {

@@ -231,3 +231,26 @@ def test_every_command_in_the_results_runs_today_or_names_the_commit_that_ran_it
                 continue
             assert re.search(r"(commit|worktree add \S+) [0-9a-f]{7,40}", text), f"{f.name}: python {form}{name}"
     assert checked > 50
+
+
+def test_compare_draws_accuracy_and_time_per_epoch_from_its_results_file(tmp_path):
+    """The README's chart: `--redraw` draws the committed results again (nothing trained): accuracy per setup on the
+    left, the median seconds per epoch on the right; no results file is one line."""
+    import statistics
+
+    from bench import compare
+    from bench.harness import machine_slug
+
+    committed = Path(__file__).resolve().parent.parent / "bench" / "results" / "compare-cpu-2cores.json"
+    result = json.loads(committed.read_text())
+    fig = compare.chart(result)
+    acc, speed = fig.axes
+    assert [t.get_text() for t in speed.get_xticklabels()] == list(result["setups"])
+    heights = [bar.get_height() for bar in speed.patches]
+    assert heights == [statistics.median(s["seconds_per_epoch"]) for s in result["setups"].values()]
+    assert heights[0] > heights[1]  # full fine-tuning takes longer per epoch than Pfeiffer
+    (tmp_path / f"compare-{machine_slug()}.json").write_text(committed.read_text())
+    compare.main(["--redraw", "--out", str(tmp_path)])
+    assert (tmp_path / f"compare-{machine_slug()}.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="no results file"):
+        compare.main(["--redraw", "--out", str(tmp_path), "--name", "missing"])
