@@ -175,7 +175,7 @@ def train_step(
     stepped, not on a step that fp16's gradient scaler skipped for overflow); returns the loss, cross-entropy weighted
     per class when class_weights (a tensor, one weight per class) is given, and of the product with the length-only
     model when its log-probabilities for the batch's posts are given (prior: --length-expert). bench/writeup_claims.py
-    and bench/profile_step.py time this very function."""
+    and bench/gpu.py time this very function."""
     with record_function("forward"):
         if class_weights is None and prior is None:
             loss = model(**batch).loss

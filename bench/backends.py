@@ -5,7 +5,7 @@ a fresh process: posts/s and peak memory over the validation posts, accuracy on 
 of this CPU, and the cold start of a one-post `python predict.py`. Then classify_corpus.py on Ray with 1 and 2
 actors.
 
-    python -m bench.backends --runs /work/runs     # folders full-42-42, pfeiffer-42-42, lora-42-42 (crossdomain.py's)
+    python -m bench.backends --runs /work/runs     # runs full-42-42, pfeiffer-42-42, lora-42-42 (harness.train_setup)
     python -m bench.backends --quick --runs R      # 64 posts, torch and ONNX fp32 only, no Ray: a check that it runs
 
 The folders are copied to a temporary folder and exported there (export.py's checks on 512 training posts); the
