@@ -230,7 +230,7 @@ def assert_clean_failure(proc, *words):
         assert word in lines[0], lines[0]
 
 
-REDDIT_GROUPS = ["ds", "dsf", "do", "bc", "ff", "ndf", "nd"]  # the first three depressed (bench/harness.py)
+REDDIT_GROUPS = ["ds", "dsf", "do", "bc", "ff", "ndf", "nd"]  # the first three depressed (bench/harness.py REDDIT_MAP)
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,8 @@
 import json
 import re
-from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 
 def test_peers_shuffled_order_keeps_the_peers_batches_and_moves_them():
@@ -221,13 +220,12 @@ def test_gpu_bench_dry_run_measures_every_part_on_the_cpu(tiny_bert, posts_csv, 
 def test_every_command_in_the_results_runs_today_or_names_the_commit_that_ran_it():
     """A results file names the command that made it. Where that is not a command of today's main (a retired
     script, or the older `python bench/<name>.py` form), the file names the commit to check out and rerun it."""
-    root = Path(__file__).resolve().parent.parent
     checked = 0
-    for f in sorted((root / "bench" / "results").iterdir()):
+    for f in sorted((ROOT / "bench" / "results").iterdir()):
         text = f.read_text() if f.suffix in (".md", ".json", ".txt") else ""
         for form, name in re.findall(r"python3? (-m bench\.|bench/)([a-z_]+)", text):
             checked += 1
-            if form == "-m bench." and (root / "bench" / f"{name}.py").is_file():
+            if form == "-m bench." and (ROOT / "bench" / f"{name}.py").is_file():
                 continue
             assert re.search(r"(commit|worktree add \S+) [0-9a-f]{7,40}", text), f"{f.name}: python {form}{name}"
     assert checked > 50
@@ -241,7 +239,7 @@ def test_compare_draws_accuracy_and_time_per_epoch_from_its_results_file(tmp_pat
     from bench import compare
     from bench.harness import machine_slug
 
-    committed = Path(__file__).resolve().parent.parent / "bench" / "results" / "compare-cpu-2cores.json"
+    committed = ROOT / "bench" / "results" / "compare-cpu-2cores.json"
     result = json.loads(committed.read_text())
     fig = compare.chart(result)
     acc, speed = fig.axes
