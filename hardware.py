@@ -6,6 +6,7 @@ bench/ share. torch is imported only where a GPU is asked about and a GPU driver
 
     cpu_info()["flags"]      # ["fpu", ..., "avx512_bf16", "amx_bf16", ...]
     cpu_has_bf16()           # True on AVX512-BF16 / AMX processors (AMD Zen 4+, Intel Sapphire Rapids+)
+    int8_kind()              # ["avx2", "avx512bw", "avx512_vnni"]: the flags that pick ONNX Runtime's int8 kernels
     cuda_visible()           # True where torch can compute on a CUDA (or ROCm) GPU
     auto_precision("cuda")   # "bf16" on compute capability 8.0 and up, "fp16" below (T4, V100)
 """
@@ -17,6 +18,12 @@ from pathlib import Path
 # later) and AMX-BF16 (Intel Sapphire Rapids and later). Without them PyTorch emulates bf16 and a training step is
 # about 20x slower than in fp32 (docs/speed.md); with them it is faster (docs/speed.md, "bf16 on the CPU").
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+# Flags of the instruction sets whose kernels ONNX Runtime picks for int8 matrix products (MLAS): AVX2 alone (u8s8
+# with 16-bit intermediate sums, which can saturate), AVX-VNNI, AVX-512 (BW: its integer instructions), AVX-512 VNNI
+# and AMX. An int8 model's answers differ between CPUs of different kinds (docs/speed.md), so export.py records the
+# kind its check ran on and predict.py says when it runs on another.
+INT8_FLAGS = ("avx2", "avx_vnni", "avx512bw", "avx512_vnni", "amx_int8")
 
 # Where a GPU driver shows itself (NVIDIA's, AMD's ROCm): without one, cuda_visible() answers without importing torch.
 GPU_DRIVER_PATHS = ("/proc/driver/nvidia/gpus", "/dev/nvidia0", "/dev/kfd")
@@ -40,6 +47,23 @@ def cpu_info():
 def cpu_has_bf16():
     """Whether the CPU computes bf16 natively (BF16_FLAGS); False where it cannot be told (no /proc/cpuinfo)."""
     return any(flag in cpu_info()["flags"] for flag in BF16_FLAGS)
+
+
+def int8_kind(flags=None):
+    """The INT8_FLAGS this CPU has (or `flags` has), in INT8_FLAGS' order: the kind of CPU for int8 inference."""
+    flags = set(cpu_info()["flags"] if flags is None else flags)
+    return [flag for flag in INT8_FLAGS if flag in flags]
+
+
+def kind_name(kind):
+    """An int8 kind in words: "AVX2 only", "AVX-512 with VNNI, AMX", ... ("no AVX2" on older or other CPUs)."""
+    words = {"avx_vnni": "AVX-VNNI", "avx512_vnni": "VNNI", "amx_int8": "AMX"}
+    if "avx512bw" in kind:
+        extra = [words[f] for f in kind if f in ("avx512_vnni", "amx_int8")]
+        return "AVX-512" + (f" with {', '.join(extra)}" if extra else "")
+    if "avx2" in kind:
+        return "AVX2 with AVX-VNNI" if "avx_vnni" in kind else "AVX2 only"
+    return "no AVX2"
 
 
 def cuda_visible():

@@ -439,6 +439,25 @@ def cpu_beside_gpu_note(loaded, instead="; --backend torch (or auto) computes on
     return f"note: {model.backend} computes on the CPU beside a CUDA GPU ({how}){instead}"
 
 
+def other_cpu_note(folder, loaded):
+    """One line where an int8 export runs on another kind of CPU than export.py checked it on (onnx.json's
+    checked_on; hardware.int8_kind): int8's answers differ between kinds, and export.py checks them here; else None
+    (fp32 exports, and exports made before the kind was recorded)."""
+    import hardware
+
+    model = loaded.model
+    if not isinstance(model, OnnxModel) or model.backend != "onnx-int8":
+        return None
+    checked = (read_export_info(folder) or {}).get("checked_on", {}).get("int8_kind")
+    if checked is None or checked == hardware.int8_kind():
+        return None
+    return (
+        f"note: {ONNX_FILES['onnx-int8']} was checked on a CPU with {hardware.kind_name(checked)}, and int8 computes "
+        f"differently on this one ({hardware.kind_name(hardware.int8_kind())}): python export.py --adapter {folder} "
+        f"--overwrite checks it here"
+    )
+
+
 class OnnxModel:
     """An exported model in an ONNX Runtime session with the `tokenizers` tokenizer: texts -> probabilities. The int8
     export quantises its activations with scales computed per call, over the whole padded batch, so a post's answer

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+import hardware
 import inference
 
 CARD = "README.md"
@@ -410,11 +411,22 @@ def how_to_use(name, info, repo_id=None):
 def exported(export):
     if not export:
         return None
-    lines = ["## ONNX export", "", "Written and checked against PyTorch by `export.py`:", ""]
+    where = export.get("checked_on")
+    on = f" on a CPU with {hardware.kind_name(where['int8_kind'])}" if where else ""
+    lines = ["## ONNX export", "", f"Written and checked against PyTorch by `export.py`{on}:", ""]
     for backend, checks in (export.get("backends") or {}).items():
         state = "verified" if checks.get("verified") else f"not verified ({checks.get('failed', 'failed')})"
         agree = checks.get("label_agreement_with_torch")
         extra = f", labels agree with PyTorch's on {pct(agree)} of the check posts" if agree is not None else ""
+        if backend == "onnx-int8" and checks.get("label_changes") is not None:
+            extra += (
+                f"; against fp32 on {checks['posts']} posts: {checks['label_changes']} changed label "
+                f"({checks['label_changes_beyond_margin']} of them further than {checks['margin']:g} from the "
+                f"boundary), "
+                f"probabilities moved by {checks['mean_difference']:.4f} on average"
+            )
         size = f", {checks['megabytes']:.1f} MB" if checks.get("megabytes") is not None else ""
         lines.append(f"- {backend}: {state}{size}{extra}")
+    if where:
+        lines += ["", "int8's answers differ a little between kinds of CPU: on another, `export.py` checks it again."]
     return "\n".join(lines)

@@ -281,8 +281,12 @@ def load_model(args):
         notes = [inference.plain_note(task.folder, task.info) for task in loaded.tasks.values()]
     else:
         loaded = inference.load(args.adapter[0], args.model, args.merge, backend, precision=args.precision)
-        # a folder saved by plain adapters; an export asked for by name, on the CPU beside a GPU
-        notes = [inference.plain_note(args.adapter[0], loaded.info), inference.cpu_beside_gpu_note(loaded)]
+        # a folder saved by plain adapters; an export asked for by name, on the CPU beside a GPU; int8 checked elsewhere
+        notes = [
+            inference.plain_note(args.adapter[0], loaded.info),
+            inference.cpu_beside_gpu_note(loaded),
+            inference.other_cpu_note(args.adapter[0], loaded),  # int8 checked on another kind of CPU
+        ]
     for note in filter(None, hub_notes + notes):
         print(note, file=sys.stderr)
     return loaded

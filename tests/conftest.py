@@ -220,6 +220,16 @@ def free_port():
         return s.getsockname()[1]
 
 
+def approx_floats(value, rel):
+    """`value` (dicts, lists, numbers, strings) with each float as pytest.approx(float, rel=rel): compares equal to
+    the same structure whose computed floats differ within `rel` (as between kinds of CPU)."""
+    if isinstance(value, dict):
+        return {k: approx_floats(v, rel) for k, v in value.items()}
+    if isinstance(value, list):
+        return [approx_floats(v, rel) for v in value]
+    return pytest.approx(value, rel=rel) if isinstance(value, float) else value
+
+
 def assert_clean_failure(proc, *words):
     """Exit code 2, one line on stderr that starts with 'error:' and names the problem, no traceback."""
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

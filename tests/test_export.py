@@ -18,6 +18,8 @@ from conftest import (
     run_main,
 )
 
+import export as export_py
+import hardware
 import inference
 import train
 
@@ -64,8 +66,12 @@ def test_each_backend_gives_torchs_probabilities(exported, setup):
     assert "## ONNX export" in card and "- onnx: verified" in card and "## Responsible use" in card
     torch_probs = probabilities(folder, "torch")
     assert np.abs(probabilities(folder, "onnx") - torch_probs).max() <= 1e-4
+    assert export["checked_on"]["int8_kind"] == hardware.int8_kind()  # the kind of CPU the checks ran on
+    assert f"checked against PyTorch by `export.py` on a CPU with {hardware.kind_name(hardware.int8_kind())}" in card
     int8 = export["backends"]["onnx-int8"]
-    assert int8["label_agreement"] >= 0.995 if int8["verified"] else "failed" in int8
+    assert int8["posts"] == export["check_posts"] and 0 <= int8["label_changes"] <= int8["posts"]
+    passed = int8["label_changes_beyond_margin"] == 0 and int8["mean_difference"] <= export_py.INT8_MEAN_DIFFERENCE
+    assert int8["verified"] == passed and (int8["verified"] or "failed" in int8)
     if int8["verified"]:
         assert (probabilities(folder, "onnx-int8").argmax(1) == torch_probs.argmax(1)).mean() >= 0.75
         assert inference.fastest_export(folder) == "onnx-int8"
@@ -111,6 +117,22 @@ def test_predict_py_answers_a_post_the_same_in_any_batch_size(exported, backend,
     probs = {size: np.array([list(r["probabilities"].values()) for r in rows[size]]) for size in rows}
     assert [r["text"] for r in rows[64]] == MIXED and [r["label"] for r in rows[1]] == [r["label"] for r in rows[64]]
     assert max(np.abs(probs[size] - probs[1]).max() for size in (4, 64)) <= 1e-6
+
+
+def test_predict_py_says_when_int8_runs_on_another_kind_of_cpu_than_its_check(exported, tmp_path):
+    """onnx.json records the kind of CPU export.py checked on; predict.py on int8 elsewhere says so in one line, with
+    the command that checks it here, and still answers; on the same kind, or on fp32, it says nothing."""
+    folder = int8_copy(exported["pfeiffer"][0], tmp_path / "copy")
+    record = json.loads((folder / "onnx.json").read_text())
+    other = ["avx2"] if hardware.int8_kind() != ["avx2"] else ["avx2", "avx512bw", "avx512_vnni"]
+    (folder / "onnx.json").write_text(json.dumps(record | {"checked_on": {"cpu": "elsewhere", "int8_kind": other}}))
+    proc = run_cli("predict.py", "--adapter", folder, "--backend", "onnx-int8", TEXTS[0])
+    assert proc.stderr.count("note:") == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"checked on a CPU with {hardware.kind_name(other)}" in proc.stderr
+    assert f"python export.py --adapter {folder} --overwrite checks it here" in proc.stderr and proc.stdout
+    assert "note:" not in run_main("predict.py", "--adapter", folder, "--backend", "onnx", TEXTS[0]).stderr
+    (folder / "onnx.json").write_text(json.dumps(record | {"checked_on": {"int8_kind": hardware.int8_kind()}}))
+    assert "note:" not in run_main("predict.py", "--adapter", folder, "--backend", "onnx-int8", TEXTS[0]).stderr
 
 
 def test_export_keeps_no_int8_model_whose_answers_move_with_the_batch(exported, tmp_path, monkeypatch):
@@ -299,6 +321,31 @@ def test_backends_benchmark_measures_every_backend_on_the_same_posts(exported, p
         assert all(r["posts_per_second"] > 0 and r["cold_start_seconds"] > 0 for r in rows.values())
     assert result["fp32_limit"]["torch_matmul_gflops"] > 0 and "ray" not in result
     assert "| pfeiffer | onnx |" in result_file.with_suffix(".md").read_text()
+
+
+def test_int8_gate_benchmark_measures_each_variant_here_and_under_an_emulator(exported, tmp_path):
+    """bench/int8_gate.py on an exported folder: export.py's int8 and one remedy, timed; then the worker path that an
+    emulator runs (`env` stands in for qemu: the same answers), which records the kind it is told and no speed."""
+    folder = exported["pfeiffer"][0]
+    args = ["-m", "bench.int8_gate", "--adapter", folder, "--posts", "30", "--out", tmp_path]
+    run_cli(*args, "--rounds", "1", "--variants", "export.py", "head in fp32", "--name", "here")
+    [result_file] = tmp_path.glob("here-*.json")
+    result = json.loads(result_file.read_text())
+    assert result["int8_kind"] == hardware.int8_kind() and not result["emulated"] and result["posts"] == 30
+    here, head = result["rows"]
+    assert (here["variant"], head["variant"]) == ("export.py", "head in fp32") and here["posts"] == 30
+    assert here["speedup"] > 0 and head["megabytes"] > here["megabytes"]  # the head's weights stay fp32
+    assert here["kept"] == (here["label_changes_beyond_margin"] == 0 and here["mean_difference"] <= 0.01)
+    assert result_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    run_cli(*args, "--variants", "export.py", "--emulator", "env", "--emulated", "avx2", "--name", "emulated")
+    emulated = json.loads(next(tmp_path.glob("emulated-*.json")).read_text())
+    assert (
+        emulated["emulated"] and emulated["cpu_kind"] == "AVX2 only" and "posts_per_second" not in emulated["rows"][0]
+    )
+    same = ("label_changes", "mean_difference", "max_difference")
+    assert all(emulated["rows"][0][k] == pytest.approx(here[k], abs=1e-6) for k in same)  # one machine, two paths
+    refused = run_cli(*args, "--emulator", "env", check=False)
+    assert refused.returncode == 2 and "--emulator and --emulated go together" in refused.stderr
 
 
 def test_evaluate_gives_the_same_metrics_on_the_onnx_backend(exported, posts_csv, tmp_path):

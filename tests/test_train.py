@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, assert_clean_failure, make_posts, run_cli, run_main, run_train
+from conftest import ROOT, approx_floats, assert_clean_failure, make_posts, run_cli, run_main, run_train
 from safetensors.torch import load_file
 
 QUICK = ["--epochs", "2", "--batch-size", "8", "--max-length", "32"]
@@ -284,4 +284,6 @@ def test_a_folder_saved_before_loads_predicts_and_resumes_the_same(saved_before,
         assert all(abs(ra[k] - rb[k]) <= 1e-4 for k in ("train_loss", "val_loss", "accuracy", "macro_f1")), (ra, rb)
     old, new = (json.loads((folder / "training.json").read_text()) for folder in (finished, again))
     settings = set(old) - {"device", "versions", "best", "parameters"}  # what differs by machine or by run
-    assert {k: new.get(k) for k in settings} == {k: old[k] for k in settings} | {"epochs_run": 2}
+    # the length expert's fitted coefficients differ in the last bits between kinds of CPU: equal within 1e-6
+    expected = approx_floats({k: old[k] for k in settings} | {"epochs_run": 2}, rel=1e-6)
+    assert {k: new.get(k) for k in settings} == expected

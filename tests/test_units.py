@@ -665,7 +665,9 @@ def test_the_app_answers_as_the_loaded_model_does(app_client):
     for result, row in zip(results, direct):
         got = result["adapters"]["tiny-pfeiffer"]["probabilities"]
         assert [got["not depressive"], got["depressive"]] == pytest.approx(row.tolist(), abs=1e-6)
-    assert results[0]["adapters"] == results[2]["adapters"]  # the same post, the same answer
+    first, again = (results[i]["adapters"]["tiny-pfeiffer"] for i in (0, 2))  # the same post, the same answer
+    assert first["label"] == again["label"]  # and probabilities within rounding (other CPUs: other last bits)
+    assert first["probabilities"] == pytest.approx(again["probabilities"], abs=inference.BATCH_TOLERANCE["fp32"])
     assert "not a diagnostic instrument" in answer.json()["note"]
 
 
@@ -692,3 +694,63 @@ def test_the_app_refuses_a_body_over_its_limit_before_reading_it(app_client):
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["adapters"] == 1 and health["backend"] == "torch"
     assert client.get("/adapters").json()["adapters"][0]["name"] == "tiny-pfeiffer"
+
+
+def test_int8_gate_refuses_only_clear_answers_that_change_or_a_large_mean_move():
+    """export.py's int8 gate on constructed probabilities: labels near the boundary may change; a change where fp32
+    was further than export.INT8_MARGIN from it, or a mean move above export.INT8_MEAN_DIFFERENCE, refuses."""
+    import export
+
+    def gate(reference, int8):
+        checks = export.label_checks(
+            np.stack([1 - np.array(int8), int8], 1), np.stack([1 - np.array(reference), reference], 1)
+        )
+        return checks, export.int8_failure({**checks, "batch_movement": 0.0})
+
+    sure = [0.95, 0.05] * 50  # 100 clear answers that keep their label and move by 0.002
+    checks, failed = gate([*sure, 0.58], [p + 0.002 for p in sure] + [0.49])  # margin 0.08: may change
+    assert failed is None and checks["posts"] == 101 and checks["label_changes"] == 1
+    assert checks["label_changes_beyond_margin"] == 0 and checks["label_agreement"] == pytest.approx(100 / 101)
+    assert checks["mean_difference"] == pytest.approx((100 * 0.002 + 0.09) / 101)
+    assert gate([*sure, 0.6], [*sure, 0.49])[1] is None  # at the margin itself: still near the boundary
+    checks, failed = gate([*sure, 0.61], [*sure, 0.49])  # one clear answer changed: refused, whatever the share
+    assert checks["label_changes_beyond_margin"] == 1 and "1 post of 101 changed label" in failed
+    checks, failed = gate(sure, [p + 0.011 if p < 0.5 else p - 0.011 for p in sure])  # no label changed
+    assert checks["label_changes"] == 0 and "moved by 0.011 on average" in failed
+    assert "move" in export.int8_failure({**checks, "batch_movement": 1e-3})  # a post's answer must be its own first
+
+
+def test_boundary_margin_is_half_the_gap_between_the_two_likeliest_classes():
+    import export
+
+    assert export.boundary_margin(np.array([[0.3, 0.7], [0.5, 0.5], [0.61, 0.39]])) == pytest.approx([0.2, 0, 0.11])
+    assert export.boundary_margin(np.array([[0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])) == pytest.approx([0.1, 0.35])
+
+
+def test_int8_kind_names_the_instruction_sets_that_pick_int8_kernels(tmp_path, monkeypatch):
+    epyc_avx2 = ["fpu", "sse4_2", "avx", "avx2", "fma"]
+    assert hardware.int8_kind(epyc_avx2) == ["avx2"] and hardware.kind_name(["avx2"]) == "AVX2 only"
+    zen5 = [*epyc_avx2, "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"]
+    assert hardware.kind_name(hardware.int8_kind(zen5)) == "AVX-512 with VNNI"
+    assert hardware.kind_name(["avx2", "avx_vnni"]) == "AVX2 with AVX-VNNI" and hardware.kind_name([]) == "no AVX2"
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {' '.join(zen5)}\n")
+    monkeypatch.setattr(hardware, "Path", lambda _: cpuinfo)
+    assert hardware.int8_kind() == ["avx2", "avx512bw", "avx512_vnni"]
+
+
+def test_int8_run_on_another_kind_of_cpu_than_its_check_is_noted(tmp_path, monkeypatch):
+    """predict.py's note (inference.other_cpu_note): only for int8, only where onnx.json records another kind."""
+    folder = export_folder(tmp_path / "f", {"onnx-int8": {"verified": True}})
+    record = json.loads((folder / inference.EXPORT_INFO).read_text())
+    (folder / inference.EXPORT_INFO).write_text(json.dumps(record | {"checked_on": {"int8_kind": ["avx2"]}}))
+    int8, fp32 = fake_onnx(lambda ids, mask: ids, "onnx-int8"), fake_onnx(lambda ids, mask: ids, "onnx")
+    monkeypatch.setattr(hardware, "int8_kind", lambda flags=None: ["avx2", "avx512bw", "avx512_vnni"])
+    note = inference.other_cpu_note(folder, int8)
+    assert note.startswith("note: model.int8.onnx was checked on a CPU with AVX2 only") and "\n" not in note
+    assert "(AVX-512 with VNNI)" in note and f"python export.py --adapter {folder} --overwrite" in note
+    assert inference.other_cpu_note(folder, fp32) is None  # fp32 answers agree across kinds within 1e-4
+    monkeypatch.setattr(hardware, "int8_kind", lambda flags=None: ["avx2"])
+    assert inference.other_cpu_note(folder, int8) is None  # the same kind
+    (folder / inference.EXPORT_INFO).write_text(json.dumps(record))  # made before the kind was recorded
+    assert inference.other_cpu_note(folder, int8) is None
