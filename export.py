@@ -211,18 +211,20 @@ def label_checks(probs, reference):
     """How far `probs` are from `reference`'s (posts x classes): the largest and the mean (over posts) of a post's
     largest probability difference, the share of posts with the same label (label_agreement) of how many posts, and
     how many changed label: all of them, and those whose reference answer was further than INT8_MARGIN (recorded as
-    margin) from the boundary (boundary_margin)."""
+    margin) from the boundary (boundary_margin), with the largest such distance among them."""
     probs, reference = np.asarray(probs, dtype=np.float64), np.asarray(reference, dtype=np.float64)
     difference = np.abs(probs - reference).max(1)
     changed = probs.argmax(1) != reference.argmax(1)
+    margin = boundary_margin(reference)
     return {
         "posts": len(reference),
         "max_difference": float(difference.max(initial=0.0)),
         "mean_difference": float(difference.mean()) if len(reference) else 0.0,
         "label_agreement": float(1 - changed.mean()) if len(reference) else 1.0,
         "label_changes": int(changed.sum()),
-        "label_changes_beyond_margin": int((changed & (boundary_margin(reference) > INT8_MARGIN)).sum()),
+        "label_changes_beyond_margin": int((changed & (margin > INT8_MARGIN)).sum()),
         "margin": INT8_MARGIN,
+        "largest_changed_margin": float(margin[changed].max(initial=0.0)),  # the clearest answer that changed
     }
 
 

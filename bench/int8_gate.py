@@ -15,8 +15,9 @@ is about 30x slower than int8):
 
 For each folder and variant an int8 model is made from the folder's model.onnx in a scratch folder; fp32 and int8
 classify the same posts as predict.py does (fp32 in sorted batches of 64, int8 one post per call on every core):
-label changes (all, and those beyond export.INT8_MARGIN from the boundary), mean and largest |dp|, the share of
-labels kept, and posts/s of each (median of --rounds, the two alternated). Writes bench/results/<name>-<machine>.*.
+label changes (all, those beyond export.INT8_MARGIN from the boundary, and the clearest fp32 answer that changed),
+mean and largest |dp|, the share of labels kept, and posts/s of each (median of --rounds, the two alternated).
+Writes bench/results/<name>-<machine>.*.
 """
 
 import argparse
@@ -151,16 +152,17 @@ def markdown(result):
         + f". {result['posts']} check posts a folder; the gate: no label change where fp32 is further than "
         f"{export.INT8_MARGIN:g} from the boundary, mean |dp| <= {export.INT8_MEAN_DIFFERENCE:g}.",
         "",
-        "| folder | variant | same label | changed | beyond margin | mean abs dp | largest abs dp | kept "
-        "| fp32 posts/s | int8 posts/s | speed-up | MB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| folder | variant | same label | changed | beyond margin | clearest changed | mean abs dp | largest abs dp "
+        "| kept | fp32 posts/s | int8 posts/s | speed-up | MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in result["rows"]:
         speed = r.get("posts_per_second")
         pps = [f"{speed['onnx']:.0f}", f"{speed['onnx-int8']:.0f}", f"{r['speedup']:.2f}x"] if speed else ["-"] * 3
         lines.append(
             f"| {Path(r['folder']).name} | {r['variant']} | {r['label_agreement']:.2%} | {r['label_changes']} "
-            f"| {r['label_changes_beyond_margin']} | {r['mean_difference']:.4f} | {r['max_difference']:.3f} "
+            f"| {r['label_changes_beyond_margin']} | {r['largest_changed_margin']:.3f} | {r['mean_difference']:.4f} "
+            f"| {r['max_difference']:.3f} "
             f"| {'yes' if r['kept'] else 'no'} | {' | '.join(pps)} | {r['megabytes']:.1f} |"
         )
     return "\n".join(lines) + "\n"

@@ -711,6 +711,7 @@ def test_int8_gate_refuses_only_clear_answers_that_change_or_a_large_mean_move()
     checks, failed = gate([*sure, 0.58], [p + 0.002 for p in sure] + [0.49])  # margin 0.08: may change
     assert failed is None and checks["posts"] == 101 and checks["label_changes"] == 1
     assert checks["label_changes_beyond_margin"] == 0 and checks["label_agreement"] == pytest.approx(100 / 101)
+    assert checks["largest_changed_margin"] == pytest.approx(0.08)
     assert checks["mean_difference"] == pytest.approx((100 * 0.002 + 0.09) / 101)
     assert gate([*sure, 0.6], [*sure, 0.49])[1] is None  # at the margin itself: still near the boundary
     checks, failed = gate([*sure, 0.61], [*sure, 0.49])  # one clear answer changed: refused, whatever the share
