@@ -150,7 +150,7 @@ def markdown(result):
         f"{result['device']}; int8 flags {' '.join(result['int8_kind'])}"
         + (" (emulated: answers only, no speed)" if result["emulated"] else "")
         + f". {result['posts']} check posts a folder; the gate: no label change where fp32 is further than "
-        f"{export.INT8_MARGIN:g} from the boundary, mean |dp| <= {export.INT8_MEAN_DIFFERENCE:g}.",
+        f"{result['rows'][0]['margin']:g} from the boundary, mean |dp| <= {export.INT8_MEAN_DIFFERENCE:g}.",
         "",
         "| folder | variant | same label | changed | beyond margin | clearest changed | mean abs dp | largest abs dp "
         "| kept | fp32 posts/s | int8 posts/s | speed-up | MB |",
@@ -159,9 +159,11 @@ def markdown(result):
     for r in result["rows"]:
         speed = r.get("posts_per_second")
         pps = [f"{speed['onnx']:.0f}", f"{speed['onnx-int8']:.0f}", f"{r['speedup']:.2f}x"] if speed else ["-"] * 3
+        clearest = f"{r['largest_changed_margin']:.3f}" if "largest_changed_margin" in r else "-"  # since acf5fc2
         lines.append(
             f"| {Path(r['folder']).name} | {r['variant']} | {r['label_agreement']:.2%} | {r['label_changes']} "
-            f"| {r['label_changes_beyond_margin']} | {r['largest_changed_margin']:.3f} | {r['mean_difference']:.4f} "
+            f"| {r['label_changes_beyond_margin']} | {clearest} "
+            f"| {r['mean_difference']:.4f} "
             f"| {r['max_difference']:.3f} "
             f"| {'yes' if r['kept'] else 'no'} | {' | '.join(pps)} | {r['megabytes']:.1f} |"
         )

@@ -223,7 +223,7 @@ def test_every_command_in_the_results_runs_today_or_names_the_commit_that_ran_it
     checked = 0
     for f in sorted((ROOT / "bench" / "results").iterdir()):
         text = f.read_text() if f.suffix in (".md", ".json", ".txt") else ""
-        for form, name in re.findall(r"python3? (-m bench\.|bench/)([a-z_]+)", text):
+        for form, name in re.findall(r"python3? (-m bench\.|bench/)([a-z0-9_]+)", text):
             checked += 1
             if form == "-m bench." and (ROOT / "bench" / f"{name}.py").is_file():
                 continue

@@ -707,14 +707,14 @@ def test_int8_gate_refuses_only_clear_answers_that_change_or_a_large_mean_move()
         )
         return checks, export.int8_failure({**checks, "batch_movement": 0.0})
 
-    sure = [0.95, 0.05] * 50  # 100 clear answers that keep their label and move by 0.002
-    checks, failed = gate([*sure, 0.58], [p + 0.002 for p in sure] + [0.49])  # margin 0.08: may change
+    sure, edge = [0.95, 0.05] * 50, 0.5 + export.INT8_MARGIN  # 100 clear answers; fp32's answer at the margin
+    checks, failed = gate([*sure, edge - 0.02], [p + 0.002 for p in sure] + [0.49])  # nearer the boundary: may change
     assert failed is None and checks["posts"] == 101 and checks["label_changes"] == 1
     assert checks["label_changes_beyond_margin"] == 0 and checks["label_agreement"] == pytest.approx(100 / 101)
-    assert checks["largest_changed_margin"] == pytest.approx(0.08)
-    assert checks["mean_difference"] == pytest.approx((100 * 0.002 + 0.09) / 101)
-    assert gate([*sure, 0.6], [*sure, 0.49])[1] is None  # at the margin itself: still near the boundary
-    checks, failed = gate([*sure, 0.61], [*sure, 0.49])  # one clear answer changed: refused, whatever the share
+    assert checks["largest_changed_margin"] == pytest.approx(export.INT8_MARGIN - 0.02)
+    assert checks["mean_difference"] == pytest.approx((100 * 0.002 + edge - 0.02 - 0.49) / 101)
+    assert gate([*sure, edge], [*sure, 0.49])[1] is None  # at the margin itself: still near the boundary
+    checks, failed = gate([*sure, edge + 0.01], [*sure, 0.49])  # one clear answer changed: refused, whatever the share
     assert checks["label_changes_beyond_margin"] == 1 and "1 post of 101 changed label" in failed
     checks, failed = gate(sure, [p + 0.011 if p < 0.5 else p - 0.011 for p in sure])  # no label changed
     assert checks["label_changes"] == 0 and "moved by 0.011 on average" in failed
