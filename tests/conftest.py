@@ -230,6 +230,18 @@ def approx_floats(value, rel):
     return pytest.approx(value, rel=rel) if isinstance(value, float) else value
 
 
+def assert_same_answer(got, expected):
+    """One post's answer (label, score, probabilities) computed twice, in batches of other sizes: the same label and
+    probabilities within fp32's batch tolerance (inference.BATCH_TOLERANCE; CPUs of other kinds differ in the last
+    bits between batch shapes)."""
+    import inference
+
+    tolerance = inference.BATCH_TOLERANCE["fp32"]
+    assert got["label"] == expected["label"] and got["probabilities"].keys() == expected["probabilities"].keys()
+    assert got["score"] == pytest.approx(expected["score"], abs=tolerance)
+    assert got["probabilities"] == pytest.approx(expected["probabilities"], abs=tolerance)
+
+
 def assert_clean_failure(proc, *words):
     """Exit code 2, one line on stderr that starts with 'error:' and names the problem, no traceback."""
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -18,6 +18,7 @@ import pytest
 from conftest import (
     ROOT,
     assert_clean_failure,
+    assert_same_answer,
     fill_hub_cache,
     folder_files,
     free_port,
@@ -27,7 +28,6 @@ from conftest import (
     save_plain_adapter,
 )
 
-import inference
 import serve
 import train
 
@@ -100,14 +100,6 @@ def predict_py(folder, texts, backend="torch"):
     """predict.py's probabilities (its main() in this process: predict.py's new processes are tested elsewhere)."""
     proc = run_main("predict.py", "--adapter", folder, "--backend", backend, "--json", *texts)
     return np.array([list(json.loads(line)["probabilities"].values()) for line in proc.stdout.splitlines()])
-
-
-def assert_same_answer(got, expected, tolerance=inference.BATCH_TOLERANCE["fp32"]):
-    """One post's answer (label, score, probabilities) computed twice, in batches of other sizes: the same label and
-    probabilities within fp32's batch tolerance (CPUs of other kinds differ in the last bits between batch shapes)."""
-    assert got["label"] == expected["label"] and got["probabilities"].keys() == expected["probabilities"].keys()
-    assert got["score"] == pytest.approx(expected["score"], abs=tolerance)
-    assert got["probabilities"] == pytest.approx(expected["probabilities"], abs=tolerance)
 
 
 def test_every_endpoint_answers(two):
