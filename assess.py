@@ -25,14 +25,10 @@ from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
 import data
-import inference
-import metrics
 import posts
-import report
-import saved
-import sharing
 from errors import DataError, ModelError, fail
-from report import markdown_table, pct
+from textclassifier import inference, metrics, report, saved, sharing
+from textclassifier.report import markdown_table, pct
 
 CHUNK = 256  # posts classified between two updates of the progress bar
 

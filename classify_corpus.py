@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-import inference
 import posts
-import sharing
 from errors import DataError, ModelError, fail
+from textclassifier import inference, sharing
 
 SHARD_SUFFIXES = (".jsonl", ".parquet")
 

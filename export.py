@@ -35,13 +35,9 @@ import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
-import hardware
-import inference
-import model_card
 import posts
-import saved
-import sharing
 from errors import DataError, ModelError, fail
+from textclassifier import hardware, inference, model_card, saved, sharing
 
 # Adapter configs export.py exports: bottleneck adapters as they are, LoRA-kind adapters merged into the weights.
 BOTTLENECK_CONFIGS = ("pfeiffer", "houlsby", "seq_bn", "double_seq_bn", "parallel", "par_bn", "scaled_parallel",

@@ -22,10 +22,9 @@ import os
 import sys
 from pathlib import Path
 
-import inference
 import posts
-import sharing
 from errors import DataError, ModelError, fail
+from textclassifier import inference, sharing
 
 DEFAULT_ADAPTER = "adapters/depression-pfeiffer"  # where `python train.py --mode adapter` saves
 TEXT_SUFFIXES = (".txt", "")  # read as one post per line; other suffixes go through posts.load_table

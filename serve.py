@@ -19,10 +19,8 @@ import argparse
 import logging
 import socket
 
-import inference
-import server
-import sharing
 from errors import ModelError, fail
+from textclassifier import inference, server, sharing
 
 DEFAULT_ADAPTER = "adapters/depression-pfeiffer"
 LIMITS = server.Limits()

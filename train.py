@@ -35,14 +35,10 @@ from transformers import HfArgumentParser, get_linear_schedule_with_warmup
 from transformers.utils import logging as hf_logging
 
 import data
-import hardware
 import model as M
-import model_card
 import posts
-import saved
-import sharing
-import training
 from errors import DataError, ModelError, fail
+from textclassifier import hardware, model_card, saved, sharing, training
 
 OUTPUT_DIR = {"adapter": "adapters", "full": "models"}
 

@@ -22,8 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import hardware
-import inference
+from textclassifier import hardware, inference
 
 ROOT = Path(__file__).resolve().parent.parent  # not bench.harness.ROOT: the measuring workers must not import torch
 

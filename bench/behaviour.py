@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-import model_card
 from bench import harness as H
+from textclassifier import model_card
 
 CASES = Path(__file__).resolve().parent / "behaviour_cases.json"
 # test -> (its cases in the cases file, what it checks: the words model cards use too)
@@ -140,7 +140,7 @@ def score(tests, p_depressive):
 
 def run_model(loaded, tests):
     """P(depressive) of every text the tests need, from what inference.load returned."""
-    import inference
+    from textclassifier import inference
 
     if len(loaded.label_names) != 2:
         raise ValueError("behaviour tests need a two-class model (class 1: depressive)")
@@ -218,8 +218,8 @@ def record_in_card(folder, backend, results):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    import inference
     from errors import ModelError, fail
+    from textclassifier import inference
 
     parts = {part: load_cases(args.cases, part) for part in args.parts}
     results = {part: {} for part in parts}

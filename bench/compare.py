@@ -29,7 +29,6 @@ import numpy as np
 from transformers.utils import logging as hf_logging
 
 import data
-import inference
 from bench.harness import TRAIN_SETUPS as SETUPS
 from bench.harness import (
     add_common_flags,
@@ -40,7 +39,8 @@ from bench.harness import (
     train_setup,
     write_results,
 )
-from report import save_figure
+from textclassifier import inference
+from textclassifier.report import save_figure
 
 BASELINE = "full"
 SPLIT_SETUPS = ["full", "pfeiffer"]  # also trained on other splits, to set split variance beside method variance

@@ -33,14 +33,12 @@ from types import SimpleNamespace
 import torch
 from accelerate.state import AcceleratorState
 
-import hardware
-import inference
 import model as M
 import train
-import training
 from bench import harness as H
 from bench.shared import adapter_folders, bert_base_folder
-from report import markdown_table
+from textclassifier import hardware, inference, training
+from textclassifier.report import markdown_table
 
 SETUPS = ["full", "pfeiffer", "houlsby", "pfeiffer-upper-half"]  # harness.TRAIN_SETUPS; the upper half is cached
 WRITEUP_SETUPS = ["pfeiffer", "full"]

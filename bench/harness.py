@@ -21,12 +21,9 @@ from accelerate import Accelerator
 from transformers import AutoConfig
 
 import data
-import hardware
 import model as M
-import report
-import saved
-import training
 from bench.writeup_pipeline import writeup_loader
+from textclassifier import hardware, report, saved, training
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"  # where every benchmark writes <name>-<machine>.{json,md,png}

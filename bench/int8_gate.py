@@ -34,9 +34,8 @@ from pathlib import Path
 import numpy as np
 
 import export
-import hardware
-import inference
 from bench import harness as H
+from textclassifier import hardware, inference
 
 FFN_OUTPUT = r"layer\.\d+/output/dense/"  # each layer's second feed-forward product (after GELU), not attention's
 # name -> export.export_int8's options: export.py's choice first, then the usual remedies on CPUs without VNNI

@@ -29,7 +29,7 @@ import bench.harness as H
 import data
 import model as M
 import train
-import training
+from textclassifier import training
 
 PEERS = {"full": "transformers.Trainer", "pfeiffer": "adapters.AdapterTrainer"}
 

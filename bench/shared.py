@@ -24,12 +24,10 @@ from pathlib import Path
 import torch
 
 import data
-import inference
 import model as M
-import saved
-import training
 from bench import harness as H
-from report import markdown_table
+from textclassifier import inference, saved, training
+from textclassifier.report import markdown_table
 
 BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
 PLACEMENTS = ["every layer", "upper half"]

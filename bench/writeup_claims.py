@@ -29,10 +29,8 @@ from transformers import pipeline
 from transformers.utils import logging as hf_logging
 
 import bench.harness as H
-import inference
 import model as M
-import saved
-import training
+from textclassifier import inference, saved, training
 
 PIPELINES = {
     "full": ["ours", "write-up"],

@@ -177,7 +177,7 @@ def run_train(model, data, out, *flags, run=None, **options):
 def export_folder(folder, backends, files=()):
     """A folder as export.py leaves it, for the choice of backend: onnx.json's record of each backend's checks
     ({"onnx": {"verified": True}, ...}) and placeholder files of those names."""
-    import inference
+    from textclassifier import inference
 
     folder.mkdir(exist_ok=True)
     (folder / inference.EXPORT_INFO).write_text(json.dumps({"backends": backends}))
@@ -190,7 +190,7 @@ def int8_copy(folder, copy):
     """A copy of an exported folder with an int8 model made from its fp32 one (export.export_int8) and recorded as
     verified: export.py keeps int8 only where its labels agree with fp32's, which a random tiny model may miss."""
     import export
-    import inference
+    from textclassifier import inference
 
     shutil.copytree(folder, copy)
     export.export_int8(copy / "model.onnx", copy / "model.int8.onnx")
@@ -234,7 +234,7 @@ def assert_same_answer(got, expected):
     """One post's answer (label, score, probabilities) computed twice, in batches of other sizes: the same label and
     probabilities within fp32's batch tolerance (inference.BATCH_TOLERANCE; CPUs of other kinds differ in the last
     bits between batch shapes)."""
-    import inference
+    from textclassifier import inference
 
     tolerance = inference.BATCH_TOLERANCE["fp32"]
     assert got["label"] == expected["label"] and got["probabilities"].keys() == expected["probabilities"].keys()

@@ -11,10 +11,9 @@ from conftest import assert_clean_failure, run_cli, run_main
 from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, roc_auc_score
 
 import data
-import inference
-import metrics
 import posts
 from errors import DataError
+from textclassifier import inference, metrics
 
 # labels and P(class 1) of six posts, worked out by hand below
 LABELS = np.array([1, 1, 0, 0, 1, 0])

@@ -12,7 +12,7 @@ from transformers import DataCollatorWithPadding
 
 import data
 import model as M
-import training
+from textclassifier import training
 
 LABELS = ["not depressive", "depressive"]
 

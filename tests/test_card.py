@@ -9,10 +9,7 @@ import torch
 from conftest import assert_clean_failure, run_main, save_plain_adapter
 from huggingface_hub import ModelCard
 
-import inference
-import model_card
-import saved
-import server
+from textclassifier import inference, model_card, saved, server
 
 SOURCES = {
     "depression-reddit-cleaned": {"train": 6426, "val": 1224},

@@ -12,10 +12,7 @@ import pytest
 import torch
 from conftest import export_folder, fake_gpu
 
-import hardware
-import inference
-import server
-import training
+from textclassifier import hardware, inference, server, training
 
 # --- auto precision: bf16 only where the GPU computes it natively
 

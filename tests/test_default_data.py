@@ -17,9 +17,9 @@ from huggingface_hub import ModelCard
 import data
 import model as M
 import posts
-import training
 from bench import behaviour
 from errors import DataError
+from textclassifier import training
 
 SHARED_SAMPLE = REAL_DATA.parent / "reddit-mental-health-2019.csv"
 MAPPED = data.parse_label_map(data.DEFAULT_LABEL_MAP)

@@ -19,9 +19,8 @@ from conftest import (
 )
 
 import export as export_py
-import hardware
-import inference
 import train
+from textclassifier import hardware, inference
 
 TEXTS = ["i feel hopeless and empty every single day", "our team won the cup today", "short", "made pancakes"]
 # one worker builds the exported folders (session-scoped), once

@@ -13,9 +13,8 @@ from test_reliability import SLOW, posts_1200, start_training, wait_for  # noqa:
 from transformers import DataCollatorWithPadding
 
 import data
-import inference
 import model as M
-import training
+from textclassifier import inference, training
 
 pytestmark = [
     pytest.mark.slow,

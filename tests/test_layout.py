@@ -40,7 +40,8 @@ def test_folders_named_like_packages_stay_namespace_folders():
 IMPORT_CHECK = """
 import logging, os
 import datasets
-import data, model, training, inference, saved, train, export
+import data, model, train, export
+from textclassifier import training, inference, saved
 os.environ["DEPRESSION_DATA"] = "/set/after/import.csv"
 print(datasets.is_progress_bar_enabled(), logging.getLogger("adapters.model_mixin").filters,
       logging.getLevelName(logging.getLogger().level),

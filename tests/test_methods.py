@@ -11,10 +11,9 @@ from conftest import assert_clean_failure, make_posts, run_cli, run_main, run_tr
 from safetensors import safe_open
 
 import data
-import inference
 import model as M
-import saved
 import train
+from textclassifier import inference, saved
 
 
 def config_groups():

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 import model as M
-import training
 from errors import ModelError
+from textclassifier import training
 
 LABELS = ["not depressive", "depressive"]
 

@@ -11,8 +11,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from sklearn.utils.class_weight import compute_class_weight
 
 import data
-import inference
-import metrics
+from textclassifier import inference, metrics
 
 WORDS = {
     "anxious": ["worried sick", "panic attack", "so nervous"],

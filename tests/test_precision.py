@@ -9,9 +9,7 @@ import pytest
 import torch
 from conftest import run_cli, run_main, run_train
 
-import hardware
-import inference
-import training
+from textclassifier import hardware, inference, training
 
 CPUS = {
     "AVX2 only (AMD EPYC Zen 3)": (["fpu", "sse2", "avx2", "fma"], "no"),

@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import ONE_QUICK_EPOCH, ROOT, assert_clean_failure, run_cli, run_main, run_train
 
-import inference
 import model as M
 import train
+from textclassifier import inference
 
 FP32 = ("--precision", "fp32")
 TEXTS = [

@@ -14,8 +14,8 @@ import torch
 from conftest import ONE_QUICK_EPOCH, ROOT, assert_clean_failure, make_posts, run_cli, run_main, run_train
 from safetensors.torch import load_file, save_file
 
-import saved
 import train
+from textclassifier import saved
 
 # Long enough (about 1-2 s an epoch on the tiny BERT) for a test to act between two epochs.
 SLOW = ["--epochs", "4", "--batch-size", "8", "--max-length", "32", "--lr", "3e-3"]

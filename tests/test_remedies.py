@@ -13,11 +13,10 @@ import torch
 from conftest import REAL_DATA, assert_clean_failure, make_posts, run_main, run_train
 
 import data
-import inference
 import posts
 import train
-import training
 from bench import behaviour
+from textclassifier import inference, training
 
 LONG = " ".join(f"w{i}" for i in range(100))
 

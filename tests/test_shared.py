@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import assert_clean_failure, run_cli, run_main
 
-import inference
 import train
 from errors import ModelError
+from textclassifier import inference
 
 TEXTS = ["I feel hopeless and empty every day", "our team won the cup today!", "short", "a b c d e f g h i j"] * 3
 # one worker trains the adapters (session-scoped), once

@@ -21,9 +21,8 @@ from conftest import (
 )
 from huggingface_hub.errors import HfHubHTTPError
 
-import saved
-import sharing
 from errors import ModelError
+from textclassifier import saved, sharing
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 POSTS = ["i feel hopeless and empty every day", "our team won the cup today"]

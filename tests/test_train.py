@@ -100,7 +100,7 @@ TEXT = "i feel hopeless and empty every single day"
 def test_every_saved_folder_has_a_model_card_the_hub_reads(runs, tiny_bert):
     from huggingface_hub import ModelCard
 
-    import model_card
+    from textclassifier import model_card
 
     out, _ = runs
     for name, library in [

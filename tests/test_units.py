@@ -21,14 +21,9 @@ from sklearn.metrics import (
 )
 
 import data
-import hardware
-import inference
-import metrics
 import posts
-import saved
-import server
-import training
 from errors import DataError, ModelError
+from textclassifier import hardware, inference, metrics, saved, server, training
 
 # --- label maps and their validation
 

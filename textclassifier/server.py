@@ -29,8 +29,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-import inference
 from errors import ModelError, first_line
+from textclassifier import inference
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 NOTE = (
@@ -63,7 +63,7 @@ class Models:
     model, a merged LoRA adapter, or an ONNX export). ModelError says what is wrong with a folder."""
 
     def __init__(self, folders, backend="torch", threads=None, precision="auto"):
-        import saved
+        from textclassifier import saved
 
         self.backend = backend
         names = saved.task_names(folders)

@@ -32,12 +32,10 @@ from transformers import DataCollatorWithPadding
 from transformers.trainer_pt_utils import get_parameter_names
 
 import data
-import hardware
-import metrics
 import model as M
 import posts
-import saved
 from errors import ModelError
+from textclassifier import hardware, metrics, saved
 
 # Defaults, measured on the real data (7,650 posts after cleaning, 6,426 for training) with the offline
 # MiniLM on a 2-core CPU; docs/usage.md ("Choosing the defaults") has the runs behind them.

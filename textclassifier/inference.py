@@ -97,7 +97,7 @@ def autocast_dtype(device_type, precision="auto"):
     """The dtype torch.autocast computes in for `precision` on a device, or None for full precision."""
     import torch
 
-    import hardware
+    from textclassifier import hardware
 
     if precision == "fp32":
         return None
@@ -121,7 +121,7 @@ def load(folder, model_name=None, merge=True, backend="torch", threads=None, pre
         raise ModelError(f"unknown backend '{backend}'; choose one of: auto, {', '.join(BACKENDS)}")
     from accelerate import PartialState  # torch and transformers: the slow imports, only here
 
-    import saved
+    from textclassifier import saved
 
     model, tokenizer, info = saved.load_trained(folder, model_name)
     if merge:
@@ -138,7 +138,7 @@ def load_shared(folders, model_name=None, precision="auto"):
     (pass_groups); the others in one pass each over the same base."""
     from accelerate import PartialState
 
-    import saved
+    from textclassifier import saved
 
     model, tokenizer, infos, names = saved.load_shared(folders, model_name)
     tasks = {name: Task(name, str(folder), info) for name, folder, info in zip(names, folders, infos)}
@@ -338,7 +338,7 @@ def fastest_backend(folder):
     """What --backend auto runs. Where torch sees a CUDA GPU: torch, on the GPU (an export runs there only when
     asked for by name, on onnxruntime-gpu's CUDA provider where it is installed: onnx_providers). Elsewhere the
     fastest verified export (fastest_export), else torch."""
-    import hardware
+    from textclassifier import hardware
 
     if hardware.cuda_visible():
         return "torch"
@@ -430,7 +430,7 @@ def cpu_beside_gpu_note(loaded, instead="; --backend torch (or auto) computes on
     """One line where an ONNX session computes on the CPU while torch sees a CUDA GPU (a backend asked for by
     name: --backend auto takes torch there), ending with `instead`; else None. predict.py, serve.py and
     classify_corpus.py print it."""
-    import hardware
+    from textclassifier import hardware
 
     model = loaded.model
     if not isinstance(model, OnnxModel) or model.device != "cpu" or not hardware.cuda_visible():
@@ -443,7 +443,7 @@ def other_cpu_note(folder, loaded):
     """One line where an int8 export runs on another kind of CPU than export.py checked it on (onnx.json's
     checked_on; hardware.int8_kind): int8's answers differ between kinds, and export.py checks them here; else None
     (fp32 exports, and exports made before the kind was recorded)."""
-    import hardware
+    from textclassifier import hardware
 
     model = loaded.model
     if not isinstance(model, OnnxModel) or model.backend != "onnx-int8":

@@ -20,9 +20,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-import sharing
 from errors import ModelError, first_line
 from model import ADAPTER_NAME, load_base_model, load_tokenizer, no_inactive_adapter_notice, resolve_model_path
+from textclassifier import sharing
 
 TRAINING_INFO = "training.json"
 TRAIN_AGAIN = "train again with python train.py"  # what to do about a damaged folder of train.py (again())

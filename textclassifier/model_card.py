@@ -16,8 +16,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-import hardware
-import inference
+from textclassifier import hardware, inference
 
 CARD = "README.md"
 RESPONSIBLE_USE = (

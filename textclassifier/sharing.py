@@ -164,7 +164,7 @@ def push_folder(folder, repo_id, private=False, api=None):
     as it is). ModelError, one line, on any Hub or network failure: the folder is kept."""
     from huggingface_hub import HfApi
 
-    import model_card
+    from textclassifier import model_card
 
     if (Path(folder) / "training.json").is_file():
         model_card.write_card(folder, repo_id=repo_id)
