@@ -14,7 +14,6 @@ Markdown table; --output writes the JSON (keyed by folder) and the same table be
 This is a research and teaching tool, not a diagnostic instrument.
 """
 
-import argparse
 import json
 import shlex
 import sys
@@ -27,17 +26,14 @@ from transformers.utils import logging as hf_logging
 import data
 import posts
 from errors import DataError, ModelError, fail
-from textclassifier import inference, metrics, report, saved, sharing
+from textclassifier import cli, inference, metrics, report, saved
 from textclassifier.report import markdown_table, pct
 
 CHUNK = 256  # posts classified between two updates of the progress bar
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0].strip(),
-        epilog="This is a research and teaching tool, not a diagnostic instrument.",
-    )
+    p = cli.command_parser("assess.py", __doc__)
     p.add_argument(
         "--adapter",
         nargs="+",
@@ -105,7 +101,6 @@ def build_parser():
         metavar="FILE.json",
         help="write the results as JSON (keyed by folder) and the table as FILE.md; never written over",
     )
-    p.error = lambda message: fail(f"{message} (see python assess.py --help)")
     return p
 
 
@@ -198,10 +193,10 @@ def main(argv=None):
         labelled, left_out = data.read_labelled(
             args.data, args.text_column, args.label_column, args.group_column, args.label_mapping
         )
-        folders, notes = sharing.adapter_folders(args.adapter)  # a Hub id -> its folder in the Hugging Face cache
-        paths = dict(zip(args.adapter, folders))
+        found = inference.find_adapters(args.adapter, args.backend, several="apart")  # Hub ids -> cache folders
+        paths = dict(zip(args.adapter, found.folders))
         infos = {name: saved.read_training_info(path) for name, path in paths.items()}  # every folder checked first
-        for note in filter(None, notes + [inference.plain_note(folder, info) for folder, info in infos.items()]):
+        for note in filter(None, found.notes + [inference.plain_note(f, info) for f, info in infos.items()]):
             print(note, file=sys.stderr)
         labels = {f: data.class_indices(labelled["label"], info["label_names"], f) for f, info in infos.items()}
         groups = labelled["group"].to_numpy() if args.group_column else None

@@ -11,7 +11,6 @@ Needs the optional extra: pip install -r requirements-scale.txt. Without RAY_ADD
 this machine. This is a research and teaching tool, not a diagnostic instrument.
 """
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -20,16 +19,13 @@ import pandas as pd
 
 import posts
 from errors import DataError, ModelError, fail
-from textclassifier import inference, sharing
+from textclassifier import cli, inference
 
 SHARD_SUFFIXES = (".jsonl", ".parquet")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0].strip(),
-        epilog="This is a research and teaching tool, not a diagnostic instrument.",
-    )
+    p = cli.command_parser("classify_corpus.py", __doc__)
     p.add_argument(
         "--adapter",
         required=True,
@@ -47,7 +43,6 @@ def build_parser():
     )
     p.add_argument("--actors", type=int, default=1, help="models running at once, one per Ray actor (default: 1)")
     p.add_argument("--batch-size", type=int, default=256, help="posts handed to an actor at a time (default: 256)")
-    p.error = lambda message: fail(f"{message} (see python classify_corpus.py --help)")
     return p
 
 
@@ -193,12 +188,15 @@ def main(argv=None):
         fail("Ray is not installed; pip install -r requirements-scale.txt")
     try:
         shards, pending = shard_plan(args.input, args.output)
-        [folder], notes = sharing.adapter_folders([args.adapter])  # a Hub id: its folder in the Hugging Face cache
+        found = inference.find_adapters(
+            [args.adapter], several="apart"
+        )  # a Hub id: its folder in the Hugging Face cache
+        [folder] = found.folders
         backend, names = check_model(folder, args.backend, hub_id=args.adapter if folder != args.adapter else None)
         args.adapter = folder  # what the actors load
     except (DataError, ModelError) as e:
         fail(str(e))
-    for note in notes:
+    for note in found.notes:
         print(note, flush=True)
     Path(args.output).mkdir(parents=True, exist_ok=True)
     print(f"{len(shards)} shards, {len(shards) - len(pending)} already classified; {backend}, {args.actors} actor(s)")

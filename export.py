@@ -20,7 +20,6 @@ another kind than the check did.
 This is a research and teaching tool, not a diagnostic instrument.
 """
 
-import argparse
 import json
 import logging
 import os
@@ -37,7 +36,7 @@ from transformers.utils import logging as hf_logging
 
 import posts
 from errors import DataError, ModelError, fail
-from textclassifier import hardware, inference, model_card, saved, sharing
+from textclassifier import cli, hardware, inference, model_card, saved, sharing
 
 # Adapter configs export.py exports: bottleneck adapters as they are, LoRA-kind adapters merged into the weights.
 BOTTLENECK_CONFIGS = ("pfeiffer", "houlsby", "seq_bn", "double_seq_bn", "parallel", "par_bn", "scaled_parallel",
@@ -68,10 +67,7 @@ def quiet_known_notices():
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0].strip(),
-        epilog="This is a research and teaching tool, not a diagnostic instrument.",
-    )
+    p = cli.command_parser("export.py", __doc__)
     p.add_argument("--adapter", required=True, help="folder written by train.py (an adapter with its head, or a model)")
     p.add_argument(
         "--data",
@@ -96,7 +92,6 @@ def build_parser():
         "your-name/depression-pfeiffer (a token: hf auth login); a folder whose export is current is pushed as it is",
     )
     p.add_argument("--private", action="store_true", help="--push-to-hub: create the repository private")
-    p.error = lambda message: fail(f"{message} (see python export.py --help)")
     return p
 
 
@@ -301,6 +296,7 @@ def main(argv=None):
         current = current_export(folder) if args.push_to_hub and not args.overwrite else None
         if current:
             print(f"{folder} holds a current export ({current}): pushing it as it is")
+            update_card(folder, args.push_to_hub)  # the card names the Hub id
             return push(folder, args.push_to_hub, args.private)
         info = check_exportable(folder, args.overwrite)
         texts = check_posts(info, args.data, args.text_column, args.check_posts)
@@ -336,7 +332,7 @@ def main(argv=None):
             agreement = float((int8_probs.argmax(1) == torch_probs.argmax(1)).mean())
             export["backends"]["onnx-int8"]["label_agreement_with_torch"] = agreement
             write_export_info(folder, export)
-    update_card(folder)
+    update_card(folder, args.push_to_hub)
     print(f"exported in {time.perf_counter() - start:.0f} s; predict.py now uses {inference.fastest_backend(folder)}")
     if args.push_to_hub:
         push(folder, args.push_to_hub, args.private)
@@ -357,9 +353,10 @@ def push(folder, repo_id, private):
     print(sharing.pushed_line(folder, repo_id, url))
 
 
-def update_card(folder):
-    """The folder's model card with the export's section (a card edited by hand stays as it is)."""
-    if model_card.write_card(folder) is None:
+def update_card(folder, repo_id=None):
+    """The folder's model card with the export's section, and the Hub id where it is pushed (a card edited by hand
+    stays as it is)."""
+    if model_card.write_card(folder, repo_id=repo_id) is None:
         print(f"note: {folder / model_card.CARD} was edited by hand, so it is left as it is", file=sys.stderr)
 
 

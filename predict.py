@@ -14,7 +14,6 @@ Classify posts with an adapter (or a fully fine-tuned model) saved by train.py.
 This is a research and teaching tool, not a diagnostic instrument.
 """
 
-import argparse
 import csv
 import itertools
 import json
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import posts
 from errors import DataError, ModelError, fail
-from textclassifier import inference, sharing
+from textclassifier import cli, inference, sharing
 
 DEFAULT_ADAPTER = "adapters/depression-pfeiffer"  # where `python train.py --mode adapter` saves
 TEXT_SUFFIXES = (".txt", "")  # read as one post per line; other suffixes go through posts.load_table
@@ -33,10 +32,7 @@ OUTPUT_SUFFIXES = (".jsonl", ".csv")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0].strip(),
-        epilog="This is a research and teaching tool, not a diagnostic instrument.",
-    )
+    p = cli.command_parser("predict.py", __doc__)
     p.add_argument("texts", nargs="*", metavar="TEXT", help="posts to classify; '-' reads one post per line from stdin")
     p.add_argument(
         "--file",
@@ -85,7 +81,6 @@ def build_parser():
         help=f"posts read and classified at a time; the results of each chunk are written before the next "
         f"is read (default: {CHUNK})",
     )
-    p.error = lambda message: fail(f"{message} (see python predict.py --help)")
     return p
 
 
@@ -261,42 +256,27 @@ def print_rows(rows, as_json):
 
 
 def load_model(args):
-    """inference.load with --backend, or inference.load_shared for several adapters (torch); on torch the expected
-    "newly initialized head" notices are silenced."""
-    if len(args.adapter) > 1 and args.backend not in ("auto", "torch"):
-        raise ModelError(
-            f"--backend {args.backend} runs one exported model (base and adapter in one graph); several adapters "
-            f"share a base model on torch: drop --backend, or pass one --adapter"
-        )
-    args.adapter, hub_notes = sharing.adapter_folders(args.adapter)  # Hub ids -> their folders in the HF cache
-    backend = "torch" if len(args.adapter) > 1 else args.backend
-    backend = inference.fastest_backend(args.adapter[0]) if backend == "auto" else backend
-    if backend == "torch":
+    """The --adapter folders and Hub ids, loaded as inference.Adapters (several adapters: one base model, torch), with
+    the notes a user should read on stderr; on torch the expected "newly initialized head" notices are silenced."""
+    found = inference.find_adapters(args.adapter, args.backend)
+    if found.backend == "torch":
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
-    if len(args.adapter) > 1:
-        loaded = inference.load_shared(args.adapter, args.model, args.precision)
-        notes = [inference.plain_note(task.folder, task.info) for task in loaded.tasks.values()]
-    else:
-        loaded = inference.load(args.adapter[0], args.model, args.merge, backend, precision=args.precision)
-        # a folder saved by plain adapters; an export asked for by name, on the CPU beside a GPU; int8 checked elsewhere
-        notes = [
-            inference.plain_note(args.adapter[0], loaded.info),
-            inference.cpu_beside_gpu_note(loaded),
-            inference.other_cpu_note(args.adapter[0], loaded),  # int8 checked on another kind of CPU
-        ]
-    for note in filter(None, hub_notes + notes):
+    adapters = inference.Adapters(found.folders, found.backend, None, args.precision, args.model, args.merge)
+    for note in found.notes + adapters.notes():
         print(note, file=sys.stderr)
-    return loaded
+    return adapters
 
 
-def classify_rows(loaded, chunk, batch_size):
-    """Result rows for a chunk of posts: one model (inference.result_rows) or every task of a SharedBase."""
-    if isinstance(loaded, inference.SharedBase):
-        by_task = inference.classify_shared(loaded, chunk, batch_size)
-        return inference.shared_rows(chunk, by_task, {n: t.label_names for n, t in loaded.tasks.items()})
-    return inference.result_rows(chunk, inference.classify(loaded, chunk, batch_size), loaded.label_names)
+def classify_rows(adapters, chunk, batch_size, several):
+    """Result rows for a chunk of posts: label, score and probabilities (inference.result_rows), or with several
+    adapters every task's answer under "results" (inference.shared_rows)."""
+    by_task = adapters.classify(chunk, batch_size=batch_size)
+    if several:
+        return inference.shared_rows(chunk, by_task, adapters.label_names)
+    [(name, probs)] = by_task.items()
+    return inference.result_rows(chunk, probs, adapters.label_names[name])
 
 
 def progress_bar(enabled):
@@ -318,16 +298,13 @@ def main(argv=None):
         loaded = load_model(args)
     except (DataError, ModelError) as e:
         fail(str(e))
-    tasks = (
-        {n: t.label_names for n, t in loaded.tasks.items()}
-        if isinstance(loaded, inference.SharedBase)
-        else {"": loaded.label_names}
-    )
+    several = len(args.adapter) > 1
+    tasks = loaded.label_names if several else {"": next(iter(loaded.label_names.values()))}
     write, handle = open_writer(Path(args.output), tasks) if args.output else (None, None)
     bar = progress_bar(args.file or args.output)
     try:
         for chunk in itertools.chain([first], chunks(posts, args.chunk_size)):
-            rows = classify_rows(loaded, chunk, args.batch_size)
+            rows = classify_rows(loaded, chunk, args.batch_size, several)
             write(rows) if write else print_rows(rows, args.json)
             if bar is not None:
                 bar.update(len(chunk))

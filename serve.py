@@ -20,17 +20,14 @@ import logging
 import socket
 
 from errors import ModelError, fail
-from textclassifier import inference, server, sharing
+from textclassifier import cli, inference, server
 
 DEFAULT_ADAPTER = "adapters/depression-pfeiffer"
 LIMITS = server.Limits()
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0].strip(),
-        epilog="This is a research and teaching tool, not a diagnostic instrument.",
-    )
+    p = cli.command_parser("serve.py", __doc__)
     p.add_argument(
         "--adapter",
         nargs="+",
@@ -95,7 +92,6 @@ def build_parser():
         help="serve N replicas on Ray Serve (pip install -r requirements-scale.txt; the local machine, or the "
         "cluster at RAY_ADDRESS) instead of one uvicorn process (default: 0, uvicorn)",
     )
-    p.error = lambda message: fail(f"{message} (see python serve.py --help)")
     return p
 
 
@@ -114,16 +110,6 @@ def parse_args(argv=None):
     if args.max_queue < args.max_texts:
         fail("--max-queue must hold at least one request of --max-texts texts")
     return args
-
-
-def backend_for(args):
-    """auto: torch for several adapters (one shared base model), else the folder's fastest verified export."""
-    if len(args.adapter) > 1:
-        if args.backend not in ("auto", "torch"):
-            fail(f"--backend {args.backend} runs one exported model per folder; several adapters share a base model "
-                 "on torch: drop --backend, or serve one --adapter")  # fmt: skip
-        return "torch"
-    return inference.fastest_backend(args.adapter[0]) if args.backend == "auto" else args.backend
 
 
 def limits_for(args):
@@ -149,17 +135,16 @@ def main(argv=None):
     args = parse_args(argv)
     check_port(args.host, args.port)
     try:
-        args.adapter, hub_notes = sharing.adapter_folders(args.adapter)  # Hub ids -> their folders in the HF cache
+        found = inference.find_adapters(args.adapter, args.backend)  # Hub ids -> their folders in the HF cache
     except ModelError as e:
         fail(str(e))
-    backend = backend_for(args)
-    limits = limits_for(args)
+    backend, limits = found.backend, limits_for(args)
     if args.ray_replicas:
-        for note in hub_notes:
+        for note in found.notes:
             print(note, flush=True)
         try:
             return server.deploy_on_ray(
-                args.adapter, backend, args.threads, limits, args.ray_replicas, args.host, args.port, args.precision
+                found.folders, backend, args.threads, limits, args.ray_replicas, args.host, args.port, args.precision
             )
         except ModelError as e:
             fail(str(e))
@@ -167,18 +152,13 @@ def main(argv=None):
 
     hf_logging.set_verbosity_error()
     try:
-        models = server.Models(args.adapter, backend, args.threads, args.precision)
+        models = server.Models(found.folders, backend, args.threads, args.precision)
     except ModelError as e:
         fail(str(e))
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
-    for note in hub_notes:
-        print(note, flush=True)
-    for folder, info in zip(args.adapter, models.infos.values()):  # folders saved by plain adapters
-        if note := inference.plain_note(folder, info):
-            print(note, flush=True)
-    if models.loaded and (note := inference.cpu_beside_gpu_note(next(iter(models.loaded.values())))):
+    for note in found.notes + models.notes():
         print(note, flush=True)
     print(
         f"serving {', '.join(models.names)} ({backend} on {models.device}) at http://{args.host}:{args.port}/ "

@@ -38,7 +38,7 @@ import data
 import model as M
 import posts
 from errors import DataError, ModelError, fail
-from textclassifier import hardware, model_card, saved, sharing, training
+from textclassifier import cli, hardware, model_card, saved, sharing, training
 
 OUTPUT_DIR = {"adapter": "adapters", "full": "models"}
 
@@ -146,8 +146,11 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 
 def build_parser():
-    p = HfArgumentParser(
-        [*SETTINGS, OutputArguments],
+    p = cli.command_parser(
+        "train.py",
+        __doc__,
+        make=HfArgumentParser,
+        dataclass_types=[*SETTINGS, OutputArguments],
         description=__doc__.split("\n\n")[1],
         formatter_class=HelpFormatter,
         epilog="Offline: set DEPRESSION_DATA=../shared/data/depression-reddit-cleaned.csv (or pass --data); "
@@ -156,7 +159,6 @@ def build_parser():
     for action in p._actions:  # HfArgumentParser's --no-X of a setting that is on by default: it states no default
         if action.option_strings[0].startswith("--no_"):
             action.default, action.help = argparse.SUPPRESS, f"off: {action.help}"
-    p.error = lambda message: fail(f"{message} (see python train.py --help)")  # one line, no usage dump
     return p
 
 
@@ -436,7 +438,8 @@ def save(args, accelerator, run, best, history, calibration=None):
     saved.save_trained(final, run.tokenizer, result, args.mode)
     training.write_metrics(result / "metrics.jsonl", history)
     saved.write_training_info(result, training_info(args, accelerator, run, best, history, calibration))
-    model_card.write_card(result, name=output.name)  # README.md: the Hub's metadata, what a person reads first
+    # README.md: the Hub's metadata, what a person reads first; it names the Hub id where the folder is pushed
+    model_card.write_card(result, name=output.name, repo_id=args.push_to_hub)
     saved.swap_in(result, output)
     shutil.rmtree(run.staging)
     size = sum(f.stat().st_size for f in output.iterdir()) / 1e6

@@ -22,7 +22,7 @@ from conftest import (
 from huggingface_hub.errors import HfHubHTTPError
 
 from errors import ModelError
-from textclassifier import saved, sharing
+from textclassifier import inference, sharing
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 POSTS = ["i feel hopeless and empty every day", "our team won the cup today"]
@@ -148,7 +148,7 @@ def test_a_hub_id_is_read_from_the_cache_offline_and_checked_as_a_folder_is(plai
     pulled, proc = probabilities("me/sentiment", *POSTS)
     assert np.abs(pulled - local).max() <= 1e-6 and "from the Hugging Face Hub" in proc.stderr
     assert "was saved by the adapters library" in proc.stderr  # then checked and told as the local folder is
-    assert saved.task_names([snapshot]) == ["sentiment"]  # a task is named by its repository
+    assert inference.task_names([snapshot]) == ["sentiment"]  # a task is named by its repository
 
     for name, words in [
         ("me/missing", ["me/missing is not a folder here", "cannot be reached", "HF_HUB_OFFLINE"]),

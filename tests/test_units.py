@@ -433,9 +433,9 @@ def test_a_folder_is_checked_before_anything_loads(tmp_path):
 
 
 def test_task_names_come_from_folder_names_and_must_differ():
-    assert saved.task_names(["adapters/depression-pfeiffer", "x/v1.2"]) == ["depression-pfeiffer", "v1_2"]
+    assert inference.task_names(["adapters/depression-pfeiffer", "x/v1.2"]) == ["depression-pfeiffer", "v1_2"]
     with pytest.raises(ModelError, match="both named same"):
-        saved.task_names(["a/same", "b/same"])
+        inference.task_names(["a/same", "b/same"])
 
 
 def test_a_trained_model_is_never_replaced_without_asking(tmp_path):
@@ -501,8 +501,9 @@ def test_the_body_limit_admits_the_largest_valid_request():
 
 
 def test_answers_name_the_most_probable_label_of_each_task():
-    probs = {"a": np.array([0.3, 0.7]), "b": np.array([0.5, 0.2, 0.3])}
-    out = server.answers(probs, ["a", "b"], {"a": ["no", "yes"], "b": ["x", "y", "z"]})
+    probs = {"a": np.array([[0.3, 0.7]]), "b": np.array([[0.5, 0.2, 0.3]])}  # one post
+    [row] = inference.shared_rows(["post"], probs, {"a": ["no", "yes"], "b": ["x", "y", "z"]})  # the server's rows
+    out = row["results"]
     assert out["a"] == {"label": "yes", "score": pytest.approx(0.7), "probabilities": {"no": 0.3, "yes": 0.7}}
     assert out["b"]["label"] == "x" and list(out["b"]["probabilities"]) == ["x", "y", "z"]
 

@@ -1,15 +1,17 @@
 """
-Load a folder written by train.py and classify texts: what predict.py, assess.py, serve.py, bench/ and the
-notebook share. Two backends: PyTorch (the trained weights themselves) and ONNX Runtime (model.onnx or
-model.int8.onnx, written into the folder by export.py, checked against torch there). torch and transformers are
-imported only on the torch path, so that a one-post prediction on the ONNX path starts in about a second. Several
-adapter folders share one loaded base model (torch), each with its own head and settings.
+Load folders written by train.py and classify texts. Two backends: PyTorch (the trained weights themselves) and ONNX
+Runtime (model.onnx or model.int8.onnx, written into the folder by export.py, checked against torch there). torch
+and transformers are imported only on the torch path, so that a one-post prediction on the ONNX path starts in about
+a second. Several adapter folders share one loaded base model (torch), each with its own head and settings.
 
     loaded = load("adapters/depression-pfeiffer")                    # torch: a Loaded (model, tokenizer, info)
     loaded = load("adapters/depression-pfeiffer", backend="auto")    # the fastest verified export, else torch
     probs = classify(loaded, ["some text", "another"])  # n_texts x n_labels (torch: a tensor, ONNX: numpy array)
     shared = load_shared(["adapters/a", "adapters/b", "adapters/c"])  # one base model, three adapters
     by_task = classify_shared(shared, ["some text"])    # {task name: n_texts x n_labels tensor}
+
+A command's --adapter words (folders and Hub ids) go through find_adapters (the folders, where they came from, the
+backend) and Adapters (loaded by task name, whichever way they share a model, with what a user should be told).
 """
 
 import hashlib
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from errors import ModelError
 from posts import normalize_text, sorted_batches
+from textclassifier import sharing
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 PRECISIONS = ("auto", "fp32", "bf16")  # of the torch backend (ONNX exports compute as exported: fp32 or int8)
@@ -31,7 +34,7 @@ EXPORT_FILES = (*ONNX_FILES.values(), EXPORT_INFO, ONNX_TOKENIZER)
 
 
 def add_backend_flag(parser, default):
-    """--backend for a command line (predict.py, assess.py): auto, torch, onnx or onnx-int8."""
+    """--backend: auto, torch, onnx or onnx-int8."""
     parser.add_argument(
         "--backend",
         default=default,
@@ -82,7 +85,7 @@ class SharedBase:
 
 
 def add_precision_flag(parser):
-    """--precision for a command line that predicts on torch (predict.py, assess.py, serve.py)."""
+    """--precision of the torch backend: auto, fp32 or bf16."""
     parser.add_argument(
         "--precision",
         default="auto",
@@ -140,9 +143,100 @@ def load_shared(folders, model_name=None, precision="auto"):
 
     from textclassifier import saved
 
-    model, tokenizer, infos, names = saved.load_shared(folders, model_name)
+    names = task_names(folders)
+    model, tokenizer, infos = saved.load_on_one_base(folders, names, model_name)
     tasks = {name: Task(name, str(folder), info) for name, folder, info in zip(names, folders, infos)}
     return SharedBase(model.to(PartialState().device), tokenizer, tasks, pass_groups(tasks.values()), precision)
+
+
+def task_names(folders):
+    """Each folder's name (a Hub repository's name for its folder in the cache) as its task's name (dots, which
+    module names cannot hold, as underscores); a name that two folders share is refused."""
+    names = [sharing.folder_name(f).replace(".", "_") for f in folders]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ModelError(
+            f"two adapter folders are both named {twice[0]}; each task is called by its folder's name, so give "
+            f"them different names"
+        )
+    return names
+
+
+@dataclass
+class Found:
+    """A command's --adapter words, found: local folders (a Hub id's snapshot in the Hugging Face cache), where the
+    Hub ones came from (notes to print once the models loaded) and the backend that computes them."""
+
+    folders: list
+    backend: str
+    notes: list
+
+
+def find_adapters(words, backend="auto", several="together"):
+    """The --adapter words of a command (folders and Hub ids) -> Found. several="together": several adapters share
+    one base model, on torch (a backend other than auto or torch is refused: ModelError, one line); one folder gets
+    the backend asked for, auto resolved (fastest_backend). several="apart": each folder is loaded alone with the
+    backend asked for (auto resolved per folder by load)."""
+    if several == "together" and len(words) > 1 and backend not in ("auto", "torch"):
+        raise ModelError(
+            f"--backend {backend} runs one exported model per folder (base and adapter in one graph); several "
+            f"adapters share a base model on torch: drop --backend, or name one --adapter"
+        )
+    folders, notes = sharing.adapter_folders(words)
+    if several == "together":
+        backend = "torch" if len(folders) > 1 else fastest_backend(folders[0]) if backend == "auto" else backend
+    return Found(folders, backend, notes)
+
+
+class Adapters:
+    """Trained folders loaded for classifying, by task name (task_names): one base model with every adapter (a
+    SharedBase: torch, several folders) or each folder alone (a Loaded: a full model, a merged LoRA adapter, an ONNX
+    export). ModelError says what is wrong with a folder."""
+
+    def __init__(self, folders, backend="torch", threads=None, precision="auto", model_name=None, merge=True):
+        self.backend = backend
+        if backend == "torch" and len(folders) > 1:
+            self.shared, self.loaded = load_shared(folders, model_name, precision), {}
+            self.tasks = self.shared.tasks
+        else:
+            self.shared = None
+            self.loaded = {
+                name: load(folder, model_name, merge, backend, threads, precision)
+                for name, folder in zip(task_names(folders), folders)
+            }
+            self.tasks = {name: Task(name, str(f), one.info) for (name, one), f in zip(self.loaded.items(), folders)}
+        self.names = list(self.tasks)
+        self.infos = {name: task.info for name, task in self.tasks.items()}
+        self.label_names = {name: task.label_names for name, task in self.tasks.items()}
+        self.device = models_device(self.shared or next(iter(self.loaded.values())))
+
+    def classify(self, texts, names=None, batch_size=64):
+        """{task name: class probabilities (numpy, n_texts x its labels)} for the tasks named (default: every one)."""
+        import numpy as np
+
+        names = self.names if names is None else names
+        out = {}
+        if self.shared is not None:
+            by_task = classify_shared(self.shared, texts, batch_size, only=names)
+            out = {name: probs.numpy() for name, probs in by_task.items()}
+        for name in names:
+            if name in self.loaded:
+                out[name] = np.asarray(classify(self.loaded[name], texts, batch_size))
+        return out
+
+    def notes(self):
+        """What a user should be told of the loaded folders: one line per folder saved by plain adapters, an export
+        asked for by name on the CPU beside a GPU, an int8 export checked on another kind of CPU."""
+        lines = [plain_note(task.folder, task.info) for task in self.tasks.values()]
+        for name, loaded in self.loaded.items():
+            lines += [cpu_beside_gpu_note(loaded), other_cpu_note(self.tasks[name].folder, loaded)]
+        return [line for line in lines if line]
+
+
+def models_device(loaded):
+    """Where a Loaded or SharedBase computes: "cuda", "cpu", ... (an ONNX session's device, or the torch weights')."""
+    model = loaded.model
+    return model.device if isinstance(model, OnnxModel) else next(model.parameters()).device.type
 
 
 # Adapter configs whose layers take a Parallel block (adapters' bottleneck family; tests/test_shared.py checks that
@@ -428,8 +522,7 @@ def onnx_providers(backend, available=None):
 
 def cpu_beside_gpu_note(loaded, instead="; --backend torch (or auto) computes on the GPU"):
     """One line where an ONNX session computes on the CPU while torch sees a CUDA GPU (a backend asked for by
-    name: --backend auto takes torch there), ending with `instead`; else None. predict.py, serve.py and
-    classify_corpus.py print it."""
+    name: --backend auto takes torch there), ending with `instead`; else None."""
     from textclassifier import hardware
 
     model = loaded.model
@@ -513,7 +606,7 @@ class OnnxModel:
 
 
 def result_rows(texts, probs, names):
-    """One dict per post: text, label, score (its probability) and every label's probability (predict.py's rows)."""
+    """One dict per post: text, label, score (its probability) and every label's probability."""
     for text, p in zip(texts, probs.tolist()):
         best = max(range(len(p)), key=p.__getitem__)
         yield {"text": text, "label": names[best], "score": p[best], "probabilities": dict(zip(names, p))}

@@ -22,7 +22,6 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from errors import ModelError, first_line
 from model import ADAPTER_NAME, load_base_model, load_tokenizer, no_inactive_adapter_notice, resolve_model_path
-from textclassifier import sharing
 
 TRAINING_INFO = "training.json"
 TRAIN_AGAIN = "train again with python train.py"  # what to do about a damaged folder of train.py (again())
@@ -247,11 +246,12 @@ def load_trained(folder, model_name=None):
     return model.eval(), load_tokenizer(base), info
 
 
-def load_shared(folders, model_name=None):
-    """Several adapter folders into one base model -> (model in eval mode, tokenizer, training infos, task names).
+def load_on_one_base(folders, names, model_name=None):
+    """Several adapter folders into one base model, each adapter and its head under its name in `names` -> (model in
+    eval mode, tokenizer, training infos).
     Every folder is checked before the base model loads; refused (ModelError): a full model, a LoRA-kind adapter
     (MERGEABLE_CONFIGS: predicted merged into the base weights, which the others share), a base model other than
-    the first folder's (or than `model_name`). Each adapter and its head get the folder's name (task_names)."""
+    the first folder's (or than `model_name`)."""
     folders = [Path(f) for f in folders]
     infos = [read_training_info(folder, model_name) for folder in folders]
     for folder, info in zip(folders, infos):
@@ -272,24 +272,10 @@ def load_shared(folders, model_name=None):
                 f"the adapter in {folder} was trained on {info['base_model']}, not {base}: adapters share a base "
                 f"model only when they were trained on the same one"
             )
-    names = task_names(folders)
     model = load_base_model(base)
     for folder, name, info in zip(folders, names, infos):
         load_adapter(model, folder, load_as=name, again=again(info))
-    return model.eval(), load_tokenizer(base), infos, names
-
-
-def task_names(folders):
-    """Each folder's name (a Hub repository's name for its folder in the cache) as its task's name (dots, which
-    module names cannot hold, as underscores); a name that two folders share is refused."""
-    names = [sharing.folder_name(f).replace(".", "_") for f in folders]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ModelError(
-            f"two adapter folders are both named {twice[0]}; each task is called by its folder's name, so give "
-            f"them different names"
-        )
-    return names
+    return model.eval(), load_tokenizer(base), infos
 
 
 # Configs whose trained weights are low-rank updates or scalings of existing weight matrices: merge_adapter() folds

@@ -22,7 +22,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -57,39 +56,9 @@ class Limits:
         return self.max_texts * (self.max_chars * 6 + 16) + 65_536
 
 
-class Models:
-    """The adapters a server answers with, by task name (the folder's name). torch with several folders: one base
-    model with every adapter (inference.load_shared); otherwise each folder loaded alone (inference.load: a full
-    model, a merged LoRA adapter, or an ONNX export). ModelError says what is wrong with a folder."""
-
-    def __init__(self, folders, backend="torch", threads=None, precision="auto"):
-        from textclassifier import saved
-
-        self.backend = backend
-        names = saved.task_names(folders)
-        if backend == "torch" and len(folders) > 1:
-            self.shared = inference.load_shared(folders, precision=precision)
-            self.loaded = {}
-            self.infos = {name: task.info for name, task in self.shared.tasks.items()}
-        else:
-            self.shared = None
-            self.loaded = {
-                n: inference.load(f, backend=backend, threads=threads, precision=precision)
-                for n, f in zip(names, folders)
-            }
-            self.infos = {name: loaded.info for name, loaded in self.loaded.items()}
-        self.names = list(self.infos)
-        self.device = models_device(self.shared or next(iter(self.loaded.values())))
-
-    def classify(self, texts, names):
-        """{task name: class probabilities (numpy, n_texts x its labels)} for the tasks named."""
-        out = {}
-        if self.shared is not None:
-            out = {n: p.numpy() for n, p in inference.classify_shared(self.shared, texts, only=names).items()}
-        for name in names:
-            if name in self.loaded:
-                out[name] = np.asarray(inference.classify(self.loaded[name], texts))
-        return out
+class Models(inference.Adapters):
+    """The adapters a server answers with, by task name (inference.Adapters: one base model for several adapters on
+    torch, otherwise each folder alone), and what GET /adapters says of them."""
 
     def describe(self):
         """What GET /adapters says of each task: labels, base model, what it was trained on, validation accuracy."""
@@ -108,12 +77,6 @@ class Models:
             }
             for name, info in self.infos.items()
         ]
-
-
-def models_device(loaded):
-    """Where a Loaded or SharedBase computes: "cuda", "cpu", ... (an ONNX session's device, or the torch weights')."""
-    model = loaded.model
-    return model.device if isinstance(model, inference.OnnxModel) else next(model.parameters()).device.type
 
 
 class QueueFull(Exception):
@@ -216,17 +179,6 @@ def error(status, message, headers=None):
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def answers(probs, names, label_names):
-    """{task: {label, score, probabilities}} for one text from each task's probability row."""
-    out = {}
-    for name in names:
-        p = [float(x) for x in probs[name]]
-        best = int(np.argmax(p))
-        labels = label_names[name]
-        out[name] = {"label": labels[best], "score": p[best], "probabilities": dict(zip(labels, p))}
-    return out
-
-
 async def read_body(request, limit):
     """The request body, read up to `limit` bytes; None when it is larger."""
     size = int(request.headers.get("content-length") or 0)
@@ -269,7 +221,6 @@ def parse_request(body, models, limits):
 def create_app(models, limits=None):
     """The FastAPI app over loaded Models: the routes, the batcher's lifetime, and JSON errors for everything."""
     limits = limits or Limits()
-    label_names = {name: info["label_names"] for name, info in models.infos.items()}
 
     @asynccontextmanager
     async def lifespan(app):
@@ -323,13 +274,8 @@ def create_app(models, limits=None):
             probs = await request.app.state.batcher.classify(texts, names)
         except QueueFull:
             return error(503, "the server is busy (queue full); retry shortly", {"Retry-After": "1"})
-        return {
-            "results": [
-                {"text": text, "adapters": answers({n: probs[n][i] for n in names}, names, label_names)}
-                for i, text in enumerate(texts)
-            ],
-            "note": NOTE,
-        }
+        rows = inference.shared_rows(texts, probs, models.label_names)  # predict.py's rows of several adapters
+        return {"results": [{"text": row["text"], "adapters": row["results"]} for row in rows], "note": NOTE}
 
     @app.get("/adapters")
     async def adapters():

@@ -1,6 +1,6 @@
 """
-Share trained folders on the Hugging Face Hub: push one (train.py and export.py --push-to-hub) and use one by its
-Hub id wherever --adapter takes a folder (predict.py, assess.py, serve.py, classify_corpus.py).
+Share trained folders on the Hugging Face Hub: upload one as it is, and download one by its Hub id wherever
+--adapter takes a folder. It moves files; it never writes them (the model card is written before a push).
 
     python train.py --mode adapter --push-to-hub your-name/depression-pfeiffer
     python predict.py --adapter your-name/depression-pfeiffer "some text"         # or your-name/name@revision
@@ -8,7 +8,7 @@ Hub id wherever --adapter takes a folder (predict.py, assess.py, serve.py, class
 A push uploads the folder's own files (not the lock beside it, no hidden files, no subfolders) as one commit, and
 the repository then holds exactly them. A Hub id is downloaded into the Hugging Face cache (pickle weights never
 are) and then checked as a local folder is; a local folder of the same name wins. huggingface_hub is imported only
-where the Hub is used: predict.py's ONNX path stays quick.
+where the Hub is used: the ONNX path stays quick.
 """
 
 import re
@@ -160,14 +160,10 @@ def files_to_push(folder):
 def push_folder(folder, repo_id, private=False, api=None):
     """Upload the folder's own files (files_to_push) to the model repository `repo_id` (created where missing,
     private where asked) as one commit, removing what the repository held beside them (its history keeps them);
-    returns the repository's URL. The model card first names the Hub id in its usage (a card edited by hand stays
-    as it is). ModelError, one line, on any Hub or network failure: the folder is kept."""
+    returns the repository's URL. The folder goes up as it is: whoever pushes writes its model card first (with
+    the Hub id, model_card.write_card). ModelError, one line, on any Hub or network failure: the folder is kept."""
     from huggingface_hub import HfApi
 
-    from textclassifier import model_card
-
-    if (Path(folder) / "training.json").is_file():
-        model_card.write_card(folder, repo_id=repo_id)
     api = api or HfApi()
     names = files_to_push(folder)
     try:
