@@ -350,8 +350,6 @@ def load_splits(
         "data_fingerprint": fingerprint(df),
         "cleaning": report,
         "val_fingerprint": fingerprint(val_ds.to_pandas()),
-        "train_size": len(train_ds),
-        "val_size": len(val_ds),
     }
     if "source" in df.columns:
         info["sources"] = {

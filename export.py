@@ -20,7 +20,6 @@ another kind than the check did.
 This is a research and teaching tool, not a diagnostic instrument.
 """
 
-import json
 import logging
 import os
 import re
@@ -236,7 +235,7 @@ def verify(folder, info, export, backend, texts, reference, failed_if):
     if failed:
         export["backends"][backend]["failed"] = failed
         path.unlink()
-    write_export_info(folder, export)
+    inference.write_export_info(folder, export)
     against = "torch" if backend == "onnx" else "fp32"
     print(
         f"{path.name}: {'NOT kept, ' + failed if failed else 'kept'} (on {len(texts)} posts against {against}: "
@@ -251,10 +250,6 @@ def verify(folder, info, export, backend, texts, reference, failed_if):
 def checked_on():
     """The CPU the checks ran on: its model name and its int8 kind (hardware.int8_kind), for onnx.json."""
     return {"cpu": hardware.cpu_info().get("model name"), "int8_kind": hardware.int8_kind()}
-
-
-def write_export_info(folder, export):
-    (folder / inference.EXPORT_INFO).write_text(json.dumps(export, indent=2) + "\n")
 
 
 def fp32_failure(checks):
@@ -331,7 +326,7 @@ def main(argv=None):
         if int8_probs is not None:
             agreement = float((int8_probs.argmax(1) == torch_probs.argmax(1)).mean())
             export["backends"]["onnx-int8"]["label_agreement_with_torch"] = agreement
-            write_export_info(folder, export)
+            inference.write_export_info(folder, export)
     update_card(folder, args.push_to_hub)
     print(f"exported in {time.perf_counter() - start:.0f} s; predict.py now uses {inference.fastest_backend(folder)}")
     if args.push_to_hub:

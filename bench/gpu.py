@@ -6,7 +6,7 @@ One command that measures the GPU path, in a few minutes on one CUDA GPU; exits 
     python -m bench.gpu --dry-run --quick --model DIR    # every measurement on a machine without a GPU (the tests)
 
 What it measures, all in this one process on the first GPU:
-- one epoch of train.py's own loop (train.set_up, training.train_epoch, training.validate) for full fine-tuning,
+- one epoch of train.py's own loop (training.set_up, training.train_epoch, training.validate) for full fine-tuning,
   Pfeiffer, Houlsby and Pfeiffer in the upper half with its frozen lower half cached, in bf16 (where the GPU has it
   natively), fp16 and fp32: seconds, posts/s, real tokens/s, peak GPU memory (torch.cuda.max_memory_allocated),
   mean GPU utilisation (NVML, sampled every 0.1 s through torch.cuda.utilization) and validation accuracy;
@@ -34,10 +34,9 @@ import torch
 from accelerate.state import AcceleratorState
 
 import model as M
-import train
 from bench import harness as H
 from bench.shared import adapter_folders, bert_base_folder
-from textclassifier import hardware, inference, training
+from textclassifier import hardware, inference, settings, training
 from textclassifier.report import markdown_table
 
 SETUPS = ["full", "pfeiffer", "houlsby", "pfeiffer-upper-half"]  # harness.TRAIN_SETUPS; the upper half is cached
@@ -128,12 +127,14 @@ def one_epoch(args, setup, precision, model_name, name, posts=None):
     cache, optimizer, schedule), then the timed epoch (the caching pass timed apart), then validation."""
     fresh_state()
     flags = [*H.setup_flags(setup, model_name), "--model", model_name, "--data", args.data, "--epochs", "1"]
-    flags += ["--mixed-precision", precision, "--output-dir", str(Path(args.work) / "runs"), "--name", name]
+    flags += ["--mixed-precision", precision]
     posts = posts or args.train_posts
-    flags += ["--overwrite"] + (["--max-train-samples", str(posts)] if posts else [])
-    targs = train.parse_args(flags)
-    accelerator = train.make_accelerator(targs, cpu=not torch.cuda.is_available())
-    run = train.set_up(targs, accelerator)
+    flags += ["--max-train-samples", str(posts)] if posts else []
+    targs = settings.parse(flags)  # train.py's settings for these flags
+    accelerator = training.make_accelerator(targs, cpu=not torch.cuda.is_available())
+    staging = Path(args.work) / "runs" / name
+    shutil.rmtree(staging, ignore_errors=True)
+    run, record = training.set_up(targs, accelerator, staging)
     sync()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -146,8 +147,8 @@ def one_epoch(args, setup, precision, model_name, name, posts=None):
         val = training.validate(run.model, run.val_dl, accelerator, run.label_names)
     shutil.rmtree(run.staging, ignore_errors=True)
     row = {
-        "setup": setup, "model": model_name, "precision": accelerator.mixed_precision, "tf32": run.tf32,
-        "attention": run.attention or "sdpa", "epoch_seconds": seconds, "cache_seconds": run.cache_seconds,
+        "setup": setup, "model": model_name, "precision": accelerator.mixed_precision, "tf32": record["tf32"],
+        "attention": record["attention"], "epoch_seconds": seconds, "cache_seconds": run.cache_seconds,
         "posts": seen["posts"], "posts_per_second": seen["posts"] / seconds,
         "tokens_per_second": seen["real_tokens"] / seconds, "train_loss": loss, "accuracy": val["accuracy"],
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,

@@ -180,7 +180,8 @@ def export_folder(folder, backends, files=()):
     from textclassifier import inference
 
     folder.mkdir(exist_ok=True)
-    (folder / inference.EXPORT_INFO).write_text(json.dumps({"backends": backends}))
+    record = {"backends": backends, "trained_fingerprint": "", "pad_token_id": 0}  # what its schema requires
+    (folder / inference.EXPORT_INFO).write_text(json.dumps(record))
     for name in files:
         (folder / name).write_bytes(b"onnx")
     return folder

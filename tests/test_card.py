@@ -107,7 +107,8 @@ def test_hub_base_model_names_hub_ids_only(tmp_path):
 def test_a_card_written_again_keeps_the_behaviour_figures_and_an_edited_one_is_left_alone(tmp_path):
     folder = folder_with(tmp_path)
     model_card.record_behaviour(folder, {"tune": {"a": 1.0, "b": 0.95, "c": 0.4, "d": 0.9, "e": 0.8, "f": 0.5}})
-    (folder / "onnx.json").write_text(json.dumps({"backends": {"onnx": {"verified": True, "megabytes": 87.3}}}))
+    backends = {"onnx": {"verified": True, "megabytes": 87.3}}
+    (folder / "onnx.json").write_text(json.dumps({"backends": backends, "trained_fingerprint": "", "pad_token_id": 0}))
     first = (folder / "README.md").read_text()
     model_card.write_card(folder)  # as export.py does
     card = ModelCard.load(folder / "README.md")

@@ -198,9 +198,10 @@ def test_tf32_applies_on_ampere_and_later_gpus_only(capability, applies, monkeyp
 
 def test_train_py_uses_tf32_unless_told_not_to():
     import train
+    from textclassifier import settings
 
     assert train.parse_args([]).tf32 and not train.parse_args(["--no-tf32"]).tf32
-    assert "tf32" in train.resume_keys()  # a run resumes with the matmul precision it started with
+    assert "tf32" in settings.resume_keys()  # a run resumes with the matmul precision it started with
 
 
 # --- the schedule advances only with the optimizer (fp16's gradient scaler skips steps that overflowed)

@@ -15,7 +15,7 @@ from conftest import ONE_QUICK_EPOCH, ROOT, assert_clean_failure, make_posts, ru
 from safetensors.torch import load_file, save_file
 
 import train
-from textclassifier import saved
+from textclassifier import saved, settings
 
 # Long enough (about 1-2 s an epoch on the tiny BERT) for a test to act between two epochs.
 SLOW = ["--epochs", "4", "--batch-size", "8", "--max-length", "32", "--lr", "3e-3"]
@@ -102,7 +102,7 @@ def test_resume_with_other_arguments_or_nothing_to_resume(tiny_bert, posts_csv, 
     staging = tmp_path / "depression-houlsby.incomplete" / "checkpoint"
     staging.mkdir(parents=True)
     args += ["--adapter-config", "houlsby"]
-    config = {**train.resume_config(train.parse_args(args), 1), "lr": 0.5}  # a checkpoint made with --lr 0.5
+    config = {**settings.resume_config(train.parse_args(args), 1), "lr": 0.5}  # a checkpoint made with --lr 0.5
     (staging / "state.json").write_text(json.dumps({"epoch": 1, "config": config}))
     proc = run_main("train.py", *args, "--resume", check=False)
     assert_clean_failure(proc, "--resume", "lr = 0.5, not 0.001")
@@ -111,8 +111,9 @@ def test_resume_with_other_arguments_or_nothing_to_resume(tiny_bert, posts_csv, 
 def test_every_flag_is_a_resume_setting_but_where_the_result_goes():
     """A flag added to the parser joins the settings a checkpoint must agree on, without a list to update."""
     dests = {a.dest for a in train.build_parser()._actions} - {"help"}
-    assert set(train.resume_keys()) == dests - {"name", "output_dir", "overwrite", "resume", "push_to_hub", "private"}
-    assert {"label_map", "normalize_text", "class_weights", "metric", "lr", "seed"} <= set(train.resume_keys())
+    output = {"name", "output_dir", "overwrite", "resume", "push_to_hub", "private"}
+    assert set(settings.resume_keys()) == dests - output
+    assert {"label_map", "normalize_text", "class_weights", "metric", "lr", "seed"} <= set(settings.resume_keys())
 
 
 @pytest.mark.slow

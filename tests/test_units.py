@@ -598,6 +598,27 @@ def test_auto_backend_without_an_export_is_torch_and_a_damaged_record_is_refused
         inference.fastest_backend(tmp_path)
 
 
+@pytest.mark.parametrize(
+    "record, words",
+    [
+        ([], "not a JSON object"),
+        ({"backends": {}, "pad_token_id": 0}, "has no 'trained_fingerprint'"),
+        ({"backends": {}, "trained_fingerprint": "x", "pad_token_id": True}, "'pad_token_id' should be a int"),
+        ({"backends": {"onnx": True}, "trained_fingerprint": "x", "pad_token_id": 0}, "each backend's checks"),
+    ],
+)
+def test_onnx_json_is_checked_against_its_schema_when_read_and_before_it_is_written(record, words, tmp_path):
+    (tmp_path / inference.EXPORT_INFO).write_text(json.dumps(record))
+    with pytest.raises(ModelError, match=words) as error:
+        inference.read_export_info(tmp_path)
+    assert "\n" not in str(error.value) and "export again with python export.py" in str(error.value)
+    with pytest.raises(ModelError, match=words):
+        inference.write_export_info(tmp_path / "x", record)  # refused before anything is written
+    whole = {"backends": {"onnx": {"verified": True}}, "trained_fingerprint": "x", "pad_token_id": 0}
+    inference.write_export_info(tmp_path, whole)
+    assert inference.read_export_info(tmp_path) == whole
+
+
 def test_an_export_goes_stale_when_the_trained_files_change_and_not_when_its_own_do(tmp_path):
     (tmp_path / "training.json").write_text("{}")
     (tmp_path / "adapter.safetensors").write_bytes(b"weights")

@@ -29,6 +29,10 @@ BACKENDS = ("torch", "onnx", "onnx-int8")
 PRECISIONS = ("auto", "fp32", "bf16")  # of the torch backend (ONNX exports compute as exported: fp32 or int8)
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}  # what export.py writes, by backend
 EXPORT_INFO = "onnx.json"  # what the export was made from and how it was verified
+# The keys of onnx.json that choosing and loading an export need, with their types; export.py records many more (the
+# opset, each check's figures, the CPU they ran on, library versions): those are recorded, not required.
+EXPORT_INFO_SCHEMA = {"backends": dict, "trained_fingerprint": str, "pad_token_id": int}
+EXPORT_AGAIN = "export again with python export.py --overwrite"
 ONNX_TOKENIZER = "onnx-tokenizer.json"  # the base model's tokenizer for the `tokenizers` package
 EXPORT_FILES = (*ONNX_FILES.values(), EXPORT_INFO, ONNX_TOKENIZER)
 
@@ -406,14 +410,37 @@ def trained_fingerprint(folder):
     return digest.hexdigest()
 
 
+def write_export_info(folder, export):
+    """onnx.json into `folder`, after checking that it holds what choosing and loading the export will need."""
+    path = Path(folder) / EXPORT_INFO
+    check_export_info(export, path)
+    path.write_text(json.dumps(export, indent=2) + "\n")
+
+
 def read_export_info(folder):
+    """onnx.json of a folder, checked (check_export_info); None where the folder holds no export."""
     path = Path(folder) / EXPORT_INFO
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except ValueError:
-        raise ModelError(f"{path} is damaged (not valid JSON); export again with python export.py") from None
+        export = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise ModelError(f"{path} is damaged (not valid JSON); {EXPORT_AGAIN}") from None
+    check_export_info(export, path)
+    return export
+
+
+def check_export_info(export, path):
+    """The keys of EXPORT_INFO_SCHEMA with their types, and each backend's checks as a JSON object."""
+    if not isinstance(export, dict):
+        raise ModelError(f"{path} is damaged (not a JSON object); {EXPORT_AGAIN}")
+    for key, kind in EXPORT_INFO_SCHEMA.items():
+        if key not in export:
+            raise ModelError(f"{path} has no '{key}' (an export from an older or damaged run); {EXPORT_AGAIN}")
+        if not isinstance(export[key], kind) or isinstance(export[key], bool):
+            raise ModelError(f"{path} is damaged ('{key}' should be a {kind.__name__}); {EXPORT_AGAIN}")
+    if not all(isinstance(checks, dict) for checks in export["backends"].values()):
+        raise ModelError(f"{path} is damaged (each backend's checks should be a JSON object); {EXPORT_AGAIN}")
 
 
 def plain_note(folder, info):

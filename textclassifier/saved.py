@@ -24,7 +24,7 @@ from errors import ModelError, first_line
 from model import ADAPTER_NAME, load_base_model, load_tokenizer, no_inactive_adapter_notice, resolve_model_path
 
 TRAINING_INFO = "training.json"
-TRAIN_AGAIN = "train again with python train.py"  # what to do about a damaged folder of train.py (again())
+TRAIN_AGAIN = "train again with python train.py"  # what to do about a damaged folder of train.py (how_to_mend)
 # The keys of training.json that loading a folder needs, with their types. train.py writes many more (the settings,
 # the data's fingerprints, the best epoch's metrics, library versions); those are recorded, not required.
 TRAINING_INFO_SCHEMA = {"mode": str, "base_model": str, "max_length": int, "label_names": list}
@@ -39,21 +39,16 @@ def write_training_info(folder, info):
 def check_training_info(info, path):
     """The required keys of TRAINING_INFO_SCHEMA with their types, a known mode and at least two label names."""
     if not isinstance(info, dict):
-        raise ModelError(f"{path} is damaged (not a JSON object); train again with python train.py")
+        raise ModelError(f"{path} is damaged (not a JSON object); {TRAIN_AGAIN}")
     for key, kind in TRAINING_INFO_SCHEMA.items():
         if key not in info:
-            raise ModelError(
-                f"{path} has no '{key}' (a folder from an older or damaged run); train again with python train.py"
-            )
+            raise ModelError(f"{path} has no '{key}' (a folder from an older or damaged run); {TRAIN_AGAIN}")
         if not isinstance(info[key], kind) or isinstance(info[key], bool):
-            raise ModelError(
-                f"{path} is damaged ('{key}' should be a {kind.__name__}); train again with python train.py"
-            )
+            raise ModelError(f"{path} is damaged ('{key}' should be a {kind.__name__}); {TRAIN_AGAIN}")
     labels = info["label_names"]
     if info["mode"] not in ("adapter", "full") or len(labels) < 2 or not all(isinstance(n, str) for n in labels):
         raise ModelError(
-            f"{path} is damaged (it needs mode adapter or full and at least two label_names); train again "
-            f"with python train.py"
+            f"{path} is damaged (it needs mode adapter or full and at least two label_names); {TRAIN_AGAIN}"
         )
 
 
@@ -115,23 +110,24 @@ def read_training_info(folder, model_name=None):
     if info["mode"] == "full" and not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
         missing.append("tokenizer.json or vocab.txt")
     if missing:
-        raise ModelError(f"{folder} is incomplete (missing {', '.join(missing)}); {again(info)}")
+        raise ModelError(f"{folder} is incomplete (missing {', '.join(missing)}); {how_to_mend(info)}")
     for name in required:
         if name.endswith(".json"):
-            read_json(folder / name, again(info))
+            read_json(folder / name, how_to_mend(info))
         else:
-            safetensors_keys(folder / name, again(info))
+            safetensors_keys(folder / name, how_to_mend(info))
     return info
 
 
-def again(info):
+def how_to_mend(info):
     """What to do about a damaged folder: train it again, or (plain adapters) save it again."""
     if info.get("saved_by") == "adapters":
-        return f"save it again with {RESAVE}"
+        return SAVE_AGAIN
     return TRAIN_AGAIN
 
 
 RESAVE = "model.save_adapter(folder, name, with_head=True, use_safetensors=True)"
+SAVE_AGAIN = f"save it again with {RESAVE}"  # what to do about a damaged folder saved by plain adapters
 
 
 def refuse_pickled(folder, plain=False):
@@ -150,11 +146,11 @@ def plain_adapter_info(folder, model_name=None):
     """What loading needs, for a folder the adapters library saved (save_adapter(..., with_head=True)) with no
     training.json: the labels from its classification head's label2id, the base model from `model_name` or its
     adapter config, the longest input the base model takes (at most 512 tokens), texts as they are."""
-    adapter = read_json(folder / "adapter_config.json", f"save it again with {RESAVE}")
+    adapter = read_json(folder / "adapter_config.json", SAVE_AGAIN)
     head_file = folder / "head_config.json"
     if not head_file.is_file():
         raise ModelError(f"{folder} holds an adapter without its head (no head_config.json); save it with {RESAVE}")
-    head = read_json(head_file, f"save it again with {RESAVE}")
+    head = read_json(head_file, SAVE_AGAIN)
     config = head.get("config") if isinstance(head, dict) else None
     if not isinstance(config, dict) or config.get("head_type") != "classification":
         kind = config.get("head_type") if isinstance(config, dict) else f"a fixed head of {head.get('model_class')}"
@@ -226,14 +222,13 @@ def load_trained(folder, model_name=None):
             tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True)
         except Exception as e:  # transformers raises OSError, ValueError, KeyError... for damaged folders
             raise ModelError(
-                f"cannot load the model in {folder} ({type(e).__name__}: {first_line(e)}); "
-                f"train again with python train.py"
+                f"cannot load the model in {folder} ({type(e).__name__}: {first_line(e)}); {TRAIN_AGAIN}"
             ) from None
         if loading["missing_keys"] or loading["mismatched_keys"]:
             raise ModelError(
                 f"{folder}/model.safetensors lacks weights the model needs "
                 f"({', '.join(map(str, (loading['missing_keys'] + loading['mismatched_keys'])[:3]))}); "
-                f"train again with python train.py"
+                f"{TRAIN_AGAIN}"
             )
         return model.eval(), tokenizer, info
     base = info["base_model"]
@@ -242,7 +237,7 @@ def load_trained(folder, model_name=None):
             f"the adapter in {folder} was trained on {base}, not {model_name}; drop --model or pass --model {base}"
         )
     model = load_base_model(base)
-    load_adapter(model, folder, again=again(info))
+    load_adapter(model, folder, again=how_to_mend(info))
     return model.eval(), load_tokenizer(base), info
 
 
@@ -274,7 +269,7 @@ def load_on_one_base(folders, names, model_name=None):
             )
     model = load_base_model(base)
     for folder, name, info in zip(folders, names, infos):
-        load_adapter(model, folder, load_as=name, again=again(info))
+        load_adapter(model, folder, load_as=name, again=how_to_mend(info))
     return model.eval(), load_tokenizer(base), infos
 
 

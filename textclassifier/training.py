@@ -1,12 +1,12 @@
 """
-The training loop that train.py runs, on accelerate: the defaults it was measured with, one optimisation step and
-one epoch, validation, the epochs with their checkpoints and random states (so that --resume continues exactly),
-and the frozen lower layers computed once. train.py holds the command line and the set-up; bench/ times these very
-functions and reads the defaults here.
+A training run on accelerate, built from its settings: the defaults it was measured with, the set-up (the
+accelerator, the data, the model, the loaders over the frozen lower layers computed once), one optimisation step and
+one epoch, validation, and the epochs with their checkpoints and random states (so that --resume continues exactly).
 
-    run = Run(...)                                    # what train.py's set_up builds
+    accelerator = make_accelerator(args)                            # args: textclassifier.settings
+    run, record = set_up(args, accelerator, staging="runs/x.incomplete")
     best, best_state, history = fit(run, accelerator, epochs=3, metric="accuracy")
-    train_step(model, batch, optimizer, scheduler, accelerator)   # one step: forward, backward, clip, AdamW
+    train_step(model, batch, optimizer, scheduler, accelerator)     # one step: forward, backward, clip, AdamW
 """
 
 import contextlib
@@ -21,20 +21,22 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import NamedTuple
 
+import datasets
 import numpy as np
 import torch
-from accelerate.utils import broadcast_object_list
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, set_seed
 from safetensors.torch import load_file, save_file
 from sklearn.utils.class_weight import compute_class_weight
 from torch.profiler import record_function
 from tqdm.auto import tqdm
-from transformers import DataCollatorWithPadding
+from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import get_parameter_names
 
 import data
 import model as M
 import posts
-from errors import ModelError
+from errors import DataError, ModelError
 from textclassifier import hardware, metrics, saved
 
 # Defaults, measured on the real data (7,650 posts after cleaning, 6,426 for training) with the offline
@@ -416,7 +418,7 @@ def fit(run, accelerator, epochs, metric="accuracy", patience=None):
     best, best_state, history, since_best = None, None, [], 0
     if run.resume:
         state, best_state = load_checkpoint(run.staging, accelerator, run.model, run.optimizer, run.scheduler)
-        if state["data_fingerprint"] != run.data_info["data_fingerprint"]:
+        if state["data_fingerprint"] != run.data_fingerprint:
             raise ModelError(
                 f"--resume: the data differs from the checkpoint's in {run.staging}; "
                 f"pass the same --data, or --overwrite instead of --resume to start over"
@@ -455,7 +457,7 @@ def fit(run, accelerator, epochs, metric="accuracy", patience=None):
             since_best += 1
         state = {
             "epoch": epoch, "config": run.config,
-            "data_fingerprint": run.data_info["data_fingerprint"], "best": best, "since_best": since_best,
+            "data_fingerprint": run.data_fingerprint, "best": best, "since_best": since_best,
             "history": history,
         }  # fmt: skip
         save_checkpoint(run.staging, accelerator, run.model, run.optimizer, run.scheduler, best_state, state)
@@ -477,18 +479,14 @@ def format_scores(row, label_names):
 
 @dataclass(frozen=True)
 class Run:
-    """One training run, whole, as train.py's set_up builds it for fit(): where it writes, the data and its loaders,
-    the model, optimizer and schedule (prepared by accelerate), the cache and the class weights."""
+    """One training run, as set_up builds it for fit(): where it writes, the data's loaders, the model, optimizer and
+    schedule (prepared by accelerate), the cached layers and the class weights."""
 
-    processes: int
     resume: bool
     staging: Path
     config: dict  # the settings a checkpoint must agree on with the command that resumes it
     label_names: list
-    data_info: dict
-    tokenizer: object
-    train_size: int
-    val_size: int
+    data_fingerprint: str  # a resumed checkpoint must have been trained on the same data
     val_sources: list | None
     train_dl: object
     val_dl: object
@@ -496,10 +494,155 @@ class Run:
     optimizer: object
     scheduler: object
     weights: list | None  # --class-weights
-    params: dict  # parameter counts
-    cached: int  # lower layers computed once (Cache.layers)
-    layers_skipped: contextlib.ExitStack  # those layers skipped since set_up, put back when it is left
+    layers_skipped: contextlib.ExitStack  # the cached lower layers skipped since set_up, put back when it is left
     cache_seconds: float
-    length_expert: dict | None  # --length-expert's model
-    attention: str | None  # the attention implementation trained with (attention_for)
-    tf32: bool  # TF32 matmuls used
+
+
+def make_accelerator(args, cpu=False):
+    """The Accelerator for the settings' --mixed-precision (on the CPU where cpu is set, or where several processes
+    run without CUDA), with TF32 allowed for fp32 matrix products where --tf32 applies (tf32_used)."""
+    cpu = cpu or use_cpu_processes()
+    accelerator = Accelerator(mixed_precision=mixed_precision(args.mixed_precision, cpu), cpu=cpu)
+    hardware.set_tf32(tf32_used(args, accelerator))
+    return accelerator
+
+
+def tf32_used(args, accelerator):
+    return args.tf32 and hardware.tf32_applies(accelerator.device.type)
+
+
+def set_up(args, accelerator, staging, resume=False, config=None):
+    """A training run from its settings (textclassifier.settings): (Run, record). The Run holds what the epochs
+    need: the data's loaders (over cached lower layers where they are frozen), the model, optimizer and schedule
+    prepared by accelerate, and where checkpoints go (staging; resume: continue from the one there; config: what a
+    checkpoint must agree on). The record holds what the run made of its settings for json: the data read
+    and its sizes, the parameter counts, the length expert, the attention and TF32 used."""
+    log, processes = accelerator.print, accelerator.num_processes
+    set_seed(args.seed)
+
+    tokenizer = M.load_tokenizer(args.model)
+    train_ds, val_ds, label_names, data_info, val_sources, length_expert = load_data(args, tokenizer, log)
+    weights = class_weights(args.class_weights, train_ds["label"], len(label_names))
+    if weights is not None:
+        log("class weights: " + ", ".join(f"{n} {w:.3f}" for n, w in zip(label_names, weights)))
+
+    attention = attention_for(accelerator)
+    model = M.build_model(
+        args.model,
+        args.mode,
+        label_names,
+        adapter_config_name=args.adapter_config,
+        reduction_factor=args.reduction_factor,
+        leave_out=args.leave_out,
+        seed=args.seed,
+        attention_dropout=args.attention_dropout,
+        attention=attention,
+    )
+    params = M.count_parameters(model)
+    log(
+        f"model: {args.model}, mode {args.mode}"
+        + (f", adapter {args.adapter_config}" if args.mode == "adapter" else "")
+    )
+    log(M.format_parameters(params))
+    shard = {"num_shards": processes, "shard": accelerator.process_index}
+    cache = cache_frozen_layers(
+        model,
+        tokenizer,
+        train_ds,
+        val_ds,
+        accelerator,
+        shard,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        group_by_length=args.group_by_length,
+        enabled=args.mode == "adapter" and args.cache_frozen,
+    )
+    pinned = accelerator.device.type == "cuda"  # page-locked batches: the copy to the GPU overlaps its work
+    train_dl = cache.train_dl or data.train_loader(
+        train_ds, tokenizer, args.batch_size, args.seed, args.group_by_length, **shard, pin_memory=pinned
+    )
+    val_dl = cache.val_dl or data.eval_loader(val_ds, tokenizer, args.batch_size * 2, **shard, pin_memory=pinned)
+    optimizer = build_optimizer(model, args.lr, args.weight_decay)
+    steps = args.epochs * len(train_dl)  # this process's steps: the batches are already shared out
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * steps), steps)
+    tf32 = tf32_used(args, accelerator)
+    log(
+        f"device: {accelerator.device}, {processes} process(es), mixed precision: {accelerator.mixed_precision}"
+        + (f" (attention: {attention})" if attention else "")
+        + (", TF32 matmuls (--no-tf32: full fp32)" if tf32 else "")
+        + ", "
+        f"global batch {args.batch_size * processes} = {processes} x {args.batch_size}, learning rate {args.lr:g}"
+    )
+    if processes == 1 and accelerator.device.type == "cpu" and torch.get_num_threads() < (os.cpu_count() or 1):
+        log(
+            f"note: {torch.get_num_threads()} of {os.cpu_count()} CPU threads (OMP_NUM_THREADS, which accelerate "
+            f"launch sets to 1); run python train.py for one process, or torchrun --nproc_per_node N "
+            f"(or accelerate launch --multi_gpu --num_processes N) for several"
+        )
+    layers_skipped = contextlib.ExitStack()  # the lowest layers skipped from now until it is left (train_and_save)
+    layers_skipped.enter_context(cache.layers_skipped)  # before accelerate wraps the model: DDP keeps what it saw
+    model, optimizer = accelerator.prepare(model, optimizer)
+    run = Run(
+        resume=resume, staging=Path(staging), config=config or {}, label_names=label_names,
+        data_fingerprint=data_info["data_fingerprint"], val_sources=val_sources, train_dl=train_dl, val_dl=val_dl,
+        model=model, optimizer=optimizer, scheduler=scheduler, weights=weights, layers_skipped=layers_skipped,
+        cache_seconds=cache.seconds,
+    )  # fmt: skip
+    record = {
+        "data_info": data_info, "train_size": len(train_ds), "val_size": len(val_ds), "parameters": params,
+        "length_expert": length_expert, "num_processes": processes, "attention": attention or "sdpa", "tf32": tf32,
+    }  # fmt: skip
+    return run, record
+
+
+def load_data(args, tokenizer, log):
+    """--data (and --other-senses) read, cleaned, split, cut to --max-train-samples / --max-eval-samples, the
+    training posts' short and masked copies added where asked, tokenised, the length-only model's prior added where
+    --length-expert asks: (train, validation, label names, data info, each validation post's source or None, the
+    length expert's figures or None)."""
+    train_ds, val_ds, label_names, data_info = data.load_splits(
+        data.sources(args.data, args.other_senses),
+        text_column=args.text_column,
+        label_column=args.label_column,
+        val_size=args.val_size,
+        seed=args.split_seed,
+        label_map=data.parse_label_map(args.label_map),
+        normalize=args.normalize_text,
+        log=log,
+    )
+    if args.max_train_samples:
+        train_ds = train_ds.select(range(min(args.max_train_samples, len(train_ds))))
+    if args.max_eval_samples:
+        val_ds = val_ds.select(range(min(args.max_eval_samples, len(val_ds))))
+    if args.other_senses and label_names != data.LABEL_NAMES:
+        raise DataError(
+            f"--other-senses adds posts labelled 0 (not depressive): it needs data labelled 0 and 1, not "
+            f"{', '.join(map(str, label_names))} (map them with --label-map, e.g. 1=ds 0=nd)"
+        )
+    val_sources = val_ds["source"] if "source" in val_ds.column_names else None
+    copies = {}
+    if args.short_copies:
+        copies["short_copies"] = data.short_copies(train_ds, args.seed)
+        low, high = data.SHORT_COPY_WORDS
+        log(f"short copies: {len(copies['short_copies'])} of {len(train_ds)} training posts also seen cut to their "
+            f"first {low}-{high} words")  # fmt: skip
+    if args.masked_copies:
+        copies["masked_copies"] = data.masked_copies(train_ds)
+        log(f"masked copies: {len(copies['masked_copies'])} of {len(train_ds)} training posts also seen without "
+            f"the words depress* and suicid*")  # fmt: skip
+    if copies:
+        data_info["copies"] = {name: len(ds) for name, ds in copies.items()}
+        train_ds = datasets.concatenate_datasets([train_ds, *copies.values()])
+    if args.other_senses:
+        data_info["other_senses_attribution"] = data.OTHER_SENSES_ATTRIBUTION
+    train_ds, val_ds = (data.tokenize(ds, tokenizer, args.max_length) for ds in (train_ds, val_ds))
+    length_expert = None
+    if args.length_expert is not None:
+        train_ds, length_expert = data.add_length_prior(train_ds, len(label_names), args.length_expert)
+        log(f"length expert (weight {args.length_expert:g}): a length-only model gets "
+            f"{length_expert['train_accuracy']:.1%} of the training posts")  # fmt: skip
+    log(
+        f"split: {len(train_ds)} train / {len(val_ds)} validation posts (split seed {args.split_seed}), "
+        f"max length {args.max_length}"
+    )
+    return train_ds, val_ds, label_names, data_info, val_sources, length_expert
