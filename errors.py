@@ -1,6 +1,5 @@
 """The two errors every script turns into one line on stderr and exit code 2, without a traceback, and the function
-that does it. Nothing heavy is imported, so that the fast ONNX path of predict.py can raise and catch them without
-loading torch."""
+that does it. Nothing heavy is imported, so that the ONNX path can raise and catch them without loading torch."""
 
 import os
 import sys

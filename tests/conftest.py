@@ -188,13 +188,12 @@ def export_folder(folder, backends, files=()):
 
 
 def int8_copy(folder, copy):
-    """A copy of an exported folder with an int8 model made from its fp32 one (export.export_int8) and recorded as
+    """A copy of an exported folder with an int8 model made from its fp32 one (exporting.export_int8) and recorded as
     verified: export.py keeps int8 only where its labels agree with fp32's, which a random tiny model may miss."""
-    import export
-    from textclassifier import inference
+    from textclassifier import exporting, inference
 
     shutil.copytree(folder, copy)
-    export.export_int8(copy / "model.onnx", copy / "model.int8.onnx")
+    exporting.export_int8(copy / "model.onnx", copy / "model.int8.onnx")
     record = json.loads((copy / inference.EXPORT_INFO).read_text())
     record["backends"]["onnx-int8"] = {"verified": True}
     (copy / inference.EXPORT_INFO).write_text(json.dumps(record))

@@ -3,6 +3,7 @@ commonly imports, for anything run from the project's root (a script, a notebook
 
 import sys
 from importlib.metadata import packages_distributions
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_cli
@@ -77,3 +78,70 @@ def test_the_readme_starts_with_the_quick_start_and_bench_stays_small():
     [chart] = [line for line in readme if line.startswith("![")]
     assert (ROOT / chart.split("](")[1].rstrip(")")).is_file()
     assert project_lines("bench") <= 0.35 * project_lines()
+
+
+# --- One house (issue 62): the commands at the root, the library in textclassifier/, no import circle
+
+COMMANDS = {"train", "predict", "assess", "export", "serve", "classify_corpus"}
+BELOW_THE_PACKAGE = {"data", "model", "posts", "errors"}  # root modules that the package stands on
+
+
+def project_imports(path):
+    """{project module imported anywhere in the file (at the top or inside a function): the names used from it}."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    found, aliases = {}, {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                found.setdefault(alias.name, set())
+                aliases[alias.asname or alias.name] = alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for alias in node.names:
+                whole = f"{node.module}.{alias.name}"
+                is_module = (ROOT / Path(*whole.split("."))).with_suffix(".py").is_file()
+                found.setdefault(whole if is_module else node.module, set()).update(
+                    set() if is_module else {alias.name}
+                )
+                if is_module:
+                    aliases[alias.asname or alias.name] = whole
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+            found[aliases[node.value.id]].add(node.attr)
+    known = {module_name(p) for p in project_files()}
+    return {name: used for name, used in found.items() if name in known}
+
+
+def module_name(path):
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts)
+
+
+def project_files():
+    folders = [ROOT, ROOT / "textclassifier", ROOT / "bench"]
+    return [p for folder in folders for p in folder.glob("*.py") if p.name != "__init__.py"]
+
+
+def test_the_root_holds_the_commands_and_the_library_is_one_package_without_circles():
+    root = sorted(p.stem for p in ROOT.glob("*.py"))
+    assert len(root) <= 10 and COMMANDS | BELOW_THE_PACKAGE == set(root), root
+    assert (ROOT / "textclassifier" / "__init__.py").read_text() == ""  # importing it loads nothing (the ONNX path)
+    graph = {module_name(p): project_imports(p) for p in project_files()}
+    for name, imports in graph.items():
+        if name.startswith("textclassifier."):
+            assert not set(imports) & (COMMANDS | {n for n in graph if n.startswith("bench.")}), (name, imports)
+        if name in BELOW_THE_PACKAGE:  # nothing the package stands on imports it back: no import runs upward
+            assert not any(i.startswith("textclassifier") or i in COMMANDS for i in imports), (name, imports)
+        if name.startswith("bench."):  # a benchmark runs a command as a user does, through main(argv)
+            assert all(used <= {"main"} for i, used in imports.items() if i in COMMANDS), (name, imports)
+
+    def circle_from(start, path):
+        for nxt in graph.get(path[-1], {}):
+            if nxt == start:
+                return [*path, nxt]
+            if nxt not in path and (found := circle_from(start, [*path, nxt])):
+                return found
+        return None
+
+    circles = [c for name in graph if (c := circle_from(name, [name]))]
+    assert not circles, circles[0]

@@ -23,7 +23,7 @@ from sklearn.metrics import (
 import data
 import posts
 from errors import DataError, ModelError
-from textclassifier import hardware, inference, metrics, saved, server, training
+from textclassifier import exporting, hardware, inference, metrics, saved, server, training
 
 # --- label maps and their validation
 
@@ -714,34 +714,31 @@ def test_the_app_refuses_a_body_over_its_limit_before_reading_it(app_client):
 
 def test_int8_gate_refuses_only_clear_answers_that_change_or_a_large_mean_move():
     """export.py's int8 gate on constructed probabilities: labels near the boundary may change; a change where fp32
-    was further than export.INT8_MARGIN from it, or a mean move above export.INT8_MEAN_DIFFERENCE, refuses."""
-    import export
+    was further than exporting.INT8_MARGIN from it, or a mean move above exporting.INT8_MEAN_DIFFERENCE, refuses."""
 
     def gate(reference, int8):
-        checks = export.label_checks(
+        checks = exporting.label_checks(
             np.stack([1 - np.array(int8), int8], 1), np.stack([1 - np.array(reference), reference], 1)
         )
-        return checks, export.int8_failure({**checks, "batch_movement": 0.0})
+        return checks, exporting.int8_failure({**checks, "batch_movement": 0.0})
 
-    sure, edge = [0.95, 0.05] * 50, 0.5 + export.INT8_MARGIN  # 100 clear answers; fp32's answer at the margin
+    sure, edge = [0.95, 0.05] * 50, 0.5 + exporting.INT8_MARGIN  # 100 clear answers; fp32's answer at the margin
     checks, failed = gate([*sure, edge - 0.02], [p + 0.002 for p in sure] + [0.49])  # nearer the boundary: may change
     assert failed is None and checks["posts"] == 101 and checks["label_changes"] == 1
     assert checks["label_changes_beyond_margin"] == 0 and checks["label_agreement"] == pytest.approx(100 / 101)
-    assert checks["largest_changed_margin"] == pytest.approx(export.INT8_MARGIN - 0.02)
+    assert checks["largest_changed_margin"] == pytest.approx(exporting.INT8_MARGIN - 0.02)
     assert checks["mean_difference"] == pytest.approx((100 * 0.002 + edge - 0.02 - 0.49) / 101)
     assert gate([*sure, edge], [*sure, 0.49])[1] is None  # at the margin itself: still near the boundary
     checks, failed = gate([*sure, edge + 0.01], [*sure, 0.49])  # one clear answer changed: refused, whatever the share
     assert checks["label_changes_beyond_margin"] == 1 and "1 post of 101 changed label" in failed
     checks, failed = gate(sure, [p + 0.011 if p < 0.5 else p - 0.011 for p in sure])  # no label changed
     assert checks["label_changes"] == 0 and "moved by 0.011 on average" in failed
-    assert "move" in export.int8_failure({**checks, "batch_movement": 1e-3})  # a post's answer must be its own first
+    assert "move" in exporting.int8_failure({**checks, "batch_movement": 1e-3})  # a post's answer must be its own first
 
 
 def test_boundary_margin_is_half_the_gap_between_the_two_likeliest_classes():
-    import export
-
-    assert export.boundary_margin(np.array([[0.3, 0.7], [0.5, 0.5], [0.61, 0.39]])) == pytest.approx([0.2, 0, 0.11])
-    assert export.boundary_margin(np.array([[0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])) == pytest.approx([0.1, 0.35])
+    assert exporting.boundary_margin(np.array([[0.3, 0.7], [0.5, 0.5], [0.61, 0.39]])) == pytest.approx([0.2, 0, 0.11])
+    assert exporting.boundary_margin(np.array([[0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])) == pytest.approx([0.1, 0.35])
 
 
 def test_int8_kind_names_the_instruction_sets_that_pick_int8_kernels(tmp_path, monkeypatch):
@@ -771,3 +768,20 @@ def test_int8_run_on_another_kind_of_cpu_than_its_check_is_noted(tmp_path, monke
     assert inference.other_cpu_note(folder, int8) is None  # the same kind
     (folder / inference.EXPORT_INFO).write_text(json.dumps(record))  # made before the kind was recorded
     assert inference.other_cpu_note(folder, int8) is None
+
+
+# --- the examples in docstrings run
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["data", "model", "posts", "textclassifier.cli", "textclassifier.hardware", "textclassifier.metrics",
+     "textclassifier.report", "textclassifier.settings", "textclassifier.sharing", "textclassifier.exporting"],
+)  # fmt: skip
+def test_the_examples_in_docstrings_run(name):
+    """Issue 62: a docstring's example is a doctest that runs here, or there is none."""
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name))
+    assert result.attempted > 0 and result.failed == 0

@@ -2,8 +2,11 @@
 What every command's parser shares: the description from the command's docstring, the note that this is a teaching
 tool, and a mistake in the flags told in one line (errors.fail) instead of argparse's usage dump.
 
-    p = command_parser("predict.py", __doc__)                                   # an argparse.ArgumentParser
-    p = command_parser("train.py", __doc__, make=HfArgumentParser, dataclass_types=[...])
+    >>> p = command_parser("predict.py", "Classify posts.")      # doc: the command's __doc__
+    >>> p.description, p.epilog
+    ('Classify posts.', 'This is a research and teaching tool, not a diagnostic instrument.')
+
+make: another parser class, e.g. transformers' HfArgumentParser (its dataclasses go in **options).
 """
 
 import argparse

@@ -1,14 +1,14 @@
 """
-What the machine computes fast, read from the machine itself: the CPU's fields and flags from /proc/cpuinfo,
-whether the CPU does bf16 arithmetic natively, whether torch sees a CUDA GPU, and the one rule for automatic
-precision that train.py's --mixed-precision auto, the torch prediction path (predict.py, assess.py, serve.py) and
-bench/ share. torch is imported only where a GPU is asked about and a GPU driver is present.
+What the machine computes fast, read from the machine itself: the CPU's fields and flags from /proc/cpuinfo
+(cpu_info), whether the CPU does bf16 arithmetic natively (cpu_has_bf16: AVX512-BF16 or AMX), which int8 kernels
+ONNX Runtime picks on it (int8_kind), whether torch sees a CUDA GPU (cuda_visible), and the one rule for automatic
+precision in training and prediction (auto_precision: bf16 on GPUs of compute capability 8.0 and up, fp16 below).
+torch is imported only where a GPU is asked about and a GPU driver is present.
 
-    cpu_info()["flags"]      # ["fpu", ..., "avx512_bf16", "amx_bf16", ...]
-    cpu_has_bf16()           # True on AVX512-BF16 / AMX processors (AMD Zen 4+, Intel Sapphire Rapids+)
-    int8_kind()              # ["avx2", "avx512bw", "avx512_vnni"]: the flags that pick ONNX Runtime's int8 kernels
-    cuda_visible()           # True where torch can compute on a CUDA (or ROCm) GPU
-    auto_precision("cuda")   # "bf16" on compute capability 8.0 and up, "fp16" below (T4, V100)
+    >>> kind_name(["avx2"]), kind_name(["avx2", "avx512bw", "avx512_vnni"])
+    ('AVX2 only', 'AVX-512 with VNNI')
+    >>> set(int8_kind()) <= set(INT8_FLAGS) and auto_precision("cpu") in ("bf16", "no")
+    True
 """
 
 import sys
@@ -21,8 +21,8 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 # Flags of the instruction sets whose kernels ONNX Runtime picks for int8 matrix products (MLAS): AVX2 alone (u8s8
 # with 16-bit intermediate sums, which can saturate), AVX-VNNI, AVX-512 (BW: its integer instructions), AVX-512 VNNI
-# and AMX. An int8 model's answers differ between CPUs of different kinds (docs/speed.md), so export.py records the
-# kind its check ran on and predict.py says when it runs on another.
+# and AMX. An int8 model's answers differ between CPUs of different kinds (docs/speed.md), so an export records the
+# kind its check ran on, and a prediction on another kind says so.
 INT8_FLAGS = ("avx2", "avx_vnni", "avx512bw", "avx512_vnni", "amx_int8")
 
 # Where a GPU driver shows itself (NVIDIA's, AMD's ROCm): without one, cuda_visible() answers without importing torch.

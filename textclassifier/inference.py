@@ -4,14 +4,13 @@ Runtime (model.onnx or model.int8.onnx, written into the folder by export.py, ch
 and transformers are imported only on the torch path, so that a one-post prediction on the ONNX path starts in about
 a second. Several adapter folders share one loaded base model (torch), each with its own head and settings.
 
-    loaded = load("adapters/depression-pfeiffer")                    # torch: a Loaded (model, tokenizer, info)
-    loaded = load("adapters/depression-pfeiffer", backend="auto")    # the fastest verified export, else torch
-    probs = classify(loaded, ["some text", "another"])  # n_texts x n_labels (torch: a tensor, ONNX: numpy array)
-    shared = load_shared(["adapters/a", "adapters/b", "adapters/c"])  # one base model, three adapters
-    by_task = classify_shared(shared, ["some text"])    # {task name: n_texts x n_labels tensor}
-
-A command's --adapter words (folders and Hub ids) go through find_adapters (the folders, where they came from, the
-backend) and Adapters (loaded by task name, whichever way they share a model, with what a user should be told).
+- load(folder, backend=...): a Loaded (model, tokenizer, training.json) on torch, or on an export ("auto": the
+  fastest verified one, else torch); classify(loaded, texts): n_texts x n_labels probabilities.
+- load_shared(folders): one base model with several adapters (a SharedBase); classify_shared: {task: probabilities}.
+- find_adapters(words, backend): a command's --adapter words (folders and Hub ids) as local folders, with where they
+  came from and the backend; Adapters(folders, backend): them loaded by task name, whichever way they share a model,
+  with what a user should be told (notes); result_rows and shared_rows: the answers as rows.
+- write_export_info and read_export_info: onnx.json, checked against EXPORT_INFO_SCHEMA.
 """
 
 import hashlib
@@ -310,7 +309,7 @@ def temperature(info):
 
 
 # How far a post's class probabilities may move between classified alone and in a batch of other posts, by what
-# computes them (tests/test_export.py holds every backend to it, export.py an export's models): fp32 on torch and
+# computes them (an export's models are held to it before they are kept): fp32 on torch and
 # ONNX, and int8 (one post per call: OnnxModel), within rounding; torch bf16 within what was measured on the default
 # adapter, doubled (docs/usage.md, bench/results/int8-cpu-2cores.md).
 BATCH_TOLERANCE = {"fp32": 1e-6, "int8": 1e-6, "bf16": 0.01}
@@ -323,7 +322,7 @@ MIXED_BATCHINGS = ((5, 1), (16, 2), (64, 3))
 def batch_movement(loaded, texts):
     """The largest difference between a post's class probabilities classified alone and classified in each of
     MIXED_BATCHINGS (shuffled, batches of mixed lengths): 0 where a post's answer is its own, whatever shares its
-    batch (export.py's check; the tests' check on every backend and precision)."""
+    batch (the check of an export, and of every backend and precision)."""
     import numpy as np
 
     texts = list(texts)
@@ -507,8 +506,8 @@ def load_onnx(folder, backend, model_name=None, threads=None):
 
 
 def open_onnx(folder, backend, pad_token_id, max_length, threads=None):
-    """An OnnxModel for the folder's export file of `backend`, unchecked: load_onnx checks before it opens, and
-    export.py opens through it to check a new export."""
+    """An OnnxModel for the folder's export file of `backend`, unchecked (load_onnx checks the export first; a new
+    export is opened through it to be checked)."""
     import onnxruntime
     from tokenizers import Tokenizer
 

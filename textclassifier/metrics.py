@@ -1,12 +1,13 @@
 """
-Every metric of the project, by scikit-learn and numpy: of predicted labels against true ones (what train.py reports
-after every epoch), and of class probabilities (what assess.py reports for every set of posts, and bench/ for its
-studies): AUC, Brier score, expected calibration error, bootstrap intervals, the share of each group flagged and the
-AUC between two groups. With two classes, precision, recall and F1 are class 1's (the positive class,
-"depressive"); with more, their macro averages. macro_f1 is the mean F1 over all classes in both cases.
+Every metric of the project, by scikit-learn and numpy: of predicted labels against true ones (label_metrics: what
+training reports after every epoch), and of class probabilities (probability_metrics): AUC, Brier score, expected
+calibration error, bootstrap intervals, the share of each group flagged and the AUC between two groups. With two
+classes, precision, recall and F1 are class 1's (the positive class, "depressive"); with more, their macro
+averages. macro_f1 is the mean F1 over all classes in both cases.
 
-    label_metrics(preds, labels, label_names)               # accuracy, precision, recall, F1, confusion matrix
-    probability_metrics(probs, labels, groups, pairs=["do:nd"])  # + AUC, Brier, ECE, intervals, groups
+    >>> scores = label_metrics(preds=[1, 0, 1, 1], labels=[1, 0, 0, 1], label_names=["not depressive", "depressive"])
+    >>> scores["accuracy"], round(scores["precision"], 3), scores["recall"], scores["confusion_matrix"]
+    (0.75, 0.667, 1.0, [[1, 1], [0, 2]])
 """
 
 import numpy as np
@@ -87,7 +88,7 @@ def expected_calibration_error(probs, labels, bins=ECE_BINS):
 
 
 def scores(probs, labels, threshold=None, label_names=None):
-    """The point metrics of one model on one set of posts: metrics.label_metrics (the same as train.py's) and the
+    """The point metrics of one model on one set of posts: label_metrics (the same as training's) and the
     ones that need probabilities: AUC, Brier score, expected calibration error."""
     pred = predictions(probs, threshold)
     k = probs.shape[1]

@@ -1,12 +1,10 @@
 """
 The model card of a folder train.py saves: README.md with the Hub's YAML metadata (huggingface_hub's ModelCardData,
 the validation figures as model-index) and short sections a person reads, built from training.json, the export's
-record (inference.EXPORT_INFO) where export.py made one, and the behaviour suite's figures where bench/behaviour.py
-measured them.
-
-    write_card(folder)                                  # train.py after saving, export.py after exporting
-    record_behaviour(folder, {"tune": {"a": 0.9, ...}})  # bench/behaviour.py: each part's pass rates, kept in the card
-    card = ModelCard.load(Path(folder) / "README.md")   # card.data: the metadata, card.text: the sections
+record (inference.EXPORT_INFO) where there is an export, and the behaviour suite's figures where they were measured.
+write_card writes (or rewrites) it, with the Hub id where the folder is pushed; record_behaviour keeps each part's
+pass rates in the card; huggingface_hub's ModelCard.load reads it back (card.data: the metadata, card.text: the
+sections). A card edited by hand is never rewritten.
 """
 
 import hashlib

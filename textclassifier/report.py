@@ -1,8 +1,10 @@
 """
-How results are shown: charts saved as PNG and the confusion-matrix chart (assess.py, bench/), and Markdown tables.
+How results are shown: charts saved as PNG (save_figure), the confusion-matrix chart, and Markdown tables.
 
-    save_figure(fig, "results.png")
-    markdown_table(["model", "accuracy %"], [["pfeiffer", "98.2"]])   # "| model | accuracy % |\n| --- | ---: |\n..."
+    >>> print(markdown_table(["model", "accuracy %"], [["pfeiffer", pct(0.9823)]]))
+    | model | accuracy % |
+    | --- | ---: |
+    | pfeiffer | 98.2 |
 """
 
 from pathlib import Path
@@ -24,7 +26,7 @@ def pct(x):
 
 
 def save_figure(fig, path):
-    """A matplotlib figure to a PNG file, laid out, then closed (the charts of assess.py and bench/)."""
+    """A matplotlib figure to a PNG file, laid out, then closed."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

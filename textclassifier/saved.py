@@ -2,10 +2,11 @@
 The folder train.py writes: its format (what it holds, training.json's schema), how it is loaded back with every
 file checked, and how it is written safely (one writer at a time, a staging folder, a whole swap at the end).
 
-    save_trained(model, tokenizer, folder, "adapter")    # the adapter with its head (or the whole model)
-    write_training_info(folder, info)                    # training.json, checked against TRAINING_INFO_SCHEMA
-    model, tokenizer, info = load_trained(folder)        # safetensors only, every trained weight checked
-    lock = lock_folder(folder); ...; swap_in(new, folder); release_lock(lock)
+- save_trained: the adapter with its head, or the whole model; write_training_info: training.json, checked against
+  TRAINING_INFO_SCHEMA first.
+- load_trained: (model, tokenizer, info), safetensors only, every trained weight checked to come from the folder;
+  load_on_one_base: several adapter folders on one base model.
+- lock_folder, swap_in, release_lock: one writer per folder, and a new folder swapped in whole.
 """
 
 import contextlib

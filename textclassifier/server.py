@@ -1,9 +1,7 @@
 """
-The HTTP service behind serve.py (and its Ray Serve deployment): trained adapters loaded once, requests from many
-clients micro-batched into one model call, limits that answer 4xx/503 instead of failing, and the page at /.
-
-    models = Models(["adapters/depression-pfeiffer"], backend="torch")   # one base model for several adapters
-    app = create_app(models, Limits())                                   # a FastAPI app; uvicorn.run(app, ...)
+The HTTP service over trained adapters (and its Ray Serve deployment): the adapters loaded once (Models), requests
+from many clients micro-batched into one model call (Batcher), limits that answer 4xx/503 instead of failing
+(Limits), and the page at /. create_app(models, limits) gives the FastAPI app that uvicorn or Ray Serve runs.
 
 Endpoints: POST /classify {"texts": [...], "adapters": [...]} (adapters by name, default all), GET /adapters,
 GET /health, GET / (the page), GET /docs (FastAPI's OpenAPI page). Requests name adapters, never files: the names

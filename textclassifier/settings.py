@@ -4,8 +4,11 @@ read by HfArgumentParser as in the adapters library's example scripts, then chec
 one of them goes into the checkpoint (--resume must repeat it) and into training.json; the longer explanations are in
 docs/usage.md ("Every flag of train.py").
 
-    args = parse(["--mode", "adapter", "--epochs", "1"])     # train.py's settings for these flags; DataError if wrong
-    config = resume_config(args, num_processes=1)                                   # what a checkpoint must agree on
+    >>> args = parse(["--mode", "adapter", "--epochs", "1"])    # DataError (one line) where a value is wrong
+    >>> args.adapter_config, args.lr, args.epochs
+    ('pfeiffer', 0.001, 1)
+    >>> resume_config(args, num_processes=1)["lr"]            # what a checkpoint must agree on
+    0.001
 """
 
 from dataclasses import dataclass, field, fields
@@ -101,7 +104,7 @@ SETTINGS = (DataSettings, ModelSettings, LoopSettings)
 
 
 def parse(argv):
-    """The settings (and nothing else) from a list of train.py's flags, completed."""
+    """The settings (and nothing else) from a list of train.py's flags, completed (complete)."""
     return complete(HfArgumentParser(SETTINGS).parse_args(argv))
 
 

@@ -5,6 +5,11 @@ Share trained folders on the Hugging Face Hub: upload one as it is, and download
     python train.py --mode adapter --push-to-hub your-name/depression-pfeiffer
     python predict.py --adapter your-name/depression-pfeiffer "some text"         # or your-name/name@revision
 
+    >>> is_hub_id("your-name/depression-pfeiffer"), is_hub_id("adapters/depression-pfeiffer")  # where train.py saves
+    (True, False)
+    >>> split_hub_id("your-name/depression-pfeiffer@v2")
+    ('your-name/depression-pfeiffer', 'v2')
+
 A push uploads the folder's own files (not the lock beside it, no hidden files, no subfolders) as one commit, and
 the repository then holds exactly them. A Hub id is downloaded into the Hugging Face cache (pickle weights never
 are) and then checked as a local folder is; a local folder of the same name wins. huggingface_hub is imported only
@@ -184,7 +189,7 @@ def push_folder(folder, repo_id, private=False, api=None):
 
 
 def pushed_line(folder, repo_id, url):
-    """What train.py and export.py print after a push."""
+    """What a command prints after a push."""
     return f'pushed {folder}/ to {url}; predict with: python predict.py --adapter {repo_id} "some text"'
 
 

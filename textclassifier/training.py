@@ -3,10 +3,10 @@ A training run on accelerate, built from its settings: the defaults it was measu
 accelerator, the data, the model, the loaders over the frozen lower layers computed once), one optimisation step and
 one epoch, validation, and the epochs with their checkpoints and random states (so that --resume continues exactly).
 
-    accelerator = make_accelerator(args)                            # args: textclassifier.settings
-    run, record = set_up(args, accelerator, staging="runs/x.incomplete")
-    best, best_state, history = fit(run, accelerator, epochs=3, metric="accuracy")
-    train_step(model, batch, optimizer, scheduler, accelerator)     # one step: forward, backward, clip, AdamW
+- make_accelerator(args): accelerate's Accelerator for the settings (textclassifier.settings).
+- set_up(args, accelerator, staging): (Run, record): what the epochs need, and what training.json records of it.
+- fit(run, accelerator, epochs): the epochs, with a checkpoint after each -> (best epoch, its weights, history).
+- train_step: one step (forward, backward, clip, AdamW); train_epoch, validate, calibrate.
 """
 
 import contextlib
@@ -174,8 +174,7 @@ def train_step(
     """One optimisation step (forward, backward, clipping, AdamW, schedule: advanced only when the optimizer
     stepped, not on a step that fp16's gradient scaler skipped for overflow); returns the loss, cross-entropy weighted
     per class when class_weights (a tensor, one weight per class) is given, and of the product with the length-only
-    model when its log-probabilities for the batch's posts are given (prior: --length-expert). bench/writeup_claims.py
-    and bench/gpu.py time this very function."""
+    model when its log-probabilities for the batch's posts are given (prior: --length-expert)."""
     with record_function("forward"):
         if class_weights is None and prior is None:
             loss = model(**batch).loss
