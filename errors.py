@@ -1,5 +1,6 @@
 """The two errors every script turns into one line on stderr and exit code 2, without a traceback, and the function
-that does it. Nothing heavy is imported, so that the ONNX path can raise and catch them without loading torch."""
+that does it; and the check of a saved JSON record against its schema. Nothing heavy is imported, so that the ONNX
+path can raise and catch them without loading torch."""
 
 import os
 import sys
@@ -26,3 +27,15 @@ def fail(message):
         sys.stderr.write(f"error: {message}\n")  # one write: one line, whatever else writes to stderr
         sys.stderr.flush()
     sys.exit(2)
+
+
+def check_record(record, schema, path, remedy):
+    """A JSON record read from `path` (training.json, onnx.json) holds the keys of `schema` ({key: type}) with those
+    types (a bool is no int); ModelError, one line ending with `remedy` (what to do about it), where it does not."""
+    if not isinstance(record, dict):
+        raise ModelError(f"{path} is damaged (not a JSON object); {remedy}")
+    for key, kind in schema.items():
+        if key not in record:
+            raise ModelError(f"{path} has no '{key}' (written by an older or damaged run); {remedy}")
+        if not isinstance(record[key], kind) or isinstance(record[key], bool):
+            raise ModelError(f"{path} is damaged ('{key}' should be a {kind.__name__}); {remedy}")

@@ -334,7 +334,7 @@ def main(argv=None):
         "sizes": measure_sizes(args, label_names),
         "inference": measure_inference(args, val_ds, label_names),
         "tfidf": tfidf_baseline(train_ds, val_ds),
-        "accuracy": read_training_runs((info["data_fingerprint"], H.SEED, info["val_size"])),
+        "accuracy": read_training_runs((info["data_fingerprint"], H.SEED, len(val_ds))),
         "versions": training.library_versions(),
     }
     H.write_results(H.results_stem(args), result, markdown(result), chart)

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from errors import ModelError
+from errors import ModelError, check_record
 from posts import normalize_text, sorted_batches
 from textclassifier import sharing
 
@@ -431,13 +431,7 @@ def read_export_info(folder):
 
 def check_export_info(export, path):
     """The keys of EXPORT_INFO_SCHEMA with their types, and each backend's checks as a JSON object."""
-    if not isinstance(export, dict):
-        raise ModelError(f"{path} is damaged (not a JSON object); {EXPORT_AGAIN}")
-    for key, kind in EXPORT_INFO_SCHEMA.items():
-        if key not in export:
-            raise ModelError(f"{path} has no '{key}' (an export from an older or damaged run); {EXPORT_AGAIN}")
-        if not isinstance(export[key], kind) or isinstance(export[key], bool):
-            raise ModelError(f"{path} is damaged ('{key}' should be a {kind.__name__}); {EXPORT_AGAIN}")
+    check_record(export, EXPORT_INFO_SCHEMA, path, EXPORT_AGAIN)
     if not all(isinstance(checks, dict) for checks in export["backends"].values()):
         raise ModelError(f"{path} is damaged (each backend's checks should be a JSON object); {EXPORT_AGAIN}")
 

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from errors import ModelError, first_line
+from errors import ModelError, check_record, first_line
 from model import ADAPTER_NAME, load_base_model, load_tokenizer, no_inactive_adapter_notice, resolve_model_path
 
 TRAINING_INFO = "training.json"
@@ -39,13 +39,7 @@ def write_training_info(folder, info):
 
 def check_training_info(info, path):
     """The required keys of TRAINING_INFO_SCHEMA with their types, a known mode and at least two label names."""
-    if not isinstance(info, dict):
-        raise ModelError(f"{path} is damaged (not a JSON object); {TRAIN_AGAIN}")
-    for key, kind in TRAINING_INFO_SCHEMA.items():
-        if key not in info:
-            raise ModelError(f"{path} has no '{key}' (a folder from an older or damaged run); {TRAIN_AGAIN}")
-        if not isinstance(info[key], kind) or isinstance(info[key], bool):
-            raise ModelError(f"{path} is damaged ('{key}' should be a {kind.__name__}); {TRAIN_AGAIN}")
+    check_record(info, TRAINING_INFO_SCHEMA, path, TRAIN_AGAIN)
     labels = info["label_names"]
     if info["mode"] not in ("adapter", "full") or len(labels) < 2 or not all(isinstance(n, str) for n in labels):
         raise ModelError(
