@@ -18,9 +18,8 @@ from conftest import (
     run_main,
 )
 
-import export as export_py
 import train
-from textclassifier import hardware, inference
+from textclassifier import exporting, hardware, inference
 
 TEXTS = ["i feel hopeless and empty every single day", "our team won the cup today", "short", "made pancakes"]
 # one worker builds the exported folders (session-scoped), once
@@ -69,7 +68,7 @@ def test_each_backend_gives_torchs_probabilities(exported, setup):
     assert f"checked against PyTorch by `export.py` on a CPU with {hardware.kind_name(hardware.int8_kind())}" in card
     int8 = export["backends"]["onnx-int8"]
     assert int8["posts"] == export["check_posts"] and 0 <= int8["label_changes"] <= int8["posts"]
-    passed = int8["label_changes_beyond_margin"] == 0 and int8["mean_difference"] <= export_py.INT8_MEAN_DIFFERENCE
+    passed = int8["label_changes_beyond_margin"] == 0 and int8["mean_difference"] <= exporting.INT8_MEAN_DIFFERENCE
     assert int8["verified"] == passed and (int8["verified"] or "failed" in int8)
     if int8["verified"]:
         assert (probabilities(folder, "onnx-int8").argmax(1) == torch_probs.argmax(1)).mean() >= 0.75
