@@ -188,9 +188,8 @@ def main(argv=None):
         fail("Ray is not installed; pip install -r requirements-scale.txt")
     try:
         shards, pending = shard_plan(args.input, args.output)
-        found = inference.find_adapters(
-            [args.adapter], several="apart"
-        )  # a Hub id: its folder in the Hugging Face cache
+        # a Hub id: its folder in the Hugging Face cache
+        found = inference.find_adapters([args.adapter], several="apart")
         [folder] = found.folders
         backend, names = check_model(folder, args.backend, hub_id=args.adapter if folder != args.adapter else None)
         args.adapter = folder  # what the actors load

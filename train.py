@@ -192,7 +192,7 @@ def training_info(args, accelerator, run, record, best, history, calibration=Non
     the weights, length_expert: its model, mixed_precision and tf32: what was used): saved.TRAINING_INFO_SCHEMA's keys
     (what loading needs), the data's fingerprints and sizes, the parameter counts, the best epoch and the library
     versions."""
-    processes = record["num_processes"]
+    processes = accelerator.num_processes
     return {
         **run.config,  # every setting (settings.resume_config)
         "base_model": args.model, "adapter_name": M.ADAPTER_NAME,

@@ -202,16 +202,19 @@ class Adapters:
             self.shared, self.loaded = load_shared(folders, model_name, precision), {}
             self.tasks = self.shared.tasks
         else:
-            self.shared = None
-            self.loaded = {
-                name: load(folder, model_name, merge, backend, threads, precision)
-                for name, folder in zip(task_names(folders), folders)
-            }
-            self.tasks = {name: Task(name, str(f), one.info) for (name, one), f in zip(self.loaded.items(), folders)}
+            names, self.shared = task_names(folders), None
+            self.loaded = {n: load(f, model_name, merge, backend, threads, precision) for n, f in zip(names, folders)}
+            self.tasks = {n: Task(n, str(f), self.loaded[n].info) for n, f in zip(names, folders)}
         self.names = list(self.tasks)
-        self.infos = {name: task.info for name, task in self.tasks.items()}
-        self.label_names = {name: task.label_names for name, task in self.tasks.items()}
         self.device = models_device(self.shared or next(iter(self.loaded.values())))
+
+    @property
+    def infos(self):
+        return {name: task.info for name, task in self.tasks.items()}
+
+    @property
+    def label_names(self):
+        return {name: task.label_names for name, task in self.tasks.items()}
 
     def classify(self, texts, names=None, batch_size=64):
         """{task name: class probabilities (numpy, n_texts x its labels)} for the tasks named (default: every one)."""

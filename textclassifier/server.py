@@ -219,6 +219,7 @@ def parse_request(body, models, limits):
 def create_app(models, limits=None):
     """The FastAPI app over loaded Models: the routes, the batcher's lifetime, and JSON errors for everything."""
     limits = limits or Limits()
+    label_names = models.label_names
 
     @asynccontextmanager
     async def lifespan(app):
@@ -272,7 +273,7 @@ def create_app(models, limits=None):
             probs = await request.app.state.batcher.classify(texts, names)
         except QueueFull:
             return error(503, "the server is busy (queue full); retry shortly", {"Retry-After": "1"})
-        rows = inference.shared_rows(texts, probs, models.label_names)  # predict.py's rows of several adapters
+        rows = inference.shared_rows(texts, probs, label_names)  # predict.py's rows of several adapters
         return {"results": [{"text": row["text"], "adapters": row["results"]} for row in rows], "note": NOTE}
 
     @app.get("/adapters")

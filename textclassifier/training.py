@@ -514,7 +514,7 @@ def set_up(args, accelerator, staging, resume=False, config=None):
     """A training run from its settings (textclassifier.settings): (Run, record). The Run holds what the epochs
     need: the data's loaders (over cached lower layers where they are frozen), the model, optimizer and schedule
     prepared by accelerate, and where checkpoints go (staging; resume: continue from the one there; config: what a
-    checkpoint must agree on). The record holds what the run made of its settings for json: the data read
+    checkpoint must agree on). The record holds what the run made of its settings for training.json: the data read
     and its sizes, the parameter counts, the length expert, the attention and TF32 used."""
     log, processes = accelerator.print, accelerator.num_processes
     set_seed(args.seed)
@@ -589,7 +589,7 @@ def set_up(args, accelerator, staging, resume=False, config=None):
     )  # fmt: skip
     record = {
         "data_info": data_info, "train_size": len(train_ds), "val_size": len(val_ds), "parameters": params,
-        "length_expert": length_expert, "num_processes": processes, "attention": attention or "sdpa", "tf32": tf32,
+        "length_expert": length_expert, "attention": attention or "sdpa", "tf32": tf32,
     }  # fmt: skip
     return run, record
 
