@@ -43,7 +43,10 @@ def build_parser():
         "them (org/name[@revision]; a local folder of that name wins)",
     )
     p.add_argument(
-        "--data", required=True, help="a labelled .csv/.tsv/.json/.jsonl/.parquet file (or a Hub data set id)"
+        "--data",
+        required=True,
+        help="a labelled .csv/.tsv/.json/.jsonl/.parquet file, a Hub data set id, or a task train.py names in one "
+        "word (original, reviews, spam, ...: its whole file, its label column; docs/tasks.md)",
     )
     p.add_argument(
         "--text-column", default=None, help=f"text column (default: the first of {', '.join(posts.TEXT_COLUMNS)})"
@@ -124,10 +127,24 @@ def parse_args(argv=None):
         if not out.parent.is_dir():
             fail(f"--output {out}: folder {out.parent} does not exist")
     try:
+        named_data(args)
         args.label_mapping = data.parse_label_map(args.label_map)
     except DataError as e:
         fail(str(e))
     return args
+
+
+def named_data(args):
+    """--data naming a data set of one file (data.DATA_SETS: a task) -> that file, with the set's label column and
+    label map unless given."""
+    named = data.DATA_SETS.get(args.data)
+    if named is None:
+        return
+    if len(named["sources"]) > 1:
+        raise DataError(f"--data {args.data} joins several sources; name one file, or a task of one (docs/tasks.md)")
+    [args.data] = data.sources(args.data)
+    args.label_column = args.label_column or named["label_column"]
+    args.label_map = args.label_map if args.label_map is not None else named["label_map"]
 
 
 def classify_with_bar(loaded, texts, batch_size, bar):

@@ -72,15 +72,44 @@ DEFAULT_LABEL_MAP = [
     f"0={','.join(CONTROL_SUBREDDITS)}",
     f"drop={','.join(SUPPORT_SUBREDDITS)}",
 ]
-# Named training data sets for train.py --data: the depression data set with or without the shipped Reddit posts,
-# their label map, text normalisation, and the remedies train.py turns on (a flag given turns one on or off): the
-# default's chosen in docs/default-model.md (issue 45); none for the write-up's data.
+# Where each data set named below is read from: the environment variable naming a local copy (set it where the Hub
+# cannot be reached), else the Hub id where the same rows are published there; None: nowhere (docs/tasks.md says
+# where each comes from).
+DATA_FILES = {
+    "DEPRESSION_DATA": HUB_DATASET,
+    "CLOTHING_REVIEWS_DATA": None,  # Kaggle's "Women's E-Commerce Clothing Reviews" (CC0)
+    "SMS_SPAM_DATA": None,  # the SMS Spam Collection v.1 (UCI 228)
+    "MOVIE_SNIPPETS_DATA": None,  # Rotten Tomatoes snippets (Pang & Lee): research use only
+}
+
+
+def task(file, label_column, shareable=True):
+    """A named task: one file (a DATA_FILES variable) and its label column, read as it is."""
+    return {
+        "sources": [file], "label_column": label_column, "label_map": None, "normalize_text": False, "remedies": {},
+        "shareable": shareable,
+    }  # fmt: skip
+
+
+# Named data sets for train.py --data, assess.py --data and the benchmarks: their sources, label column, label map,
+# text normalisation, the remedies train.py turns on (a flag given turns one on or off; the default's chosen in
+# docs/default-model.md, issue 45), whether a model trained on them may be shared (pushed to the Hub) and train.py's
+# folder name before -<method> (default: the set's name). The
+# depression task two ways (default: with the shipped Reddit posts; original: the write-up's data alone), then the
+# tasks beyond depression (docs/tasks.md: classes, balance, chance level).
 DATA_SETS = {
     "default": {
-        "with_reddit": True, "label_map": DEFAULT_LABEL_MAP, "normalize_text": True,
-        "remedies": {"length_expert": 1.0, "short_copies": True, "other_senses": True},
+        "sources": ["DEPRESSION_DATA", REDDIT_MH], "label_column": None, "label_map": DEFAULT_LABEL_MAP,
+        "normalize_text": True, "remedies": {"length_expert": 1.0, "short_copies": True, "other_senses": True},
+        "shareable": True, "folder": "depression",
     },
-    "original": {"with_reddit": False, "label_map": None, "normalize_text": False, "remedies": {}},
+    "original": {**task("DEPRESSION_DATA", None), "folder": "depression-original"},
+    "reviews": task("CLOTHING_REVIEWS_DATA", "recommended"),  # recommended or not
+    "rating": task("CLOTHING_REVIEWS_DATA", "rating"),  # 1-5 stars
+    "department": task("CLOTHING_REVIEWS_DATA", "department"),  # 6 departments
+    "spam": task("SMS_SPAM_DATA", "label"),  # ham or spam
+    "movies": task("MOVIE_SNIPPETS_DATA", "label", shareable=False),  # fresh or rotten
+    "subreddits": task(REDDIT_MH, "subreddit"),  # 22 subreddits (Low et al. 2020, shipped in corpora/)
 }  # fmt: skip
 LABEL_NAMES = ["not depressive", "depressive"]  # names of labels 0 and 1 when the data holds 0/1
 VAL_SIZE = 0.16  # the original write-up's share of validation data
@@ -88,7 +117,25 @@ VAL_SIZE = 0.16  # the original write-up's share of validation data
 
 def default_data():
     """The depression data set: $DEPRESSION_DATA where set (a local copy), else its Hub id."""
-    return os.environ.get("DEPRESSION_DATA", HUB_DATASET)
+    return data_file("DEPRESSION_DATA")
+
+
+def data_file(variable):
+    """A DATA_FILES data set: $variable where set (a local copy), else its Hub id; DataError where it has none."""
+    source = os.environ.get(variable) or DATA_FILES[variable]
+    if source is None:
+        raise DataError(
+            f"set {variable} to the data set's file, e.g. {variable}=../shared/data/... (docs/tasks.md says where "
+            f"each data set comes from)"
+        )
+    return source
+
+
+def folder_name(data):
+    """The name train.py gives its output folder before -<method>: a named data set's (its "folder", else its
+    name); "depression" for any other data."""
+    named = DATA_SETS.get(data) if isinstance(data, str) else None
+    return "depression" if named is None else named.get("folder", data)
 
 
 def sources(data, other_senses=False):
@@ -96,7 +143,7 @@ def sources(data, other_senses=False):
     other_senses, the other senses of "depression" (OTHER_SENSES) as one source more."""
     named = DATA_SETS.get(data) if isinstance(data, str) else None
     if named is not None:
-        data = [default_data(), str(REDDIT_MH)] if named["with_reddit"] else [default_data()]
+        data = [data_file(s) if s in DATA_FILES else str(s) for s in named["sources"]]
     if other_senses:
         data = [*([data] if isinstance(data, (str, Path)) else data), str(OTHER_SENSES)]
     return data

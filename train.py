@@ -1,9 +1,11 @@
 """
-Train the depression classifier by full fine-tuning or with a bottleneck adapter, and save the best epoch.
+Train the depression classifier (or another task's: --data) by full fine-tuning or with a bottleneck adapter, and
+save the best epoch.
 
     python train.py --mode adapter                          # Pfeiffer adapter -> adapters/depression-pfeiffer/
     python train.py --mode adapter --adapter-config houlsby # -> adapters/depression-houlsby/
     python train.py --mode full                             # every weight -> models/depression-full/
+    python train.py --mode adapter --data reviews           # another task -> adapters/reviews-pfeiffer/
     python train.py --mode adapter --resume                 # continue a killed run after its last epoch
     python train.py --mode adapter --push-to-hub your-name/depression-pfeiffer  # then upload the folder
     torchrun --nproc_per_node 2 train.py --mode adapter     # several processes or GPUs (accelerate launch too)
@@ -43,7 +45,8 @@ class OutputArguments:
     """Where the result goes and how to treat what is there: not settings (a resumed run may change them)."""
 
     _argument_group_name = "output: where the result goes, an interrupted run"
-    name: str | None = settings.setting(help="folder name (None: depression-<adapter config> or depression-full)")
+    name: str | None = settings.setting(help="folder name (None: <task>-<adapter config> or <task>-full, the task "
+                                        "depression unless --data names another)")  # fmt: skip
     output_dir: str | None = settings.setting(help="where the folder goes (None: adapters/, or models/ for full)")
     overwrite: bool = settings.setting(False, "replace a trained model there, or an interrupted run's checkpoint")
     resume: bool = settings.setting(False, "continue an interrupted run (same settings) after its last finished epoch")
@@ -83,8 +86,11 @@ def parse_args(argv=None):
         sharing.check_push(args.push_to_hub, args.private)  # before training: no run wasted on a push that cannot be
     except (DataError, ModelError) as e:
         fail(str(e))
+    named = data.DATA_SETS.get(args.data) if isinstance(args.data, str) else None
+    if args.push_to_hub and named and not named["shareable"]:
+        fail(f"--data {args.data} is for research use only (docs/tasks.md): a model trained on it is not shared")
     kind = args.adapter_config if args.mode == "adapter" else "full"
-    args.name = args.name or (f"depression-original-{kind}" if args.data == "original" else f"depression-{kind}")
+    args.name = args.name or f"{data.folder_name(args.data)}-{kind}"
     return args
 
 

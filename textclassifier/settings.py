@@ -41,7 +41,8 @@ class DataSettings:
     _argument_group_name = "data: what is trained and validated on"
     data: str = setting(
         "default", "default: the depression data set + the Reddit posts in corpora/; original: the depression data "
-        "set alone; or a Hub id or .csv/.tsv/.json/.jsonl/.parquet files (docs/usage.md)", nargs="+", metavar="DATA",
+        "set alone; another task: reviews, rating, department, spam, movies, subreddits (docs/tasks.md); or a Hub "
+        "id or .csv/.tsv/.json/.jsonl/.parquet files (docs/usage.md)", nargs="+", metavar="DATA",
     )  # fmt: skip
     label_map: list[str] | None = setting(
         help="label values -> labels, e.g. 1=ds,dsf 0=bc drop=nd (drop: leave out)", metavar="TARGET=VALUES"
@@ -122,7 +123,8 @@ def complete(args):
     if isinstance(args.data, list) and len(args.data) == 1:
         args.data = args.data[0]  # one source stays a plain string, as before (training.json, --resume)
     named = data.DATA_SETS.get(args.data) if isinstance(args.data, str) else None
-    if named is not None:  # the named data set's label map, normalisation and remedies, unless given
+    if named is not None:  # the named data set's label column and map, normalisation and remedies, unless given
+        args.label_column = args.label_column or named["label_column"]
         args.label_map = named["label_map"] if args.label_map is None else args.label_map
         args.normalize_text = args.normalize_text or named["normalize_text"]
         for key, value in named["remedies"].items():
