@@ -43,8 +43,8 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     H.add_common_flags(p, data_set=False)
-    p.add_argument("--pairs", nargs="+", default=None, metavar="A,B", help="tasks (train.py --data names or files) "
-                   "trained A then B (default: original,reviews reviews,original; quick: original,reviews)")  # fmt: skip
+    p.add_argument("--pairs", nargs="+", default=None, metavar="A,B", help="tasks (train.py --data names or "
+                   "files), A then B (default: original,reviews reviews,original; quick: the first)")  # fmt: skip
     p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS, help="the sides compared")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="training seeds (default: 42 43 44; quick 42)")
     p.add_argument("--epochs", type=int, default=None, help="epochs on each task (default: 2; quick 1)")
@@ -124,7 +124,9 @@ def adapter_side(args, pair, seed, method, accelerator, tokenizer, attention):
     """A's adapter and head on a frozen base, then B's added to the same model and trained: A's accuracy through
     B's epochs and the largest change of A's probabilities over A's validation posts."""
     a, b = (load_task(args, task, "adapter", seed, tokenizer) for task in pair)
-    model = M.build_model(args.model, "adapter", a.labels, method, seed=seed, attention_dropout=0.0, attention=attention)
+    model = M.build_model(
+        args.model, "adapter", a.labels, method, seed=seed, attention_dropout=0.0, attention=attention
+    )
     train(model, a, accelerator)
     before, _ = probabilities(model, a, accelerator)
     curve = [accuracy(model, a, accelerator)]
