@@ -83,12 +83,13 @@ def parse_args(argv=None):
     args = build_parser().parse_args(argv)
     try:
         settings.complete(args)
+        named = data.DATA_SETS.get(args.data) if isinstance(args.data, str) else None
+        if args.push_to_hub and named and not named["shareable"]:
+            raise DataError(f"--data {args.data} is for research use only (docs/tasks.md): a model trained on it is "
+                            f"not shared; drop --push-to-hub")  # fmt: skip
         sharing.check_push(args.push_to_hub, args.private)  # before training: no run wasted on a push that cannot be
     except (DataError, ModelError) as e:
         fail(str(e))
-    named = data.DATA_SETS.get(args.data) if isinstance(args.data, str) else None
-    if args.push_to_hub and named and not named["shareable"]:
-        fail(f"--data {args.data} is for research use only (docs/tasks.md): a model trained on it is not shared")
     kind = args.adapter_config if args.mode == "adapter" else "full"
     args.name = args.name or f"{data.folder_name(args.data)}-{kind}"
     return args

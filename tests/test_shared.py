@@ -145,10 +145,21 @@ def test_shared_benchmark_measures_both_ways_on_the_same_posts(tiny_bert, tmp_pa
     result = json.loads(result_file.read_text())
     assert result["posts"] == 64
     runs = {(r["placement"], r["tasks"], r["way"]) for r in result["runs"]}
-    assert runs == {(p, 2, w) for p in ("every layer", "upper half") for w in ("shared", "separate")}
+    assert runs == {(p, 2, w) for p in ("every layer", "upper half") for w in ("shared", "separate")} | {
+        ("full", 2, "full")
+    }
     for r in result["runs"]:
         assert r["posts_per_second"] > 0 and r["resident_mb"] > 0 and r["peak_mb"] >= r["resident_mb"] * 0.5
         assert r["passes"] == (1 if r["way"] == "shared" else r["tasks"])  # one Parallel pass for all tasks
+        assert r["resident_after_load_mb"] > r["resident_before_load_mb"] > 0
     assert [(r["placement"], r["tasks"]) for r in result["summary"]] == [("every layer", 2), ("upper half", 2)]
-    assert "| tiny-bert0 | upper half | 2 |" in result_file.with_suffix(".md").read_text()
+    # storage: two full models against one base with two adapters, on disk as the folders hold them
+    [storage] = result["storage"]
+    work = tmp_path / "work"
+    full_bytes = sum(f.stat().st_size for d in work.glob("tiny-bert0-full-*") for f in d.iterdir())
+    assert storage["tasks"] == 2 and storage["disk_mb"]["full"] == pytest.approx(full_bytes / 1e6)
+    assert storage["disk_mb"]["shared"] < storage["disk_mb"]["full"]
+    assert storage["disk_vs_one_model"]["full"] == pytest.approx(2.0)
+    table = result_file.with_suffix(".md").read_text()
+    assert "| tiny-bert0 | upper half | 2 |" in table and "Storage as the original write-up counts it" in table
     assert result_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
