@@ -252,6 +252,7 @@ def main(argv=None):
                     r = full_side(args, pair, seed, accelerator, tokenizer, attention)
                 else:
                     r = adapter_side(args, pair, seed, method, accelerator, tokenizer, attention)
+                accelerator.free_memory()  # accelerate keeps every model and optimizer it prepared: not these
                 runs.append({"pair": ",".join(pair), "method": method, "seed": seed, **r})
                 print(f"seed {seed}, {' then '.join(pair)}, {method}: A {r['a_accuracy']}, B {r['b_accuracy']:.3f}"
                       f"{', largest change %.3g' % r['max_probability_change'] if method != 'full' else ''}",

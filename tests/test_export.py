@@ -304,23 +304,6 @@ def test_a_corpus_on_ray_gives_predict_pys_results_and_resumes(exported, tmp_pat
     assert_clean_failure(proc, "no verified ONNX export", "export.py")
 
 
-def test_backends_benchmark_measures_every_backend_on_the_same_posts(exported, posts_csv, tmp_path):
-    """bench/backends.py --quick on the three exported folders (copied under the names it reads)."""
-    runs = tmp_path / "runs"
-    for setup, run in (("full", "full-42-42"), ("pfeiffer", "pfeiffer-42-42"), ("lora", "lora-42-42")):
-        shutil.copytree(exported[setup][0], runs / run)
-    run_cli("-m", "bench.backends", "--quick", "--runs", runs, "--data", posts_csv, "--out", tmp_path, "--name", "b")
-    [result_file] = tmp_path.glob("b-*-quick.json")  # <name>-<machine>-quick, as every benchmark writes
-    result = json.loads(result_file.read_text())
-    assert list(result["setups"]) == ["full", "pfeiffer", "lora merged"]
-    for rows in result["setups"].values():
-        assert {"torch", "onnx"} <= set(rows) and rows["torch"]["speedup"] == 1
-        assert rows["onnx"]["label_changes"] == 0 and rows["onnx"]["accuracy"] == rows["torch"]["accuracy"]
-        assert all(r["posts_per_second"] > 0 and r["cold_start_seconds"] > 0 for r in rows.values())
-    assert result["fp32_limit"]["torch_matmul_gflops"] > 0 and "ray" not in result
-    assert "| pfeiffer | onnx |" in result_file.with_suffix(".md").read_text()
-
-
 def test_int8_gate_benchmark_measures_each_variant_here_and_under_an_emulator(exported, tmp_path):
     """bench/int8_gate.py on an exported folder: export.py's int8 and one remedy, timed; then the worker path that an
     emulator runs (`env` stands in for qemu: the same answers), which records the kind it is told and no speed."""
