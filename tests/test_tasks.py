@@ -7,6 +7,7 @@ import json
 
 import pytest
 from conftest import REAL_DATA, assert_clean_failure, run_cli, run_main, run_train
+from huggingface_hub import ModelCard
 
 import data
 import model as M
@@ -50,15 +51,17 @@ def test_each_named_task_loads_with_its_label_names(name, task_files):
     assert set(val_ds["label"]) == set(range(len(names)))  # every class validated on
 
 
-def test_a_task_without_its_file_says_which_variable_to_set(monkeypatch):
+def test_a_task_without_its_file_says_which_variable_to_set(monkeypatch, tmp_path):
     monkeypatch.delenv("SMS_SPAM_DATA", raising=False)
     with pytest.raises(DataError, match="set SMS_SPAM_DATA to the data set's file"):
         data.sources("spam")
-    assert_clean_failure(run_main("train.py", "--data", "spam", check=False), "SMS_SPAM_DATA")
+    proc = run_main("train.py", "--data", "spam", "--output-dir", tmp_path, check=False)
+    assert_clean_failure(proc, "SMS_SPAM_DATA")
 
 
-def test_research_only_data_is_not_pushed(task_files):
-    proc = run_main("train.py", "--data", "movies", "--push-to-hub", "someone/movies", check=False)
+def test_research_only_data_is_not_pushed(task_files, tmp_path):
+    proc = run_main("train.py", "--data", "movies", "--push-to-hub", "someone/movies", "--output-dir", tmp_path,
+                    check=False)  # fmt: skip
     assert_clean_failure(proc, "research use only")
 
 
@@ -69,6 +72,9 @@ def test_two_tasks_on_one_base_answer_each_with_its_own_labels(tiny_bert, tmp_pa
     for task in ("original", "spam"):
         run_train(tiny_bert, task, tmp_path, *flags, run=run_main)
     assert (tmp_path / "depression-original-pfeiffer").is_dir() and (tmp_path / "spam-pfeiffer").is_dir()
+    card = ModelCard.load(tmp_path / "spam-pfeiffer" / "README.md")  # the task's source, licence and tags
+    assert card.data.license == "other" and "depression" not in card.data.tags
+    assert "SMS Spam Collection" in card.text and "Almeida" in card.text
     proc = run_main("predict.py", "--adapter", tmp_path / "depression-original-pfeiffer", tmp_path / "spam-pfeiffer",
                     "--json", "win a free prize now")  # fmt: skip
     [row] = [json.loads(line) for line in proc.stdout.splitlines()]

@@ -29,31 +29,53 @@ BASE_LICENCES = {
     "sentence-transformers/all-MiniLM-L6-v2": "Apache-2.0", "bert-base-uncased": "Apache-2.0",
     "google-bert/bert-base-uncased": "Apache-2.0",
 }  # fmt: skip
-# The training sources the project knows (data.source_name of each): Hub id, licence and attribution.
+# The training sources the project knows (data.source_name of each): Hub id, licence (as a person reads it and as
+# the Hub's metadata names it) and attribution.
 KNOWN_SOURCES = {
     "depression-reddit-cleaned": {
         "hub": "mrjunos/depression-reddit-cleaned",
         "licence": "CC BY 4.0",
+        "licence_id": "cc-by-4.0",
         "about": 'the Kaggle data set "Depression: Reddit Dataset (Cleaned)", on the Hugging Face Hub as '
         "[mrjunos/depression-reddit-cleaned](https://huggingface.co/datasets/mrjunos/depression-reddit-cleaned): "
         "label 1 posts from r/depression, label 0 mostly short tweets",
     },
     "reddit-mental-health-2019": {
         "licence": "CC BY 4.0",
+        "licence_id": "cc-by-4.0",
         "about": "a sample of the Reddit Mental Health Dataset: Daniel M. Low, Laurie Rumker, Tanya Talkar, John "
         'Torous, Guillermo Cecchi and Satrajit S. Ghosh, "Natural Language Processing Reveals Vulnerable Mental '
         'Health Support Groups and Heightened Health Anxiety on Reddit During COVID-19: Observational Study", '
         "Journal of Medical Internet Research 22(10):e22635 (2020), data on Zenodo (record 3941387), "
-        "[CC BY 4.0](https://creativecommons.org/licenses/by/4.0/); r/depression and r/SuicideWatch as label 1, "
-        "seven control subreddits as label 0, the other support groups left out",
+        "[CC BY 4.0](https://creativecommons.org/licenses/by/4.0/): posts of 22 mental-health and control subreddits",
     },
     "other-senses": {
         "licence": "WordNet licence and the project's own",
+        "licence_id": "cc-by-4.0",
         "about": 'texts where "depression" has another sense, and posts by people who are not or no longer '
         "depressed, all label 0: WordNet 3.0 glosses (Princeton University, WordNet 3.0 Copyright 2006 by Princeton "
         "University, WordNet licence) and sentences written for the project",
     },
+    "clothing-reviews": {
+        "licence": "CC0 (public domain)",
+        "licence_id": "cc0-1.0",
+        "about": "reviews of women's clothing from an online shop, Kaggle data set \"Women's E-Commerce Clothing "
+        'Reviews" by nicapotato',
+    },
+    "sms-spam": {
+        "licence": "free for all purposes, as its authors released it; cite Almeida, Gómez Hidalgo and Yamakami, "
+        '"Contributions to the Study of SMS Spam Filtering: New Collection and Results", ACM DocEng 2011',
+        "licence_id": "other",
+        "about": "SMS messages, ham or spam: a subset of the SMS Spam Collection v.1 (UCI Machine Learning "
+        "Repository, data set 228)",
+    },
+    "movie-snippets": {
+        "licence": "none stated: research use only; a model trained on it is not to be shared (cite Pang & Lee)",
+        "licence_id": "other",
+        "about": "film critics' one-sentence snippets from Rotten Tomatoes, fresh or rotten (Pang & Lee 2004/2005)",
+    },
 }
+LICENCE_NAMES = {"cc-by-4.0": "CC BY 4.0", "cc0-1.0": "CC0"}  # card licences that one line can name
 REMEDIES = {
     "length_expert": "a length-only model beside the classifier in training (product of experts)",
     "short_copies": "copies of long training posts cut to 8-32 words",
@@ -141,10 +163,15 @@ def as_list(value):
 
 
 def card_licence(info):
-    """CC BY 4.0 where every source is one the project knows to be under it (or written for it); unknown for
-    other data, whose licence the person sharing the model must state."""
+    """The Hub's licence id of the training data where every source is one the project knows: theirs where they
+    agree (CC0 adds no terms to another's), else "other"; unknown for other data, whose licence the person sharing
+    the model must state."""
     names = source_names(info)
-    return "cc-by-4.0" if names and all(name in KNOWN_SOURCES for name in names) else "unknown"
+    if not names or any(name not in KNOWN_SOURCES for name in names):
+        return "unknown"
+    ids = {KNOWN_SOURCES[name]["licence_id"] for name in names}
+    ids = ids - {"cc0-1.0"} if len(ids) > 1 else ids
+    return ids.pop() if len(ids) == 1 else "other"
 
 
 def card_data(name, info, behaviour=None):
@@ -153,7 +180,7 @@ def card_data(name, info, behaviour=None):
     datasets = [KNOWN_SOURCES[n]["hub"] for n in source_names(info) if "hub" in KNOWN_SOURCES.get(n, {})]
     tags = ["text-classification", *(["adapter-transformers", "adapters", info.get("adapter_config") or ""]
             if adapter else ["transformers"])]  # fmt: skip
-    if info.get("data_set"):
+    if info.get("data_set") in ("default", "original"):
         tags += ["depression", "mental-health", "not-for-diagnosis"]
     data = ModelCardData(
         model_name=name,
@@ -259,14 +286,16 @@ def training_data(info):
         else:
             lines.append(f"- `{name}`{size}: the trainer's own data; its licence is not recorded (state it here "
                          f"before sharing the model).")  # fmt: skip
+    if info.get("label_map"):
+        lines += ["", f"Labels mapped (`--label-map`): {'; '.join(info['label_map'])}."]
     remedies = [text for key, text in REMEDIES.items() if info.get(key) not in (None, False)]
     if remedies:
         lines += ["", "With: " + "; ".join(remedies) + "."]
-    if card_licence(info) != "unknown":
+    if card_licence(info) in LICENCE_NAMES:
         hub = hub_base_model(info["base_model"])
         own = f" ({hub}: {BASE_LICENCES[hub]})" if hub in BASE_LICENCES else ""
-        lines += ["", f"The card's licence, CC BY 4.0, follows the training data (attribution above); the base model "
-                  f"has its own{own}."]  # fmt: skip
+        lines += ["", f"The card's licence, {LICENCE_NAMES[card_licence(info)]}, follows the training data "
+                  f"(attribution above); the base model has its own{own}."]  # fmt: skip
     split = f"split seed {info.get('split_seed')}" if info.get("split_seed") is not None else "a fixed split"
     lines += ["", f"Each source split into training and validation posts ({split}); {info.get('train_size', '?'):,} "
               f"training posts in all. Settings: {info.get('epochs_run', '?')} epochs (best: "
