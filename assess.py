@@ -137,7 +137,7 @@ def parse_args(argv=None):
 def named_data(args):
     """--data naming a data set of one file (data.DATA_SETS: a task) -> that file, with the set's label column and
     label map unless given."""
-    named = data.DATA_SETS.get(args.data)
+    named = data.named_set(args.data)
     if named is None:
         return
     if len(named["sources"]) > 1:

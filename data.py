@@ -131,17 +131,22 @@ def data_file(variable):
     return source
 
 
+def named_set(data):
+    """--data's named data set (its DATA_SETS entry), or None for files and Hub ids (and for several of them)."""
+    return DATA_SETS.get(data) if isinstance(data, str) else None
+
+
 def folder_name(data):
     """The name train.py gives its output folder before -<method>: a named data set's (its "folder", else its
     name); "depression" for any other data."""
-    named = DATA_SETS.get(data) if isinstance(data, str) else None
+    named = named_set(data)
     return "depression" if named is None else named.get("folder", data)
 
 
 def sources(data, other_senses=False):
     """train.py --data -> what load_splits reads: a named data set's sources (DATA_SETS), else --data itself; with
     other_senses, the other senses of "depression" (OTHER_SENSES) as one source more."""
-    named = DATA_SETS.get(data) if isinstance(data, str) else None
+    named = named_set(data)
     if named is not None:
         data = [data_file(s) if s in DATA_FILES else str(s) for s in named["sources"]]
     if other_senses:

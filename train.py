@@ -83,7 +83,7 @@ def parse_args(argv=None):
     args = build_parser().parse_args(argv)
     try:
         settings.complete(args)
-        named = data.DATA_SETS.get(args.data) if isinstance(args.data, str) else None
+        named = data.named_set(args.data)
         if args.push_to_hub and named and not named["shareable"]:
             raise DataError(f"--data {args.data} is for research use only (docs/tasks.md): a model trained on it is "
                             f"not shared; drop --push-to-hub")  # fmt: skip

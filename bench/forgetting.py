@@ -103,9 +103,12 @@ def probabilities(model, task, accelerator):
     return logits.softmax(-1), labels
 
 
-def accuracy(model, task, accelerator):
-    probs, labels = probabilities(model, task, accelerator)
+def share_correct(probs, labels):
     return float((probs.argmax(-1) == labels).float().mean())
+
+
+def accuracy(model, task, accelerator):
+    return share_correct(*probabilities(model, task, accelerator))
 
 
 def full_side(args, pair, seed, accelerator, tokenizer, attention):
@@ -128,19 +131,18 @@ def adapter_side(args, pair, seed, method, accelerator, tokenizer, attention):
         args.model, "adapter", a.labels, method, seed=seed, attention_dropout=0.0, attention=attention
     )
     train(model, a, accelerator)
-    before, _ = probabilities(model, a, accelerator)
-    curve = [accuracy(model, a, accelerator)]
+    asked = [probabilities(model, a, accelerator)]  # A's probabilities and labels: before B, after each B epoch
     add_task(model, TASK_B, method, b.labels, seed)
 
     def ask_a(epoch):
         model.set_active_adapters(M.ADAPTER_NAME)  # A's adapter and head
-        curve.append(accuracy(model, a, accelerator))
+        asked.append(probabilities(model, a, accelerator))
         model.set_active_adapters(TASK_B)
 
     train(model, b, accelerator, ask_a)
     b_accuracy = accuracy(model, b, accelerator)
-    model.set_active_adapters(M.ADAPTER_NAME)
-    after, _ = probabilities(model, a, accelerator)
+    curve = [share_correct(probs, labels) for probs, labels in asked]
+    (before, _), (after, _) = asked[0], asked[-1]
     return {
         "a_accuracy": curve, "b_accuracy": b_accuracy, "a_chance": a.chance,
         "max_probability_change": float((after - before).abs().max()),

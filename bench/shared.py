@@ -88,7 +88,8 @@ def adapter_folders(work, base, placement, count, mode="adapter"):
             folder.mkdir(parents=True, exist_ok=True)
             saved.save_trained(model, M.load_tokenizer(base), folder, mode)
             saved.write_training_info(folder, {
-                "mode": mode, "base_model": base, "adapter_config": "pfeiffer", "leave_out": layers,
+                "mode": mode, "base_model": base, "adapter_config": "pfeiffer" if mode == "adapter" else None,
+                "leave_out": layers,
                 "max_length": training.MAX_LENGTH, "label_names": list(data.LABEL_NAMES), "normalize_text": False,
             })  # fmt: skip
         folders.append(str(folder))

@@ -122,7 +122,7 @@ def complete(args):
         raise DataError("--patience must be at least 1 (epochs without a better validation accuracy)")
     if isinstance(args.data, list) and len(args.data) == 1:
         args.data = args.data[0]  # one source stays a plain string, as before (training.json, --resume)
-    named = data.DATA_SETS.get(args.data) if isinstance(args.data, str) else None
+    named = data.named_set(args.data)
     if named is not None:  # the named data set's label column and map, normalisation and remedies, unless given
         args.label_column = args.label_column or named["label_column"]
         args.label_map = named["label_map"] if args.label_map is None else args.label_map
