@@ -1,23 +1,26 @@
 """
-Do adapters lose accuracy against full fine-tuning? Every setup trained with several seeds on the same split, and
-compared with full fine-tuning post by post on the same validation posts.
+Adapters against full fine-tuning on several tasks: every setup trained with several seeds on each task's split and
+compared post by post on the same validation posts, then one summary across the tasks.
 
-    python -m bench.compare --quick                    # a few minutes on a CPU (what CI runs)
-    python -m bench.compare                            # full data, 3 seeds, 6 setups: hours on 2 CPU cores
-    python -m bench.compare --epochs 2 --resume        # go on after a stop; finished runs are kept
+    python -m bench.compare --quick     # two tiny tasks, a few minutes on a CPU (what CI runs)
+    python -m bench.compare             # 5 tasks x 4 setups x 3 seeds, capped: about 75 min on 2 CPU cores
+    python -m bench.compare --resume    # go on after a stop; finished runs are kept
+    python -m bench.compare --data original --train-posts 0 --val-posts 0 --epochs 2 --split-seeds 43 44 \\
+        --setups full pfeiffer houlsby pfeiffer-upper-half lora --name compare   # the write-up's own setting
 
 Each run is `python train.py ...` in its own process (the machine to itself, one run after another); the saved
-result is then loaded with predict.py's own functions and classifies the validation posts, which gives every
-post's correctness. Per setup: mean and standard deviation over seeds of the best accuracy and F1, seconds per
-epoch, trainable weights. Against full fine-tuning, on the same posts: McNemar's exact test (per seed pair, and on
-the posts each setup gets right in most seeds) and a bootstrap 95% interval of the accuracy difference
-(posts resampled, seeds averaged). The spread across split seeds (full and Pfeiffer, training seed fixed) stands
-beside it. Writes bench/results/compare-<machine>[-quick].{json,md,png} after every run.
+result is then loaded with predict.py's own functions and classifies the task's validation posts. Per task and
+setup: mean and standard deviation over seeds of accuracy and macro F1 (of those predictions), seconds per epoch,
+trainable weights, size on disk. Per task, each adapter against full fine-tuning and Pfeiffer against Houlsby, on
+the same posts: McNemar's exact test (on the posts each setup gets right in most seeds) and paired bootstrap 95%
+intervals of the differences in accuracy and macro F1 (posts resampled, seeds averaged). Across the tasks: each
+setup's mean rank, and on how many tasks each adapter is at most one point below full fine-tuning. Writes
+bench/results/compare-tasks-<machine>[-quick].{json,md,png} after every run.
 """
 
 import argparse
 import json
-import math
+import shlex
 import statistics
 import sys
 import tempfile
@@ -26,287 +29,274 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from scipy.stats import rankdata
 from transformers.utils import logging as hf_logging
 
 import data
-from bench.harness import TRAIN_SETUPS as SETUPS
-from bench.harness import (
-    add_common_flags,
-    add_run_flags,
-    command_line,
-    device_name,
-    results_stem,
-    train_setup,
-    write_results,
-)
-from textclassifier import inference
+from bench import harness
+from bench.shared import megabytes_on_disk
+from textclassifier import inference, metrics, settings, training
 from textclassifier.report import save_figure
 
 BASELINE = "full"
-SPLIT_SETUPS = ["full", "pfeiffer"]  # also trained on other splits, to set split variance beside method variance
-BOOTSTRAP = 10_000
+TASKS = ["original", "reviews", "spam", "movies", "subreddits"]  # docs/tasks.md; original: the write-up's data
+QUICK_TASKS = ["spam", "subreddits"]
+SETUPS = ["full", "pfeiffer", "houlsby", "lora"]
+SPLIT_SETUPS = ["full", "pfeiffer"]  # with --split-seeds, also trained on other splits (split variance beside)
+METRICS = {"accuracy": "accuracy", "macro_f1": "macro F1"}
+# the caps of the full run (per task: the first N training and validation posts), chosen so that 5 tasks x 4 setups
+# x 3 seeds fit about 75 minutes on 2 cores (docs/results.md); --quick: a smoke test
+FULL = {"seeds": [42, 43, 44], "epochs": 3, "train_posts": 1500, "val_posts": 500}
+QUICK = {"seeds": [1, 2], "epochs": 1, "train_posts": 200, "val_posts": 100}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_run_flags(p, "compare", "200 training and 100 validation posts, 1 epoch, seeds 1 2, split seed 3")
-    add_common_flags(p)
-    p.add_argument(
-        "--setups",
-        nargs="+",
-        choices=list(SETUPS),
-        default=list(SETUPS),
-        help="what to train (default: all; full is the baseline of the paired tests and always runs)",
-    )
-    p.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=None,
-        help="training seeds (weights, dropout, batch order), on split seed 42 (default: 42 43 44)",
-    )
-    p.add_argument(
-        "--split-seeds",
-        type=int,
-        nargs="*",
-        default=None,
-        help="other split seeds for full and pfeiffer, trained with the first seed (default: 43 44)",
-    )
-    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: 3 as train.py, quick 1)")
-    p.add_argument("--train-posts", type=int, default=None, help="first N training posts (default: all; quick 200)")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="keep the runs already in the results file (same settings) and train only the missing ones",
-    )
+    harness.add_run_flags(p, "compare-tasks", f"{', '.join(QUICK_TASKS)}; {QUICK}")
+    harness.add_common_flags(p, data_set=False)
+    # fmt: off
+    p.add_argument("--data", nargs="+", default=None,
+                   help=f"tasks, named (docs/tasks.md) or files, as for train.py (default: {' '.join(TASKS)})")
+    p.add_argument("--setups", nargs="+", choices=list(harness.TRAIN_SETUPS), default=SETUPS,
+                   help=f"what to train (default: {' '.join(SETUPS)}; full, the baseline, always runs)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help=f"training seeds (default: {FULL['seeds']})")
+    p.add_argument("--split-seeds", type=int, nargs="*", default=[],
+                   help="other split seeds for full and pfeiffer, trained with the first seed (default: none)")
+    p.add_argument("--epochs", type=int, default=None, help=f"epochs per run (default: {FULL['epochs']})")
+    p.add_argument("--train-posts", type=int, default=None,
+                   help=f"first N training posts per task, 0: all (default: {FULL['train_posts']})")
+    p.add_argument("--val-posts", type=int, default=None,
+                   help=f"first N validation posts per task, 0: all (default: {FULL['val_posts']})")
+    p.add_argument("--max-length", type=int, default=training.MAX_LENGTH, help="tokens per post, as train.py's")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the runs already in the results file (same settings) and train only the missing ones")
     p.add_argument("--redraw", action="store_true", help="draw the chart again from the results file; train nothing")
+    # fmt: on
     args = p.parse_args(argv)
-    args.seeds = args.seeds or ([1, 2] if args.quick else [42, 43, 44])
-    args.split_seeds = args.split_seeds if args.split_seeds is not None else ([3] if args.quick else [43, 44])
-    args.epochs = args.epochs or (1 if args.quick else 3)
-    args.train_posts = args.train_posts or (200 if args.quick else None)
-    args.eval_posts = 100 if args.quick else None
-    args.setups = [BASELINE] + [s for s in args.setups if s != BASELINE]
+    for key, value in (QUICK if args.quick else FULL).items():
+        setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
+    args.data = args.data or (QUICK_TASKS if args.quick else TASKS)
+    args.setups = [BASELINE] + [s for s in dict.fromkeys(args.setups) if s != BASELINE]
     return args
 
 
 def planned_runs(args):
-    """(setup, seed, split seed) in the order they run: every setup for one seed before the next seed, so that a
-    stopped comparison has whole seeds; the other splits last."""
-    runs = [(name, seed, data_split) for seed in args.seeds for name in args.setups for data_split in [42]]
-    runs += [(name, args.seeds[0], s) for s in args.split_seeds for name in SPLIT_SETUPS if name in args.setups]
-    return runs
+    """(task, setup, seed, split seed) in the order they run: every task and setup for one seed before the next
+    seed, so that a stopped comparison has whole seeds; the other splits last."""
+    runs = [(task, name, seed, 42) for seed in args.seeds for task in args.data for name in args.setups]
+    split_setups = [name for name in SPLIT_SETUPS if name in args.setups]
+    return runs + [(t, name, args.seeds[0], s) for s in args.split_seeds for t in args.data for name in split_setups]
 
 
-def validation_posts(args, split_seed):
-    _, val, _, info = data.load_splits(args.data, seed=split_seed)
-    if args.eval_posts:
-        val = val.select(range(min(args.eval_posts, len(val))))
-    return list(val["text"]), list(val["label"]), info["val_fingerprint"]
+VALIDATION = {}  # (task, split seed) -> (texts, labels, label names, fingerprint), read once per process
 
 
-def train_and_score(args, name, seed, split_seed, folder):
-    """Train one setup in its own process, then classify the validation posts with what it saved."""
-    run, command = train_setup(
-        name, seed, folder, args.model, args.data, args.epochs, split_seed, args.train_posts, args.eval_posts
-    )
+def validation_posts(flags, task, split_seed):
+    """The validation posts train.py validated on, read as train.py reads them (training.read_splits)."""
+    if (task, split_seed) not in VALIDATION:
+        _, val, label_names, info = training.read_splits(settings.parse(flags), log=lambda *_: None)
+        VALIDATION[task, split_seed] = list(val["text"]), list(val["label"]), label_names, info["val_fingerprint"]
+    return VALIDATION[task, split_seed]
+
+
+def train_and_score(args, task, name, seed, split_seed, folder):
+    """Train one setup on one task in its own process, then classify the validation posts with what it saved."""
+    run, command = harness.train_setup(name, seed, folder, args.model, task, args.epochs, split_seed, args.train_posts,
+                               args.val_posts, ["--max-length", str(args.max_length)])  # fmt: skip
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     info = json.loads((run / "training.json").read_text())
-    texts, labels, fingerprint = validation_posts(args, split_seed)
+    flags = shlex.split(command)[2:]  # train.py's, less where it saves (not settings)
+    flags = [f for i, f in enumerate(flags) if {f, flags[i - 1]}.isdisjoint({"--output-dir", "--name"})]
+    texts, labels, label_names, fingerprint = validation_posts(flags, task, split_seed)
     if fingerprint != info["val_fingerprint"]:
-        raise RuntimeError(f"{name}: train.py validated on other posts than the comparison's")
+        raise RuntimeError(f"{task} {name}: train.py validated on other posts than the comparison's")
     loaded = inference.load(run)
-    probs = inference.predict_proba(loaded.model, loaded.tokenizer, texts, loaded.info["max_length"])
-    predicted = probs.argmax(-1).tolist()
-    correct = "".join("1" if p == y else "0" for p, y in zip(predicted, labels))
+    predicted = inference.predict_proba(loaded.model, loaded.tokenizer, texts, args.max_length).argmax(-1).tolist()
+    scores = metrics.label_metrics(predicted, labels, label_names)
     return {
-        "setup": name,
-        "seed": seed,
-        "split_seed": split_seed,
-        "best_accuracy": info["best"]["accuracy"],
-        "best_f1": info["best"]["f1"],
-        "best_epoch": info["best_epoch"],
-        "predicted_accuracy": correct.count("1") / len(correct),
-        "correct": correct,
+        "task": task_name(task), "setup": name, "seed": seed, "split_seed": split_seed,
+        "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"], "best_accuracy": info["best"]["accuracy"],
+        "best_epoch": info["best_epoch"], "classes": len(label_names),
+        "labels": " ".join(map(str, labels)), "predicted": " ".join(map(str, predicted)),
         "seconds_per_epoch": statistics.mean(r["train_seconds"] for r in rows),
-        "train_seconds": [r["train_seconds"] for r in rows],
-        "trainable": info["parameters"]["trainable"],
-        "command": command,
-    }
+        "trainable": info["parameters"]["trainable"], "megabytes": megabytes_on_disk([run]), "command": command,
+    }  # fmt: skip
 
 
-def mcnemar_exact(baseline, other):
-    """Two-sided exact McNemar test on per-post correctness (strings of 0/1): the posts only one of the two gets
-    right are a fair coin's tosses if both are equally accurate. Returns (p, only baseline right, only other right)."""
-    b = sum(x == "1" and y == "0" for x, y in zip(baseline, other))
-    c = sum(x == "0" and y == "1" for x, y in zip(baseline, other))
-    n = b + c
-    if n == 0:
-        return 1.0, b, c
-    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n
-    return min(1.0, 2 * tail), b, c
+def task_name(task):
+    """A named task's name, a file's name without its suffix."""
+    return task if data.named_set(task) else Path(task).stem
 
 
-def correct_matrix(runs):
-    return np.array([[ch == "1" for ch in r["correct"]] for r in runs], dtype=float)
-
-
-def majority(runs):
-    """Per post: right in more than half of the seeds."""
-    return "".join("1" if share > 0.5 else "0" for share in correct_matrix(runs).mean(0))
-
-
-def bootstrap_diff(baseline_runs, other_runs, resamples=BOOTSTRAP, seed=0):
-    """Mean accuracy difference (other - baseline, seeds averaged per post) and its 95% bootstrap interval,
-    resampling the validation posts."""
-    diff = correct_matrix(other_runs).mean(0) - correct_matrix(baseline_runs).mean(0)
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(1)
-    return float(diff.mean()), [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+def posts(run, key):
+    return np.array(run[key].split(), dtype=int)
 
 
 def sd(values):
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarise(result):
-    main_runs = [r for r in result["runs"] if r["split_seed"] == 42]
-    setups, paired, splits = {}, {}, {}
-    for name in dict.fromkeys(r["setup"] for r in main_runs):
-        mine = [r for r in main_runs if r["setup"] == name]
-        setups[name] = {
-            "seeds": [r["seed"] for r in mine],
-            "accuracy": [r["best_accuracy"] for r in mine],
-            "f1": [r["best_f1"] for r in mine],
-            "seconds_per_epoch": [r["seconds_per_epoch"] for r in mine],
-            "trainable": mine[0]["trainable"],
-            "best_epoch": [r["best_epoch"] for r in mine],
-        }
-        s = setups[name]
-        s.update(
-            {
-                "accuracy_mean": statistics.mean(s["accuracy"]),
-                "accuracy_sd": sd(s["accuracy"]),
-                "f1_mean": statistics.mean(s["f1"]),
-                "f1_sd": sd(s["f1"]),
-                "seconds_per_epoch_mean": statistics.mean(s["seconds_per_epoch"]),
-            }
-        )
-    base = [r for r in main_runs if r["setup"] == BASELINE]
-    for name in setups:
-        mine = [r for r in main_runs if r["setup"] == name]
-        by_seed = {r["seed"]: r for r in base}
-        pairs = [(by_seed[r["seed"]], r) for r in mine if r["seed"] in by_seed]
-        if name == BASELINE or not pairs:
-            continue
-        # one test for the setup: on the posts each gets right in most seeds (an odd number of seeds has no ties),
-        # else on the first seed's pair
-        tested = pairs if len(pairs) % 2 else pairs[:1]
-        p, b, c = mcnemar_exact(majority([x for x, _ in tested]), majority([y for _, y in tested]))
-        diff, ci = bootstrap_diff([x for x, _ in pairs], [y for _, y in pairs])
-        paired[name] = {
-            "seeds": [y["seed"] for _, y in pairs],
-            "mcnemar_p": p,
-            "mcnemar_on": f"right in most of seeds {', '.join(str(y['seed']) for _, y in tested)}",
-            "only_full_right": b,
-            "only_this_right": c,
-            "mcnemar_p_per_seed": [mcnemar_exact(x["correct"], y["correct"])[0] for x, y in pairs],
-            "diff_mean": diff,
-            "diff_ci95": ci,
-            "verdict": "differs" if p < 0.05 and not ci[0] <= 0 <= ci[1] else "indistinguishable at this sample size",
-        }
+def setup_stats(mine):
+    """One setup on one task: every seed's figures, their mean and standard deviation."""
+    s = {"seeds": [r["seed"] for r in mine], "trainable": mine[0]["trainable"], "megabytes": mine[0]["megabytes"]}
+    for key in [*METRICS, "seconds_per_epoch"]:
+        s[key] = [r[key] for r in mine]
+        s[f"{key}_mean"], s[f"{key}_sd"] = statistics.mean(s[key]), sd(s[key])
+    return s
+
+
+def paired_test(first, second):
+    """`second` against `first` (runs of one task, seeds paired): McNemar on the posts each gets right in most seeds
+    (an odd number of seeds has no ties; else the first seed's pair), bootstrap intervals of the differences."""
+    pairs = [(a, b) for a in first for b in second if a["seed"] == b["seed"]]
+    tested = pairs if len(pairs) % 2 else pairs[:1]
+    labels = posts(pairs[0][0], "labels")
+    right = [np.mean([posts(r, "predicted") == labels for r in side], 0) > 0.5 for side in zip(*tested)]
+    p, b, c = metrics.mcnemar(*right)
+    diffs = metrics.paired_bootstrap(labels, *([posts(r, "predicted") for r in side] for side in zip(*pairs)),
+                                     num_classes=pairs[0][0]["classes"])  # fmt: skip
+    excludes_0 = [key for key, (_, (lo, hi)) in diffs.items() if not lo <= 0 <= hi]
+    differs = [key for key in excludes_0 if key != "accuracy" or p < 0.05]
+    return {
+        "seeds": [y["seed"] for _, y in pairs], "mcnemar_p": p,
+        "right_only": {second[0]["setup"]: c, first[0]["setup"]: b},
+        **{f"{key}_diff": d for key, (d, _) in diffs.items()}, **{f"{key}_ci95": ci for key, (_, ci) in diffs.items()},
+        "verdict": f"differs ({', '.join(METRICS[k] for k in differs)})" if differs else "indistinguishable",
+    }  # fmt: skip
+
+
+def comparisons(setups):
+    """(first, second): each adapter against full fine-tuning, and Pfeiffer against Houlsby."""
+    pairs = [(BASELINE, name) for name in setups if name != BASELINE]
+    return pairs + ([("houlsby", "pfeiffer")] if {"houlsby", "pfeiffer"} <= set(setups) else [])
+
+
+def summarise_task(runs, first_seed):
+    main = [r for r in runs if r["split_seed"] == 42]
+    by_setup = {name: [r for r in main if r["setup"] == name] for name in dict.fromkeys(r["setup"] for r in main)}
+    splits = {}
     for name in SPLIT_SETUPS:
-        first_seed = result["seeds"][0]
-        mine = [r for r in result["runs"] if r["setup"] == name and r["seed"] == first_seed]
+        mine = [r for r in runs if r["setup"] == name and r["seed"] == first_seed]
         if len(mine) > 1:
-            acc = [r["best_accuracy"] for r in mine]
-            splits[name] = {
-                "seed": first_seed,
-                "split_seeds": [r["split_seed"] for r in mine],
-                "accuracy": acc,
-                "accuracy_mean": statistics.mean(acc),
-                "accuracy_sd": sd(acc),
-            }
-    result.update(setups=setups, paired=paired, split_spread=splits)
+            splits[name] = {"split_seeds": [r["split_seed"] for r in mine], **setup_stats(mine)}
+    return {
+        "classes": main[0]["classes"], "val_posts": len(main[0]["labels"].split()),
+        "chance": float(np.bincount(posts(main[0], "labels")).max() / len(main[0]["labels"].split())),
+        "setups": {name: setup_stats(mine) for name, mine in by_setup.items()},
+        "paired": {f"{b} vs {a}": paired_test(by_setup[a], by_setup[b]) for a, b in comparisons(by_setup)
+                   if a in by_setup and b in by_setup},
+        "split_spread": splits,
+    }  # fmt: skip
 
 
-def pct(x):
-    return f"{100 * x:.2f}"
+def across_tasks(tasks, metric="macro_f1"):
+    """Each setup's rank per task by the metric's mean (1: best; ties share their mean rank), its mean rank over the
+    tasks that ran it, and on how many tasks it is at most one point below full fine-tuning."""
+    ranks = {}
+    for task, t in tasks.items():
+        names = list(t["setups"])
+        ranked = rankdata([-t["setups"][n][f"{metric}_mean"] for n in names])
+        ranks[task] = dict(zip(names, map(float, ranked)))
+    names = list(dict.fromkeys(n for r in ranks.values() for n in r))
+    out = {"metric": metric, "ranks": ranks, "setups": {}}
+    for name in names:
+        mine = [task for task in tasks if name in ranks[task]]
+        near = [task for task in mine if BASELINE in tasks[task]["setups"] and round(
+            100 * (tasks[task]["setups"][BASELINE][f"{metric}_mean"] - tasks[task]["setups"][name][f"{metric}_mean"]),
+            9) <= 1]  # fmt: skip
+        out["setups"][name] = {"mean_rank": statistics.mean(ranks[t][name] for t in mine), "tasks": len(mine),
+                               "within_one_point_of_full": near}  # fmt: skip
+    return out
+
+
+def summarise(result):
+    tasks = dict.fromkeys(r["task"] for r in result["runs"])
+    result["tasks"] = {t: summarise_task([r for r in result["runs"] if r["task"] == t], result["seeds"][0])
+                       for t in tasks}  # fmt: skip
+    result["summary"] = {key: across_tasks(result["tasks"], key) for key in METRICS}
+
+
+def pct(x, sign=""):
+    return f"{100 * x:{sign}.1f}"
 
 
 def report(result):
     done = "" if result["complete"] else " (INCOMPLETE: runs still missing)"
+    caps = f"the first {result['train_posts'] or 'all'} training posts and {result['val_posts'] or 'all'} validation"
     lines = [
-        f"# Adapters against full fine-tuning, across seeds ({result['device']}){done}",
-        "",
-        "Commands: "
-        + ", then ".join(f"`{c}`" for c in result["commands"])
-        + f"; training posts: {result['train_posts'] or 'all'}, validation posts: "
-        f"{result['val_posts']}, epochs: {result['epochs']}, split seed 42",
-        "",
-        "| setup | seeds | best accuracy % mean (sd) | F1 % mean (sd) | s / epoch | trainable | "
-        "vs full, points [95% CI] | McNemar p | McNemar p per seed | verdict |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
-    ]
-    for name, s in result["setups"].items():
-        q = result["paired"].get(name)
-        versus = (
-            f"{100 * q['diff_mean']:+.2f} [{100 * q['diff_ci95'][0]:+.2f}, {100 * q['diff_ci95'][1]:+.2f}] | "
-            f"{q['mcnemar_p']:.3f} | {', '.join(f'{p:.3f}' for p in q['mcnemar_p_per_seed'])} | {q['verdict']}"
-            if q
-            else "- | - | - | baseline"
-        )
-        lines.append(
-            f"| {name} | {', '.join(map(str, s['seeds']))} | {pct(s['accuracy_mean'])} ({pct(s['accuracy_sd'])})"
-            f" | {pct(s['f1_mean'])} ({pct(s['f1_sd'])}) | {s['seconds_per_epoch_mean']:.1f} | "
-            f"{s['trainable']:,} | {versus} |"
-        )
-    if result["split_spread"]:
-        lines += [
-            "",
-            "Spread across split seeds (training seed fixed):",
-            "",
-            "| setup | training seed | split seeds | best accuracy % | mean (sd) |",
-            "| --- | --- | --- | --- | ---: |",
-        ]
-        for name, s in result["split_spread"].items():
+        f"# Adapters against full fine-tuning on {len(result['tasks'])} tasks ({result['device']}){done}", "",
+        "Commands: " + ", then ".join(f"`{c}`" for c in result["commands"]) + f". Per task {caps} posts of "
+        f"train.py's split (seed 42), {result['epochs']} epochs, max length {result['max_length']}, base "
+        f"{result['model']}, training seeds {', '.join(map(str, result['seeds']))}; accuracy and macro F1 of the "
+        "saved (best) epoch, re-predicted; mean (sd) over seeds. Wall time and peak memory: docs/results.md.", "",
+        "| task | classes | chance | setup | accuracy % | macro F1 % | s / epoch | trainable | saved MB |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]  # fmt: skip
+    for task, t in result["tasks"].items():
+        for name, s in t["setups"].items():
             lines.append(
-                f"| {name} | {s['seed']} | {', '.join(map(str, s['split_seeds']))} | "
-                f"{', '.join(pct(a) for a in s['accuracy'])} | {pct(s['accuracy_mean'])} "
-                f"({pct(s['accuracy_sd'])}) |"
+                f"| {task} | {t['classes']} | {pct(t['chance'])} | {name} | {pct(s['accuracy_mean'])} "
+                f"({pct(s['accuracy_sd'])}) | {pct(s['macro_f1_mean'])} ({pct(s['macro_f1_sd'])}) | "
+                f"{s['seconds_per_epoch_mean']:.1f} | {s['trainable']:,} | {s['megabytes']:.2f} |"
             )
+    lines += ["", "Paired on the same validation posts (the first named less the second, points, 95% bootstrap "
+              "interval; McNemar "
+              "on the posts each gets right in most seeds; a difference counts where its interval excludes 0, "
+              "for accuracy also McNemar p < 0.05):", "",
+              "| task | comparison | accuracy | macro F1 | McNemar p (posts only the first / the second gets right) "
+              "| verdict |",
+              "| --- | --- | ---: | ---: | ---: | --- |"]  # fmt: skip
+    for task, t in result["tasks"].items():
+        for pair, q in t["paired"].items():
+            cells = [f"{pct(q[f'{k}_diff'], '+')} [{pct(q[f'{k}_ci95'][0], '+')}, {pct(q[f'{k}_ci95'][1], '+')}]"
+                     for k in METRICS]  # fmt: skip
+            only = " / ".join(str(q["right_only"][name]) for name in pair.split(" vs "))
+            lines.append(f"| {task} | {pair} | {' | '.join(cells)} | {q['mcnemar_p']:.3f} ({only}) | {q['verdict']} |")
+    lines += ["", "Across the tasks (rank 1: best mean on a task; within one point: at most one point below full "
+              "fine-tuning):", "", "| setup | mean rank, macro F1 | mean rank, accuracy | within one point of full, "
+              "macro F1 | within one point, accuracy |", "| --- | ---: | ---: | --- | --- |"]  # fmt: skip
+    f1, acc = result["summary"]["macro_f1"]["setups"], result["summary"]["accuracy"]["setups"]
+    for name, s in f1.items():
+        near = [f"{len(x['within_one_point_of_full'])} of {x['tasks']} ({', '.join(x['within_one_point_of_full'])})"
+                for x in (s, acc[name])]  # fmt: skip
+        lines.append(f"| {name} | {s['mean_rank']:.1f} | {acc[name]['mean_rank']:.1f} | {' | '.join(near)} |")
+    for task, t in result["tasks"].items():
+        for name, s in t["split_spread"].items():
+            lines.append(f"\n{task}, {name}, split seeds {s['split_seeds']} (training seed {s['seeds'][0]}): "
+                         f"accuracy {pct(s['accuracy_mean'])} ({pct(s['accuracy_sd'])})")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-def chart(result):
-    """Accuracy (mean ± sd over training seeds, each seed a dot; split seeds beside) and seconds per epoch (median,
-    each seed a dot), by setup."""
-    names = list(result["setups"])
-    fig, (acc, speed) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for i, name in enumerate(names):
-        s = result["setups"][name]
-        first = i == 0
-        acc.errorbar(i, 100 * s["accuracy_mean"], yerr=100 * s["accuracy_sd"], fmt="o", capsize=4, color="C0",
-                     label="training seeds, split 42" if first else None)  # fmt: skip
-        acc.scatter([i] * len(s["accuracy"]), [100 * a for a in s["accuracy"]], s=10, color="C0", alpha=0.4)
-        if name in result["split_spread"]:
-            sp = result["split_spread"][name]
-            acc.errorbar(i + 0.2, 100 * sp["accuracy_mean"], yerr=100 * sp["accuracy_sd"], fmt="s", capsize=4,
-                         color="C1", label="split seeds" if first else None)  # fmt: skip
-        median = statistics.median(s["seconds_per_epoch"])  # one slow seed moves the mean far
-        speed.bar(i, median, color="C2" if name == "full" else "C0", alpha=0.8)
-        speed.scatter([i] * len(s["seconds_per_epoch"]), s["seconds_per_epoch"], s=10, color="k", alpha=0.6)
-        speed.annotate(f"{s['trainable'] / 1e6:.2g} M trained", (i, median), ha="center",
-                       va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")  # fmt: skip
-    acc.set_xticks(range(len(names)), names, rotation=15)
-    acc.set(ylabel="best validation accuracy (%)", title="accuracy: mean ± sd over seeds")
-    acc.legend(fontsize=8)
-    speed.set_xticks(range(len(names)), names, rotation=15)
-    speed.set(ylabel="seconds per epoch (median; dots: seeds)", title="training time per epoch")
-    fig.suptitle(f"Adapters against full fine-tuning: {result['epochs']} epochs, {result['val_posts']} validation "
-                 f"posts; {result['device']}", fontsize=10)  # fmt: skip
+def chart(result, metric="macro_f1"):
+    """Left: the metric per task and setup (mean ± sd over seeds, each seed a dot). Right: trainable weights against
+    the metric's difference to full fine-tuning (each task a dot, the mean over tasks a large mark)."""
+    tasks, names = list(result["tasks"]), list(result["summary"][metric]["setups"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1.6, 1]})
+    width = 0.8 / len(names)
+    for j, name in enumerate(names):
+        where = [i for i, t in enumerate(tasks) if name in result["tasks"][t]["setups"]]
+        x = [i + (j - (len(names) - 1) / 2) * width for i in where]
+        mine = [result["tasks"][tasks[i]]["setups"][name] for i in where]
+        left.errorbar(x, [100 * s[f"{metric}_mean"] for s in mine], yerr=[100 * s[f"{metric}_sd"] for s in mine],
+                      fmt="o", capsize=3, color=f"C{j}", label=name)  # fmt: skip
+        for xi, s in zip(x, mine):
+            left.scatter([xi] * len(s[metric]), [100 * v for v in s[metric]], s=8, color=f"C{j}", alpha=0.35)
+        gaps = [100 * (result["tasks"][t]["setups"][name][f"{metric}_mean"] -
+                       result["tasks"][t]["setups"][BASELINE][f"{metric}_mean"])
+                for t in tasks if {name, BASELINE} <= set(result["tasks"][t]["setups"])]  # fmt: skip
+        weights = mine[0]["trainable"]
+        right.scatter([weights] * len(gaps), gaps, s=12, color=f"C{j}", alpha=0.5)
+        right.scatter([weights], [statistics.mean(gaps)], s=90, marker="D", color=f"C{j}", label=name)
+    left.set_xticks(range(len(tasks)), tasks)
+    left.set(ylabel=f"validation {METRICS[metric]} (%)", title=f"{METRICS[metric]} per task: mean ± sd over seeds")
+    left.legend(fontsize=8)
+    right.axhline(0, color="grey", lw=0.8)
+    right.set(xscale="log", xlabel="trainable weights", ylabel=f"{METRICS[metric]} less full fine-tuning's (points)",
+              title="fewer weights, what is given up (dots: tasks)")  # fmt: skip
+    fig.suptitle(f"{len(tasks)} tasks, {len(result['seeds'])} seeds, {result['epochs']} epochs, up to "
+                 f"{result['train_posts'] or 'all'} training posts a task; {result['device']}", size=10)  # fmt: skip
     fig.tight_layout()
     return fig
 
@@ -314,51 +304,41 @@ def chart(result):
 def main(argv=None):
     args = parse_args(argv)
     hf_logging.set_verbosity_error()
-    stem = results_stem(args)
+    stem = harness.results_stem(args)
     if args.redraw:  # the chart again from the results file, nothing trained
         if not stem.with_suffix(".json").is_file():
             sys.exit(f"--redraw: no results file {stem}.json (--out and --name say where it is)")
         save_figure(chart(json.loads(stem.with_suffix(".json").read_text())), stem.with_suffix(".png"))
         return print(f"drew {stem}.png from {stem}.json")
-    settings = {
-        "model": args.model,
-        "data": args.data,
-        "epochs": args.epochs,
-        "train_posts": args.train_posts,
-        "val_posts": args.eval_posts or len(validation_posts(args, 42)[0]),
-    }
-    command = command_line("compare.py", argv)
+    for task in args.data:  # a task that cannot be read stops here, in one line, before any training
+        data.sources(task)
+    keys = ["model", "epochs", "train_posts", "val_posts", "max_length"]
+    settings_now = {key: getattr(args, key) for key in keys}
     runs, commands = [], []
     if args.resume and stem.with_suffix(".json").exists():
         old = json.loads(stem.with_suffix(".json").read_text())
-        if all(old.get(k) == v for k, v in settings.items()):
+        if all(old.get(k) == v for k, v in settings_now.items()):
             runs, commands = old["runs"], old["commands"]
             print(f"resuming: {len(runs)} runs kept from {stem}.json")
         else:
             print(f"not resuming: {stem}.json was made with other settings; starting afresh")
-    result = {
-        "device": device_name(),
-        "commands": commands + [command],
-        **settings,
-        "seeds": args.seeds,
-        "split_seeds": args.split_seeds,
-        "runs": runs,
-    }
-    todo = [r for r in planned_runs(args) if not any((x["setup"], x["seed"], x["split_seed"]) == r for x in runs)]
+    command = harness.command_line("compare.py", argv)
+    result = {"device": harness.device_name(), "commands": commands + [command], **settings_now,
+              "tasks_asked": args.data, "seeds": args.seeds, "split_seeds": args.split_seeds, "runs": runs}  # fmt: skip
+    done = {(r["task"], r["setup"], r["seed"], r["split_seed"]) for r in runs}
+    todo = [r for r in planned_runs(args) if (task_name(r[0]), *r[1:]) not in done]
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, seed, split_seed) in enumerate(todo, 1):
+        for i, (task, name, seed, split_seed) in enumerate(todo, 1):
             start = time.perf_counter()
-            r = train_and_score(args, name, seed, split_seed, Path(tmp))
+            r = train_and_score(args, task, name, seed, split_seed, Path(tmp) / str(args.data.index(task)))
             runs.append(r)
-            print(
-                f"[{i}/{len(todo)}] {name:<20} seed {seed} split {split_seed}: best {pct(r['best_accuracy'])}% "
-                f"(re-predicted {pct(r['predicted_accuracy'])}%), {r['seconds_per_epoch']:.1f} s/epoch, "
-                f"{time.perf_counter() - start:.0f} s in all",
-                flush=True,
-            )
+            print(f"[{i}/{len(todo)}] {r['task']} {name} seed {seed} split {split_seed}: accuracy "
+                  f"{pct(r['accuracy'])}% (train.py's best {pct(r['best_accuracy'])}%), macro F1 "
+                  f"{pct(r['macro_f1'])}%, {r['seconds_per_epoch']:.1f} s/epoch, "
+                  f"{time.perf_counter() - start:.0f} s in all", flush=True)  # fmt: skip
             result["complete"] = i == len(todo)
             summarise(result)
-            write_results(stem, result, report(result), chart)
+            harness.write_results(stem, result, report(result), chart)
     if not todo:
         print("nothing to run: every planned run is in the results file")
 

@@ -69,10 +69,11 @@ def setup_flags(name, model_name):
 
 
 def train_setup(
-    name, seed, folder, model_name, data_source, epochs, split_seed=SEED, train_posts=None, eval_posts=None
+    name, seed, folder, model_name, data_source, epochs, split_seed=SEED, train_posts=None, eval_posts=None, extra=()
 ):
-    """Train a TRAIN_SETUPS entry with train.py in its own process into folder/<name>-<seed>-<split seed>; returns
-    (that folder, the command). A folder that already holds a finished run with this name is kept, not retrained."""
+    """Train a TRAIN_SETUPS entry with train.py in its own process into folder/<name>-<seed>-<split seed>, with the
+    extra flags last; returns (that folder, the command). A folder that already holds a finished run with this name
+    is kept, not retrained."""
     flags = setup_flags(name, model_name)
     flags += [
         "--model",
@@ -92,6 +93,7 @@ def train_setup(
     ]
     flags += ["--max-train-samples", str(train_posts)] if train_posts else []
     flags += ["--max-eval-samples", str(eval_posts)] if eval_posts else []
+    flags += list(extra)
     return run_train(flags, Path(folder) / f"{name}-{seed}-{split_seed}")
 
 

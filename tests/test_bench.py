@@ -114,66 +114,136 @@ def test_quick_benchmark_writes_table_json_and_chart(tiny_bert, posts_csv, tmp_p
 
 
 @pytest.mark.slow
-def test_compare_pairs_every_setup_with_full_fine_tuning_post_by_post(tiny_bert, posts_csv, tmp_path):
-    """--quick on the tiny BERT: 2 training seeds of full and Pfeiffer on one split, one more split seed; the
-    results file has the issue's shape, and the re-predicted accuracy of every saved run equals its own."""
+def test_compare_runs_two_tiny_tasks_and_pairs_every_setup_post_by_post(tiny_bert, posts_csv, tmp_path):
+    """--quick on the tiny BERT and two tasks (a file of two classes, the shipped 22 subreddits): 2 training seeds
+    of full, Pfeiffer and Houlsby, one more split seed; the results file has the issue's shape (per task and setup,
+    the paired tests, the summary across tasks), and every saved run re-predicts train.py's own accuracy."""
     run_cli(
-        "-m",
-        "bench.compare",
-        "--quick",
-        "--model",
-        tiny_bert,
-        "--data",
-        posts_csv,
-        "--setups",
-        "full",
-        "pfeiffer",
-        "--seeds",
-        "1",
-        "2",
-        "--split-seeds",
-        "5",
-        "--out",
-        tmp_path,
+        *("-m", "bench.compare", "--quick", "--model", tiny_bert, "--data", posts_csv, "subreddits"),
+        *("--setups", "houlsby", "pfeiffer", "--split-seeds", "5", "--out", tmp_path),
     )
-    [result_file] = tmp_path.glob("compare-*-quick.json")
+    [result_file] = tmp_path.glob("compare-tasks-*-quick.json")
     result = json.loads(result_file.read_text())
-    assert result["complete"] and set(result["setups"]) == {"full", "pfeiffer"}
-    pfeiffer = result["setups"]["pfeiffer"]
-    assert pfeiffer["seeds"] == [1, 2] and len(pfeiffer["accuracy"]) == len(pfeiffer["f1"]) == 2
-    assert all(s > 0 for s in pfeiffer["seconds_per_epoch"]) and pfeiffer["trainable"] > 0
-    paired = result["paired"]["pfeiffer"]
-    assert 0 <= paired["mcnemar_p"] <= 1 and len(paired["mcnemar_p_per_seed"]) == 2
-    lo, hi = paired["diff_ci95"]
-    assert lo <= paired["diff_mean"] <= hi
-    assert set(result["split_spread"]) == {"full", "pfeiffer"}
-    assert result["split_spread"]["full"]["split_seeds"] == [42, 5]
+    assert result["complete"] and list(result["tasks"]) == ["posts", "subreddits"]
+    assert len(result["runs"]) == 2 * 3 * 2 + 2 * 2  # tasks x setups x seeds, and full and pfeiffer on split 5
+    subreddits = result["tasks"]["subreddits"]
+    assert subreddits["classes"] == 22 and subreddits["val_posts"] == 100
+    assert list(subreddits["setups"]) == ["full", "houlsby", "pfeiffer"]
+    pfeiffer = subreddits["setups"]["pfeiffer"]
+    assert pfeiffer["seeds"] == [1, 2] and len(pfeiffer["accuracy"]) == len(pfeiffer["macro_f1"]) == 2
+    assert all(s > 0 for s in pfeiffer["seconds_per_epoch"]) and 0 < pfeiffer["megabytes"] < 1
+    assert pfeiffer["trainable"] < subreddits["setups"]["full"]["trainable"]
+    assert list(subreddits["paired"]) == ["houlsby vs full", "pfeiffer vs full", "pfeiffer vs houlsby"]
+    for paired in subreddits["paired"].values():
+        assert 0 <= paired["mcnemar_p"] <= 1 and paired["seeds"] == [1, 2]
+        for key in ("accuracy", "macro_f1"):
+            lo, hi = paired[f"{key}_ci95"]
+            assert lo - 1e-9 <= paired[f"{key}_diff"] <= hi + 1e-9
+    assert result["tasks"]["posts"]["split_spread"]["full"]["split_seeds"] == [42, 5]
     for run in result["runs"]:
-        assert abs(run["predicted_accuracy"] - run["best_accuracy"]) < 1e-6 and len(run["correct"]) == 13
-    assert "python train.py --mode adapter --adapter-config pfeiffer" in result["runs"][1]["command"]
+        assert abs(run["accuracy"] - run["best_accuracy"]) < 1e-6
+    summary = result["summary"]["macro_f1"]["setups"]
+    assert min(s["mean_rank"] for s in summary.values()) >= 1 and summary["full"]["tasks"] == 2
     table = result_file.with_suffix(".md").read_text()
-    assert "| pfeiffer | 1, 2 |" in table and "Spread across split seeds" in table
-    assert result["commands"] == [
-        f"python -m bench.compare --quick --model {tiny_bert} --data {posts_csv} --setups "
-        f"full pfeiffer --seeds 1 2 --split-seeds 5 --out {tmp_path}"
-    ]
+    assert "| subreddits | 22 |" in table and "| posts | pfeiffer vs houlsby |" in table and "mean rank" in table
     assert result_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert "python train.py --mode adapter --adapter-config houlsby" in result["runs"][1]["command"]
 
 
-def test_mcnemar_and_bootstrap_on_known_cases():
+def test_mcnemar_and_the_paired_bootstrap_on_known_cases():
+    """textclassifier.metrics: McNemar's exact test counts the posts only one model gets right; the weighted scores
+    are scikit-learn's macro F1 when every post weighs 1; the paired bootstrap of two equal sides is 0 exactly."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from textclassifier import metrics
+
+    assert metrics.mcnemar([1, 1, 0, 0], [1, 1, 0, 0]) == (1.0, 0, 0)
+    p, only_first, only_second = metrics.mcnemar([0] * 5 + [1] * 5, [1] * 10)  # 5 discordant, all one way
+    assert (only_first, only_second) == (0, 5) and abs(p - 2 / 32) < 1e-12
+    assert metrics.mcnemar([1] * 9 + [0] * 11, [0] * 9 + [1] * 11)[0] > 0.8  # 9 against 11: a fair coin could
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 200)
+    preds = np.where(rng.random(200) < 0.6, labels, rng.integers(0, 4, 200))  # class 4 never predicted
+    scores = metrics.weighted_scores(np.ones((1, 200)), preds, labels, 6)  # class 5: no post, no prediction
+    expected = f1_score(labels, preds, average="macro", labels=list(range(6)), zero_division=0)
+    assert scores["macro_f1"][0] == pytest.approx(expected) and scores["accuracy"][0] == (preds == labels).mean()
+    same = metrics.paired_bootstrap(labels, [preds, labels], [preds, labels], 6, resamples=200)
+    assert same == {"accuracy": (0.0, [0.0, 0.0]), "macro_f1": (0.0, [0.0, 0.0])}
+    half = np.where(np.arange(200) < 100, labels, (labels + 1) % 5)  # right on the first 100 posts only
+    diff, (lo, hi) = metrics.paired_bootstrap(labels, [half], [labels], 5, resamples=2000)["accuracy"]
+    assert diff == 0.5 and 0.4 < lo < 0.5 < hi < 0.6
+
+
+def hand_made_task(means):
+    """A task's summary as compare.summarise_task writes it: {setup: its macro F1 per seed}."""
+    return {
+        "setups": {
+            name: {"macro_f1_mean": sum(values) / len(values), "accuracy_mean": sum(values) / len(values)}
+            for name, values in means.items()
+        }
+    }
+
+
+def test_the_summary_ranks_setups_per_task_and_counts_tasks_within_one_point():
+    """Ranks per task by the mean (1 best, ties share), mean ranks over the tasks that ran the setup, and the tasks
+    where a setup is at most one point below full fine-tuning (one point exactly counts; 1.1 does not)."""
     from bench import compare
 
-    assert compare.mcnemar_exact("1111100000", "1111100000") == (1.0, 0, 0)
-    p, only_first, only_second = compare.mcnemar_exact("0000011111", "1111111111")  # 5 discordant, all one way
-    assert (only_first, only_second) == (0, 5) and abs(p - 2 / 32) < 1e-12
-    p, _, _ = compare.mcnemar_exact("1" * 9 + "0" * 11, "0" * 9 + "1" * 11)  # 9 against 11: a fair coin could
-    assert p > 0.8
-    runs = [{"correct": "1100"}, {"correct": "1000"}]
-    diff, (lo, hi) = compare.bootstrap_diff(runs, runs)
-    assert diff == lo == hi == 0.0
-    diff, (lo, hi) = compare.bootstrap_diff([{"correct": "0" * 50 + "1" * 50}], [{"correct": "1" * 100}])
-    assert diff == 0.5 and 0.35 < lo < 0.5 < hi <= 0.65
-    assert compare.majority([{"correct": "110"}, {"correct": "101"}, {"correct": "000"}]) == "100"
+    tasks = {
+        "a": hand_made_task({"full": [0.90], "pfeiffer": [0.89], "houlsby": [0.95]}),
+        "b": hand_made_task({"full": [0.80], "pfeiffer": [0.80], "houlsby": [0.789]}),
+        "c": hand_made_task({"full": [0.50], "pfeiffer": [0.70]}),
+    }
+    summary = compare.across_tasks(tasks)
+    assert summary["ranks"] == {
+        "a": {"full": 2.0, "pfeiffer": 3.0, "houlsby": 1.0},
+        "b": {"full": 1.5, "pfeiffer": 1.5, "houlsby": 3.0},
+        "c": {"full": 2.0, "pfeiffer": 1.0},
+    }
+    setups = summary["setups"]
+    assert setups["pfeiffer"]["mean_rank"] == pytest.approx((3 + 1.5 + 1) / 3) and setups["houlsby"]["tasks"] == 2
+    assert setups["houlsby"]["mean_rank"] == 2.0
+    assert setups["pfeiffer"]["within_one_point_of_full"] == ["a", "b", "c"]
+    assert setups["houlsby"]["within_one_point_of_full"] == ["a"]  # b: 1.1 points below
+
+
+def test_paired_tests_of_a_hand_made_table_and_its_chart():
+    """Three setups on one task, 3 seeds: the posts right in most seeds go to McNemar, the bootstrap averages the
+    seeds; Pfeiffer against Houlsby is its own comparison; the chart has the metric per task and the weights."""
+    from bench import compare
+
+    labels = [0, 1] * 20
+
+    def runs(setup, predictions, trainable):
+        return [
+            {"task": "t", "setup": setup, "seed": seed, "split_seed": 42, "classes": 2,
+             "labels": " ".join(map(str, labels)), "predicted": " ".join(map(str, p)),
+             "accuracy": sum(a == b for a, b in zip(p, labels)) / 40, "macro_f1": 0.5, "seconds_per_epoch": 1.0,
+             "trainable": trainable, "megabytes": 1.0}
+            for seed, p in zip([1, 2, 3], predictions)
+        ]  # fmt: skip
+
+    wrong_first = [1 - y if i < 10 else y for i, y in enumerate(labels)]  # the first 10 posts wrong
+    full = runs("full", [labels, labels, wrong_first], 10**6)
+    pfeiffer = runs("pfeiffer", [wrong_first, wrong_first, labels], 10**4)  # wrong on the 10 in most seeds
+    houlsby = runs("houlsby", [labels] * 3, 2 * 10**4)
+    task = compare.summarise_task(full + pfeiffer + houlsby, first_seed=1)
+    assert list(task["paired"]) == ["pfeiffer vs full", "houlsby vs full", "pfeiffer vs houlsby"]
+    q = task["paired"]["pfeiffer vs full"]
+    assert q["right_only"] == {"pfeiffer": 0, "full": 10} and q["mcnemar_p"] == pytest.approx(2 / 2**10)
+    assert q["accuracy_diff"] == pytest.approx(-10 / 40 / 3) and q["verdict"] == "differs (accuracy, macro F1)"
+    assert task["paired"]["houlsby vs full"]["accuracy_diff"] == pytest.approx(10 / 40 / 3)
+    assert task["paired"]["pfeiffer vs houlsby"]["accuracy_diff"] == pytest.approx(-2 * 10 / 40 / 3)
+    result = {"tasks": {"t": task, "u": task}, "seeds": [1, 2, 3], "epochs": 1, "train_posts": 10, "device": "CPU"}
+    result["summary"] = {key: compare.across_tasks(result["tasks"], key) for key in compare.METRICS}
+    fig = compare.chart(result)
+    per_task, weights = fig.axes
+    assert [t.get_text() for t in per_task.get_xticklabels()] == ["t", "u"]
+    means = [tuple(c.get_offsets()[0]) for c in weights.collections[1::2]]  # each setup's mean over the tasks
+    assert weights.get_xscale() == "log" and means == [(10**6, 0.0), (10**4, 0.0), (2 * 10**4, 0.0)]
+    settings = {"complete": True, "commands": ["x"], "val_posts": 40, "max_length": 64, "model": "m"}
+    assert "| t | pfeiffer vs houlsby |" in compare.report({**result, **settings})
 
 
 def test_gpu_bench_without_a_gpu_exits_2_with_one_line(monkeypatch, capsys):
@@ -229,26 +299,3 @@ def test_every_command_in_the_results_runs_today_or_names_the_commit_that_ran_it
                 continue
             assert re.search(r"(commit|worktree add \S+) [0-9a-f]{7,40}", text), f"{f.name}: python {form}{name}"
     assert checked > 50
-
-
-def test_compare_draws_accuracy_and_time_per_epoch_from_its_results_file(tmp_path):
-    """The README's chart: `--redraw` draws the committed results again (nothing trained): accuracy per setup on the
-    left, the median seconds per epoch on the right; no results file is one line."""
-    import statistics
-
-    from bench import compare
-    from bench.harness import machine_slug
-
-    committed = ROOT / "bench" / "results" / "compare-cpu-2cores.json"
-    result = json.loads(committed.read_text())
-    fig = compare.chart(result)
-    acc, speed = fig.axes
-    assert [t.get_text() for t in speed.get_xticklabels()] == list(result["setups"])
-    heights = [bar.get_height() for bar in speed.patches]
-    assert heights == [statistics.median(s["seconds_per_epoch"]) for s in result["setups"].values()]
-    assert heights[0] > heights[1]  # full fine-tuning takes longer per epoch than Pfeiffer
-    (tmp_path / f"compare-{machine_slug()}.json").write_text(committed.read_text())
-    compare.main(["--redraw", "--out", str(tmp_path)])
-    assert (tmp_path / f"compare-{machine_slug()}.png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(SystemExit, match="no results file"):
-        compare.main(["--redraw", "--out", str(tmp_path), "--name", "missing"])

@@ -1,7 +1,8 @@
 """
 Every metric of the project, by scikit-learn and numpy: of predicted labels against true ones (label_metrics: what
 training reports after every epoch), and of class probabilities (probability_metrics): AUC, Brier score, expected
-calibration error, bootstrap intervals, the share of each group flagged and the AUC between two groups. With two
+calibration error, bootstrap intervals, the share of each group flagged and the AUC between two groups; and two
+models compared on the same posts (mcnemar, paired_bootstrap). With two
 classes, precision, recall and F1 are class 1's (the positive class, "depressive"); with more, their macro
 averages. macro_f1 is the mean F1 over all classes in both cases.
 
@@ -11,6 +12,7 @@ averages. macro_f1 is the mean F1 over all classes in both cases.
 """
 
 import numpy as np
+from scipy.stats import binomtest
 from sklearn.metrics import (
     accuracy_score,
     brier_score_loss,
@@ -175,3 +177,37 @@ def probability_metrics(
             probs, groups, threshold, pairs, resamples, seed, label_names
         )
     return result
+
+
+def mcnemar(first_right, second_right):
+    """Two-sided exact McNemar test on per-post correctness (booleans): the posts only one of the two models gets
+    right are a fair coin's tosses if both are equally accurate. Returns (p, only first right, only second right)."""
+    first, second = np.asarray(first_right, bool), np.asarray(second_right, bool)
+    b, c = int((first & ~second).sum()), int((~first & second).sum())
+    return (float(binomtest(c, b + c).pvalue) if b + c else 1.0), b, c
+
+
+def weighted_scores(weights, preds, labels, num_classes):
+    """Accuracy and macro F1 (scikit-learn's over every class, 0 for a class with no post and no prediction) of
+    preds for each row of weights, a weight (a count) per post: {"accuracy": array, "macro_f1": array}."""
+    preds, labels = np.asarray(preds), np.asarray(labels)
+    f1 = []
+    for k in range(num_classes):
+        tp, fp, fn = (weights @ m for m in ((preds == k) & (labels == k), (preds == k) & (labels != k),
+                                            (preds != k) & (labels == k)))  # fmt: skip
+        f1.append(np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros(len(weights)), where=2 * tp + fp + fn > 0))
+    return {"accuracy": weights @ (preds == labels) / weights.sum(1), "macro_f1": np.mean(f1, 0)}
+
+
+def paired_bootstrap(labels, first, second, num_classes, resamples=10_000, seed=0):
+    """Accuracy and macro F1 of `second` less `first` on the same posts, each given as predictions per seed (seeds x
+    posts, the seeds paired) and averaged over seeds, with its 95% interval, the posts resampled with replacement:
+    {"accuracy": (difference, [low, high]), "macro_f1": ...}."""
+    n = len(labels)
+    weights = np.vstack([np.ones(n), np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), resamples)])
+    diff = {"accuracy": 0.0, "macro_f1": 0.0}
+    for a, b in zip(first, second):
+        sa, sb = weighted_scores(weights, a, labels, num_classes), weighted_scores(weights, b, labels, num_classes)
+        diff = {key: diff[key] + (sb[key] - sa[key]) / len(first) for key in diff}
+    return {key: (float(d[0]), [float(np.percentile(d[1:], 2.5)), float(np.percentile(d[1:], 97.5))])
+            for key, d in diff.items()}  # fmt: skip

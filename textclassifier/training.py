@@ -594,11 +594,9 @@ def set_up(args, accelerator, staging, resume=False, config=None):
     return run, record
 
 
-def load_data(args, tokenizer, log):
-    """--data (and --other-senses) read, cleaned, split, cut to --max-train-samples / --max-eval-samples, the
-    training posts' short and masked copies added where asked, tokenised, the length-only model's prior added where
-    --length-expert asks: (train, validation, label names, data info, each validation post's source or None, the
-    length expert's figures or None)."""
+def read_splits(args, log):
+    """--data (and --other-senses) read, cleaned, split and cut to --max-train-samples / --max-eval-samples, as
+    train.py trains and validates on them: (train, validation, label names, data info), the texts as they are."""
     train_ds, val_ds, label_names, data_info = data.load_splits(
         data.sources(args.data, args.other_senses),
         text_column=args.text_column,
@@ -613,6 +611,14 @@ def load_data(args, tokenizer, log):
         train_ds = train_ds.select(range(min(args.max_train_samples, len(train_ds))))
     if args.max_eval_samples:
         val_ds = val_ds.select(range(min(args.max_eval_samples, len(val_ds))))
+    return train_ds, val_ds, label_names, data_info
+
+
+def load_data(args, tokenizer, log):
+    """read_splits, then the training posts' short and masked copies added where asked, tokenised, the length-only
+    model's prior added where --length-expert asks: (train, validation, label names, data info, each validation
+    post's source or None, the length expert's figures or None)."""
+    train_ds, val_ds, label_names, data_info = read_splits(args, log)
     if args.other_senses and label_names != data.LABEL_NAMES:
         raise DataError(
             f"--other-senses adds posts labelled 0 (not depressive): it needs data labelled 0 and 1, not "
