@@ -35,7 +35,7 @@ from transformers.utils import logging as hf_logging
 import data
 import model as M
 from errors import DataError, ModelError, fail
-from textclassifier import cli, model_card, saved, settings, sharing, training
+from textclassifier import cli, fusion, model_card, saved, settings, sharing, training
 
 OUTPUT_DIR = {"adapter": "adapters", "full": "models"}
 
@@ -87,6 +87,11 @@ def parse_args(argv=None):
         if args.push_to_hub and named and not named["shareable"]:
             raise DataError(f"--data {args.data} is for research use only (docs/tasks.md): a model trained on it is "
                             f"not shared; drop --push-to-hub")  # fmt: skip
+        fused = fusion.check_sources(args.fusion, args.model) if args.push_to_hub and args.fusion else []
+        for word, (_, _, info, _) in zip(args.fusion or [], fused):
+            if not (data.named_set(info.get("data_set")) or {"shareable": True})["shareable"]:
+                raise DataError(f"--fusion {word} was trained on {info['data_set']}, for research use only "
+                                f"(docs/tasks.md): a Fusion holding it is not shared; drop --push-to-hub")  # fmt: skip
         sharing.check_push(args.push_to_hub, args.private)  # before training: no run wasted on a push that cannot be
     except (DataError, ModelError) as e:
         fail(str(e))
@@ -134,7 +139,7 @@ def claim_output(args, num_processes):
 
 
 def run(args):
-    if args.mode == "adapter":
+    if args.mode == "adapter" and not args.fusion:
         M.check_adapter_request(
             args.model, args.adapter_config, args.reduction_factor, args.leave_out
         )  # before any work
@@ -179,14 +184,17 @@ def save(args, accelerator, run, record, best, history, calibration=None):
     final, output = accelerator.unwrap_model(run.model), output_folder(args)
     result = run.staging / "result"
     shutil.rmtree(result, ignore_errors=True)
-    saved.save_trained(final, M.load_tokenizer(args.model), result, args.mode)
+    if args.fusion:
+        saved.save_fusion(final, result)
+    else:
+        saved.save_trained(final, M.load_tokenizer(args.model), result, args.mode)
     training.write_metrics(result / "metrics.jsonl", history)
     saved.write_training_info(result, training_info(args, accelerator, run, record, best, history, calibration))
     # README.md: the Hub's metadata, what a person reads first; it names the Hub id where the folder is pushed
     model_card.write_card(result, name=output.name, repo_id=args.push_to_hub)
     saved.swap_in(result, output)
     shutil.rmtree(run.staging)
-    size = sum(f.stat().st_size for f in output.iterdir()) / 1e6
+    size = sum(f.stat().st_size for f in output.rglob("*") if f.is_file()) / 1e6
     accelerator.print(f"best epoch {best['epoch']} (by {args.metric}): {training.format_scores(best, run.label_names)}")
     accelerator.print(
         f'saved to {output}/ ({size:.1f} MB); predict with: python predict.py --adapter {output} "some text"'
@@ -202,7 +210,7 @@ def training_info(args, accelerator, run, record, best, history, calibration=Non
     processes = accelerator.num_processes
     return {
         **run.config,  # every setting (settings.resume_config)
-        "base_model": args.model, "adapter_name": M.ADAPTER_NAME,
+        "base_model": args.model, "adapter_name": ",".join(record["fused"]) if args.fusion else M.ADAPTER_NAME,
         "adapter_config": args.adapter_config if args.mode == "adapter" else None, "label_names": run.label_names,
         "class_weights": run.weights,
         "data_set": args.data if isinstance(args.data, str) and args.data in data.DATA_SETS else None,
@@ -212,6 +220,19 @@ def training_info(args, accelerator, run, record, best, history, calibration=Non
         "device": str(accelerator.device), **record["data_info"], "train_size": record["train_size"],
         "val_size": record["val_size"], "parameters": record["parameters"], "best_epoch": best["epoch"],
         "best": best, "calibration": calibration, "versions": training.library_versions(),
+        **({"fusion": fusion_info(args, record["fused"])} if args.fusion else {}),
+    }  # fmt: skip
+
+
+def fusion_info(args, names):
+    """training.json's "fusion": the fused adapters' names in the folder, the Fusion's name (its subfolder) and what
+    each came from (--fusion's word, its task, adapter config and labels)."""
+    sources = fusion.check_sources(args.fusion, args.model)
+    return {
+        "adapters": names, "name": ",".join(names), "config": fusion.FUSION_CONFIG,
+        "sources": [{"name": name, "from": word, "data_set": info.get("data_set"), "adapter_config":
+                     info.get("adapter_config"), "label_names": info["label_names"]}
+                    for word, (name, _, info, _) in zip(args.fusion, sources)],
     }  # fmt: skip
 
 

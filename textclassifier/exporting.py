@@ -26,7 +26,7 @@ from textclassifier import hardware, inference, saved
 # Adapter configs that can be exported: bottleneck adapters as they are, LoRA-kind adapters merged into the weights.
 BOTTLENECK_CONFIGS = ("pfeiffer", "houlsby", "seq_bn", "double_seq_bn", "parallel", "par_bn", "scaled_parallel",
                       "scaled_par_bn")  # fmt: skip
-EXPORTABLE = BOTTLENECK_CONFIGS + saved.MERGEABLE_CONFIGS
+EXPORTABLE = BOTTLENECK_CONFIGS + saved.MERGEABLE_CONFIGS + ("fusion",)  # fusion: an AdapterFusion of bottlenecks
 FP32_TOLERANCE = 1e-4  # largest difference from torch's probabilities that the fp32 export may show
 # What int8 may cost against fp32, on the check posts (measured per kind of CPU in docs/speed.md): no post whose fp32
 # answer is clear, further than INT8_MARGIN from the decision boundary (two classes: p outside 0.3-0.7), changes its

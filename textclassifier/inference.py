@@ -271,8 +271,6 @@ def classify_shared(shared, texts, batch_size=64, only=None):
     """{task name: class probabilities (n_texts x its labels, a tensor)} for every task of a SharedBase (or the
     tasks named in `only`), each pass's texts prepared as its tasks were trained (normalised, truncated at their
     max length)."""
-    from adapters import Parallel
-
     wanted = list(shared.tasks) if only is None else [name for name in shared.tasks if name in only]
     out = {}
     for names in [[n for n in p if n in wanted] for p in shared.passes]:
@@ -280,7 +278,7 @@ def classify_shared(shared, texts, batch_size=64, only=None):
             continue
         info = shared.tasks[names[0]].info
         prepared = [normalize_text(t) for t in texts] if info.get("normalize_text") else list(texts)
-        shared.model.active_adapters = Parallel(*names) if len(names) > 1 else names[0]
+        activate(shared, names)
         rows = max(1, batch_size // len(names))  # a Parallel pass replicates the batch: as many rows as one model's
         temperatures = [temperature(shared.tasks[name].info) for name in names]
         probs = predict_proba(
@@ -289,6 +287,19 @@ def classify_shared(shared, texts, batch_size=64, only=None):
         )  # fmt: skip
         out.update(zip(names, probs if len(names) > 1 else [probs]))
     return {name: out[name] for name in wanted}
+
+
+def activate(shared, names):
+    """Make a pass's tasks the active ones in a SharedBase: several in a Parallel block, or one adapter, or one
+    AdapterFusion (saved.activate_fusion)."""
+    from adapters import Parallel
+
+    from textclassifier import saved
+
+    if saved.is_fusion(shared.tasks[names[0]].info):
+        saved.activate_fusion(shared.model, shared.tasks[names[0]].info, names[0])
+    else:
+        shared.model.active_adapters = Parallel(*names) if len(names) > 1 else names[0]
 
 
 def classify(loaded, texts, batch_size=64, by_length=True):
@@ -401,11 +412,12 @@ def onednn(enabled):
 
 def trained_fingerprint(folder):
     """SHA-256 of what train.py wrote into the folder (training.json, configs, weights, tokenizer files), not of
-    the export's own files: an export records it, and a folder trained again no longer matches."""
+    the export's own files: an export records it, and a folder trained again no longer matches. An AdapterFusion's
+    subfolders count, under their paths in the folder."""
     digest = hashlib.sha256()
-    for path in sorted(Path(folder).iterdir()):
+    for path in sorted(Path(folder).rglob("*")):
         if path.is_file() and path.suffix in (".json", ".safetensors", ".txt") and path.name not in EXPORT_FILES:
-            digest.update(path.name.encode() + b"\0")
+            digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
             with open(path, "rb") as f:
                 while block := f.read(1 << 20):
                     digest.update(block)

@@ -251,6 +251,10 @@ def method(info):
              "(`double_seq_bn`)"}  # fmt: skip
     params = info.get("parameters") or {}
     share = f", {params['trainable']:,} trained weights ({params['trainable_percent']:.2f}%)" if params else ""
+    if config == "fusion":
+        fused = ", ".join(f"`{s['name']}` ({s.get('data_set') or 'own data'})" for s in info["fusion"]["sources"])
+        return (f"an AdapterFusion (Pfeiffer et al., 2021) over the trained adapters {fused}, frozen (copies in this "
+                f"folder), with a new classification head{share}, the base frozen")  # fmt: skip
     return f"a {names.get(config, f'`{config}` adapter')} with its classification head{share}, the base frozen"
 
 
@@ -413,11 +417,16 @@ def how_to_use(name, info, repo_id=None):
             f'classify = pipeline("text-classification", model="{where}")  # {other}\n'
             'print(classify("some text"))\n```'
         )
-    else:
+    else:  # an AdapterFusion folder is the library's adapter setup: its adapters, the Fusion and the head
+        load = (
+            "setup, head = model.load_adapter_setup"
+            if info.get("adapter_config") == "fusion"
+            else "name = model.load_adapter"
+        )
         library = (
             "```python\nfrom adapters import AutoAdapterModel\nfrom transformers import AutoTokenizer\n\n"
             f'model = AutoAdapterModel.from_pretrained("{base}")\n'
-            f'name = model.load_adapter("{where}", set_active=True, use_safetensors=True)  # {other}\n'
+            f'{load}("{where}", set_active=True, use_safetensors=True)  # {other}\n'
             f'tokenizer = AutoTokenizer.from_pretrained("{base}")\n'
             f'logits = model(**tokenizer(["some text"], return_tensors="pt", truncation=True, '
             f"max_length={info['max_length']})).logits\n```"

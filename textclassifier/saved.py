@@ -6,11 +6,15 @@ file checked, and how it is written safely (one writer at a time, a staging fold
   TRAINING_INFO_SCHEMA first.
 - load_trained: (model, tokenizer, info), safetensors only, every trained weight checked to come from the folder;
   load_on_one_base: several adapter folders on one base model.
+- An AdapterFusion folder (train.py --fusion) is the adapters library's save_adapter_setup layout, which plain
+  `model.load_adapter_setup(folder)` loads too: adapter_setup.json, a subfolder per fused adapter, and one named after
+  the Fusion (its weights and the head); save_fusion writes it, load_fusion loads it under any name.
 - lock_folder, swap_in, release_lock: one writer per folder, and a new folder swapped in whole.
 """
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -100,7 +104,7 @@ def read_training_info(folder, model_name=None):
         check_training_info(info, info_file)
     else:
         info = plain_adapter_info(folder, model_name)
-    required = FOLDER_FILES[info["mode"]]
+    required = folder_files(info)
     missing = [name for name in required if not (folder / name).is_file()]
     if info["mode"] == "full" and not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
         missing.append("tokenizer.json or vocab.txt")
@@ -184,6 +188,28 @@ FOLDER_FILES = {
 }
 
 
+def folder_files(info):
+    """The files a folder of this training.json must hold: FOLDER_FILES by mode, or an AdapterFusion's
+    (FUSION_FILES: the setup, each fused adapter's subfolder, the Fusion's with its head)."""
+    if not is_fusion(info):
+        return FOLDER_FILES[info["mode"]]
+    fused = info["fusion"]
+    return [
+        "adapter_setup.json",
+        *[f"{name}/{file}" for name in fused["adapters"] for file in FOLDER_FILES["adapter"][::2]],
+        *[f"{fused['name']}/{file}" for file in FUSION_FILES],
+    ]
+
+
+FUSION_FILES = ["adapter_fusion_config.json", "head_config.json", "model_adapter_fusion.safetensors",
+                "model_head.safetensors"]  # fmt: skip
+
+
+def is_fusion(info):
+    """A folder written by train.py --fusion (training.json's "fusion": the fused adapters' names, the Fusion's)."""
+    return info.get("adapter_config") == "fusion"
+
+
 def read_json(path, again=TRAIN_AGAIN):
     try:
         return json.loads(Path(path).read_text())
@@ -232,7 +258,10 @@ def load_trained(folder, model_name=None):
             f"the adapter in {folder} was trained on {base}, not {model_name}; drop --model or pass --model {base}"
         )
     model = load_base_model(base)
-    load_adapter(model, folder, again=how_to_mend(info))
+    if is_fusion(info):
+        load_fusion(model, folder, info)
+    else:
+        load_adapter(model, folder, again=how_to_mend(info))
     return model.eval(), load_tokenizer(base), info
 
 
@@ -264,7 +293,10 @@ def load_on_one_base(folders, names, model_name=None):
             )
     model = load_base_model(base)
     for folder, name, info in zip(folders, names, infos):
-        load_adapter(model, folder, load_as=name, again=how_to_mend(info))
+        if is_fusion(info):
+            load_fusion(model, folder, info, load_as=name)
+        else:
+            load_adapter(model, folder, load_as=name, again=how_to_mend(info))
     return model.eval(), load_tokenizer(base), infos
 
 
@@ -283,36 +315,97 @@ def merge_adapter(model, info):
     return True
 
 
-def load_adapter(model, folder, load_as=None, again=TRAIN_AGAIN):
-    """Add a saved adapter with its head to `model` and make it the active one; returns its name.
+def load_adapter(model, folder, load_as=None, again=TRAIN_AGAIN, with_head=True):
+    """Add a saved adapter with its head (with_head) to `model` and make it the active one; returns its name.
     Every weight of that adapter and head must come from the folder's safetensors files, with the values stored
     there: a file with other names would otherwise leave freshly initialised weights in place, silently. again: what
     a refusal tells to do about it."""
     folder = Path(folder)
     if not folder.is_dir():  # the library would look a missing path up on the Hub
         raise ModelError(f"no adapter folder at {folder}")
-    for name in FOLDER_FILES["adapter"]:
+    files = FOLDER_FILES["adapter"] if with_head else FOLDER_FILES["adapter"][::2]
+    for name in files:
         if not (folder / name).is_file():
             raise ModelError(f"{folder} is incomplete (missing {name}); {again}")
         if name.endswith(".json"):
             read_json(folder / name, again)
     try:
         with no_inactive_adapter_notice():
-            name = model.load_adapter(str(folder), load_as=load_as, set_active=True, use_safetensors=True)
+            name = model.load_adapter(
+                str(folder), load_as=load_as, set_active=True, use_safetensors=True, with_head=with_head
+            )
     except Exception as e:
         raise ModelError(
             f"cannot load the adapter in {folder} ({type(e).__name__}: {first_line(e)}); {again}"
         ) from None
-    check_loaded_weights(model, name, folder, again)
+    check_loaded_weights(model, name, folder, again, [f for f in files if f.endswith(".safetensors")])
     return name
 
 
-def check_loaded_weights(model, name, folder, again=TRAIN_AGAIN):
-    """The adapter's and head's parameters in `model` are exactly the tensors stored in `folder`."""
+def save_fusion(model, folder):
+    """The model's active AdapterFusion into `folder` as the library's adapter setup (save_adapter_setup): its
+    adapters, the Fusion and its head (named as the Fusion), in safetensors."""
+    fuse = model.active_adapters
+    model.save_adapter_setup(str(folder), fuse, head_setup=fuse.name, use_safetensors=True)
+
+
+def fused_names(info, load_as=None):
+    """(the fused adapters' names, the Fusion's name) of a fusion folder loaded as `load_as`: their saved names, or
+    each prefixed with load_as (so that several folders' adapters of the same name live in one model)."""
+    names = [name if load_as is None else f"{load_as}--{name}" for name in info["fusion"]["adapters"]]
+    return names, ",".join(names)
+
+
+def load_fusion(model, folder, info, load_as=None):
+    """An AdapterFusion folder (save_fusion) into `model`, active, its adapters named by fused_names; every weight
+    checked to come from the folder's files (load_adapter, check_loaded_weights). The library's own
+    load_adapter_setup cannot load it under another name."""
+    from adapters import Fuse
+
+    folder, again = Path(folder), how_to_mend(info)
+    names, fusion = fused_names(info, load_as)
+    for saved_name, name in zip(info["fusion"]["adapters"], names):
+        load_adapter(model, folder / saved_name, load_as=name, again=again, with_head=False)
+    where = folder / info["fusion"]["name"]
+    config = read_json(where / "adapter_fusion_config.json", again)
+    try:
+        with no_inactive_adapter_notice():
+            model.add_adapter_fusion(Fuse(*names), config=config["config"])
+            library_logger = logging.getLogger("adapters.loading")
+            library_logger.disabled, was = True, library_logger.disabled  # "Overwriting existing adapter fusion"
+            try:
+                model.load_adapter_fusion(str(where), load_as=fusion, with_head=False, use_safetensors=True)
+            finally:
+                library_logger.disabled = was
+            model.load_head(str(where), load_as=fusion, use_safetensors=True)
+    except Exception as e:
+        raise ModelError(
+            f"cannot load the AdapterFusion in {where} ({type(e).__name__}: {first_line(e)}); {again}"
+        ) from None
+    check_loaded_weights(model, fusion, where, again, FUSION_FILES[2:])
+    activate_fusion(model, info, load_as)
+    return fusion
+
+
+def activate_fusion(model, info, load_as=None):
+    """Make a loaded AdapterFusion (load_fusion) and its head the active ones."""
+    from adapters import Fuse
+
+    names, fusion = fused_names(info, load_as)
+    model.set_active_adapters(Fuse(*names))
+    model.active_head = fusion
+
+
+def check_loaded_weights(
+    model, name, folder, again=TRAIN_AGAIN, files=("adapter.safetensors", "model_head.safetensors")
+):
+    """The parameters of adapter (or Fusion) `name` and of its head in `model` are exactly the tensors stored in
+    `folder`'s files."""
     stored = {}
-    for file in ("adapter.safetensors", "model_head.safetensors"):
+    for file in files:
         stored.update(load_file(str(folder / file)))
-    saved_name = read_json(folder / "adapter_config.json", again).get("name", name)
+    config = folder / ("adapter_config.json" if "adapter.safetensors" in files else "adapter_fusion_config.json")
+    saved_name = read_json(config, again).get("name", name)
     stored = {key.replace(f".{saved_name}.", f".{name}."): value for key, value in stored.items()}
     params = {n: p for n, p in model.named_parameters() if f".{name}." in f".{n}"}
     buffers = {n: b for n, b in model.named_buffers() if f".{name}." in f".{n}"}  # e.g. loreft's orthogonal base

@@ -20,7 +20,7 @@ import data
 import model as M
 import posts
 from errors import DataError
-from textclassifier import training
+from textclassifier import fusion, training
 
 
 def setting(default=None, help="", **argparse_options):
@@ -76,7 +76,11 @@ class ModelSettings:
     )  # fmt: skip
     reduction_factor: int | None = setting(help="hidden size / bottleneck size (None: the library's, 16)")
     leave_out: list[int] | None = setting(help="layers without an adapter, e.g. 0 1 2", metavar="LAYER")
-    model: str = setting(M.DEFAULT_MODEL, "base model: a Hub id or a folder (bert-base-uncased: the write-up's)")
+    fusion: list[str] | None = setting(help="train an AdapterFusion over these trained adapters (folders or Hub "
+                                       "ids, at least two; frozen) and a new head for --data (docs/fusion.md)",
+                                       nargs="+", metavar="ADAPTER")  # fmt: skip
+    model: str | None = setting(help=f"base model: a Hub id or a folder (None: {M.DEFAULT_MODEL}, with --fusion the "
+                                "fused adapters'; bert-base-uncased: the write-up's)")  # fmt: skip
     attention_dropout: float = setting(training.ATTENTION_DROPOUT, "dropout on the attention probabilities")
 
 
@@ -134,7 +138,14 @@ def complete(args):
     )
     args.length_expert = args.length_expert or None  # 0: off
     data.parse_label_map(args.label_map)
-    args.lr = args.lr or training.LR[args.mode]
+    if args.fusion:  # the adapters checked before any work; the base model and config theirs
+        if args.mode != "adapter":
+            raise DataError("--fusion trains an AdapterFusion over trained adapters, the base frozen: drop --mode full")
+        args.model = args.model or fusion.check_sources(args.fusion, args.model)[0][2]["base_model"]
+        fusion.check_sources(args.fusion, args.model)
+        args.adapter_config = "fusion"
+    args.model = args.model or M.DEFAULT_MODEL
+    args.lr = args.lr or training.LR["fusion" if args.fusion else args.mode]
     return args
 
 

@@ -16,6 +16,7 @@ are) and then checked as a local folder is; a local folder of the same name wins
 where the Hub is used: the ONNX path stays quick.
 """
 
+import json
 import re
 from pathlib import Path
 
@@ -154,12 +155,25 @@ def check_push(repo_id, private=False):
 
 
 def files_to_push(folder):
-    """The folder's own files: regular files directly in it, without hidden files, locks and leftovers."""
+    """The folder's own files, by their paths in it: regular files directly in it and, for an AdapterFusion, in the
+    subfolders its training.json names (its adapters, the Fusion), without hidden files, locks and leftovers."""
+    folder = Path(folder)
+    places = [folder, *(folder / name for name in fusion_subfolders(folder))]
     return sorted(
-        p.name
-        for p in Path(folder).iterdir()
+        p.relative_to(folder).as_posix()
+        for place in places
+        for p in place.iterdir()
         if p.is_file() and not p.name.startswith(".") and not p.name.endswith((".lock", ".pid", ".tmp"))
     )
+
+
+def fusion_subfolders(folder):
+    """The subfolders of an AdapterFusion folder (train.py --fusion): each fused adapter's and the Fusion's."""
+    try:
+        info = json.loads((Path(folder) / "training.json").read_text())
+        return [*info["fusion"]["adapters"], info["fusion"]["name"]] if info.get("adapter_config") == "fusion" else []
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def push_folder(folder, repo_id, private=False, api=None):

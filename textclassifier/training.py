@@ -37,12 +37,13 @@ import data
 import model as M
 import posts
 from errors import DataError, ModelError
-from textclassifier import hardware, metrics, saved
+from textclassifier import fusion, hardware, metrics, saved
 
 # Defaults, measured on the real data (7,650 posts after cleaning, 6,426 for training) with the offline
 # MiniLM on a 2-core CPU; docs/usage.md ("Choosing the defaults") has the runs behind them.
 EPOCHS = 3
-LR = {"adapter": 1e-3, "full": 5e-5}  # adapters need a far higher rate than full fine-tuning
+FUSION_LR = 5e-4  # train.py --fusion: the Fusion layers and the head (docs/fusion.md, "Choosing the learning rate")
+LR = {"adapter": 1e-3, "full": 5e-5, "fusion": FUSION_LR}  # adapters need a far higher rate than full fine-tuning
 BATCH_SIZE = 32
 MAX_LENGTH = 64
 ATTENTION_DROPOUT = 0.0  # not the checkpoint's 0.1
@@ -169,12 +170,14 @@ def build_optimizer(model, lr, weight_decay=WEIGHT_DECAY, fused=True):
 
 
 def train_step(
-    model, batch, optimizer, scheduler, accelerator, max_grad_norm=MAX_GRAD_NORM, class_weights=None, prior=None
-):
+    model, batch, optimizer, scheduler, accelerator, max_grad_norm=MAX_GRAD_NORM, class_weights=None, prior=None,
+    regularization=None,
+):  # fmt: skip
     """One optimisation step (forward, backward, clipping, AdamW, schedule: advanced only when the optimizer
     stepped, not on a step that fp16's gradient scaler skipped for overflow); returns the loss, cross-entropy weighted
     per class when class_weights (a tensor, one weight per class) is given, and of the product with the length-only
-    model when its log-probabilities for the batch's posts are given (prior: --length-expert)."""
+    model when its log-probabilities for the batch's posts are given (prior: --length-expert). regularization: a
+    function giving a term that the backward pass adds to the loss (AdapterFusion's, fusion.regularization)."""
     with record_function("forward"):
         if class_weights is None and prior is None:
             loss = model(**batch).loss
@@ -183,7 +186,7 @@ def train_step(
             logits = logits if prior is None else logits + prior  # the product of experts, in log space
             loss = torch.nn.functional.cross_entropy(logits, batch["labels"], weight=class_weights)
     with record_function("backward"):
-        accelerator.backward(loss)
+        accelerator.backward(loss if regularization is None else loss + regularization())
     with record_function("optimizer"):
         accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
@@ -193,10 +196,13 @@ def train_step(
     return loss.detach()
 
 
-def train_epoch(model, loader, optimizer, scheduler, accelerator, epoch, epochs, class_weights=None):
+def train_epoch(model, loader, optimizer, scheduler, accelerator, epoch, epochs, class_weights=None, fused=False):
     """One pass over this process's share of the data; returns the mean training loss and, summed over all
     processes, {posts, real tokens, computed tokens (padding included)}. The sums stay on the device until the end
-    of the epoch (no wait for the GPU after each step); the bar shows the loss every 20 steps."""
+    of the epoch (no wait for the GPU after each step); the bar shows the loss every 20 steps. fused: an
+    AdapterFusion's regularisation term joins the loss (fusion.regularization)."""
+    unwrapped = accelerator.unwrap_model(model)
+    regularization = (lambda: fusion.regularization(unwrapped)) if fused else None
     model.train()  # train_adapter() leaves the heads in eval mode
     loader.batch_sampler.set_epoch(epoch - 1)  # the epoch's order, also after --resume
     device = accelerator.device
@@ -206,9 +212,8 @@ def train_epoch(model, loader, optimizer, scheduler, accelerator, epoch, epochs,
     for step, batch in enumerate(bar, 1):
         batch = batch.to(device, non_blocking=True)  # from pinned memory on a GPU: the copy overlaps the work
         inputs, prior = data.split_prior(batch)
-        loss_sum += train_step(
-            model, inputs, optimizer, scheduler, accelerator, class_weights=class_weights, prior=prior
-        )
+        loss_sum += train_step(model, inputs, optimizer, scheduler, accelerator, class_weights=class_weights,
+                               prior=prior, regularization=regularization)  # fmt: skip
         mask = batch["attention_mask"]
         posts, computed, real = posts + len(mask), computed + mask.numel(), real + mask.sum()
         if step % 20 == 0:
@@ -432,7 +437,7 @@ def fit(run, accelerator, epochs, metric="accuracy", patience=None):
             break
         start = time.perf_counter()
         train_loss, seen = train_epoch(
-            run.model, run.train_dl, run.optimizer, run.scheduler, accelerator, epoch, epochs, weights
+            run.model, run.train_dl, run.optimizer, run.scheduler, accelerator, epoch, epochs, weights, run.fused
         )
         train_seconds = time.perf_counter() - start + cache_seconds  # the caching pass counts in the first epoch
         val = validate(run.model, run.val_dl, accelerator, run.label_names, run.val_sources)
@@ -495,6 +500,7 @@ class Run:
     weights: list | None  # --class-weights
     layers_skipped: contextlib.ExitStack  # the cached lower layers skipped since set_up, put back when it is left
     cache_seconds: float
+    fused: bool = False  # an AdapterFusion (train.py --fusion): its regularisation term joins the loss
 
 
 def make_accelerator(args, cpu=False):
@@ -525,23 +531,19 @@ def set_up(args, accelerator, staging, resume=False, config=None):
     if weights is not None:
         log("class weights: " + ", ".join(f"{n} {w:.3f}" for n, w in zip(label_names, weights)))
 
-    attention = attention_for(accelerator)
-    model = M.build_model(
-        args.model,
-        args.mode,
-        label_names,
-        adapter_config_name=args.adapter_config,
-        reduction_factor=args.reduction_factor,
-        leave_out=args.leave_out,
-        seed=args.seed,
-        attention_dropout=args.attention_dropout,
-        attention=attention,
-    )
+    attention, fused = attention_for(accelerator), None
+    if args.fusion:
+        sources = fusion.check_sources(args.fusion, args.model)
+        model, fused = fusion.build_model(
+            sources, label_names, args.model, args.seed, args.attention_dropout, attention
+        )
+    else:
+        model = M.build_model(args.model, args.mode, label_names, adapter_config_name=args.adapter_config,
+                              reduction_factor=args.reduction_factor, leave_out=args.leave_out, seed=args.seed,
+                              attention_dropout=args.attention_dropout, attention=attention)  # fmt: skip
     params = M.count_parameters(model)
-    log(
-        f"model: {args.model}, mode {args.mode}"
-        + (f", adapter {args.adapter_config}" if args.mode == "adapter" else "")
-    )
+    kind = f"AdapterFusion over {', '.join(fused)}" if fused else f"adapter {args.adapter_config}"
+    log(f"model: {args.model}, mode {args.mode}" + (f", {kind}" if args.mode == "adapter" else ""))
     log(M.format_parameters(params))
     shard = {"num_shards": processes, "shard": accelerator.process_index}
     cache = cache_frozen_layers(
@@ -585,9 +587,9 @@ def set_up(args, accelerator, staging, resume=False, config=None):
         resume=resume, staging=Path(staging), config=config or {}, label_names=label_names,
         data_fingerprint=data_info["data_fingerprint"], val_sources=val_sources, train_dl=train_dl, val_dl=val_dl,
         model=model, optimizer=optimizer, scheduler=scheduler, weights=weights, layers_skipped=layers_skipped,
-        cache_seconds=cache.seconds,
+        cache_seconds=cache.seconds, fused=bool(fused),
     )  # fmt: skip
-    record = {
+    record = {"fused": fused,
         "data_info": data_info, "train_size": len(train_ds), "val_size": len(val_ds), "parameters": params,
         "length_expert": length_expert, "attention": attention or "sdpa", "tf32": tf32,
     }  # fmt: skip
