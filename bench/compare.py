@@ -7,6 +7,8 @@ compared post by post on the same validation posts, then one summary across the 
     python -m bench.compare --resume    # go on after a stop; finished runs are kept
     python -m bench.compare --data original --train-posts 0 --val-posts 0 --epochs 2 --split-seeds 43 44 \\
         --setups full pfeiffer houlsby pfeiffer-upper-half lora --name compare   # the write-up's own setting
+    python -m bench.compare --data movies reviews --train-posts 500 --baseline pfeiffer \\
+        --setups pfeiffer fusion fusion-own --name fusion          # AdapterFusion on little data (docs/fusion.md)
 
 Each run is `python train.py ...` in its own process (the machine to itself, one run after another); the saved
 result is then loaded with predict.py's own functions and classifies the task's validation posts. Per task and
@@ -16,6 +18,12 @@ the same posts: McNemar's exact test (on the posts each setup gets right in most
 intervals of the differences in accuracy and macro F1 (posts resampled, seeds averaged). Across the tasks: each
 setup's mean rank, and on how many tasks each adapter is at most one point below full fine-tuning. Writes
 bench/results/compare-tasks-<machine>[-quick].{json,md,png} after every run.
+
+AdapterFusion (setups fusion, fusion-own; --baseline pfeiffer: the target's own adapter): a Pfeiffer adapter is
+first trained on each task of --fusion-sources (the first --source-posts training posts, seed 42); on each task,
+"fusion" fuses the other tasks' adapters, "fusion-own" those and the task's own Pfeiffer adapter of the same seed
+(the paper's two stages). The attention each Fusion gives each adapter, averaged over the validation posts, is
+recorded and drawn.
 """
 
 import argparse
@@ -35,7 +43,7 @@ from transformers.utils import logging as hf_logging
 import data
 from bench import harness
 from bench.shared import megabytes_on_disk
-from textclassifier import inference, metrics, settings, training
+from textclassifier import fusion, inference, metrics, settings, training
 from textclassifier.report import save_figure
 
 BASELINE = "full"
@@ -48,6 +56,8 @@ METRICS = {"accuracy": "accuracy", "macro_f1": "macro F1"}
 # x 3 seeds fit about 75 minutes on 2 cores (docs/results.md); --quick: a smoke test
 FULL = {"seeds": [42, 43, 44], "epochs": 3, "train_posts": 1500, "val_posts": 500}
 QUICK = {"seeds": [1, 2], "epochs": 1, "train_posts": 200, "val_posts": 100}
+FUSION_SETUPS = ("fusion", "fusion-own")
+SOURCE_POSTS = 2000  # training posts of each fused adapter's task
 
 
 def parse_args(argv=None):
@@ -70,6 +80,12 @@ def parse_args(argv=None):
     p.add_argument("--val-posts", type=int, default=None,
                    help=f"first N validation posts per task, 0: all (default: {FULL['val_posts']})")
     p.add_argument("--max-length", type=int, default=training.MAX_LENGTH, help="tokens per post, as train.py's")
+    p.add_argument("--baseline", default=BASELINE, choices=list(harness.TRAIN_SETUPS),
+                   help="the setup every other is paired with (always runs; pfeiffer for the fusion setups)")
+    p.add_argument("--fusion-sources", nargs="+", default=TASKS,
+                   help=f"tasks whose Pfeiffer adapters the fusion setups fuse (default: {' '.join(TASKS)})")
+    p.add_argument("--source-posts", type=int, default=SOURCE_POSTS,
+                   help="first N training posts of each source task, 0: all")
     p.add_argument("--resume", action="store_true",
                    help="keep the runs already in the results file (same settings) and train only the missing ones")
     p.add_argument("--redraw", action="store_true", help="draw the chart again from the results file; train nothing")
@@ -78,7 +94,9 @@ def parse_args(argv=None):
     for key, value in (QUICK if args.quick else FULL).items():
         setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
     args.data = args.data or (QUICK_TASKS if args.quick else TASKS)
-    args.setups = [BASELINE] + [s for s in dict.fromkeys(args.setups) if s != BASELINE]
+    args.setups = [args.baseline] + [s for s in dict.fromkeys(args.setups) if s != args.baseline]
+    if "fusion-own" in args.setups and "pfeiffer" not in args.setups:
+        p.error("fusion-own fuses each task's own Pfeiffer adapter: add pfeiffer to --setups")
     return args
 
 
@@ -101,10 +119,32 @@ def validation_posts(flags, task, split_seed):
     return VALIDATION[task, split_seed]
 
 
+def train_source(args, task, folder):
+    """A fused adapter: Pfeiffer on `task`'s first --source-posts training posts (seed 42), into folder/<task>."""
+    flags = [*harness.setup_flags("pfeiffer", args.model), "--model", args.model, "--data", task, "--epochs",
+             str(args.epochs), "--max-length", str(args.max_length), "--output-dir", str(folder), "--name",
+             task_name(task)]  # fmt: skip
+    flags += ["--max-train-samples", str(args.source_posts)] if args.source_posts else []
+    flags += ["--max-eval-samples", str(args.val_posts)] if args.val_posts else []
+    return harness.run_train(flags, Path(folder) / task_name(task))[0]
+
+
+def fusion_flags(args, task, name, seed, split_seed, folder):
+    """--fusion and its adapters for a fusion setup: the other tasks' (train_source), and for fusion-own the task's
+    own Pfeiffer run of this seed (trained again if it is not at hand)."""
+    sources = [str(train_source(args, t, Path(folder).parent / "sources")) for t in args.fusion_sources
+               if task_name(t) != task_name(task)]  # fmt: skip
+    if name == "fusion-own":
+        sources.append(str(harness.train_setup("pfeiffer", seed, folder, args.model, task, args.epochs, split_seed,
+                           args.train_posts, args.val_posts, ["--max-length", str(args.max_length)])[0]))  # fmt: skip
+    return ["--fusion", *sources]
+
+
 def train_and_score(args, task, name, seed, split_seed, folder):
     """Train one setup on one task in its own process, then classify the validation posts with what it saved."""
+    extra = fusion_flags(args, task, name, seed, split_seed, folder) if name in FUSION_SETUPS else []
     run, command = harness.train_setup(name, seed, folder, args.model, task, args.epochs, split_seed, args.train_posts,
-                               args.val_posts, ["--max-length", str(args.max_length)])  # fmt: skip
+                               args.val_posts, ["--max-length", str(args.max_length), *extra])  # fmt: skip
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     info = json.loads((run / "training.json").read_text())
     flags = shlex.split(command)[2:]  # train.py's, less where it saves (not settings)
@@ -122,6 +162,8 @@ def train_and_score(args, task, name, seed, split_seed, folder):
         "labels": " ".join(map(str, labels)), "predicted": " ".join(map(str, predicted)),
         "seconds_per_epoch": statistics.mean(r["train_seconds"] for r in rows),
         "trainable": info["parameters"]["trainable"], "megabytes": megabytes_on_disk([run]), "command": command,
+        **({"attention": fusion.attention_by_adapter(loaded.model, loaded.tokenizer, texts, args.max_length)}
+           if name in FUSION_SETUPS else {}),
     }  # fmt: skip
 
 
@@ -167,13 +209,15 @@ def paired_test(first, second):
     }  # fmt: skip
 
 
-def comparisons(setups):
-    """(first, second): each adapter against full fine-tuning, and Pfeiffer against Houlsby."""
-    pairs = [(BASELINE, name) for name in setups if name != BASELINE]
-    return pairs + ([("houlsby", "pfeiffer")] if {"houlsby", "pfeiffer"} <= set(setups) else [])
+def comparisons(setups, baseline=BASELINE):
+    """(first, second): each setup against the baseline, Pfeiffer against Houlsby, Fusion without the task's own
+    adapter against Fusion with it."""
+    pairs = [(baseline, name) for name in setups if name != baseline]
+    pairs += [("houlsby", "pfeiffer")] if {"houlsby", "pfeiffer"} <= set(setups) - {baseline} else []
+    return pairs + ([FUSION_SETUPS[::-1]] if set(FUSION_SETUPS) <= set(setups) else [])
 
 
-def summarise_task(runs, first_seed):
+def summarise_task(runs, first_seed, baseline=BASELINE):
     main = [r for r in runs if r["split_seed"] == 42]
     by_setup = {name: [r for r in main if r["setup"] == name] for name in dict.fromkeys(r["setup"] for r in main)}
     splits = {}
@@ -185,15 +229,17 @@ def summarise_task(runs, first_seed):
         "classes": main[0]["classes"], "val_posts": len(main[0]["labels"].split()),
         "chance": float(np.bincount(posts(main[0], "labels")).max() / len(main[0]["labels"].split())),
         "setups": {name: setup_stats(mine) for name, mine in by_setup.items()},
-        "paired": {f"{b} vs {a}": paired_test(by_setup[a], by_setup[b]) for a, b in comparisons(by_setup)
+        "paired": {f"{b} vs {a}": paired_test(by_setup[a], by_setup[b]) for a, b in comparisons(by_setup, baseline)
                    if a in by_setup and b in by_setup},
         "split_spread": splits,
+        "attention": {name: {adapter: statistics.mean(r["attention"][adapter] for r in mine) for adapter in
+                             mine[0]["attention"]} for name, mine in by_setup.items() if "attention" in mine[0]},
     }  # fmt: skip
 
 
-def across_tasks(tasks, metric="macro_f1"):
+def across_tasks(tasks, metric="macro_f1", baseline=BASELINE):
     """Each setup's rank per task by the metric's mean (1: best; ties share their mean rank), its mean rank over the
-    tasks that ran it, and on how many tasks it is at most one point below full fine-tuning."""
+    tasks that ran it, and on how many tasks it is at most one point below the baseline (full fine-tuning)."""
     ranks = {}
     for task, t in tasks.items():
         names = list(t["setups"])
@@ -203,8 +249,8 @@ def across_tasks(tasks, metric="macro_f1"):
     out = {"metric": metric, "ranks": ranks, "setups": {}}
     for name in names:
         mine = [task for task in tasks if name in ranks[task]]
-        near = [task for task in mine if BASELINE in tasks[task]["setups"] and round(
-            100 * (tasks[task]["setups"][BASELINE][f"{metric}_mean"] - tasks[task]["setups"][name][f"{metric}_mean"]),
+        near = [task for task in mine if baseline in tasks[task]["setups"] and round(
+            100 * (tasks[task]["setups"][baseline][f"{metric}_mean"] - tasks[task]["setups"][name][f"{metric}_mean"]),
             9) <= 1]  # fmt: skip
         out["setups"][name] = {"mean_rank": statistics.mean(ranks[t][name] for t in mine), "tasks": len(mine),
                                "within_one_point_of_full": near}  # fmt: skip
@@ -212,10 +258,10 @@ def across_tasks(tasks, metric="macro_f1"):
 
 
 def summarise(result):
-    tasks = dict.fromkeys(r["task"] for r in result["runs"])
-    result["tasks"] = {t: summarise_task([r for r in result["runs"] if r["task"] == t], result["seeds"][0])
+    tasks, baseline = dict.fromkeys(r["task"] for r in result["runs"]), result.get("baseline", BASELINE)
+    result["tasks"] = {t: summarise_task([r for r in result["runs"] if r["task"] == t], result["seeds"][0], baseline)
                        for t in tasks}  # fmt: skip
-    result["summary"] = {key: across_tasks(result["tasks"], key) for key in METRICS}
+    result["summary"] = {key: across_tasks(result["tasks"], key, baseline) for key in METRICS}
 
 
 def pct(x, sign=""):
@@ -225,8 +271,11 @@ def pct(x, sign=""):
 def report(result):
     done = "" if result["complete"] else " (INCOMPLETE: runs still missing)"
     caps = f"the first {result['train_posts'] or 'all'} training posts and {result['val_posts'] or 'all'} validation"
+    base = result.get("baseline", BASELINE)
+    against = "full fine-tuning" if base == BASELINE else f"{base}"
     lines = [
-        f"# Adapters against full fine-tuning on {len(result['tasks'])} tasks ({result['device']}){done}", "",
+        f"# {', '.join(n for n in result['tasks'][next(iter(result['tasks']))]['setups'] if n != base)} against "
+        f"{against} on {len(result['tasks'])} tasks ({result['device']}){done}", "",
         "Commands: " + ", then ".join(f"`{c}`" for c in result["commands"]) + f". Per task {caps} posts of "
         f"train.py's split (seed 42), {result['epochs']} epochs, max length {result['max_length']}, base "
         f"{result['model']}, training seeds {', '.join(map(str, result['seeds']))}; accuracy and macro F1 of the "
@@ -254,8 +303,8 @@ def report(result):
                      for k in METRICS]  # fmt: skip
             only = " / ".join(str(q["right_only"][name]) for name in pair.split(" vs "))
             lines.append(f"| {task} | {pair} | {' | '.join(cells)} | {q['mcnemar_p']:.3f} ({only}) | {q['verdict']} |")
-    lines += ["", "Across the tasks (rank 1: best mean on a task; within one point: at most one point below full "
-              "fine-tuning):", "", "| setup | mean rank, macro F1 | mean rank, accuracy | within one point of full, "
+    lines += ["", f"Across the tasks (rank 1: best mean on a task; within one point: at most one point below "
+              f"{against}):", "", f"| setup | mean rank, macro F1 | mean rank, accuracy | within one point of {base}, "
               "macro F1 | within one point, accuracy |", "| --- | ---: | ---: | --- | --- |"]  # fmt: skip
     f1, acc = result["summary"]["macro_f1"]["setups"], result["summary"]["accuracy"]["setups"]
     for name, s in f1.items():
@@ -266,6 +315,10 @@ def report(result):
         for name, s in t["split_spread"].items():
             lines.append(f"\n{task}, {name}, split seeds {s['split_seeds']} (training seed {s['seeds'][0]}): "
                          f"accuracy {pct(s['accuracy_mean'])} ({pct(s['accuracy_sd'])})")  # fmt: skip
+    for task, t in result["tasks"].items():
+        for name, weights in t.get("attention", {}).items():
+            ranked = ", ".join(f"{a} {w:.2f}" for a, w in sorted(weights.items(), key=lambda x: -x[1]))
+            lines.append(f"\n{task}, {name}: mean attention over the validation posts' tokens, layers, seeds: {ranked}")
     return "\n".join(lines) + "\n"
 
 
@@ -273,7 +326,14 @@ def chart(result, metric="macro_f1"):
     """Left: the metric per task and setup (mean ± sd over seeds, each seed a dot). Right: trainable weights against
     the metric's difference to full fine-tuning (each task a dot, the mean over tasks a large mark)."""
     tasks, names = list(result["tasks"]), list(result["summary"][metric]["setups"])
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1.6, 1]})
+    base, fused = result.get("baseline", BASELINE), [(t, n, w) for t in tasks for n, w in
+                                                     result["tasks"][t].get("attention", {}).items()]  # fmt: skip
+    fig, (left, right, *weighs) = plt.subplots(
+        1,
+        3 if fused else 2,
+        figsize=(17 if fused else 12, 4.4),
+        gridspec_kw={"width_ratios": [1.6, 1, 1.2][: 3 if fused else 2]},
+    )
     width = 0.8 / len(names)
     for j, name in enumerate(names):
         where = [i for i, t in enumerate(tasks) if name in result["tasks"][t]["setups"]]
@@ -284,8 +344,8 @@ def chart(result, metric="macro_f1"):
         for xi, s in zip(x, mine):
             left.scatter([xi] * len(s[metric]), [100 * v for v in s[metric]], s=8, color=f"C{j}", alpha=0.35)
         gaps = [100 * (result["tasks"][t]["setups"][name][f"{metric}_mean"] -
-                       result["tasks"][t]["setups"][BASELINE][f"{metric}_mean"])
-                for t in tasks if {name, BASELINE} <= set(result["tasks"][t]["setups"])]  # fmt: skip
+                       result["tasks"][t]["setups"][base][f"{metric}_mean"])
+                for t in tasks if {name, base} <= set(result["tasks"][t]["setups"])]  # fmt: skip
         weights = mine[0]["trainable"]
         right.scatter([weights] * len(gaps), gaps, s=12, color=f"C{j}", alpha=0.5)
         right.scatter([weights], [statistics.mean(gaps)], s=90, marker="D", color=f"C{j}", label=name)
@@ -293,8 +353,19 @@ def chart(result, metric="macro_f1"):
     left.set(ylabel=f"validation {METRICS[metric]} (%)", title=f"{METRICS[metric]} per task: mean ± sd over seeds")
     left.legend(fontsize=8)
     right.axhline(0, color="grey", lw=0.8)
-    right.set(xscale="log", xlabel="trainable weights", ylabel=f"{METRICS[metric]} less full fine-tuning's (points)",
-              title="fewer weights, what is given up (dots: tasks)")  # fmt: skip
+    right.set(xscale="log", xlabel="trainable weights", ylabel=f"{METRICS[metric]} less {base}'s (points)",
+              title=f"trainable weights, against {base} (dots: tasks)")  # fmt: skip
+    for weigh in weighs:  # which adapters each Fusion weighs most: stacked bars of its mean attention
+        adapters = list(dict.fromkeys(a for _, _, w in fused for a in w))
+        left_edge = np.zeros(len(fused))
+        for k, adapter in enumerate(adapters):
+            share = np.array([w.get(adapter, 0.0) for _, _, w in fused])
+            weigh.barh(range(len(fused)), share, left=left_edge, color=f"C{k % 10}", label=adapter)
+            left_edge += share
+        weigh.set_yticks(range(len(fused)), [f"{t}: {n}" for t, n, _ in fused], fontsize=8)
+        weigh.set(xlabel="mean Fusion attention (validation tokens, layers, seeds)", xlim=(0, 1),
+                  title="which adapters each Fusion weighs")  # fmt: skip
+        weigh.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"{len(tasks)} tasks, {len(result['seeds'])} seeds, {result['epochs']} epochs, up to "
                  f"{result['train_posts'] or 'all'} training posts a task; {result['device']}", size=10)  # fmt: skip
     fig.tight_layout()

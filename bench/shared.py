@@ -98,7 +98,7 @@ def adapter_folders(work, base, placement, count, mode="adapter"):
 
 def megabytes_on_disk(folders, base=None):
     """What the folders hold on disk, with what loading the base model reads (BASE_FILES) where it is given, in MB."""
-    files = [f for folder in folders for f in Path(folder).iterdir() if f.is_file()]
+    files = [f for folder in folders for f in Path(folder).rglob("*") if f.is_file()]  # an AdapterFusion's too
     if base is not None:
         files += [Path(M.resolve_model_path(base)) / name for name in BASE_FILES]
     return sum(f.stat().st_size for f in files if f.is_file()) / 1e6

@@ -305,7 +305,9 @@ def fill_hub_cache(cache, repo_id, files, commit="0123456789abcdef0123456789abcd
     for name, content in files.items():
         blob = storage / "blobs" / hashlib.sha256(content).hexdigest()
         blob.write_bytes(content)
-        (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
+        link = snapshot / name  # a name with folders (an AdapterFusion's adapters) in its folder
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
     (storage / "refs").mkdir(exist_ok=True)
     (storage / "refs" / ref).write_text(commit)
     return snapshot

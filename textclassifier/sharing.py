@@ -64,7 +64,7 @@ def adapter_folder(name):
         return str(name), None  # a missing folder is refused by whoever reads it, in its own words
     repo_id, revision = split_hub_id(name)
     folder = download(repo_id, revision)
-    if not any(Path(folder).glob("*.safetensors")):
+    if not any(Path(folder).rglob("*.safetensors")):  # an AdapterFusion's are in its subfolders
         raise ModelError(
             f"{name} on the Hugging Face Hub holds no safetensors weights (pickle weights are never downloaded nor "
             f"loaded here, because loading them can run code); ask its owner for a safetensors copy"
