@@ -214,7 +214,7 @@ def comparisons(setups, baseline=BASELINE):
     adapter against Fusion with it."""
     pairs = [(baseline, name) for name in setups if name != baseline]
     pairs += [("houlsby", "pfeiffer")] if {"houlsby", "pfeiffer"} <= set(setups) - {baseline} else []
-    return pairs + ([FUSION_SETUPS[::-1]] if set(FUSION_SETUPS) <= set(setups) else [])
+    return pairs + ([FUSION_SETUPS] if set(FUSION_SETUPS) <= set(setups) else [])
 
 
 def summarise_task(runs, first_seed, baseline=BASELINE):

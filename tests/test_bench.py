@@ -249,6 +249,34 @@ def test_paired_tests_of_a_hand_made_table_and_its_chart():
     assert "| t | pfeiffer vs houlsby |" in compare.report({**result, **settings})
 
 
+def test_fusion_setups_against_the_tasks_own_adapter_with_the_attention_drawn():
+    """--baseline pfeiffer: each Fusion paired with the task's own adapter, and the two Fusions with each other; the
+    mean attention per adapter over seeds in the summary, the report and a third panel of the chart."""
+    from bench import compare
+
+    labels = [0, 1] * 10
+    attention = {1: {"a": 0.7, "b": 0.3}, 2: {"a": 0.5, "b": 0.5}}
+    runs = [
+        {"task": "t", "setup": setup, "seed": seed, "split_seed": 42, "classes": 2,
+         "labels": " ".join(map(str, labels)), "predicted": " ".join(map(str, labels)), "accuracy": 1.0,
+         "macro_f1": 1.0, "seconds_per_epoch": 1.0,
+         "trainable": 10, "megabytes": 1.0, **({"attention": attention[seed]} if setup != "pfeiffer" else {})}
+        for seed in (1, 2) for setup in ("pfeiffer", "fusion", "fusion-own")
+    ]  # fmt: skip
+    result = {"runs": runs, "seeds": [1, 2], "baseline": "pfeiffer", "epochs": 1, "train_posts": 10, "device": "CPU",
+              "complete": True, "commands": ["x"], "val_posts": 20, "max_length": 64, "model": "m"}  # fmt: skip
+    compare.summarise(result)
+    task = result["tasks"]["t"]
+    assert list(task["paired"]) == ["fusion vs pfeiffer", "fusion-own vs pfeiffer", "fusion-own vs fusion"]
+    assert task["attention"] == {"fusion": {"a": 0.6, "b": 0.4}, "fusion-own": {"a": 0.6, "b": 0.4}}
+    assert result["summary"]["macro_f1"]["setups"]["fusion"]["within_one_point_of_full"] == ["t"]  # of the baseline
+    report = compare.report(result)
+    assert "fusion, fusion-own against pfeiffer" in report and "t, fusion: mean attention" in report
+    *_, weighs = compare.chart(result).axes
+    assert [t.get_text() for t in weighs.get_yticklabels()] == ["t: fusion", "t: fusion-own"]
+    assert [p.get_width() for p in weighs.patches] == pytest.approx([0.6, 0.6, 0.4, 0.4])
+
+
 def test_gpu_bench_without_a_gpu_exits_2_with_one_line(monkeypatch, capsys):
     import torch
 

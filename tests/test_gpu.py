@@ -9,7 +9,7 @@ import signal
 import pytest
 import torch
 from conftest import run_cli, run_train
-from test_reliability import SLOW, posts_1200, start_training, wait_for  # noqa: F401 (a fixture)
+from test_reliability import SLOW, posts_400, start_training, wait_for  # noqa: F401 (a fixture)
 from transformers import DataCollatorWithPadding
 
 import data
@@ -82,15 +82,15 @@ def test_the_same_step_on_the_gpu_as_on_the_cpu(tiny_bert):
     assert all(torch.allclose(a, b, atol=TOLERANCE, rtol=TOLERANCE) for a, b in zip(cpu_states, gpu_states))
 
 
-def test_a_killed_gpu_run_resumes_to_the_same_result(tiny_bert, posts_1200, tmp_path):  # noqa: F811
+def test_a_killed_gpu_run_resumes_to_the_same_result(tiny_bert, posts_400, tmp_path):  # noqa: F811
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    run_train(tiny_bert, posts_1200, whole, *SLOW)
-    proc = start_training(tiny_bert, posts_1200, killed)
+    run_train(tiny_bert, posts_400, whole, *SLOW)
+    proc = start_training(tiny_bert, posts_400, killed)
     staging = killed / "depression-pfeiffer.incomplete"
     wait_for(staging / "checkpoint" / "state.json", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    resumed = run_train(tiny_bert, posts_1200, killed, *SLOW, "--resume")
+    resumed = run_train(tiny_bert, posts_400, killed, *SLOW, "--resume")
     assert "resumed after epoch" in resumed.stdout and "device: cuda" in resumed.stdout
     rows = [
         [json.loads(line) for line in (folder / "depression-pfeiffer" / "metrics.jsonl").read_text().splitlines()]

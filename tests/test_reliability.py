@@ -17,14 +17,15 @@ from safetensors.torch import load_file, save_file
 import train
 from textclassifier import saved, settings
 
-# Long enough (about 1-2 s an epoch on the tiny BERT) for a test to act between two epochs.
+# Long enough (50 steps an epoch on the tiny BERT, about half a second) for a test to act between two epochs
+# (wait_for looks every 20 ms).
 SLOW = ["--epochs", "4", "--batch-size", "8", "--max-length", "32", "--lr", "3e-3"]
 
 
 @pytest.fixture(scope="module")
-def posts_1200(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "posts1200.csv"
-    make_posts(600).to_csv(path, index=False)
+def posts_400(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "posts400.csv"
+    make_posts(200).to_csv(path, index=False)
     return str(path)
 
 
@@ -54,13 +55,13 @@ def metrics(folder):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["no", "bf16"])
-def test_killed_run_resumes_to_the_same_result(precision, tiny_bert, posts_1200, tmp_path):
+def test_killed_run_resumes_to_the_same_result(precision, tiny_bert, posts_400, tmp_path):
     """In full precision and in bf16 (mixed precision: weights and optimizer in fp32, compute in bf16)."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     slow = [*SLOW, "--mixed-precision", precision]
-    run_train(tiny_bert, posts_1200, whole, *slow, run=run_main)  # in this process
+    run_train(tiny_bert, posts_400, whole, *slow, run=run_main)  # in this process
 
-    proc = start_training(tiny_bert, posts_1200, killed, "--mixed-precision", precision)
+    proc = start_training(tiny_bert, posts_400, killed, "--mixed-precision", precision)
     staging = killed / "depression-pfeiffer.incomplete"
     wait_for(staging / "checkpoint" / "state.json", proc)
     proc.send_signal(signal.SIGKILL)
@@ -70,9 +71,9 @@ def test_killed_run_resumes_to_the_same_result(precision, tiny_bert, posts_1200,
     assert (killed / "depression-pfeiffer.lock").exists()  # the dead run's lock file: taken over below
     assert not (killed / "depression-pfeiffer").exists()
 
-    again = run_train(tiny_bert, posts_1200, killed, *slow, run=run_main, check=False)
+    again = run_train(tiny_bert, posts_400, killed, *slow, run=run_main, check=False)
     assert_clean_failure(again, "interrupted run", "--resume")  # without --resume nothing is thrown away
-    resumed = run_train(tiny_bert, posts_1200, killed, *slow, "--resume")
+    resumed = run_train(tiny_bert, posts_400, killed, *slow, "--resume")
     assert f"resumed after epoch {done} of 4" in resumed.stdout
 
     a, b = metrics(whole / "depression-pfeiffer"), metrics(killed / "depression-pfeiffer")
@@ -117,12 +118,12 @@ def test_every_flag_is_a_resume_setting_but_where_the_result_goes():
 
 
 @pytest.mark.slow
-def test_second_run_into_the_same_folder_is_refused_and_the_first_finishes(tiny_bert, posts_1200, tmp_path):
-    first = start_training(tiny_bert, posts_1200, tmp_path)
+def test_second_run_into_the_same_folder_is_refused_and_the_first_finishes(tiny_bert, posts_400, tmp_path):
+    first = start_training(tiny_bert, posts_400, tmp_path)
     wait_for(tmp_path / "depression-pfeiffer.incomplete" / "checkpoint" / "state.json", first)
     first.send_signal(signal.SIGSTOP)  # paused, still holding its lock: on a busy machine it could else finish
     try:  # before the second run has even started, and the race would test nothing
-        second = run_train(tiny_bert, posts_1200, tmp_path, *SLOW, "--seed", "7", run=run_main, check=False)
+        second = run_train(tiny_bert, posts_400, tmp_path, *SLOW, "--seed", "7", run=run_main, check=False)
         assert_clean_failure(second, f"another training run (pid {first.pid}) is writing")
     finally:
         first.send_signal(signal.SIGCONT)
