@@ -102,6 +102,7 @@ def build_model(sources, label_names, model_name=None, seed=42, attention_dropou
         model.add_adapter_fusion(fuse, config=FUSION_CONFIG)
         model.add_classification_head(fuse.name, num_labels=len(label_names), id2label=dict(enumerate(label_names)))
         model.train_adapter_fusion(fuse)  # freezes the base and the adapters, activates the Fusion
+    M.contiguous_fusion_inputs(model)
     return model, names
 
 

@@ -26,7 +26,14 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from errors import ModelError, check_record, first_line
-from model import ADAPTER_NAME, load_base_model, load_tokenizer, no_inactive_adapter_notice, resolve_model_path
+from model import (
+    ADAPTER_NAME,
+    contiguous_fusion_inputs,
+    load_base_model,
+    load_tokenizer,
+    no_inactive_adapter_notice,
+    resolve_model_path,
+)
 
 TRAINING_INFO = "training.json"
 TRAIN_AGAIN = "train again with python train.py"  # what to do about a damaged folder of train.py (how_to_mend)
@@ -383,6 +390,7 @@ def load_fusion(model, folder, info, load_as=None):
             f"cannot load the AdapterFusion in {where} ({type(e).__name__}: {first_line(e)}); {again}"
         ) from None
     check_loaded_weights(model, fusion, where, again, FUSION_FILES[2:])
+    contiguous_fusion_inputs(model)
     activate_fusion(model, info, load_as)
     return fusion
 
