@@ -162,8 +162,9 @@ def train_and_score(args, task, name, seed, split_seed, folder):
         "labels": " ".join(map(str, labels)), "predicted": " ".join(map(str, predicted)),
         "seconds_per_epoch": statistics.mean(r["train_seconds"] for r in rows),
         "trainable": info["parameters"]["trainable"], "megabytes": megabytes_on_disk([run]), "command": command,
-        **({"attention": fusion.attention_by_adapter(loaded.model, loaded.tokenizer, texts, args.max_length)}
-           if name in FUSION_SETUPS else {}),
+        **({"attention": {"own" if a == f"pfeiffer-{seed}-{split_seed}" else a: w for a, w in
+                          fusion.attention_by_adapter(loaded.model, loaded.tokenizer, texts, args.max_length).items()}}
+           if name in FUSION_SETUPS else {}),  # the task's own adapter (fusion-own) named "own"
     }  # fmt: skip
 
 
@@ -383,12 +384,13 @@ def main(argv=None):
         return print(f"drew {stem}.png from {stem}.json")
     for task in args.data:  # a task that cannot be read stops here, in one line, before any training
         data.sources(task)
-    keys = ["model", "epochs", "train_posts", "val_posts", "max_length"]
+    keys = ["model", "epochs", "train_posts", "val_posts", "max_length", "baseline", "fusion_sources", "source_posts"]
     settings_now = {key: getattr(args, key) for key in keys}
     runs, commands = [], []
     if args.resume and stem.with_suffix(".json").exists():
         old = json.loads(stem.with_suffix(".json").read_text())
-        if all(old.get(k) == v for k, v in settings_now.items()):
+        before = {"baseline": BASELINE, "fusion_sources": TASKS, "source_posts": SOURCE_POSTS}  # files without them
+        if all(old.get(k, before.get(k)) == v for k, v in settings_now.items()):
             runs, commands = old["runs"], old["commands"]
             print(f"resuming: {len(runs)} runs kept from {stem}.json")
         else:

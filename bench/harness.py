@@ -46,6 +46,8 @@ TRAIN_SETUPS = {
     "pfeiffer-upper-half": ["--mode", "adapter", "--adapter-config", "pfeiffer", "--leave-out", "{upper}"],
     "lora": ["--mode", "adapter", "--adapter-config", "lora"],
     "ia3": ["--mode", "adapter", "--adapter-config", "ia3"],
+    "fusion": ["--mode", "adapter"],  # bench/compare.py adds --fusion and the adapters it fuses
+    "fusion-own": ["--mode", "adapter"],
 }
 
 
