@@ -366,7 +366,7 @@ def chart(result, metric="macro_f1"):
         weigh.set_yticks(range(len(fused)), [f"{t}: {n}" for t, n, _ in fused], fontsize=8)
         weigh.set(xlabel="mean Fusion attention (validation tokens, layers, seeds)", xlim=(0, 1),
                   title="which adapters each Fusion weighs")  # fmt: skip
-        weigh.legend(fontsize=7, loc="lower right")
+        weigh.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(f"{len(tasks)} tasks, {len(result['seeds'])} seeds, {result['epochs']} epochs, up to "
                  f"{result['train_posts'] or 'all'} training posts a task; {result['device']}", size=10)  # fmt: skip
     fig.tight_layout()

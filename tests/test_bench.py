@@ -2,7 +2,7 @@ import json
 import re
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, make_posts, run_cli
 
 
 def test_peers_shuffled_order_keeps_the_peers_batches_and_moves_them():
@@ -111,6 +111,26 @@ def test_quick_benchmark_writes_table_json_and_chart(tiny_bert, posts_csv, tmp_p
     assert "TF-IDF" in table and result["device"] in table and "| predict.py lora merged |" in table
     assert result_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert "wrote" in proc.stdout
+
+
+@pytest.mark.slow
+def test_compare_fuses_the_other_tasks_adapters_and_the_tasks_own(tiny_bert, posts_csv, tmp_path):
+    """--setups pfeiffer fusion-own --baseline pfeiffer on the tiny BERT: an adapter trained on each other source
+    task, the task's own Pfeiffer run of the seed fused with them, the Fusion's attention over the three recorded."""
+    other = tmp_path / "other.csv"
+    make_posts(30).sample(frac=1, random_state=0).to_csv(other, index=False)
+    run_cli(
+        *("-m", "bench.compare", "--quick", "--model", tiny_bert, "--data", posts_csv, "--seeds", "1"),
+        *("--setups", "pfeiffer", "fusion-own", "--baseline", "pfeiffer", "--out", tmp_path, "--name", "fusion"),
+        *("--fusion-sources", posts_csv, other, "subreddits", "--source-posts", "60"),
+    )
+    result = json.loads(next(tmp_path.glob("fusion-*-quick.json")).read_text())
+    [own, fused] = result["runs"]
+    assert (own["setup"], fused["setup"], result["baseline"]) == ("pfeiffer", "fusion-own", "pfeiffer")
+    assert "--fusion" in fused["command"] and fused["megabytes"] > 2 * own["megabytes"]  # the adapters copied in
+    assert sorted(fused["attention"]) == ["other", "own", "subreddits"]  # the task's own source left out
+    assert sum(fused["attention"].values()) == pytest.approx(1, abs=1e-4)
+    assert list(result["tasks"]["posts"]["paired"]) == ["fusion-own vs pfeiffer"]
 
 
 @pytest.mark.slow
