@@ -186,6 +186,9 @@ def test_what_fusion_cannot_combine_is_refused_in_one_line_with_nothing_written(
         assert_clean_failure(proc, *expected)
     proc = run_main("train.py", "--data", target, "--fusion", first, second, "--mode", "full", check=False)
     assert_clean_failure(proc, "drop --mode full")
+    proc = run_main("train.py", "--data", target, "--model", tiny_bert, "--fusion", first, str(made / "lora"),
+                    "--output-dir", tmp_path / "out", check=False)  # fmt: skip
+    assert_clean_failure(proc, "bottleneck adapters only")  # with --model too, before the folder is claimed
     assert not (tmp_path / "out").exists()  # nothing trained, nothing written
 
 

@@ -141,8 +141,8 @@ def complete(args):
     if args.fusion:  # the adapters checked before any work; the base model and config theirs
         if args.mode != "adapter":
             raise DataError("--fusion trains an AdapterFusion over trained adapters, the base frozen: drop --mode full")
-        args.model = args.model or fusion.check_sources(args.fusion, args.model)[0][2]["base_model"]
-        fusion.check_sources(args.fusion, args.model)
+        sources = fusion.check_sources(args.fusion, args.model)  # without --model: the first one's base
+        args.model = args.model or sources[0][2]["base_model"]
         args.adapter_config = "fusion"
     args.model = args.model or M.DEFAULT_MODEL
     args.lr = args.lr or training.LR["fusion" if args.fusion else args.mode]
