@@ -103,9 +103,7 @@ def build_model(
     attention: transformers' attn_implementation ("eager", "sdpa"); None keeps the library's choice (sdpa)."""
     path = resolve_model_path(model_name)
     id2label = dict(enumerate(label_names))
-    overrides = {} if attention_dropout is None else {"attention_probs_dropout_prob": attention_dropout}
-    if attention:  # transformers' attn_implementation: "eager", "sdpa", ...
-        overrides["attn_implementation"] = attention
+    overrides = config_overrides(attention_dropout, attention)
     if mode == "full":
         torch.manual_seed(seed)  # the head is random at creation
         return AutoModelForSequenceClassification.from_pretrained(
@@ -127,6 +125,15 @@ def build_model(
         model.add_classification_head(ADAPTER_NAME, num_labels=len(label_names), id2label=id2label)
         model.train_adapter(ADAPTER_NAME)  # freezes every pretrained weight, activates the adapter
     return model
+
+
+def config_overrides(attention_dropout=None, attention=None):
+    """from_pretrained's overrides of the checkpoint's config: the dropout on the attention probabilities, and
+    transformers' attn_implementation ("eager", "sdpa", ...); None keeps the checkpoint's."""
+    overrides = {} if attention_dropout is None else {"attention_probs_dropout_prob": attention_dropout}
+    if attention:
+        overrides["attn_implementation"] = attention
+    return overrides
 
 
 def check_adapter_request(model_name, name, reduction_factor=None, leave_out=None):

@@ -210,7 +210,7 @@ def training_info(args, accelerator, run, record, best, history, calibration=Non
     processes = accelerator.num_processes
     return {
         **run.config,  # every setting (settings.resume_config)
-        "base_model": args.model, "adapter_name": ",".join(record["fused"]) if args.fusion else M.ADAPTER_NAME,
+        "base_model": args.model, "adapter_name": fusion_info(record)["name"] if args.fusion else M.ADAPTER_NAME,
         "adapter_config": args.adapter_config if args.mode == "adapter" else None, "label_names": run.label_names,
         "class_weights": run.weights,
         "data_set": args.data if isinstance(args.data, str) and args.data in data.DATA_SETS else None,
@@ -220,20 +220,15 @@ def training_info(args, accelerator, run, record, best, history, calibration=Non
         "device": str(accelerator.device), **record["data_info"], "train_size": record["train_size"],
         "val_size": record["val_size"], "parameters": record["parameters"], "best_epoch": best["epoch"],
         "best": best, "calibration": calibration, "versions": training.library_versions(),
-        **({"fusion": fusion_info(args, record["fused"])} if args.fusion else {}),
+        **({"fusion": fusion_info(record)} if args.fusion else {}),
     }  # fmt: skip
 
 
-def fusion_info(args, names):
+def fusion_info(record):
     """training.json's "fusion": the fused adapters' names in the folder, the Fusion's name (its subfolder) and what
-    each came from (--fusion's word, its task, adapter config and labels)."""
-    sources = fusion.check_sources(args.fusion, args.model)
-    return {
-        "adapters": names, "name": ",".join(names), "config": fusion.FUSION_CONFIG,
-        "sources": [{"name": name, "from": word, "data_set": info.get("data_set"), "adapter_config":
-                     info.get("adapter_config"), "label_names": info["label_names"]}
-                    for word, (name, _, info, _) in zip(args.fusion, sources)],
-    }  # fmt: skip
+    each came from (fusion.describe, as set_up loaded them)."""
+    names = [source["name"] for source in record["fused"]]
+    return {"adapters": names, "name": ",".join(names), "config": fusion.FUSION_CONFIG, "sources": record["fused"]}
 
 
 def main(argv=None):

@@ -275,7 +275,7 @@ def report(result):
     base = result.get("baseline", BASELINE)
     against = "full fine-tuning" if base == BASELINE else f"{base}"
     lines = [
-        f"# {', '.join(n for n in result['tasks'][next(iter(result['tasks']))]['setups'] if n != base)} against "
+        f"# {', '.join(n for n in result['summary']['macro_f1']['setups'] if n != base)} against "
         f"{against} on {len(result['tasks'])} tasks ({result['device']}){done}", "",
         "Commands: " + ", then ".join(f"`{c}`" for c in result["commands"]) + f". Per task {caps} posts of "
         f"train.py's split (seed 42), {result['epochs']} epochs, max length {result['max_length']}, base "

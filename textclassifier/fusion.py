@@ -56,9 +56,9 @@ def check_sources(words, model_name=None):
                              f"which the adapters library does not fuse; fuse adapters without them (pfeiffer, "
                              f"houlsby)")  # fmt: skip
         sources.append((name, folder, info, config))
-    first_name, first_folder, first, first_config = sources[0]
+    first, first_config = sources[0][2:]
     base = model_name or first["base_model"]
-    for word, (name, folder, info, config) in zip(words, sources):
+    for word, (_, _, info, config) in zip(words, sources):
         if not saved.same_base_model(info["base_model"], base):
             raise ModelError(f"--fusion {word} was trained on {info['base_model']}, not {base}: fused adapters "
                              f"must share one base model")  # fmt: skip
@@ -87,10 +87,9 @@ def build_model(sources, label_names, model_name=None, seed=42, attention_dropou
     import model as M
 
     base = model_name or sources[0][2]["base_model"]
-    overrides = {} if attention_dropout is None else {"attention_probs_dropout_prob": attention_dropout}
-    if attention:
-        overrides["attn_implementation"] = attention
-    model = AutoAdapterModel.from_pretrained(M.resolve_model_path(base), **overrides)
+    model = AutoAdapterModel.from_pretrained(
+        M.resolve_model_path(base), **M.config_overrides(attention_dropout, attention)
+    )
     M.drop_pretraining_heads(model)
     names = []
     for name, folder, info, _ in sources:
@@ -104,6 +103,13 @@ def build_model(sources, label_names, model_name=None, seed=42, attention_dropou
         model.train_adapter_fusion(fuse)  # freezes the base and the adapters, activates the Fusion
     M.contiguous_fusion_inputs(model)
     return model, names
+
+
+def describe(words, sources):
+    """What training.json records of each fused adapter: its name in the folder, --fusion's word for it, its task,
+    adapter config and labels."""
+    return [{"name": name, "from": word, "data_set": info.get("data_set"), "adapter_config": info.get("adapter_config"),
+             "label_names": info["label_names"]} for word, (name, _, info, _) in zip(words, sources)]  # fmt: skip
 
 
 def regularization(model):

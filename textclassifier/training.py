@@ -534,15 +534,15 @@ def set_up(args, accelerator, staging, resume=False, config=None):
     attention, fused = attention_for(accelerator), None
     if args.fusion:
         sources = fusion.check_sources(args.fusion, args.model)
-        model, fused = fusion.build_model(
-            sources, label_names, args.model, args.seed, args.attention_dropout, attention
-        )
+        model, _ = fusion.build_model(sources, label_names, args.model, args.seed, args.attention_dropout,
+                                          attention)  # fmt: skip
+        fused = fusion.describe(args.fusion, sources)
     else:
         model = M.build_model(args.model, args.mode, label_names, adapter_config_name=args.adapter_config,
                               reduction_factor=args.reduction_factor, leave_out=args.leave_out, seed=args.seed,
                               attention_dropout=args.attention_dropout, attention=attention)  # fmt: skip
     params = M.count_parameters(model)
-    kind = f"AdapterFusion over {', '.join(fused)}" if fused else f"adapter {args.adapter_config}"
+    kind = f"AdapterFusion over {', '.join(s['name'] for s in fused)}" if fused else f"adapter {args.adapter_config}"
     log(f"model: {args.model}, mode {args.mode}" + (f", {kind}" if args.mode == "adapter" else ""))
     log(M.format_parameters(params))
     shard = {"num_shards": processes, "shard": accelerator.process_index}
